@@ -1,0 +1,186 @@
+/**
+ * Serves one backend to many connections (workers). Transport-independent: a connection is a
+ * `send` function plus the messages handed to `receive`. When a connection closes (its worker
+ * exited or disconnected), every grant acquired through it is released at once and its
+ * watches are dropped, so a dead worker never holds a resource for a lease.
+ */
+import type {
+  AcquireRequest,
+  Backend,
+  ReleaseRequest,
+  RenewRequest,
+  Unwatch,
+} from '../../backend.js'
+import { ProtocolError } from '../../errors.js'
+import {
+  envelope,
+  isId,
+  isOurs,
+  NAMESPACE,
+  parseRequest,
+  type RequestMessage,
+  toWire,
+} from './protocol.js'
+
+export interface HubConnection {
+  /** Hand every message that arrived on the transport; messages that are not ours are ignored. */
+  receive(message: unknown): void
+  /** The peer is gone: release its grants and drop its watches. Idempotent. */
+  close(): Promise<void>
+}
+
+export interface HubOptions {
+  /** The message key marking this hub's traffic. Default `conclave`. */
+  namespace?: string
+  /** Told about malformed messages and failed cleanups; the hub itself never throws. */
+  onError?: (error: Error) => void
+}
+
+const MAX_WATCHES_PER_CONNECTION = 100_000
+
+export class Hub {
+  readonly backend: Backend
+  readonly namespace: string
+  readonly #onError: (error: Error) => void
+
+  constructor(backend: Backend, options: HubOptions = {}) {
+    this.backend = backend
+    this.namespace = options.namespace ?? NAMESPACE
+    this.#onError = options.onError ?? (() => {})
+  }
+
+  connect(send: (message: object) => void): HubConnection {
+    const ns = this.namespace
+    const backend = this.backend
+    const onError = this.#onError
+    const watches = new Map<string, Promise<Unwatch | undefined>>()
+    const held = new Map<string, { resource: string; candidate: string }>()
+    let closed = false
+
+    const reply = (
+      id: string | null,
+      result: { ok: true; value: unknown } | { ok: false; error: unknown },
+    ) => {
+      if (closed) return
+      try {
+        send(
+          result.ok
+            ? envelope(ns, { type: 'response', id, ok: true, value: result.value ?? null })
+            : envelope(ns, { type: 'response', id, ok: false, error: toWire(result.error) }),
+        )
+      } catch (error) {
+        onError(error as Error)
+      }
+    }
+
+    const handle = async (request: RequestMessage): Promise<unknown> => {
+      const args = request.args as Record<string, unknown>
+      if (
+        request.op !== 'renew' &&
+        (typeof args !== 'object' || args === null || Array.isArray(args))
+      ) {
+        throw new ProtocolError(
+          `Invalid args for ${request.op}: ${JSON.stringify(request.args)}. Expected an object.`,
+        )
+      }
+      switch (request.op) {
+        case 'acquire': {
+          const req = args as unknown as AcquireRequest
+          const result = await backend.acquire(req)
+          if (result.acquired) {
+            held.set(`${req.resource}\n${req.candidate}`, {
+              resource: req.resource,
+              candidate: req.candidate,
+            })
+            // Acquired after the peer left: give it straight back.
+            if (closed) await backend.release({ resource: req.resource, candidate: req.candidate })
+          }
+          return result
+        }
+        case 'renew':
+          if (!Array.isArray(request.args)) {
+            throw new ProtocolError(
+              `Invalid args for renew: ${JSON.stringify(request.args)}. Expected an array of renew requests.`,
+            )
+          }
+          return backend.renew(request.args as RenewRequest[])
+        case 'release':
+          await backend.release(args as unknown as ReleaseRequest)
+          return null
+        case 'holders':
+          return backend.holders(args.resource as string)
+        case 'watch': {
+          const watch = args.watch
+          if (!isId(watch) || watches.has(watch)) {
+            throw new ProtocolError(
+              `Invalid watch id: ${JSON.stringify(watch)}. A watch id is a new string of 1 to 128 characters.`,
+            )
+          }
+          if (watches.size >= MAX_WATCHES_PER_CONNECTION) {
+            throw new ProtocolError(`Too many watches on one connection (${watches.size}).`)
+          }
+          const pending = backend.watch(args.resource as string, () => {
+            if (closed) return
+            try {
+              send(envelope(ns, { type: 'event', watch }))
+            } catch (error) {
+              onError(error as Error)
+            }
+          })
+          watches.set(
+            watch,
+            pending.catch(() => undefined),
+          )
+          let unwatch: Unwatch
+          try {
+            unwatch = await pending
+          } catch (error) {
+            watches.delete(watch)
+            throw error
+          }
+          if (closed) await unwatch()
+          return null
+        }
+        case 'unwatch': {
+          const pending = watches.get(args.watch as string)
+          watches.delete(args.watch as string)
+          const unwatch = await pending
+          if (unwatch) await unwatch()
+          return null
+        }
+      }
+    }
+
+    return {
+      receive(message: unknown): void {
+        if (closed || !isOurs(message, ns)) return
+        let request: RequestMessage
+        try {
+          request = parseRequest(message)
+        } catch (error) {
+          onError(error as Error)
+          reply(isId(message.id) ? message.id : null, { ok: false, error })
+          return
+        }
+        handle(request).then(
+          (value) => reply(request.id, { ok: true, value }),
+          (error: unknown) => reply(request.id, { ok: false, error }),
+        )
+      },
+      async close(): Promise<void> {
+        if (closed) return
+        closed = true
+        const releases = [...held.values()].map((h) =>
+          backend.release({ resource: h.resource, candidate: h.candidate }).catch(onError),
+        )
+        held.clear()
+        const unwatches = [...watches.values()].map(async (pending) => {
+          const unwatch = await pending
+          if (unwatch) await unwatch().catch(onError)
+        })
+        watches.clear()
+        await Promise.all([...releases, ...unwatches])
+      },
+    }
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * A backend that forwards every call to a Hub in another process, over any message transport.
+ * Calls time out (the hub may be gone); the election core retries them like any backend error.
+ */
+import { randomBytes } from 'node:crypto'
+import type {
+  AcquireRequest,
+  AcquireResult,
+  Backend,
+  Holder,
+  ReleaseRequest,
+  RenewRequest,
+  Unwatch,
+} from '../../backend.js'
+import { BackendError } from '../../errors.js'
+import { envelope, fromWire, isOurs, NAMESPACE, type Op } from './protocol.js'
+
+export interface Transport {
+  send(message: object): void
+  /** Subscribe to incoming messages; returns the unsubscribe function. */
+  onMessage(listener: (message: unknown) => void): () => void
+  /** Subscribe to the transport closing; returns the unsubscribe function. */
+  onClose(listener: () => void): () => void
+}
+
+export interface RemoteBackendOptions {
+  name?: string
+  namespace?: string
+  /** A request without an answer after this long fails (and is retried by the election). */
+  requestTimeoutMs?: number
+  /** Added to timeout messages: where the hub should be. */
+  hint?: string
+}
+
+interface Pending {
+  resolve(value: unknown): void
+  reject(error: Error): void
+  timer: NodeJS.Timeout
+}
+
+export class RemoteBackend implements Backend {
+  readonly name: string
+  readonly #transport: Transport
+  readonly #ns: string
+  readonly #timeoutMs: number
+  readonly #hint: string
+  readonly #prefix = randomBytes(6).toString('hex')
+  readonly #pending = new Map<string, Pending>()
+  readonly #watchers = new Map<string, () => void>()
+  readonly #off: (() => void)[]
+  #seq = 0
+  #closed: Error | undefined
+
+  constructor(transport: Transport, options: RemoteBackendOptions = {}) {
+    this.name = options.name ?? 'remote'
+    this.#transport = transport
+    this.#ns = options.namespace ?? NAMESPACE
+    this.#timeoutMs = options.requestTimeoutMs ?? 5_000
+    this.#hint = options.hint ?? ''
+    this.#off = [
+      transport.onMessage((message) => this.#receive(message)),
+      transport.onClose(() =>
+        this.#fail(new BackendError(`${this.name}: the channel to the hub closed`)),
+      ),
+    ]
+  }
+
+  acquire(request: AcquireRequest): Promise<AcquireResult> {
+    return this.#call('acquire', request) as Promise<AcquireResult>
+  }
+
+  renew(requests: RenewRequest[]): Promise<boolean[]> {
+    return this.#call('renew', requests) as Promise<boolean[]>
+  }
+
+  async release(request: ReleaseRequest): Promise<void> {
+    await this.#call('release', request)
+  }
+
+  holders(resource: string): Promise<Holder[]> {
+    return this.#call('holders', { resource }) as Promise<Holder[]>
+  }
+
+  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+    const watch = `${this.#prefix}:w${++this.#seq}`
+    this.#watchers.set(watch, onChange)
+    try {
+      await this.#call('watch', { resource, watch })
+    } catch (error) {
+      this.#watchers.delete(watch)
+      throw error
+    }
+    return async () => {
+      if (!this.#watchers.delete(watch) || this.#closed) return
+      await this.#call('unwatch', { watch })
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    const watches = [...this.#watchers.keys()]
+    this.#watchers.clear()
+    await Promise.all(watches.map((watch) => this.#call('unwatch', { watch }).catch(() => {})))
+    this.#fail(
+      new BackendError(`${this.name}: the backend is closed`, { code: 'ERR_CONCLAVE_CLOSED' }),
+    )
+    for (const off of this.#off) off()
+  }
+
+  #call(op: Op, args: unknown): Promise<unknown> {
+    if (this.#closed) return Promise.reject(this.#closed)
+    const id = `${this.#prefix}:${++this.#seq}`
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id)
+        reject(
+          new BackendError(
+            `${this.name}: no answer to ${op} within ${this.#timeoutMs} ms.${this.#hint ? ` ${this.#hint}` : ''}`,
+            { code: 'ERR_CONCLAVE_TIMEOUT' },
+          ),
+        )
+      }, this.#timeoutMs)
+      timer.unref()
+      this.#pending.set(id, { resolve, reject, timer })
+      try {
+        this.#transport.send(envelope(this.#ns, { type: 'request', id, op, args }))
+      } catch (error) {
+        clearTimeout(timer)
+        this.#pending.delete(id)
+        reject(
+          new BackendError(`${this.name}: could not send ${op}: ${(error as Error).message}`, {
+            cause: error,
+          }),
+        )
+      }
+    })
+  }
+
+  #receive(message: unknown): void {
+    if (!isOurs(message, this.#ns)) return
+    if (message.type === 'event' && typeof message.watch === 'string') {
+      this.#watchers.get(message.watch)?.()
+      return
+    }
+    if (message.type !== 'response' || typeof message.id !== 'string') return
+    const pending = this.#pending.get(message.id)
+    if (!pending) return
+    this.#pending.delete(message.id)
+    clearTimeout(pending.timer)
+    if (message.ok === true) pending.resolve(message.value)
+    else pending.reject(fromWire(message.error, `the ${this.name} hub`))
+  }
+
+  #fail(error: Error): void {
+    this.#closed ??= error
+    for (const [id, pending] of this.#pending) {
+      clearTimeout(pending.timer)
+      pending.reject(error)
+      this.#pending.delete(id)
+    }
+  }
+}

@@ -1,0 +1,224 @@
+/**
+ * The reference backend: grants in a Map, expiry on an injectable clock, watchers notified
+ * asynchronously (as a real backend would). One process only; the cluster backend shares it
+ * across node:cluster workers.
+ */
+import {
+  type AcquireRequest,
+  type AcquireResult,
+  type Backend,
+  type Holder,
+  type Json,
+  type ReleaseRequest,
+  type RenewRequest,
+  type Unwatch,
+  validateAcquire,
+  validateRelease,
+  validateRenew,
+  validateResource,
+} from '../backend.js'
+import { type Clock, systemClock } from '../clock.js'
+import { ConclaveError } from '../errors.js'
+
+export interface MemoryBackendOptions {
+  /** The backend's own clock: expiry is measured on it. */
+  clock?: Clock
+}
+
+interface Grant {
+  token: number
+  expiresAt: number
+  metadata: Json
+}
+
+interface ResourceState {
+  grants: Map<string, Grant>
+  lastToken: number
+}
+
+export class MemoryBackend implements Backend {
+  readonly name: string = 'memory'
+  readonly #clock: Clock
+  readonly #resources = new Map<string, ResourceState>()
+  readonly #watchers = new Map<string, Set<() => void>>()
+  #closed = false
+
+  constructor(options: MemoryBackendOptions = {}) {
+    this.#clock = options.clock ?? systemClock
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    this.#checkOpen()
+    validateAcquire(request)
+    const now = this.#clock.now()
+    const state = this.#state(request.resource)
+    let changed = this.#prune(state, now)
+    const mine = state.grants.get(request.candidate)
+    let result: AcquireResult
+    if (mine) {
+      mine.expiresAt = now + request.leaseMs
+      changed ||= JSON.stringify(mine.metadata) !== JSON.stringify(request.metadata)
+      mine.metadata = request.metadata
+      result = { acquired: true, token: mine.token, holders: this.#list(state, now) }
+    } else if (state.grants.size < request.tickets) {
+      const token = ++state.lastToken
+      state.grants.set(request.candidate, {
+        token,
+        expiresAt: now + request.leaseMs,
+        metadata: request.metadata,
+      })
+      changed = true
+      result = { acquired: true, token, holders: this.#list(state, now) }
+    } else {
+      const holders = this.#list(state, now)
+      result = {
+        acquired: false,
+        holders,
+        retryInMs: Math.min(...holders.map((h) => h.remainingMs)),
+      }
+    }
+    if (changed) this.#notify(request.resource)
+    return result
+  }
+
+  async renew(requests: RenewRequest[]): Promise<boolean[]> {
+    this.#checkOpen()
+    requests.forEach(validateRenew)
+    const now = this.#clock.now()
+    return requests.map((request) => {
+      const state = this.#resources.get(request.resource)
+      if (!state) return false
+      if (this.#prune(state, now)) this.#notify(request.resource)
+      const grant = state.grants.get(request.candidate)
+      if (!grant || grant.token !== request.token) return false
+      grant.expiresAt = now + request.leaseMs
+      return true
+    })
+  }
+
+  async release(request: ReleaseRequest): Promise<void> {
+    this.#checkOpen()
+    validateRelease(request)
+    const state = this.#resources.get(request.resource)
+    const grant = state?.grants.get(request.candidate)
+    if (!state || !grant) return
+    if (request.token !== undefined && grant.token !== request.token) return
+    state.grants.delete(request.candidate)
+    this.#notify(request.resource)
+  }
+
+  async holders(resource: string): Promise<Holder[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const state = this.#resources.get(resource)
+    if (!state) return []
+    const now = this.#clock.now()
+    if (this.#prune(state, now)) this.#notify(resource)
+    return this.#list(state, now)
+  }
+
+  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+    this.#checkOpen()
+    validateResource(resource)
+    let set = this.#watchers.get(resource)
+    if (!set) this.#watchers.set(resource, (set = new Set()))
+    // A wrapper per call, so the same function can be watched twice and unwatched once.
+    const entry = () => onChange()
+    set.add(entry)
+    return async () => {
+      set.delete(entry)
+      if (set.size === 0 && this.#watchers.get(resource) === set) this.#watchers.delete(resource)
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    this.#watchers.clear()
+  }
+
+  /**
+   * Another handle on this same store (as another process would hold a server): its close()
+   * drops only the watches made through it and leaves the store running.
+   */
+  handle(name = this.name): Backend {
+    const store = this
+    const unwatches = new Set<Unwatch>()
+    let closed = false
+    const check = () => {
+      if (closed)
+        throw new ConclaveError('ERR_CONCLAVE_CLOSED', `This ${name} backend handle is closed.`)
+    }
+    return {
+      name,
+      acquire: async (request) => (check(), store.acquire(request)),
+      renew: async (requests) => (check(), store.renew(requests)),
+      release: async (request) => (check(), store.release(request)),
+      holders: async (resource) => (check(), store.holders(resource)),
+      async watch(resource, onChange) {
+        check()
+        const unwatch = await store.watch(resource, onChange)
+        const once: Unwatch = async () => {
+          if (unwatches.delete(once)) await unwatch()
+        }
+        unwatches.add(once)
+        return once
+      },
+      async close() {
+        closed = true
+        await Promise.all([...unwatches].map((u) => u()))
+      },
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closed)
+      throw new ConclaveError('ERR_CONCLAVE_CLOSED', 'The memory backend is closed.')
+  }
+
+  #state(resource: string): ResourceState {
+    let state = this.#resources.get(resource)
+    if (!state) this.#resources.set(resource, (state = { grants: new Map(), lastToken: 0 }))
+    return state
+  }
+
+  /** Drops expired grants; true when any was dropped. The state (and its lastToken) stays. */
+  #prune(state: ResourceState, now: number): boolean {
+    let dropped = false
+    for (const [candidate, grant] of state.grants) {
+      if (grant.expiresAt <= now) {
+        state.grants.delete(candidate)
+        dropped = true
+      }
+    }
+    return dropped
+  }
+
+  #list(state: ResourceState, now: number): Holder[] {
+    return [...state.grants]
+      .map(([candidate, g]) => ({
+        candidate,
+        token: g.token,
+        metadata: g.metadata,
+        remainingMs: Math.max(0, g.expiresAt - now),
+      }))
+      .sort((a, b) => a.token - b.token)
+  }
+
+  #notify(resource: string): void {
+    const set = this.#watchers.get(resource)
+    if (!set) return
+    for (const fn of [...set]) {
+      queueMicrotask(() => {
+        try {
+          fn()
+        } catch {
+          // A watcher's own failure is its business; the backend keeps serving others.
+        }
+      })
+    }
+  }
+}
+
+export function memoryBackend(options?: MemoryBackendOptions): MemoryBackend {
+  return new MemoryBackend(options)
+}

@@ -1,0 +1,42 @@
+/**
+ * Time as the election core sees it. `now()` is monotonic (never jumps with the wall clock),
+ * in milliseconds. Timers created through a clock never keep the process alive on their own.
+ */
+export interface Clock {
+  now(): number
+  setTimeout(fn: () => void, ms: number): ClockTimer
+  clearTimeout(timer: ClockTimer): void
+}
+
+export type ClockTimer = unknown
+
+export const systemClock: Clock = {
+  now: () => performance.now(),
+  setTimeout(fn, ms) {
+    const timer = setTimeout(fn, Math.max(0, ms))
+    timer.unref()
+    return timer
+  },
+  clearTimeout(timer) {
+    clearTimeout(timer as NodeJS.Timeout)
+  },
+}
+
+/** Resolves after `ms` on `clock`, or rejects with the signal's reason when it aborts. */
+export function sleep(clock: Clock, ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason as Error)
+      return
+    }
+    const onAbort = () => {
+      clock.clearTimeout(timer)
+      reject(signal!.reason as Error)
+    }
+    const timer = clock.setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+}

@@ -1,0 +1,457 @@
+/**
+ * The election core: campaigns, terms, renewal timing, drain-then-release, re-campaign,
+ * observation. All timing policy lives here; backends only store grants.
+ */
+import { AsyncLocalStorage } from 'node:async_hooks'
+import { EventEmitter } from 'node:events'
+import { type Backend, type Holder, type Unwatch, validateResource } from './backend.js'
+import { type Clock, sleep } from './clock.js'
+import {
+  BusyError,
+  ElectionClosedError,
+  type TermEndReason,
+  LeadershipLostError,
+  OptionsError,
+} from './errors.js'
+import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } from './options.js'
+import { joinRenewals, type RenewalMember } from './renewer.js'
+import { type Term, type TermOwner, TermState } from './term.js'
+
+export interface ElectionEvents {
+  elected: [term: Term]
+  revoked: [term: Term, reason: TermEndReason]
+  leader: [holders: Holder[]]
+  error: [error: Error]
+}
+
+/** Which election's work (run callback) the current async context belongs to. */
+const workContext = new AsyncLocalStorage<Election>()
+
+const BACKEND_METHODS = ['acquire', 'renew', 'release', 'holders', 'watch', 'close'] as const
+
+export class Election extends EventEmitter<ElectionEvents> implements TermOwner, AsyncDisposable {
+  readonly backend: Backend
+  readonly resource: string
+  /** This candidate's id. */
+  readonly id: string
+  readonly options: Readonly<ResolvedOptions>
+  readonly #clock: Clock
+  readonly #closeController = new AbortController()
+  #closing: Promise<void> | undefined
+  #current: TermState | undefined
+  #loop: { promise: Promise<Term>; signal: AbortSignal } | undefined
+  #running = false
+  #work: Promise<void> | undefined
+  #leaderWatch: AbortController | undefined
+  #warned = false
+
+  constructor(backend: Backend, resource: string, options: ElectionOptions = {}) {
+    super()
+    if (
+      typeof backend !== 'object' ||
+      backend === null ||
+      BACKEND_METHODS.some(
+        (m) => typeof (backend as unknown as Record<string, unknown>)[m] !== 'function',
+      )
+    ) {
+      throw new OptionsError(
+        'backend',
+        backend,
+        `A backend is an object with ${BACKEND_METHODS.join(', ')} methods, e.g. memoryBackend() or clusterBackend().`,
+      )
+    }
+    this.backend = backend
+    this.resource = validateResource(resource)
+    this.options = Object.freeze(resolveOptions(options))
+    this.id = this.options.id
+    this.#clock = this.options.clock
+    ;(this as EventEmitter).on('newListener', (event: string | symbol) => {
+      if (event === 'leader' && !this.#leaderWatch && !this.#closing) this.#startLeaderWatch()
+    })
+  }
+
+  /** True while this candidate holds an active term (reads the clock). */
+  get isLeader(): boolean {
+    return this.#current?.isActive() ?? false
+  }
+
+  /** The current term, while it lasts. */
+  get term(): Term | undefined {
+    return this.#current?.isActive() ? this.#current.term : undefined
+  }
+
+  get closed(): boolean {
+    return this.#closing !== undefined
+  }
+
+  /**
+   * Campaigns until this candidate holds a grant, then resolves with its term. Resolves at once
+   * with the current term if one is active. Rejects with the signal's reason on abort, or an
+   * ElectionClosedError once the election is closed.
+   */
+  async campaign(options: { signal?: AbortSignal } = {}): Promise<Term> {
+    if (this.#closing) throw new ElectionClosedError(this.resource)
+    options.signal?.throwIfAborted()
+    if (this.#current?.isActive()) return this.#current.term
+    if (this.#current) await this.#current.endPromise
+    if (this.#loop && !this.#loop.signal.aborted) throw new BusyError(this.resource, 'campaigning')
+    // An aborted campaign may still be withdrawing: let it finish so two never overlap.
+    await this.#loop?.promise.catch(() => {})
+    if (this.#closing) throw new ElectionClosedError(this.resource)
+    if (this.#loop) throw new BusyError(this.resource, 'campaigning')
+    const signal = options.signal
+      ? AbortSignal.any([options.signal, this.#closeController.signal])
+      : this.#closeController.signal
+    const promise = this.#acquireLoop(signal)
+    const loop = { promise, signal }
+    this.#loop = loop
+    void promise.then(
+      () => this.#loop === loop && (this.#loop = undefined),
+      () => this.#loop === loop && (this.#loop = undefined),
+    )
+    // A term won just as the caller gave up is handed back at once, never left orphaned.
+    return raceAbort(promise, signal, (term) => void term.resign())
+  }
+
+  /**
+   * Calls `fn(term)` for every term this candidate wins, campaigning again after each term
+   * ends, until the election is closed or `signal` aborts (which resolves the returned promise).
+   * A throwing `fn` is reported as an `error` event and its term is resigned.
+   */
+  async run(fn: (term: Term) => unknown, options: { signal?: AbortSignal } = {}): Promise<void> {
+    if (this.#closing) throw new ElectionClosedError(this.resource)
+    if (typeof fn !== 'function')
+      throw new OptionsError('fn', fn, 'run() takes a function called with each term.')
+    if (this.#running) throw new BusyError(this.resource, 'running')
+    this.#running = true
+    const stop = options.signal
+      ? AbortSignal.any([options.signal, this.#closeController.signal])
+      : this.#closeController.signal
+    const onStop = () => {
+      if (this.#current) void this.end(this.#current, 'resigned')
+    }
+    stop.addEventListener('abort', onStop)
+    try {
+      while (!stop.aborted) {
+        let term: Term
+        try {
+          term = await this.campaign({ signal: stop })
+        } catch (error) {
+          if (stop.aborted || error instanceof ElectionClosedError) break
+          throw error
+        }
+        const state = this.#current!
+        const work = workContext.run(this, async () => {
+          try {
+            await fn(term)
+          } catch (error) {
+            this.#report(error)
+            void this.end(state, 'resigned')
+          }
+        })
+        this.#work = work
+        const [, reason] = await Promise.all([work, term.ended])
+        this.#work = undefined
+        if (reason === 'closed') break
+        // After stepping down, give a waiting candidate the first chance to take over.
+        if (reason === 'resigned')
+          await sleep(this.#clock, this.options.retryMs, stop).catch(() => {})
+      }
+    } finally {
+      stop.removeEventListener('abort', onStop)
+      this.#running = false
+    }
+  }
+
+  /** Resigns the current term, if any; resolves once its grant is released. */
+  async resign(): Promise<void> {
+    if (this.#current) await this.end(this.#current, 'resigned')
+  }
+
+  /** The current holders of the resource, as the backend sees them. */
+  leaders(): Promise<Holder[]> {
+    return this.backend.holders(this.resource)
+  }
+
+  /**
+   * The holders now, then again each time they change (pushed by the backend, plus a wake-up
+   * when a grant can expire). Ends when the election closes or `signal` aborts.
+   */
+  async *observe(
+    options: { signal?: AbortSignal } = {},
+  ): AsyncGenerator<Holder[], void, undefined> {
+    const stop = options.signal
+      ? AbortSignal.any([options.signal, this.#closeController.signal])
+      : this.#closeController.signal
+    let woken = false
+    let wake: (() => void) | undefined
+    let unwatch: Unwatch | undefined
+    let last: string | undefined
+    let attempt = 0
+    try {
+      while (!stop.aborted) {
+        let waitMs: number
+        try {
+          unwatch ??= await this.backend.watch(this.resource, () => {
+            woken = true
+            wake?.()
+          })
+          woken = false
+          const holders = await this.backend.holders(this.resource)
+          attempt = 0
+          const key = JSON.stringify(holders.map((h) => [h.candidate, h.token, h.metadata]))
+          if (key !== last) {
+            last = key
+            yield holders
+          }
+          waitMs = holders.length
+            ? Math.min(...holders.map((h) => h.remainingMs)) + 1
+            : this.options.leaseMs
+        } catch (error) {
+          if (stop.aborted) break
+          this.#report(error)
+          waitMs = backoff(attempt++, this.options.retryMs, this.options.renewMs)
+        }
+        if (!woken) {
+          const waitFor = Math.min(waitMs, this.options.leaseMs)
+          // Aborting `stop` ends the iteration quietly: observing has no failure to report.
+          await waitForWake(this.#clock, waitFor, stop, (fn) => (wake = fn)).catch(() => {})
+        }
+      }
+    } finally {
+      wake = undefined
+      if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
+    }
+  }
+
+  /** Ends the current term (drain, release), stops campaigning and observing. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      const ending = this.#current ? this.end(this.#current, 'closed') : undefined
+      this.#closeController.abort(new ElectionClosedError(this.resource))
+      await ending
+      await this.#loop?.promise.catch(() => {})
+    })()
+    return this.#closing
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close()
+  }
+
+  /** @internal Ends a term once: signal first, then drain the work, then release. */
+  end(state: TermState, reason: TermEndReason): Promise<void> {
+    if (state.endPromise) return state.endPromise
+    // A call from inside the work itself must not wait for that work to finish.
+    const fromWork = workContext.getStore() === this
+    state.endReason = reason
+    if (state.timer !== undefined) this.#clock.clearTimeout(state.timer)
+    state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
+    this.#safeEmit('revoked', state.term, reason)
+    state.endPromise = (async () => {
+      const work = this.#work
+      if (work && !fromWork) {
+        await Promise.race([work, sleep(this.#clock, this.options.drainMs)])
+      }
+      // 'lost' means the backend already dropped the grant; anything else is released here.
+      if (reason !== 'lost') await this.#release(state.term.token)
+      if (this.#current === state) this.#current = undefined
+      state.resolveEnded(reason)
+    })()
+    return state.endPromise
+  }
+
+  async #acquireLoop(signal: AbortSignal): Promise<Term> {
+    const { leaseMs, marginMs, retryMs, renewMs, tickets, metadata } = this.options
+    let woken = false
+    let wake: (() => void) | undefined
+    let unwatch: Unwatch | undefined
+    let attempt = 0
+    try {
+      for (;;) {
+        signal.throwIfAborted()
+        let waitMs: number
+        try {
+          // Watch before asking, so a release between our acquire and our wait is not missed.
+          unwatch ??= await this.backend.watch(this.resource, () => {
+            woken = true
+            wake?.()
+          })
+          signal.throwIfAborted()
+          woken = false
+          const sentAt = this.#clock.now()
+          const result = await this.backend.acquire({
+            resource: this.resource,
+            candidate: this.id,
+            tickets,
+            leaseMs,
+            metadata,
+          })
+          attempt = 0
+          if (result.acquired) {
+            const deadline = sentAt + leaseMs - marginMs
+            if (signal.aborted || this.#clock.now() >= deadline) {
+              await this.#release(result.token)
+              signal.throwIfAborted()
+              throw new Error(
+                `acquire of "${this.resource}" took longer than the lease minus the margin (${leaseMs - marginMs} ms); released and retrying`,
+              )
+            }
+            return this.#startTerm(result.token, deadline)
+          }
+          waitMs = Math.min(result.retryInMs + 1, leaseMs)
+        } catch (error) {
+          if (signal.aborted) throw signal.reason
+          this.#report(error)
+          waitMs = backoff(attempt++, retryMs, renewMs)
+          woken = false
+        }
+        if (!woken) await waitForWake(this.#clock, waitMs, signal, (fn) => (wake = fn))
+      }
+    } finally {
+      wake = undefined
+      if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
+      // Withdraw a queued entry (or a grant whose answer we never saw) on the way out.
+      if (signal.aborted) {
+        await this.backend
+          .release({ resource: this.resource, candidate: this.id })
+          .catch((error: unknown) => this.#report(error))
+      }
+    }
+  }
+
+  #startTerm(token: number, deadline: number): Term {
+    const { leaseMs, renewMs, retryMs, marginMs, metadata } = this.options
+    const state = new TermState(this, this.#clock, {
+      resource: this.resource,
+      candidate: this.id,
+      token,
+      leaseMs,
+      metadata,
+      deadline,
+    })
+    this.#current = state
+    const onTimer = () => {
+      state.timer = undefined
+      if (state.endReason) return
+      const left = state.deadline - this.#clock.now()
+      if (left <= 0) void this.end(state, 'expired')
+      else state.timer = this.#clock.setTimeout(onTimer, left)
+    }
+    state.timer = this.#clock.setTimeout(onTimer, deadline - this.#clock.now())
+    const member: RenewalMember = {
+      request: { resource: this.resource, candidate: this.id, token, leaseMs },
+      get ended() {
+        return state.endReason !== undefined
+      },
+      renewed: (sentAt) => {
+        if (!state.endReason) state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
+      },
+      lost: () => void this.end(state, 'lost'),
+      failed: (error) => this.#report(error),
+    }
+    const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
+    state.controller.signal.addEventListener('abort', leave, { once: true })
+    this.#safeEmit('elected', state.term)
+    return state.term
+  }
+
+  async #release(token: number): Promise<void> {
+    try {
+      await this.backend.release({ resource: this.resource, candidate: this.id, token })
+    } catch (error) {
+      // The lease expires on its own; a failed release only delays the next holder.
+      this.#report(error)
+    }
+  }
+
+  #startLeaderWatch(): void {
+    const controller = new AbortController()
+    this.#leaderWatch = controller
+    void (async () => {
+      try {
+        for await (const holders of this.observe({ signal: controller.signal })) {
+          this.#safeEmit('leader', holders)
+        }
+      } catch (error) {
+        this.#report(error)
+      }
+    })()
+  }
+
+  #safeEmit<K extends keyof ElectionEvents>(event: K, ...args: ElectionEvents[K]): void {
+    try {
+      ;(this.emit as (e: K, ...a: ElectionEvents[K]) => boolean)(event, ...args)
+    } catch (error) {
+      if (event !== 'error') this.#report(error)
+    }
+  }
+
+  #report(error: unknown): void {
+    const err = error instanceof Error ? error : new Error(String(error))
+    if (this.listenerCount('error') > 0) {
+      this.#safeEmit('error', err)
+    } else if (!this.#warned) {
+      // Never throw from here (that would be an unhandled error); say it once instead.
+      this.#warned = true
+      process.emitWarning(
+        `conclave: election on "${this.resource}" hit an error and has no 'error' listener: ${err.message}`,
+        'ConclaveWarning',
+      )
+    }
+  }
+}
+
+/** Waits `ms`, or until `setWake`'s function is called, or rejects when `signal` aborts. */
+function waitForWake(
+  clock: Clock,
+  ms: number,
+  signal: AbortSignal,
+  setWake: (fn: (() => void) | undefined) => void,
+): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason as Error)
+    const done = () => {
+      clock.clearTimeout(timer)
+      signal.removeEventListener('abort', onAbort)
+      setWake(undefined)
+      resolve()
+    }
+    const onAbort = () => {
+      clock.clearTimeout(timer)
+      setWake(undefined)
+      reject(signal.reason as Error)
+    }
+    const timer = clock.setTimeout(done, ms)
+    signal.addEventListener('abort', onAbort, { once: true })
+    setWake(done)
+  })
+}
+
+/** Rejects as soon as `signal` aborts, even while `promise` is still settling in the background. */
+function raceAbort<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  orphan: (value: T) => void,
+): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false
+    const onAbort = () => {
+      settled = true
+      reject(signal.reason as Error)
+    }
+    if (signal.aborted) onAbort()
+    else signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        if (settled) orphan(value)
+        else resolve(value)
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(error as Error)
+      },
+    )
+  })
+}

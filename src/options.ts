@@ -1,0 +1,145 @@
+import { hostname } from 'node:os'
+import { randomBytes } from 'node:crypto'
+import {
+  type Json,
+  validateCandidate,
+  validateLeaseMs,
+  validateMetadata,
+  validateTickets,
+} from './backend.js'
+import { type Clock, systemClock } from './clock.js'
+import { OptionsError } from './errors.js'
+
+export interface ElectionOptions {
+  /** How long a grant lives on the backend without renewal. Default 15000. */
+  leaseMs?: number
+  /** How often the holder renews. Default leaseMs / 3. */
+  renewMs?: number
+  /** Base of the jittered backoff after a backend error. Default leaseMs / 30 (at least 10). */
+  retryMs?: number
+  /** How much earlier than the backend's expiry the holder ends its term. Default leaseMs / 20. */
+  marginMs?: number
+  /** How long close()/loss waits for the leader's work before releasing. Default 5000. */
+  drainMs?: number
+  /** How many candidates may hold the resource at once. Default 1. */
+  tickets?: number
+  /** This candidate's id. Default `hostname:pid:random`. Must be unique among candidates. */
+  id?: string
+  /** A small JSON value published with the grant (e.g. this process's URL). */
+  metadata?: Json
+  /** Monotonic clock for all timing; inject a manual clock in tests. */
+  clock?: Clock
+}
+
+export interface ResolvedOptions {
+  leaseMs: number
+  renewMs: number
+  retryMs: number
+  marginMs: number
+  drainMs: number
+  tickets: number
+  id: string
+  metadata: Json
+  clock: Clock
+}
+
+const KNOWN = new Set<string>([
+  'leaseMs',
+  'renewMs',
+  'retryMs',
+  'marginMs',
+  'drainMs',
+  'tickets',
+  'id',
+  'metadata',
+  'clock',
+])
+
+export function defaultCandidateId(): string {
+  return `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`
+}
+
+function integer(field: string, value: unknown, min: number): number {
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 2 ** 31 - 1) {
+    throw new OptionsError(
+      field,
+      value,
+      `${field} must be an integer number of milliseconds from ${min} to 2147483647.`,
+    )
+  }
+  return value as number
+}
+
+/** Applies defaults and checks every rule; throws an OptionsError naming the first broken one. */
+export function resolveOptions(options: ElectionOptions = {}): ResolvedOptions {
+  if (typeof options !== 'object' || options === null) {
+    throw new OptionsError('options', options, 'Election options must be an object.')
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN.has(key)) {
+      throw new OptionsError(
+        key,
+        (options as Record<string, unknown>)[key],
+        `"${key}" is not an election option.`,
+        `Known options: ${[...KNOWN].join(', ')}.`,
+      )
+    }
+  }
+  const leaseMs = options.leaseMs === undefined ? 15_000 : validateLeaseMs(options.leaseMs)
+  const marginMs =
+    options.marginMs === undefined
+      ? Math.max(1, Math.round(leaseMs / 20))
+      : integer('marginMs', options.marginMs, 0)
+  const renewMs =
+    options.renewMs === undefined
+      ? Math.max(1, Math.floor(leaseMs / 3))
+      : integer('renewMs', options.renewMs, 1)
+  const retryMs =
+    options.retryMs === undefined
+      ? Math.min(renewMs, Math.max(10, Math.round(leaseMs / 30)))
+      : integer('retryMs', options.retryMs, 1)
+  const drainMs = options.drainMs === undefined ? 5_000 : integer('drainMs', options.drainMs, 0)
+  if (leaseMs <= renewMs + marginMs) {
+    throw new OptionsError(
+      options.renewMs !== undefined ? 'renewMs' : 'marginMs',
+      options.renewMs !== undefined ? renewMs : marginMs,
+      `leaseMs must exceed renewMs + marginMs (${leaseMs} <= ${renewMs} + ${marginMs}).`,
+      'Lower renewMs or marginMs, or raise leaseMs.',
+    )
+  }
+  if (retryMs > renewMs) {
+    throw new OptionsError(
+      'retryMs',
+      retryMs,
+      `retryMs must not exceed renewMs (${renewMs}), or a failed renewal is retried too late.`,
+    )
+  }
+  const tickets = options.tickets === undefined ? 1 : validateTickets(options.tickets)
+  const id = options.id === undefined ? defaultCandidateId() : validateCandidate(options.id, 'id')
+  const metadata = validateMetadata(options.metadata)
+  const clock = options.clock ?? systemClock
+  if (
+    typeof clock.now !== 'function' ||
+    typeof clock.setTimeout !== 'function' ||
+    typeof clock.clearTimeout !== 'function'
+  ) {
+    throw new OptionsError(
+      'clock',
+      clock,
+      'A clock has now(), setTimeout(fn, ms) and clearTimeout(timer).',
+    )
+  }
+  return { leaseMs, renewMs, retryMs, marginMs, drainMs, tickets, id, metadata, clock }
+}
+
+/** Jittered exponential backoff: a random delay in [base/2, base * 2^attempt], capped. */
+export function backoff(
+  attempt: number,
+  baseMs: number,
+  capMs: number,
+  random = Math.random,
+): number {
+  const ceiling = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 16))
+  const floor = Math.min(ceiling, baseMs / 2)
+  return floor + random() * (ceiling - floor)
+}

@@ -1,0 +1,110 @@
+/**
+ * Batched renewal: every term held through one backend with the same renew cadence is
+ * renewed by one `backend.renew([...])` call per tick, so holding 10,000 resources costs one
+ * round trip per tick instead of 10,000. Ticks never overlap (a re-entrancy guard), and after
+ * an error the next tick comes after a jittered backoff instead of the full period.
+ */
+import type { Backend, RenewRequest } from './backend.js'
+import type { Clock, ClockTimer } from './clock.js'
+import { backoff } from './options.js'
+
+export interface RenewalMember {
+  readonly request: RenewRequest
+  readonly ended: boolean
+  /** The backend confirmed the grant; `sentAt` is when the request left (the deadline's base). */
+  renewed(sentAt: number): void
+  /** The backend says the grant is gone. */
+  lost(): void
+  /** The outcome is unknown; the member keeps its deadline. */
+  failed(error: unknown): void
+}
+
+class RenewalGroup {
+  readonly members = new Set<RenewalMember>()
+  #timer: ClockTimer | undefined
+  #running = false
+  #attempt = 0
+
+  constructor(
+    readonly backend: Backend,
+    readonly clock: Clock,
+    readonly renewMs: number,
+    readonly retryMs: number,
+    readonly onEmpty: () => void,
+  ) {}
+
+  add(member: RenewalMember): void {
+    this.members.add(member)
+    if (this.#timer === undefined && !this.#running) this.#schedule(this.renewMs)
+  }
+
+  remove(member: RenewalMember): void {
+    this.members.delete(member)
+    if (this.members.size === 0 && !this.#running) {
+      if (this.#timer !== undefined) this.clock.clearTimeout(this.#timer)
+      this.#timer = undefined
+      this.onEmpty()
+    }
+  }
+
+  #schedule(ms: number): void {
+    this.#timer = this.clock.setTimeout(() => void this.#tick(), ms)
+  }
+
+  async #tick(): Promise<void> {
+    this.#timer = undefined
+    const batch = [...this.members].filter((m) => !m.ended)
+    if (batch.length === 0) return this.#settle(this.renewMs)
+    this.#running = true
+    const sentAt = this.clock.now()
+    let next = this.renewMs
+    try {
+      const results = await this.backend.renew(batch.map((m) => m.request))
+      if (!Array.isArray(results) || results.length !== batch.length) {
+        throw new Error(
+          `backend ${this.backend.name} answered a renewal of ${batch.length} grants with ${Array.isArray(results) ? results.length : typeof results} results`,
+        )
+      }
+      this.#attempt = 0
+      batch.forEach((member, i) => (results[i] ? member.renewed(sentAt) : member.lost()))
+    } catch (error) {
+      for (const member of batch) member.failed(error)
+      next = backoff(this.#attempt++, this.retryMs, this.renewMs)
+    }
+    this.#running = false
+    this.#settle(next)
+  }
+
+  #settle(next: number): void {
+    if (this.members.size === 0) this.onEmpty()
+    else if (this.#timer === undefined) this.#schedule(next)
+  }
+}
+
+/** Groups per backend, clock and cadence. */
+const groups = new WeakMap<Backend, Map<Clock, Map<string, RenewalGroup>>>()
+
+export function joinRenewals(
+  backend: Backend,
+  clock: Clock,
+  renewMs: number,
+  retryMs: number,
+  member: RenewalMember,
+): () => void {
+  let byClock = groups.get(backend)
+  if (!byClock) groups.set(backend, (byClock = new Map()))
+  let byCadence = byClock.get(clock)
+  if (!byCadence) byClock.set(clock, (byCadence = new Map()))
+  const key = `${renewMs}/${retryMs}`
+  let group = byCadence.get(key)
+  if (!group) {
+    const cadence = byCadence
+    group = new RenewalGroup(backend, clock, renewMs, retryMs, () => {
+      if (cadence.get(key) === group) cadence.delete(key)
+    })
+    byCadence.set(key, group)
+  }
+  const joined = group
+  joined.add(member)
+  return () => joined.remove(member)
+}

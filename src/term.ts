@@ -1,0 +1,119 @@
+import type { Json } from './backend.js'
+import type { Clock, ClockTimer } from './clock.js'
+import { LeadershipLostError, type TermEndReason } from './errors.js'
+
+/** What a term needs from the election that owns it. */
+export interface TermOwner {
+  /** Ends the term (idempotent); resolves once the work drained and the grant was released. */
+  end(state: TermState, reason: TermEndReason): Promise<void>
+}
+
+/** The election's private view of a term: mutable deadline, timer, controller. */
+export class TermState {
+  deadline: number
+  endReason: TermEndReason | undefined
+  timer: ClockTimer | undefined
+  endPromise: Promise<void> | undefined
+  readonly controller = new AbortController()
+  readonly term: Term
+  resolveEnded!: (reason: TermEndReason) => void
+  readonly ended: Promise<TermEndReason>
+
+  constructor(
+    readonly owner: TermOwner,
+    readonly clock: Clock,
+    init: {
+      resource: string
+      candidate: string
+      token: number
+      leaseMs: number
+      metadata: Json
+      deadline: number
+    },
+  ) {
+    this.deadline = init.deadline
+    this.ended = new Promise((resolve) => (this.resolveEnded = resolve))
+    this.term = new Term(this, init)
+  }
+
+  /** Reads the monotonic clock: a term past its deadline ends now, even if its timer is late. */
+  isActive(): boolean {
+    if (this.endReason) return false
+    if (this.clock.now() >= this.deadline) {
+      void this.owner.end(this, 'expired')
+      return false
+    }
+    return true
+  }
+}
+
+/**
+ * One unbroken period of holding a grant. Its signal aborts (with a LeadershipLostError) the
+ * moment the term ends, which is always before the backend can grant the resource to anyone
+ * else. `active` and `assertActive()` read the clock, so a stalled process learns it too.
+ */
+export class Term implements AsyncDisposable {
+  readonly resource: string
+  readonly candidate: string
+  /** The fencing token: larger than every token granted before on this resource. */
+  readonly token: number
+  readonly leaseMs: number
+  readonly metadata: Json
+  readonly signal: AbortSignal
+  /** Resolves with the reason once the term ended and its grant was released. */
+  readonly ended: Promise<TermEndReason>
+  readonly #state: TermState
+
+  /** @internal Terms are made by an Election. */
+  constructor(
+    state: TermState,
+    init: { resource: string; candidate: string; token: number; leaseMs: number; metadata: Json },
+  ) {
+    this.#state = state
+    this.resource = init.resource
+    this.candidate = init.candidate
+    this.token = init.token
+    this.leaseMs = init.leaseMs
+    this.metadata = init.metadata
+    this.signal = state.controller.signal
+    this.ended = state.ended
+  }
+
+  /** The monotonic instant (the election clock's `now()`) at which the term ends unless renewed. */
+  get deadline(): number {
+    return this.#state.deadline
+  }
+
+  /** Milliseconds left before the deadline (0 once ended). */
+  get remainingMs(): number {
+    return this.active ? Math.max(0, this.#state.deadline - this.#state.clock.now()) : 0
+  }
+
+  get active(): boolean {
+    return this.#state.isActive()
+  }
+
+  /** Why the term ended, or undefined while it lasts. */
+  get endReason(): TermEndReason | undefined {
+    this.#state.isActive()
+    return this.#state.endReason
+  }
+
+  /** Throws a LeadershipLostError if the term has ended: call it before each side effect. */
+  assertActive(): void {
+    if (!this.active) {
+      throw this.signal.reason instanceof LeadershipLostError
+        ? this.signal.reason
+        : new LeadershipLostError(this.resource, this.token, this.#state.endReason ?? 'expired')
+    }
+  }
+
+  /** Steps down: aborts the signal, releases the grant, resolves when released. */
+  resign(): Promise<void> {
+    return this.#state.owner.end(this.#state, 'resigned')
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.resign()
+  }
+}

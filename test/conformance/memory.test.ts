@@ -1,0 +1,10 @@
+import { MemoryBackend } from '../../src/backends/memory.js'
+import { runConformance } from './suite.js'
+
+// One store, a handle per simulated process.
+const store = new MemoryBackend()
+
+runConformance('memory', {
+  leaseMs: 300,
+  backend: async () => store.handle(),
+})

@@ -1,0 +1,416 @@
+/**
+ * The conformance suite: what every backend must do, checked through the public Election API
+ * and the raw Backend interface. Each backend's test file calls `runConformance` once.
+ */
+import { randomBytes } from 'node:crypto'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import type { Backend, Holder } from '../../src/backend.js'
+import { Election } from '../../src/election.js'
+import { OptionsError } from '../../src/errors.js'
+import type { ElectionOptions } from '../../src/options.js'
+import type { Term } from '../../src/term.js'
+
+export interface ConformanceFixture {
+  /** A fresh backend instance, as another process would hold it. The suite closes it. */
+  backend(): Promise<Backend>
+  /** A short lease the backend supports well (the suite waits a few of them). */
+  leaseMs: number
+}
+
+/** Lets a test make one backend's calls fail, as if its network path were cut. */
+export class Faulty implements Backend {
+  readonly name: string
+  failing = false
+  constructor(readonly inner: Backend) {
+    this.name = inner.name
+  }
+  #check(): void {
+    if (this.failing) throw new Error('injected fault: path to the backend is cut')
+  }
+  async acquire(...a: Parameters<Backend['acquire']>) {
+    this.#check()
+    return this.inner.acquire(...a)
+  }
+  async renew(...a: Parameters<Backend['renew']>) {
+    this.#check()
+    return this.inner.renew(...a)
+  }
+  async release(...a: Parameters<Backend['release']>) {
+    this.#check()
+    return this.inner.release(...a)
+  }
+  async holders(...a: Parameters<Backend['holders']>) {
+    this.#check()
+    return this.inner.holders(...a)
+  }
+  async watch(...a: Parameters<Backend['watch']>) {
+    this.#check()
+    return this.inner.watch(...a)
+  }
+  close() {
+    return this.inner.close()
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string) {
+  const end = performance.now() + timeoutMs
+  while (performance.now() < end) {
+    if (await check()) return
+    await sleep(10)
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+}
+
+export function runConformance(name: string, fixture: ConformanceFixture): void {
+  describe(`conformance: ${name}`, () => {
+    const L = fixture.leaseMs
+    const backends: Backend[] = []
+    const elections: Election[] = []
+    const errors: Error[] = []
+
+    const backend = async () => {
+      const b = await fixture.backend()
+      backends.push(b)
+      return b
+    }
+    const resource = (label: string) => `conformance/${label}-${randomBytes(4).toString('hex')}`
+    const election = (b: Backend, res: string, options: ElectionOptions = {}) => {
+      const e = new Election(b, res, { leaseMs: L, ...options })
+      e.on('error', (error) => errors.push(error))
+      elections.push(e)
+      return e
+    }
+
+    afterEach(async () => {
+      await Promise.all(elections.splice(0).map((e) => e.close()))
+    })
+    afterAll(async () => {
+      await Promise.all(backends.splice(0).map((b) => b.close()))
+    })
+
+    it('grants at most `tickets` holders (1 and 3)', async () => {
+      for (const tickets of [1, 3]) {
+        const res = resource(`tickets${tickets}`)
+        const candidates = await Promise.all(
+          Array.from({ length: 5 }, async () => election(await backend(), res, { tickets })),
+        )
+        const won: Term[] = []
+        for (const c of candidates)
+          void c.campaign().then(
+            (t) => won.push(t),
+            () => {},
+          )
+        await until(() => won.length === tickets, 10 * L, `${tickets} winners`)
+        // Hold through several renewals while sampling: never more than `tickets`.
+        const end = performance.now() + 3 * L
+        while (performance.now() < end) {
+          const holders = await candidates[0]!.leaders()
+          expect(holders.length).toBeLessThanOrEqual(tickets)
+          expect(candidates.filter((c) => c.isLeader).length).toBeLessThanOrEqual(tickets)
+          await sleep(L / 10)
+        }
+        expect(won.length).toBe(tickets)
+        expect((await candidates[0]!.leaders()).map((h) => h.candidate).sort()).toEqual(
+          won.map((t) => t.candidate).sort(),
+        )
+        // One resigns: exactly one waiter takes its place.
+        await won[0]!.resign()
+        await until(() => won.length === tickets + 1, 10 * L, 'a successor')
+        await sleep(L / 2)
+        expect(won.length).toBe(tickets + 1)
+        expect((await candidates[0]!.leaders()).length).toBe(tickets)
+        await Promise.all(candidates.map((c) => c.close()))
+      }
+    })
+
+    it('gives every new grant a larger token, across releases and expiries', async () => {
+      const res = resource('tokens')
+      const bs = [await backend(), await backend(), await backend()]
+      const tokens: number[] = []
+      for (let i = 0; i < 6; i++) {
+        const e = election(bs[i % 3]!, res)
+        const term = await e.campaign()
+        tokens.push(term.token)
+        await term.resign()
+      }
+      // A grant that expires without release, then another candidate's.
+      const raw = await bs[0]!.acquire({
+        resource: res,
+        candidate: 'expiring',
+        tickets: 1,
+        leaseMs: 50,
+        metadata: null,
+      })
+      expect(raw.acquired).toBe(true)
+      if (raw.acquired) tokens.push(raw.token)
+      await sleep(120)
+      const after = await bs[1]!.acquire({
+        resource: res,
+        candidate: 'next',
+        tickets: 1,
+        leaseMs: L,
+        metadata: null,
+      })
+      expect(after.acquired).toBe(true)
+      if (after.acquired) tokens.push(after.token)
+      await bs[1]!.release({ resource: res, candidate: 'next' })
+      for (let i = 1; i < tokens.length; i++) expect(tokens[i]).toBeGreaterThan(tokens[i - 1]!)
+      for (const t of tokens) expect(Number.isSafeInteger(t)).toBe(true)
+    })
+
+    it('keeps the token through renewals', async () => {
+      const res = resource('renew')
+      const e = election(await backend(), res)
+      const term = await e.campaign()
+      await sleep(3 * L)
+      expect(term.active).toBe(true)
+      const holders = await e.leaders()
+      expect(holders).toHaveLength(1)
+      expect(holders[0]!.token).toBe(term.token)
+      expect(holders[0]!.remainingMs).toBeGreaterThan(0)
+      expect(holders[0]!.remainingMs).toBeLessThanOrEqual(L)
+      // A renewal of a grant that is gone says so.
+      const b = await backend()
+      expect(
+        await b.renew([{ resource: res, candidate: 'nobody', token: term.token, leaseMs: L }]),
+      ).toEqual([false])
+      expect(
+        await b.renew([{ resource: res, candidate: e.id, token: term.token + 1, leaseMs: L }]),
+      ).toEqual([false])
+    })
+
+    it('releases idempotently, and only the grant with the given token', async () => {
+      const res = resource('release')
+      const b = await backend()
+      const got = await b.acquire({
+        resource: res,
+        candidate: 'a',
+        tickets: 1,
+        leaseMs: 10 * L,
+        metadata: null,
+      })
+      if (!got.acquired) throw new Error('expected a grant')
+      await b.release({ resource: res, candidate: 'a', token: got.token + 1000 })
+      expect((await b.holders(res)).map((h) => h.candidate)).toEqual(['a'])
+      await b.release({ resource: res, candidate: 'a', token: got.token })
+      await b.release({ resource: res, candidate: 'a', token: got.token })
+      await b.release({ resource: res, candidate: 'a' })
+      await b.release({ resource: resource('never-used'), candidate: 'z' })
+      expect(await b.holders(res)).toEqual([])
+      // Acquiring again by the same candidate while holding returns the same grant.
+      const first = await b.acquire({
+        resource: res,
+        candidate: 'a',
+        tickets: 1,
+        leaseMs: 10 * L,
+        metadata: null,
+      })
+      const again = await b.acquire({
+        resource: res,
+        candidate: 'a',
+        tickets: 1,
+        leaseMs: 10 * L,
+        metadata: null,
+      })
+      expect(first.acquired && again.acquired && first.token === again.token).toBe(true)
+      await b.release({ resource: res, candidate: 'a' })
+    })
+
+    it('wakes a waiter by push when the holder releases', async () => {
+      const res = resource('push')
+      const long = 60_000 // far beyond the test's timeout: only a push can wake the waiter in time
+      const a = election(await backend(), res, { leaseMs: long })
+      const b = election(await backend(), res, { leaseMs: long })
+      const ta = await a.campaign()
+      const waiting = b.campaign()
+      await sleep(L)
+      const resignedAt = performance.now()
+      await ta.resign()
+      const tb = await waiting
+      expect(tb.token).toBeGreaterThan(ta.token)
+      expect(performance.now() - resignedAt).toBeLessThan(long / 4)
+    })
+
+    it('wakes a waiter when the holder’s grant expires', async () => {
+      const res = resource('expiry')
+      const b1 = await backend()
+      const crashed = await b1.acquire({
+        resource: res,
+        candidate: 'crashed',
+        tickets: 1,
+        leaseMs: 2 * L,
+        metadata: null,
+      })
+      expect(crashed.acquired).toBe(true)
+      // The waiter's own lease (its polling fallback) is far longer than the test: only the
+      // backend's remaining time can wake it.
+      const waiter = election(await backend(), res, { leaseMs: 60_000 })
+      const term = await waiter.campaign()
+      if (crashed.acquired) expect(term.token).toBeGreaterThan(crashed.token)
+      expect((await waiter.leaders()).map((h) => h.candidate)).toEqual([waiter.id])
+    })
+
+    it('lets observe() see every change of holders', async () => {
+      const res = resource('observe')
+      const watcher = election(await backend(), res)
+      const a = election(await backend(), res, { leaseMs: 60_000 })
+      const b = election(await backend(), res, { leaseMs: 60_000 })
+      const seen: Holder[][] = []
+      const controller = new AbortController()
+      const done = (async () => {
+        for await (const holders of watcher.observe({ signal: controller.signal }))
+          seen.push(holders)
+      })()
+      await until(() => seen.length === 1, 5 * L, 'the first observation')
+      expect(seen[0]).toEqual([])
+      const ta = await a.campaign()
+      await until(() => seen.some((h) => h[0]?.candidate === a.id), 10_000, 'A observed')
+      const waiting = b.campaign()
+      await ta.resign()
+      await waiting
+      await until(() => seen.some((h) => h[0]?.candidate === b.id), 10_000, 'B observed')
+      controller.abort()
+      await done
+      const order = seen.map((h) => h[0]?.candidate ?? null)
+      expect(order.indexOf(a.id)).toBeLessThan(order.lastIndexOf(b.id))
+    })
+
+    it('round-trips metadata to leaders() and observe() elsewhere', async () => {
+      const res = resource('metadata')
+      const metadata = {
+        url: 'http://10.0.0.7:8080',
+        weight: 3,
+        tags: ['a', 'b'],
+        nested: { ok: true, none: null },
+      }
+      const a = election(await backend(), res, { metadata })
+      const other = election(await backend(), res)
+      await a.campaign()
+      const holders = await other.leaders()
+      expect(holders).toHaveLength(1)
+      expect(holders[0]!.candidate).toBe(a.id)
+      expect(holders[0]!.metadata).toEqual(metadata)
+      for await (const h of other.observe()) {
+        expect(h[0]!.metadata).toEqual(metadata)
+        break
+      }
+    })
+
+    it('refuses bad resource names, in the core and in the backend', async () => {
+      const b = await backend()
+      for (const bad of [
+        '',
+        'a b',
+        '{tag}',
+        '/lead',
+        'lead/',
+        'x//y',
+        'a'.repeat(201),
+        'é',
+        'a\nb',
+      ]) {
+        expect(() => new Election(b, bad)).toThrow(OptionsError)
+        await expect(
+          b.acquire({ resource: bad, candidate: 'c', tickets: 1, leaseMs: L, metadata: null }),
+        ).rejects.toMatchObject({ code: 'ERR_CONCLAVE_OPTIONS' })
+      }
+      await expect(
+        b.acquire({
+          resource: resource('ok'),
+          candidate: 'has space',
+          tickets: 1,
+          leaseMs: L,
+          metadata: null,
+        }),
+      ).rejects.toMatchObject({ code: 'ERR_CONCLAVE_OPTIONS' })
+    })
+
+    it('ends the term of a holder whose renewals fail before anyone else can be granted', async () => {
+      const res = resource('cut')
+      const faulty = new Faulty(await backend())
+      const a = election(faulty, res)
+      const b = election(await backend(), res, { leaseMs: 60_000 })
+      const ta = await a.campaign()
+      let endedAt = Infinity
+      ta.signal.addEventListener('abort', () => (endedAt = performance.now()))
+      const revoked = new Promise((resolve) => a.once('revoked', (_t, reason) => resolve(reason)))
+      faulty.failing = true // renewals and the release now fail: the grant must expire on its own
+      const tb = await b.campaign()
+      const grantedAt = performance.now()
+      expect(endedAt).toBeLessThan(grantedAt)
+      expect(await revoked).toBe('expired')
+      expect(ta.active).toBe(false)
+      expect(() => ta.assertActive()).toThrow(/has ended \(expired\)/)
+      expect(tb.token).toBeGreaterThan(ta.token)
+      faulty.failing = false
+    })
+
+    it('withdraws an aborted campaign and lets a closed election refuse to campaign', async () => {
+      const res = resource('abort')
+      const a = election(await backend(), res, { leaseMs: 60_000 })
+      const b = election(await backend(), res)
+      const c = election(await backend(), res, { leaseMs: 60_000 })
+      const ta = await a.campaign()
+      const controller = new AbortController()
+      const waiting = b.campaign({ signal: controller.signal })
+      await sleep(L / 2)
+      controller.abort(new Error('gave up'))
+      await expect(waiting).rejects.toThrow('gave up')
+      const cWaiting = c.campaign()
+      await ta.resign()
+      const tc = await cWaiting
+      expect((await c.leaders()).map((h) => h.candidate)).toEqual([c.id])
+      expect(b.isLeader).toBe(false)
+      await tc.resign()
+      await b.close()
+      await expect(b.campaign()).rejects.toMatchObject({ code: 'ERR_CONCLAVE_CLOSED' })
+    })
+
+    it('drains the work, then releases on close(), handing over in one round trip', async () => {
+      const res = resource('close')
+      const a = election(await backend(), res, { leaseMs: 60_000 })
+      const b = election(await backend(), res, { leaseMs: 60_000 })
+      let workEndedAt = 0
+      const started = new Promise<void>((resolve) => {
+        void a.run(async (term) => {
+          resolve()
+          await new Promise((r) => term.signal.addEventListener('abort', r))
+          await sleep(50) // cleanup after the signal
+          workEndedAt = performance.now()
+        })
+      })
+      await started
+      const waiting = b.campaign()
+      await sleep(L / 2)
+      await a.close()
+      const tb = await waiting
+      const grantedAt = performance.now()
+      expect(workEndedAt).toBeGreaterThan(0)
+      expect(grantedAt).toBeGreaterThanOrEqual(workEndedAt)
+      expect(tb.active).toBe(true)
+    })
+
+    it('re-campaigns in run() after a term is lost', async () => {
+      const res = resource('recampaign')
+      const faulty = new Faulty(await backend())
+      const a = election(faulty, res)
+      const terms: number[] = []
+      void a.run(async (term) => {
+        terms.push(term.token)
+        if (terms.length === 1) faulty.failing = true
+        await new Promise((r) => term.signal.addEventListener('abort', r))
+        faulty.failing = false
+      })
+      await until(() => terms.length >= 2, 20 * L, 'a second term')
+      expect(terms[1]).toBeGreaterThan(terms[0]!)
+    })
+
+    afterAll(() => {
+      // Errors are expected where faults were injected; anything else is a finding.
+      const unexpected = errors.filter((e) => !/injected fault/.test(e.message))
+      expect(unexpected.map((e) => e.message)).toEqual([])
+    })
+  })
+}
