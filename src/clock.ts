@@ -8,7 +8,8 @@ export interface Clock {
   clearTimeout(timer: ClockTimer): void
 }
 
-export type ClockTimer = unknown
+/** Whatever the clock's setTimeout returns; only handed back to its clearTimeout. */
+export type ClockTimer = object | number
 
 export const systemClock: Clock = {
   now: () => performance.now(),

@@ -442,16 +442,8 @@ function raceAbort<T>(
     }
     if (signal.aborted) onAbort()
     else signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort)
-        if (settled) orphan(value)
-        else resolve(value)
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort)
-        reject(error as Error)
-      },
-    )
+    promise
+      .finally(() => signal.removeEventListener('abort', onAbort))
+      .then((value) => (settled ? orphan(value) : resolve(value)), reject)
   })
 }

@@ -77,9 +77,10 @@ export function describe(value: unknown): string {
   if (value === undefined) return 'undefined'
   try {
     const text = JSON.stringify(value)
-    if (text === undefined) return String(value)
+    if (text === undefined)
+      return typeof value === 'symbol' ? value.toString() : 'a value JSON cannot show'
     return text.length > 80 ? `${text.slice(0, 77)}...` : text
   } catch {
-    return String(value)
+    return 'a value JSON cannot show'
   }
 }

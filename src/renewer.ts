@@ -21,7 +21,7 @@ export interface RenewalMember {
 
 class RenewalGroup {
   readonly members = new Set<RenewalMember>()
-  #timer: ClockTimer | undefined
+  #timer: ClockTimer | undefined = undefined
   #running = false
   #attempt = 0
 
@@ -92,9 +92,9 @@ export function joinRenewals(
   member: RenewalMember,
 ): () => void {
   let byClock = groups.get(backend)
-  if (!byClock) groups.set(backend, (byClock = new Map()))
+  if (!byClock) groups.set(backend, (byClock = new Map<Clock, Map<string, RenewalGroup>>()))
   let byCadence = byClock.get(clock)
-  if (!byCadence) byClock.set(clock, (byCadence = new Map()))
+  if (!byCadence) byClock.set(clock, (byCadence = new Map<string, RenewalGroup>()))
   const key = `${renewMs}/${retryMs}`
   let group = byCadence.get(key)
   if (!group) {

@@ -141,7 +141,7 @@ export class MemoryBackend implements Backend {
    * drops only the watches made through it and leaves the store running.
    */
   handle(name = this.name): Backend {
-    const store = this
+    const store = this as MemoryBackend
     const unwatches = new Set<Unwatch>()
     let closed = false
     const check = () => {

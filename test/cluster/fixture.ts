@@ -35,7 +35,7 @@ export async function forkWorker(): Promise<TestWorker> {
   })
   const remote = new RemoteBackend(
     {
-      send: (m) => void worker.send(m as never),
+      send: (m) => void worker.send(m),
       onMessage: (fn) => (worker.on('message', fn), () => worker.off('message', fn)),
       onClose: (fn) => (worker.on('exit', fn), () => worker.off('exit', fn)),
     },

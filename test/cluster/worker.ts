@@ -19,7 +19,7 @@ process.on('message', (message: unknown) => {
       if ((reply as { conclave?: number }).conclave === 1) replies.push(reply)
     }
     process.on('message', collect)
-    for (const m of raw) process.send!(m as object)
+    for (const m of raw) process.send!(m)
     setTimeout(() => {
       process.off('message', collect)
       process.send!({ 'test-raw-result': replies })

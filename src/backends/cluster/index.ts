@@ -60,7 +60,7 @@ export function serveCluster(options: ClusterBackendOptions = {}): Hub {
     if (!connection) {
       connection = hub.connect((reply) => {
         if (!worker.isConnected()) return
-        worker.send(reply as never, (error: Error | null) => {
+        worker.send(reply, (error: Error | null) => {
           if (error) options.onError?.(error)
         })
       })

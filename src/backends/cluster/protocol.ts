@@ -49,7 +49,7 @@ export function isOurs(message: unknown, ns: string): message is Record<string, 
 }
 
 export function envelope<T extends object>(ns: string, body: T): T & Record<string, 1> {
-  return { [ns]: 1, ...body } as T & Record<string, 1>
+  return { [ns]: 1, ...body }
 }
 
 export function isId(value: unknown): value is string {
