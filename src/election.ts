@@ -267,6 +267,9 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     let wake: (() => void) | undefined
     let unwatch: Unwatch | undefined
     let attempt = 0
+    // Someone awaits this campaign: keep the process alive until it ends (all other timers
+    // are unref'd, so an idle or merely holding election never keeps a process up).
+    const keepAlive = setInterval(() => {}, 2 ** 30)
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -309,6 +312,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
         if (!woken) await waitForWake(this.#clock, waitMs, signal, (fn) => (wake = fn))
       }
     } finally {
+      clearInterval(keepAlive)
       wake = undefined
       if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
       // Withdraw a queued entry (or a grant whose answer we never saw) on the way out.
