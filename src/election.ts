@@ -39,6 +39,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
   readonly #closeController = new AbortController()
   #closing: Promise<void> | undefined
   #current: TermState | undefined
+  readonly #states = new WeakMap<Term, TermState>()
   #loop: { promise: Promise<Term>; signal: AbortSignal } | undefined
   #running = false
   #work: Promise<void> | undefined
@@ -140,7 +141,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
           if (stop.aborted || error instanceof ElectionClosedError) break
           throw error
         }
-        const state = this.#current!
+        const state = this.#states.get(term)!
         const work = workContext.run(this, async () => {
           try {
             await fn(term)
@@ -335,6 +336,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
       deadline,
     })
     this.#current = state
+    this.#states.set(state.term, state)
     const onTimer = () => {
       state.timer = undefined
       if (state.endReason) return
