@@ -36,6 +36,27 @@ describe('cluster backend', () => {
     await waiter.close()
   })
 
+  it('refuses a candidate id that another worker holds, so two processes never share a grant', async () => {
+    const [a, b] = await Promise.all([fork(), fork()])
+    const request = {
+      resource: 'cluster/shared-id',
+      candidate: 'scheduler',
+      tickets: 1,
+      leaseMs: 60_000,
+      metadata: null,
+    }
+    const first = await a.backend.acquire(request)
+    expect(first.acquired).toBe(true)
+    await expect(b.backend.acquire(request)).rejects.toMatchObject({
+      code: 'ERR_CONCLAVE_CANDIDATE_IN_USE',
+    })
+    // The holder's own retry is fine, and once it releases the id is free for another process.
+    expect((await a.backend.acquire(request)).acquired).toBe(true)
+    await a.backend.release({ resource: request.resource, candidate: 'scheduler' })
+    const second = await b.backend.acquire(request)
+    expect(second.acquired && first.acquired && second.token > first.token).toBe(true)
+  })
+
   it('answers malformed IPC messages with an error and keeps serving', async () => {
     const { worker } = await fork()
     const bad = [

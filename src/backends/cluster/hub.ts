@@ -11,7 +11,7 @@ import type {
   RenewRequest,
   Unwatch,
 } from '../../backend.js'
-import { ProtocolError } from '../../errors.js'
+import { ConclaveError, ProtocolError } from '../../errors.js'
 import {
   envelope,
   isId,
@@ -42,6 +42,8 @@ export class Hub {
   readonly backend: Backend
   readonly namespace: string
   readonly #onError: (error: Error) => void
+  /** Which connection holds each (resource, candidate): an id shared by two processes is refused. */
+  readonly #owners = new Map<string, symbol>()
 
   constructor(backend: Backend, options: HubOptions = {}) {
     this.backend = backend
@@ -53,6 +55,8 @@ export class Hub {
     const ns = this.namespace
     const backend = this.backend
     const onError = this.#onError
+    const owners = this.#owners
+    const self = Symbol('connection')
     const watches = new Map<string, Promise<Unwatch | undefined>>()
     const held = new Map<string, { resource: string; candidate: string }>()
     let closed = false
@@ -86,14 +90,33 @@ export class Hub {
       switch (request.op) {
         case 'acquire': {
           const req = args as unknown as AcquireRequest
-          const result = await backend.acquire(req)
+          const key = `${String(req.resource)}\n${String(req.candidate)}`
+          const owner = owners.get(key)
+          if (owner !== undefined && owner !== self) {
+            // Two processes using one candidate id would both be told they hold the grant.
+            throw new ConclaveError(
+              'ERR_CONCLAVE_CANDIDATE_IN_USE',
+              `Candidate id ${JSON.stringify(req.candidate)} already holds "${String(req.resource)}" from another process. Candidate ids must be unique per process (the default hostname:pid:random is).`,
+            )
+          }
+          owners.set(key, self) // reserved now, so a concurrent acquire cannot slip in
+          let result: Awaited<ReturnType<Backend['acquire']>>
+          try {
+            result = await backend.acquire(req)
+          } catch (error) {
+            if (!held.has(key) && owners.get(key) === self) owners.delete(key)
+            throw error
+          }
           if (result.acquired) {
-            held.set(`${req.resource}\n${req.candidate}`, {
-              resource: req.resource,
-              candidate: req.candidate,
-            })
+            held.set(key, { resource: req.resource, candidate: req.candidate })
             // Acquired after the peer left: give it straight back.
-            if (closed) await backend.release({ resource: req.resource, candidate: req.candidate })
+            if (closed) {
+              await backend.release({ resource: req.resource, candidate: req.candidate })
+              held.delete(key)
+              if (owners.get(key) === self) owners.delete(key)
+            }
+          } else if (!held.has(key) && owners.get(key) === self) {
+            owners.delete(key)
           }
           return result
         }
@@ -104,9 +127,18 @@ export class Hub {
             )
           }
           return backend.renew(request.args as RenewRequest[])
-        case 'release':
-          await backend.release(args as unknown as ReleaseRequest)
+        case 'release': {
+          const req = args as unknown as ReleaseRequest
+          await backend.release(req)
+          const key = `${req.resource}\n${req.candidate}`
+          // Still held means the release named an older token: the grant and its owner stay.
+          const still = await backend.holders(req.resource)
+          if (!still.some((h) => h.candidate === req.candidate)) {
+            held.delete(key)
+            if (owners.get(key) === self) owners.delete(key)
+          }
           return null
+        }
         case 'holders':
           return backend.holders(args.resource as string)
         case 'watch': {
@@ -170,9 +202,10 @@ export class Hub {
       async close(): Promise<void> {
         if (closed) return
         closed = true
-        const releases = [...held.values()].map((h) =>
-          backend.release({ resource: h.resource, candidate: h.candidate }).catch(onError),
-        )
+        const releases = [...held.entries()].map(([key, h]) => {
+          if (owners.get(key) === self) owners.delete(key)
+          return backend.release({ resource: h.resource, candidate: h.candidate }).catch(onError)
+        })
         held.clear()
         const unwatches = [...watches.values()].map(async (pending) => {
           const unwatch = await pending
