@@ -237,6 +237,35 @@ describe('election core timing', () => {
   })
 })
 
+describe('leader event', () => {
+  it('emits the holders when someone listens, on every change, until closed', async () => {
+    const { clock, store, election } = setup()
+    const seen: string[][] = []
+    election.on('leader', (holders) => seen.push(holders.map((h) => h.candidate)))
+    await clock.advance(1)
+    await store.acquire({
+      resource: 'core/test',
+      candidate: 'other',
+      tickets: 1,
+      leaseMs: 500,
+      metadata: null,
+    })
+    await clock.advance(1)
+    await clock.advance(600) // the grant expires: the observer's own wake-up sees it
+    expect(seen).toEqual([[], ['other'], []])
+    await election.close()
+    await store.acquire({
+      resource: 'core/test',
+      candidate: 'late',
+      tickets: 1,
+      leaseMs: 500,
+      metadata: null,
+    })
+    await clock.advance(1)
+    expect(seen).toHaveLength(3)
+  })
+})
+
 describe('options', () => {
   const backend = new MemoryBackend()
   const bad: [Record<string, unknown>, RegExp][] = [
