@@ -14,6 +14,8 @@ const SCHEMES: Record<string, Factory> = {
   'memory:': async () => (await import('../backends/memory.js')).memoryBackend(),
   'cluster:': async () => (await import('../backends/cluster/index.js')).clusterBackend(),
   // more schemes: one line per backend, below this comment
+  'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
+  'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
 }
 
 export const BACKEND_SCHEMES = Object.keys(SCHEMES)
