@@ -16,6 +16,8 @@ const SCHEMES: Record<string, Factory> = {
   // more schemes: one line per backend, below this comment
   'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
+  'redis:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
+  'rediss:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
 }
 
 export const BACKEND_SCHEMES = Object.keys(SCHEMES)

@@ -1,0 +1,593 @@
+/**
+ * The Redis backend: one Lua script per operation (expiry and tokens on the server's TIME),
+ * keys hash-tagged per resource (one slot per script call, Redis Cluster safe), pub/sub on a
+ * per-resource channel to wake waiters through one shared subscriber connection.
+ *
+ * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
+ * it on first use.
+ */
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import type { Redis, RedisOptions } from 'ioredis'
+import {
+  type AcquireRequest,
+  type AcquireResult,
+  type Backend,
+  type Holder,
+  type Json,
+  type ReleaseRequest,
+  type RenewRequest,
+  type Unwatch,
+  validateAcquire,
+  validateRelease,
+  validateRenew,
+  validateResource,
+} from '../../backend.js'
+import { BackendError, ConclaveError, OptionsError } from '../../errors.js'
+
+export interface RedisBackendOptions {
+  /**
+   * Your ioredis client (left open by close()). Give it `commandTimeout` (and, to notice a
+   * hung path sooner, `socketTimeout`) so a command fails instead of waiting forever.
+   */
+  client?: Redis
+  /** Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. */
+  url?: string
+  /** ioredis options for the client made from `url` (merged over the backend's defaults). */
+  clientOptions?: RedisOptions
+  /** Prepended to every key and channel. Default `conclave:`. */
+  prefix?: string
+  /**
+   * Each operation fails after this many ms without an answer, whatever the client's own
+   * settings (the command may still run later; every operation is safe to retry). Default 5000.
+   */
+  timeoutMs?: number
+  /**
+   * How long a resource's channel stays subscribed after its last watch ends, so a candidate
+   * that campaigns again soon need not wait for a SUBSCRIBE. Default 10000; 0 unsubscribes at once.
+   */
+  lingerMs?: number
+  /**
+   * The subscriber connection sends PING this often, and is replaced when an answer takes
+   * longer than this, so a hung path (no RST, no FIN) is found and the waiters it serves are
+   * woken after reconnecting. Default 5000.
+   */
+  heartbeatMs?: number
+}
+
+/** Defaults for a client the backend makes: fail fast instead of queueing while disconnected. */
+export const OWNED_CLIENT_DEFAULTS: Readonly<RedisOptions> = Object.freeze({
+  commandTimeout: 2_000,
+  socketTimeout: 3_000,
+  connectTimeout: 2_000,
+  maxRetriesPerRequest: 1,
+  retryStrategy: (times: number) => Math.min(times * 100, 1_000),
+})
+
+/** A token key outlives the lease of its last new grant by this much (see docs/redis.md). */
+const TOKEN_TTL_MS = 7 * 24 * 3_600_000
+
+const OPTION_NAMES = [
+  'client',
+  'url',
+  'clientOptions',
+  'prefix',
+  'timeoutMs',
+  'lingerMs',
+  'heartbeatMs',
+] as const
+
+const PREFIX_RULE =
+  'prefix must be 0 to 100 printable ASCII characters without spaces or braces ({ } would break the hash tag).'
+
+interface Script {
+  readonly name: string
+  readonly source: string
+  readonly sha: string
+}
+
+let scripts: Record<'acquire' | 'renew' | 'release' | 'holders', Script> | undefined
+
+/** The Lua files next to this module (copied to dist by scripts/copy-assets.js). */
+function loadScripts(): NonNullable<typeof scripts> {
+  const load = (name: string): Script => {
+    const source = readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8')
+    return { name, source, sha: createHash('sha1').update(source).digest('hex') }
+  }
+  scripts ??= {
+    acquire: load('acquire'),
+    renew: load('renew'),
+    release: load('release'),
+    holders: load('holders'),
+  }
+  return scripts
+}
+
+type Reply = unknown
+
+function isNoScript(error: unknown): boolean {
+  return error instanceof Error && error.message.startsWith('NOSCRIPT')
+}
+
+/** The keys and channel of one resource; all share the hash tag `{resource}`. */
+export function resourceKeys(prefix: string, resource: string) {
+  const base = `${prefix}{${resource}}`
+  return {
+    holders: `${base}:holders`,
+    grants: `${base}:grants`,
+    token: `${base}:token`,
+    channel: `${base}:changed`,
+  }
+}
+
+interface Channel {
+  readonly listeners: Set<() => void>
+  /** Settles when the server confirmed our SUBSCRIBE (undefined: not subscribed). */
+  subscribed: Promise<void> | undefined
+  /** The last SUBSCRIBE/UNSUBSCRIBE sent, so they reach the server in order. */
+  queue: Promise<void>
+  /** Set while the channel has no listeners but stays subscribed a little longer. */
+  linger: NodeJS.Timeout | undefined
+}
+
+export class RedisBackend implements Backend {
+  readonly name = 'redis'
+  readonly prefix: string
+  readonly timeoutMs: number
+  readonly lingerMs: number
+  readonly heartbeatMs: number
+  readonly #owned: boolean
+  readonly #client: Promise<Redis>
+  readonly #scripts = loadScripts()
+  #subscriber: Redis | undefined
+  #heartbeat: NodeJS.Timeout | undefined
+  readonly #channels = new Map<string, Channel>()
+  #closed = false
+
+  constructor(options: RedisBackendOptions) {
+    if (typeof options !== 'object' || options === null) {
+      throw new OptionsError(
+        'options',
+        options,
+        'redisBackend takes an object: { client } (an ioredis client) or { url }.',
+      )
+    }
+    const unknown = Object.keys(options).find(
+      (name) => !(OPTION_NAMES as readonly string[]).includes(name),
+    )
+    if (unknown !== undefined) {
+      throw new OptionsError(
+        unknown,
+        (options as unknown as Record<string, unknown>)[unknown],
+        `Unknown redisBackend option. Known: ${OPTION_NAMES.join(', ')}.`,
+      )
+    }
+    const {
+      client,
+      url,
+      clientOptions,
+      prefix = 'conclave:',
+      timeoutMs = 5_000,
+      lingerMs = 10_000,
+      heartbeatMs = 5_000,
+    } = options
+    if (typeof prefix !== 'string' || prefix.length > 100 || !/^[\x21-\x7a|~]*$/.test(prefix)) {
+      throw new OptionsError('prefix', prefix, PREFIX_RULE)
+    }
+    if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > 2 ** 31 - 1) {
+      throw new OptionsError(
+        'timeoutMs',
+        timeoutMs,
+        'timeoutMs must be an integer number of milliseconds from 1 to 2147483647.',
+      )
+    }
+    if (!Number.isInteger(lingerMs) || lingerMs < 0 || lingerMs > 2 ** 31 - 1) {
+      throw new OptionsError(
+        'lingerMs',
+        lingerMs,
+        'lingerMs must be an integer number of milliseconds from 0 to 2147483647.',
+      )
+    }
+    if (!Number.isInteger(heartbeatMs) || heartbeatMs < 100 || heartbeatMs > 2 ** 31 - 1) {
+      throw new OptionsError(
+        'heartbeatMs',
+        heartbeatMs,
+        'heartbeatMs must be an integer number of milliseconds from 100 to 2147483647.',
+      )
+    }
+    if (clientOptions !== undefined && (typeof clientOptions !== 'object' || !url)) {
+      throw new OptionsError(
+        'clientOptions',
+        clientOptions,
+        'clientOptions is an object of ioredis options, and only goes with { url }.',
+      )
+    }
+    this.prefix = prefix
+    this.timeoutMs = timeoutMs
+    this.lingerMs = lingerMs
+    this.heartbeatMs = heartbeatMs
+    if (client !== undefined && url !== undefined) {
+      throw new OptionsError(
+        'url',
+        url,
+        'Give either { client } or { url }, not both.',
+        'With your own client, the backend uses it as is.',
+      )
+    }
+    if (client !== undefined) {
+      if (!looksLikeIoredis(client)) {
+        throw new OptionsError(
+          'client',
+          client,
+          'client must be an ioredis Redis instance (new Redis(...)); a Cluster client is not supported yet.',
+        )
+      }
+      this.#owned = false
+      this.#client = Promise.resolve(client)
+    } else if (url !== undefined) {
+      validateRedisUrl(url, 'url')
+      this.#owned = true
+      this.#client = import('ioredis').then(
+        ({ Redis: Client }) => {
+          const owned = new Client(url, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
+          // Failures reach the election through the operations; ioredis reconnects by itself.
+          owned.on('error', noop)
+          return owned
+        },
+        (error: unknown) => {
+          throw new BackendError('conclave/redis needs the ioredis package: npm install ioredis', {
+            cause: error,
+          })
+        },
+      )
+      // Errors surface through the operations; the rejection itself must not go unhandled.
+      this.#client.catch(() => {})
+    } else {
+      throw new OptionsError(
+        'client',
+        client,
+        'redisBackend needs { client } (an ioredis client) or { url } (redis:// or rediss://).',
+      )
+    }
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    this.#checkOpen()
+    validateAcquire(request)
+    const keys = resourceKeys(this.prefix, request.resource)
+    const reply = await this.#run('acquire', this.#scripts.acquire, [
+      [keys.holders, keys.grants, keys.token],
+      [
+        request.candidate,
+        String(request.tickets),
+        String(request.leaseMs),
+        JSON.stringify(request.metadata ?? null),
+        keys.channel,
+        String(TOKEN_TTL_MS),
+      ],
+    ])
+    const list = asArray(reply, 'acquire')
+    const holders = parseHolders(list, 2)
+    if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
+    return {
+      acquired: false,
+      holders,
+      // No readable holder although the tickets are taken (keys edited by hand): ask again later.
+      retryInMs: holders.length ? Math.min(...holders.map((h) => h.remainingMs)) : request.leaseMs,
+    }
+  }
+
+  async renew(requests: RenewRequest[]): Promise<boolean[]> {
+    this.#checkOpen()
+    requests.forEach(validateRenew)
+    if (requests.length === 0) return []
+    const script = this.#scripts.renew
+    const calls = requests.map((request): Call => {
+      const keys = resourceKeys(this.prefix, request.resource)
+      return [
+        [keys.holders, keys.grants],
+        [request.candidate, String(request.token), String(request.leaseMs)],
+      ]
+    })
+    const replies = await this.#timed('renew', async () => {
+      const client = await this.#client
+      // One pipeline: one round trip for every grant, whatever slot its keys are in.
+      let results = await pipelined(client, script, calls)
+      if (results.some(([error]) => isNoScript(error))) {
+        // The script cache was flushed (restart, SCRIPT FLUSH): load it, run them all again.
+        // Renewing twice is harmless: it only sets the same lease again.
+        await client.script('LOAD', script.source)
+        results = await pipelined(client, script, calls)
+      }
+      return results.map(([error, reply]) => {
+        if (error) throw error
+        return reply
+      })
+    })
+    return replies.map((reply) => Number(reply) === 1)
+  }
+
+  async release(request: ReleaseRequest): Promise<void> {
+    this.#checkOpen()
+    validateRelease(request)
+    const keys = resourceKeys(this.prefix, request.resource)
+    await this.#run('release', this.#scripts.release, [
+      [keys.holders, keys.grants],
+      [request.candidate, request.token === undefined ? '' : String(request.token), keys.channel],
+    ])
+  }
+
+  async holders(resource: string): Promise<Holder[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const keys = resourceKeys(this.prefix, resource)
+    const reply = await this.#run('holders', this.#scripts.holders, [
+      [keys.holders, keys.grants],
+      [keys.channel],
+    ])
+    return parseHolders(asArray(reply, 'holders'), 0)
+  }
+
+  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+    this.#checkOpen()
+    validateResource(resource)
+    const name = resourceKeys(this.prefix, resource).channel
+    const subscriber = await this.#subscriberConnection()
+    let channel = this.#channels.get(name)
+    if (!channel) {
+      channel = {
+        listeners: new Set(),
+        subscribed: undefined,
+        queue: Promise.resolve(),
+        linger: undefined,
+      }
+      this.#channels.set(name, channel)
+    }
+    const ch = channel
+    clearTimeout(ch.linger)
+    ch.linger = undefined
+    const entry = () => onChange()
+    ch.listeners.add(entry)
+    const stop = (lingerMs: number) => {
+      if (!ch.listeners.delete(entry) || ch.listeners.size > 0 || this.#closed) return
+      if (lingerMs === 0) return this.#unsubscribe(subscriber, ch, name)
+      ch.linger = setTimeout(() => void this.#unsubscribe(subscriber, ch, name), lingerMs)
+      ch.linger.unref()
+    }
+    try {
+      ch.subscribed ??= this.#subscribe(subscriber, ch, name)
+      await this.#timed('watch', () => ch.subscribed!)
+    } catch (error) {
+      await stop(0)
+      throw error
+    }
+    const unwatch: Unwatch = async () => stop(this.lingerMs)
+    return unwatch
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    for (const ch of this.#channels.values()) clearTimeout(ch.linger)
+    this.#channels.clear()
+    clearInterval(this.#heartbeat)
+    this.#subscriber?.disconnect()
+    if (this.#owned) {
+      const client = await this.#client.catch(() => undefined)
+      client?.disconnect()
+    }
+  }
+
+  /** The one subscriber connection of this backend, made on first watch. */
+  async #subscriberConnection(): Promise<Redis> {
+    if (this.#subscriber) return this.#subscriber
+    const client = await this.#client
+    this.#checkOpen()
+    if (this.#subscriber) return this.#subscriber
+    // Our own resubscribe (not ioredis's) so we know when it is confirmed and can then wake
+    // every watcher: a release may have been published while we were disconnected.
+    const subscriber = client.duplicate({
+      autoResubscribe: false,
+      enableOfflineQueue: true,
+      lazyConnect: false,
+      commandTimeout: client.options.commandTimeout ?? OWNED_CLIENT_DEFAULTS.commandTimeout,
+      maxRetriesPerRequest: 1,
+      // A PING (or SUBSCRIBE) unanswered this long: ioredis drops the socket and reconnects.
+      socketTimeout: this.heartbeatMs,
+    })
+    this.#subscriber = subscriber
+    this.#heartbeat = setInterval(() => {
+      if (subscriber.status === 'ready') subscriber.ping().catch(noop)
+    }, this.heartbeatMs)
+    this.#heartbeat.unref()
+    subscriber.on('error', noop) // reported through failed watches; ioredis reconnects
+    subscriber.on('message', (channel: string) => {
+      const listeners = this.#channels.get(channel)?.listeners
+      if (listeners) notify(listeners)
+    })
+    let connectedBefore = false
+    subscriber.on('ready', () => {
+      if (!connectedBefore) {
+        connectedBefore = true
+        return
+      }
+      void this.#resubscribe(subscriber)
+    })
+    return subscriber
+  }
+
+  async #resubscribe(subscriber: Redis): Promise<void> {
+    // A new connection has no subscriptions: lingering channels are simply forgotten.
+    for (const [name, ch] of this.#channels) {
+      if (ch.listeners.size > 0) continue
+      clearTimeout(ch.linger)
+      this.#channels.delete(name)
+    }
+    const channels = [...this.#channels]
+    const again = channels.map(
+      ([name, ch]) => (ch.subscribed = this.#subscribe(subscriber, ch, name)),
+    )
+    // Wake everyone once the subscriptions are back (or failed: their own timers still run).
+    await Promise.allSettled(again)
+    if (this.#closed) return
+    for (const [, ch] of channels) notify(ch.listeners)
+  }
+
+  /**
+   * Queued behind this channel's earlier SUBSCRIBE and ahead of any later one, so a watch made
+   * meanwhile is not undone. Best effort: a failed UNSUBSCRIBE only leaves a channel whose
+   * messages nobody hears.
+   */
+  async #unsubscribe(subscriber: Redis, ch: Channel, name: string): Promise<void> {
+    ch.linger = undefined
+    if (ch.listeners.size > 0 || this.#closed) return
+    ch.subscribed = undefined
+    const op = ch.queue.then(() => subscriber.unsubscribe(name)).then(noop, noop)
+    ch.queue = op
+    await op
+    if (ch.queue === op && !ch.subscribed && this.#channels.get(name) === ch)
+      this.#channels.delete(name)
+  }
+
+  #subscribe(subscriber: Redis, ch: Channel, name: string): Promise<void> {
+    const done = ch.queue.then(async () => {
+      await subscriber.subscribe(name)
+    })
+    ch.queue = done.catch(noop)
+    // A failed subscribe is retried by the next watch.
+    done.catch(() => {
+      if (ch.subscribed === done) ch.subscribed = undefined
+    })
+    return done
+  }
+
+  async #run(what: string, script: Script, [keys, args]: Call): Promise<Reply> {
+    return this.#timed(what, async () => {
+      const client = await this.#client
+      try {
+        return await client.evalsha(script.sha, keys.length, ...keys, ...args)
+      } catch (error) {
+        if (!isNoScript(error)) throw error
+        // Not cached on this server (restart, failover, SCRIPT FLUSH): EVAL also caches it.
+        return await client.eval(script.source, keys.length, ...keys, ...args)
+      }
+    })
+  }
+
+  /** Runs `fn`, turning failures and a missing answer after timeoutMs into a BackendError. */
+  async #timed<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new BackendError(`redis ${what}: no answer within ${this.timeoutMs} ms`, {
+              code: 'ERR_CONCLAVE_TIMEOUT',
+            }),
+          ),
+        this.timeoutMs,
+      )
+      timer.unref()
+    })
+    try {
+      return await Promise.race([fn(), timeout])
+    } catch (error) {
+      if (error instanceof ConclaveError) throw error
+      throw new BackendError(`redis ${what} failed: ${(error as Error)?.message ?? error}`, {
+        cause: error,
+      })
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closed) throw new ConclaveError('ERR_CONCLAVE_CLOSED', 'The redis backend is closed.')
+  }
+}
+
+type Call = [keys: string[], args: string[]]
+
+async function pipelined(
+  client: Redis,
+  script: Script,
+  calls: Call[],
+): Promise<[Error | null, unknown][]> {
+  const pipeline = client.pipeline()
+  for (const [keys, args] of calls) pipeline.evalsha(script.sha, keys.length, ...keys, ...args)
+  const results = await pipeline.exec()
+  if (!results) throw new Error('the pipeline was discarded')
+  return results
+}
+
+function asArray(reply: Reply, what: string): unknown[] {
+  if (!Array.isArray(reply))
+    throw new BackendError(`redis ${what}: unexpected reply ${typeof reply}`)
+  return reply
+}
+
+function parseHolders(list: unknown[], from: number): Holder[] {
+  const holders: Holder[] = []
+  for (let i = from; i + 3 < list.length; i += 4) {
+    holders.push({
+      candidate: String(list[i]),
+      token: Number(list[i + 1]),
+      metadata: JSON.parse(String(list[i + 2])) as Json,
+      remainingMs: Math.max(0, Number(list[i + 3])),
+    })
+  }
+  return holders.sort((a, b) => a.token - b.token)
+}
+
+function notify(listeners: Set<() => void>): void {
+  for (const fn of [...listeners]) {
+    queueMicrotask(() => {
+      try {
+        fn()
+      } catch {
+        // A watcher's own failure is its business; the others still hear the change.
+      }
+    })
+  }
+}
+
+function noop(): void {}
+
+function looksLikeIoredis(client: unknown): client is Redis {
+  if (typeof client !== 'object' || client === null) return false
+  const c = client as Record<string, unknown>
+  return (
+    !c.isCluster &&
+    ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every((m) => typeof c[m] === 'function')
+  )
+}
+
+function validateRedisUrl(url: unknown, field: string): string {
+  let parsed: URL | undefined
+  try {
+    parsed = typeof url === 'string' ? new URL(url) : undefined
+  } catch {
+    parsed = undefined
+  }
+  if (
+    !parsed ||
+    (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') ||
+    !parsed.hostname
+  ) {
+    throw new OptionsError(
+      field,
+      url,
+      'A Redis URL is redis://[user:password@]host[:port][/db] or rediss://... for TLS.',
+    )
+  }
+  return url as string
+}
+
+export function redisBackend(options: RedisBackendOptions): RedisBackend {
+  return new RedisBackend(options)
+}
+
+/** `redis://...` or `rediss://...`: a backend that owns (and closes) its own client. */
+export async function backendFromUrl(url: string): Promise<RedisBackend> {
+  return new RedisBackend({ url: validateRedisUrl(url, 'backend') })
+}

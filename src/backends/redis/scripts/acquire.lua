@@ -1,0 +1,85 @@
+-- acquire: grant one of a resource's tickets to a candidate, or say who holds them.
+-- A candidate that already holds keeps its token and gets a fresh lease.
+--
+-- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
+-- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"
+-- KEYS[3] token:   string, the last token granted on this resource
+-- ARGV[1] candidate
+-- ARGV[2] tickets
+-- ARGV[3] leaseMs
+-- ARGV[4] metadata (JSON text)
+-- ARGV[5] channel to PUBLISH on when the holders change
+-- ARGV[6] how long the token key outlives the lease of the last new grant, in ms
+--
+-- Returns {1, token, holders...} when granted, {0, 0, holders...} when not, where holders is
+-- the flat list candidate, token, metadata, remainingMs of every unexpired holder.
+if redis.replicate_commands then redis.replicate_commands() end
+
+local holders, grants, tokenKey = KEYS[1], KEYS[2], KEYS[3]
+local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+
+local time = redis.call('TIME')
+local nowUs = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now = math.floor(nowUs / 1000)
+local changed = false
+
+-- Expired holders go first, so they neither count nor show.
+local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
+for _, c in ipairs(gone) do redis.call('HDEL', grants, c) end
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  changed = true
+end
+
+local result = {0, 0}
+local mine = redis.call('HGET', grants, candidate)
+if mine and not redis.call('ZSCORE', holders, candidate) then
+  -- A grant without its expiry cannot be trusted: drop it and decide afresh.
+  redis.call('HDEL', grants, candidate)
+  mine = false
+end
+
+if mine then
+  local sep = string.find(mine, ':', 1, true)
+  local token = string.sub(mine, 1, sep - 1)
+  local value = token .. ':' .. metadata
+  if value ~= mine then
+    redis.call('HSET', grants, candidate, value)
+    changed = true
+  end
+  redis.call('ZADD', holders, now + leaseMs, candidate)
+  result = {1, token}
+elseif redis.call('ZCARD', holders) < tickets then
+  -- DESIGN guarantee 2: larger than the last token and than server time in microseconds, so
+  -- tokens keep growing even after a restart that lost this key.
+  local last = tonumber(redis.call('GET', tokenKey) or '0')
+  local token = string.format('%.0f', math.max(last + 1, nowUs))
+  redis.call('SET', tokenKey, token, 'PX', leaseMs + tokenTtl)
+  redis.call('HSET', grants, candidate, token .. ':' .. metadata)
+  redis.call('ZADD', holders, now + leaseMs, candidate)
+  changed = true
+  result = {1, token}
+end
+
+-- Keys outlive every grant in them (their TTL is raised, never lowered, when it falls short),
+-- and no longer than twice the longest lease: an abandoned resource leaves nothing behind.
+if result[1] == 1 and redis.call('PTTL', holders) < leaseMs then
+  redis.call('PEXPIRE', holders, 2 * leaseMs)
+  redis.call('PEXPIRE', grants, 2 * leaseMs)
+end
+
+local all = redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES')
+for i = 1, #all, 2 do
+  local value = redis.call('HGET', grants, all[i])
+  if value then
+    local sep = string.find(value, ':', 1, true)
+    result[#result + 1] = all[i]
+    result[#result + 1] = string.sub(value, 1, sep - 1)
+    result[#result + 1] = string.sub(value, sep + 1)
+    result[#result + 1] = tonumber(all[i + 1]) - now
+  end
+end
+
+if changed then redis.call('PUBLISH', channel, '1') end
+return result

@@ -1,0 +1,26 @@
+-- release: remove a candidate's grant, only if it has the given token (or any, without one).
+--
+-- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
+-- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"
+-- ARGV[1] candidate
+-- ARGV[2] token of the grant to remove, or '' for whatever this candidate has
+-- ARGV[3] channel to PUBLISH on when the holders change
+--
+-- Returns 1 when a grant was removed, 0 when there was none to remove (idempotent).
+local holders, grants = KEYS[1], KEYS[2]
+local candidate, token, channel = ARGV[1], ARGV[2], ARGV[3]
+
+local value = redis.call('HGET', grants, candidate)
+if not value then
+  redis.call('ZREM', holders, candidate)
+  return 0
+end
+if token ~= '' then
+  local sep = string.find(value, ':', 1, true)
+  if string.sub(value, 1, sep - 1) ~= token then return 0 end
+end
+
+redis.call('HDEL', grants, candidate)
+redis.call('ZREM', holders, candidate)
+redis.call('PUBLISH', channel, '1')
+return 1

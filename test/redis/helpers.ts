@@ -1,0 +1,39 @@
+// Shared bits of the redis backend tests: clients that fail fast, waiting, command counts.
+import { Redis, type RedisOptions } from 'ioredis'
+
+/** A client as a careful user would configure it: commands fail instead of queueing forever. */
+export function fastFailingClient(url: string, options: RedisOptions = {}): Redis {
+  const client = new Redis(url, {
+    commandTimeout: 1_000,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => 100,
+    ...options,
+  })
+  client.on('error', () => {}) // reconnects are expected in these tests
+  return client
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
+  const end = performance.now() + timeoutMs
+  while (performance.now() < end) {
+    if (await check()) return
+    await sleep(10)
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+}
+
+/** calls per command name, from INFO commandstats (e.g. { evalsha: 12, publish: 3 }). */
+export async function commandCalls(client: Redis): Promise<Record<string, number>> {
+  const info = await client.info('commandstats')
+  const calls: Record<string, number> = {}
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) {
+    calls[match[1]!] = Number(match[2])
+  }
+  return calls
+}

@@ -1,0 +1,129 @@
+// The redis-server itself fails: paused (SIGSTOP) longer than the lease, or restarted with
+// all its data lost.
+import { randomBytes } from 'node:crypto'
+import type { Redis } from 'ioredis'
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
+import type { Backend } from '../../src/backend.js'
+import { redisBackend } from '../../src/backends/redis/index.js'
+import { Election } from '../../src/election.js'
+import type { Term } from '../../src/term.js'
+import { startRedis, type RedisServer } from '../servers/index.js'
+import { fastFailingClient, sleep, until } from './helpers.js'
+
+let server: RedisServer
+let clients: Redis[] = []
+let backends: Backend[] = []
+let elections: Election[] = []
+
+beforeAll(async () => {
+  server = await startRedis()
+})
+afterEach(async () => {
+  await Promise.all(elections.map((e) => e.close()))
+  await Promise.all(backends.map((b) => b.close()))
+  for (const client of clients) client.disconnect()
+  ;[clients, backends, elections] = [[], [], []]
+})
+afterAll(async () => {
+  await server?.resume()
+  await server?.stop()
+})
+
+function backend(): Backend {
+  const client = fastFailingClient(server.url, { commandTimeout: 300 })
+  clients.push(client)
+  const b = redisBackend({ client, timeoutMs: 1_000 })
+  backends.push(b)
+  return b
+}
+
+/** A candidate that runs until closed, recording its terms. */
+function candidate(resource: string, leaseMs: number) {
+  const election = new Election(backend(), resource, { leaseMs })
+  election.on('error', () => {}) // errors are the point of these tests
+  elections.push(election)
+  const terms: Term[] = []
+  void election.run(async (term) => {
+    terms.push(term)
+    await new Promise((resolve) => term.signal.addEventListener('abort', resolve))
+  })
+  return { election, terms }
+}
+
+it('ends the term before anyone else is granted when the server is paused past the lease', async () => {
+  const lease = 1_000
+  const resource = `pause/${randomBytes(4).toString('hex')}`
+  const a = candidate(resource, lease)
+  await until(() => a.terms.length === 1, 5_000, 'A elected')
+  const b = candidate(resource, lease)
+  const all = [a, b]
+
+  // In-process: whenever anyone is elected, nobody else may be active. Out-of-process: a
+  // separate client samples the server's holders.
+  const violations: string[] = []
+  for (const c of all) {
+    c.election.on('elected', () => {
+      const active = all.filter((x) => x.election.isLeader).length
+      if (active > 1) violations.push(`${active} active terms`)
+    })
+  }
+  const checker = backend()
+  let sampling = true
+  let maxHolders = 0
+  let samples = 0
+  const sampler = (async () => {
+    while (sampling) {
+      try {
+        maxHolders = Math.max(maxHolders, (await checker.holders(resource)).length)
+        samples++
+      } catch {
+        // the server is paused
+      }
+      await sleep(20)
+    }
+  })()
+
+  const first = a.terms[0]!
+  await server.pause()
+  let revokedWhilePaused = false
+  try {
+    await until(() => first.signal.aborted, 5 * lease, "A's signal")
+    revokedWhilePaused = true
+    await sleep(1.5 * lease) // paused 2.5 leases in all
+  } finally {
+    await server.resume()
+  }
+  expect(revokedWhilePaused).toBe(true)
+  expect(first.endReason).toBe('expired')
+
+  await until(() => all.some((c) => c.election.isLeader), 20 * lease, 'a new term')
+  await sleep(lease) // and keep sampling while it holds
+  sampling = false
+  await sampler
+  expect(samples).toBeGreaterThan(0)
+  expect(maxHolders).toBe(1)
+  expect(violations).toEqual([])
+  const next = [...a.terms.slice(1), ...b.terms].find((t) => t.active)!
+  // The same candidate may find its grant still there (renewed as the server woke): same token.
+  expect(next.token).toBeGreaterThanOrEqual(first.token)
+  if (next.candidate !== first.candidate) expect(next.token).toBeGreaterThan(first.token)
+})
+
+it('keeps tokens growing and terms recovering across a restart that lost all data', async () => {
+  const lease = 1_000
+  const resource = `restart/${randomBytes(4).toString('hex')}`
+  const a = candidate(resource, lease)
+  await until(() => a.terms.length === 1, 5_000, 'A elected')
+  const before = a.terms[0]!.token
+
+  await server.restart() // SIGKILL, then a fresh process on the same port: no data, no scripts
+  await until(() => a.terms.length === 2 && a.terms[1]!.active, 20 * lease, 'a term after restart')
+  expect(a.terms[0]!.active).toBe(false)
+  expect(a.terms[1]!.token).toBeGreaterThan(before)
+  const holders = await backend().holders(resource)
+  expect(holders.map((h) => h.token)).toEqual([a.terms[1]!.token])
+  // The term lasts: its renewals (the script cache was lost too) keep working.
+  await sleep(2 * lease)
+  expect(a.terms[1]!.active).toBe(true)
+  expect(a.terms).toHaveLength(2)
+})
