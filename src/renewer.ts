@@ -67,6 +67,8 @@ class RenewalGroup {
       }
       this.#attempt = 0
       batch.forEach((member, i) => (results[i] ? member.renewed(sentAt) : member.lost()))
+      // Keep the cadence from the send: a slow round trip does not push every later tick back.
+      next = Math.max(0, sentAt + this.renewMs - this.clock.now())
     } catch (error) {
       for (const member of batch) member.failed(error)
       next = backoff(this.#attempt++, this.retryMs, this.renewMs)
