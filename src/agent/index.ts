@@ -1,0 +1,56 @@
+/**
+ * `conclave/agent`: run code in one designated process of a node:cluster app, ask every
+ * worker, tell every worker; cluster-wide Prometheus metrics and health on top. See docs/agent.md.
+ */
+export {
+  type AgentEvents,
+  type AgentOptions,
+  type CallContext,
+  type CallOptions,
+  currentCall,
+  DESIGNATED_RESOURCE,
+  type GatherEntry,
+  type Handler,
+  HEALTH_HANDLER,
+  ProcessAgent,
+} from './agent.js'
+export {
+  broadcast,
+  call,
+  gather,
+  getAgent,
+  handle,
+  runInPrimary,
+  startAgent,
+  stopAgent,
+} from './default.js'
+export { RunInPrimary, type RunInPrimaryOptions } from './decorator.js'
+export {
+  AgentClosedError,
+  AgentError,
+  AgentTimeoutError,
+  DesignatedLostError,
+  NoHandlerError,
+  NotSerializableError,
+  RemoteError,
+  WorkerLostError,
+} from './errors.js'
+export {
+  clusterMetrics,
+  type ClusterMetricsOptions,
+  type ClusterMetricsResult,
+  collectClusterMetrics,
+  METRICS_HANDLER,
+  type MetricJson,
+  type RegistryLike,
+  shareMetrics,
+} from './metrics.js'
+export {
+  clusterHealth,
+  type ClusterHealth,
+  type HealthResult,
+  onHealthCheck,
+  type WorkerHealth,
+} from './health.js'
+export { assertCarriable, type Serialization } from './serialize.js'
+export type { Peer } from './protocol.js'
