@@ -20,6 +20,8 @@ import { type Term, type TermOwner, TermState } from './term.js'
 export interface ElectionEvents {
   elected: [term: Term]
   revoked: [term: Term, reason: TermEndReason]
+  /** A renewal succeeded: the deadline moved to `sentAt + leaseMs - marginMs`. */
+  renewed: [term: Term, info: { sentAt: number; roundTripMs: number }]
   leader: [holders: Holder[]]
   error: [error: Error]
 }
@@ -347,11 +349,15 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     state.timer = this.#clock.setTimeout(onTimer, deadline - this.#clock.now())
     const member: RenewalMember = {
       request: { resource: this.resource, candidate: this.id, token, leaseMs },
+      // Reads the clock: a term past its deadline (a stalled loop) ends now, before a renewal
+      // could be sent for it.
       get ended() {
-        return state.endReason !== undefined
+        return !state.isActive()
       },
       renewed: (sentAt) => {
-        if (!state.endReason) state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
+        if (state.endReason) return
+        state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
+        this.#safeEmit('renewed', state.term, { sentAt, roundTripMs: this.#clock.now() - sentAt })
       },
       lost: () => void this.end(state, 'lost'),
       failed: (error) => this.#report(error),

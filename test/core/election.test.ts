@@ -82,6 +82,8 @@ describe('election core timing', () => {
 
   it('moves the deadline to each renewal’s send time plus lease minus margin', async () => {
     const { clock, backend, election } = setup()
+    const renewed: { sentAt: number; roundTripMs: number }[] = []
+    election.on('renewed', (_t, info) => renewed.push(info))
     const term = await election.campaign()
     const first = term.deadline
     await clock.advance(300) // one renew tick
@@ -89,6 +91,7 @@ describe('election core timing', () => {
     expect(renew).toBeDefined()
     expect(term.deadline).toBe(renew.at + 950)
     expect(term.deadline).toBeGreaterThan(first)
+    expect(renewed).toEqual([{ sentAt: renew.at, roundTripMs: 0 }])
     await clock.advance(10_000)
     expect(term.active).toBe(true)
     expect(backend.calls.filter((c) => c.op === 'renew').length).toBeGreaterThanOrEqual(30)
