@@ -31,3 +31,29 @@ export {
   type TermEndReason,
 } from './errors.js'
 export { MemoryBackend, memoryBackend, type MemoryBackendOptions } from './backends/memory.js'
+export {
+  every,
+  type EveryContext,
+  type EveryOptions,
+  Singleton,
+  type SingletonEvents,
+  type SingletonHandlers,
+  singletonService,
+  type SingletonState,
+  type SingletonStopReason,
+  singletonWorker,
+} from './singleton.js'
+export { type Closable, closeOnSignals, Shutdown, type ShutdownOptions } from './lifecycle.js'
+export {
+  type ElectionHealth,
+  HealthCheck,
+  healthCheck,
+  type HealthOptions,
+  type HealthReport,
+} from './health.js'
+export {
+  ElectionMetrics,
+  electionMetrics,
+  type ElectionMetricsOptions,
+  type MetricsRegistry,
+} from './metrics.js'

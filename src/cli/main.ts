@@ -4,13 +4,15 @@
  *   conclave demo [--workers N] [--tickets N] [--lease MS]
  *   conclave status --backend URL NAME...
  *   conclave watch --backend URL NAME
+ *   conclave run --backend URL --name NAME [--tickets N] [--lease 15s] [--grace 10s] [--forever] -- CMD ARGS...
  */
 import { parseArgs } from 'node:util'
 import { Election } from '../election.js'
 import { ConclaveError, OptionsError } from '../errors.js'
-import { validateResource } from '../backend.js'
+import { validateCandidate, validateResource } from '../backend.js'
 import { BACKEND_SCHEMES, backendFromUrl } from './backends.js'
 import { demoWorker, isDemoWorker, runDemo } from './demo.js'
+import { parseDuration, runCommand } from './run.js'
 
 const HELP: Record<string, string> = {
   main: `conclave: leader election and singletons for Node.js
@@ -19,6 +21,7 @@ Usage:
   conclave demo [--workers N] [--tickets N] [--lease MS]   a live failover demo, no server needed
   conclave status --backend URL NAME...                    who holds each resource now
   conclave watch --backend URL NAME                        one line per change of holders
+  conclave run --backend URL --name NAME [...] -- CMD...   run CMD only while holding NAME
   conclave <command> --help
 
 Backend URLs: ${BACKEND_SCHEMES.map((s) => `${s}...`).join(' ')}`,
@@ -33,6 +36,24 @@ Prints the holders of each named resource: candidate, token, time left, metadata
   watch: `conclave watch --backend URL NAME
 
 Prints the holders of NAME now and again on every change, until interrupted (Ctrl-C).`,
+  run: `conclave run --backend URL --name NAME [options] -- CMD [ARGS...]
+
+Campaigns for NAME and runs CMD only while holding it. CMD gets CONCLAVE_TOKEN (the fencing
+token), CONCLAVE_LEADER_ID and CONCLAVE_RESOURCE in its environment. When the term ends, CMD's
+process group gets SIGTERM, then SIGKILL after the grace period. SIGINT, SIGTERM, SIGHUP,
+SIGQUIT, SIGUSR1 and SIGUSR2 are forwarded to CMD (SIGINT/SIGTERM/SIGHUP/SIGQUIT also stop
+conclave run once CMD exits, with SIGKILL after the grace). When CMD exits, the grant is
+released and conclave run exits with CMD's code (128 + N if it died by signal N). If conclave
+run dies, even by SIGKILL, CMD and its descendants are killed with it.
+
+Options:
+  --backend URL    where the lease lives (${BACKEND_SCHEMES.join(' ')})
+  --name NAME      the resource, e.g. jobs/nightly
+  --tickets N      how many may hold NAME at once (default 1; all must agree)
+  --lease D        lease length (default 15s); D is 500ms, 15s, 2m or a number of ms
+  --grace D        time between SIGTERM and SIGKILL (default 10s)
+  --forever        after a lost term, campaign again and restart CMD
+  --id ID          this candidate's id (default host:pid:random)`,
 }
 
 class UsageError extends ConclaveError {
@@ -71,9 +92,10 @@ async function main(argv: string[]): Promise<number> {
   }
   if (!(command in HELP) || command === 'main') {
     throw new UsageError(
-      `Unknown command "${command}". Commands: demo, status, watch. See conclave --help.`,
+      `Unknown command "${command}". Commands: demo, status, watch, run. See conclave --help.`,
     )
   }
+  if (command === 'run') return run(rest)
   let parsed
   try {
     parsed = parseArgs({
@@ -164,6 +186,79 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     await backend.close()
   }
+}
+
+/** A duration flag: `15s`, `500ms`, `2m` or a number of milliseconds, within bounds. */
+function duration(
+  flag: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+) {
+  if (value === undefined) return fallback
+  const ms = parseDuration(value)
+  if (ms === undefined || ms < min || ms > max) {
+    throw new UsageError(
+      `Invalid --${flag}: "${value}". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from ${min} ms to ${max} ms.`,
+    )
+  }
+  return ms
+}
+
+async function run(args: string[]): Promise<number> {
+  const split = args.indexOf('--')
+  const flags = split === -1 ? args : args.slice(0, split)
+  let values
+  try {
+    ;({ values } = parseArgs({
+      args: flags,
+      allowPositionals: false,
+      strict: true,
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        backend: { type: 'string' },
+        name: { type: 'string' },
+        tickets: { type: 'string' },
+        lease: { type: 'string' },
+        grace: { type: 'string' },
+        forever: { type: 'boolean' },
+        id: { type: 'string' },
+      },
+    }))
+  } catch (error) {
+    const hint =
+      split === -1 ? ' Put -- before the command: conclave run [options] -- CMD ARGS...' : ''
+    throw new UsageError(`${(error as Error).message}.${hint} See conclave run --help.`)
+  }
+  if (values.help) {
+    console.log(HELP.run)
+    return 0
+  }
+  if (values.backend === undefined)
+    throw new UsageError('--backend URL is required. See conclave run --help.')
+  if (values.name === undefined)
+    throw new UsageError('--name NAME is required. See conclave run --help.')
+  const command = split === -1 ? [] : args.slice(split + 1)
+  if (command.length === 0 || command[0] === '')
+    throw new UsageError('Give the command to run after --: conclave run [options] -- CMD ARGS...')
+  const name = validateResource(values.name, '--name')
+  const tickets = positiveInt('tickets', values.tickets, 1, 1, 10_000)
+  const leaseMs = duration('lease', values.lease, 15_000, 100, 86_400_000)
+  const graceMs = duration('grace', values.grace, 10_000, 0, 3_600_000)
+  const code = await runCommand({
+    backend: values.backend,
+    name,
+    tickets,
+    leaseMs,
+    graceMs,
+    forever: values.forever ?? false,
+    id: values.id === undefined ? undefined : validateCandidate(values.id, '--id'),
+    command,
+    log: (line) => console.error(`conclave run: ${line}`),
+  })
+  // Nothing may keep this process around once the command is over and the grant released.
+  process.exit(code)
 }
 
 main(process.argv.slice(2)).then(
