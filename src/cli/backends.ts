@@ -14,20 +14,22 @@ const SCHEMES: Record<string, Factory> = {
   'memory:': async () => (await import('../backends/memory.js')).memoryBackend(),
   'cluster:': async () => (await import('../backends/cluster/index.js')).clusterBackend(),
   // more schemes: one line per backend, below this comment
-  'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
-  'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'redis:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
   'rediss:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
+  'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
+  'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
+  'etcd:': async (url) => (await import('../backends/etcd.js')).backendFromUrl(url),
 }
 
 export const BACKEND_SCHEMES = Object.keys(SCHEMES)
 
 /** Makes the backend a URL names; the backend owns (and closes) any client it creates. */
 export async function backendFromUrl(url: string, field = 'backend'): Promise<Backend> {
-  let scheme: string
-  try {
-    scheme = new URL(url).protocol
-  } catch {
+  // The scheme alone decides; the rest is the backend's to parse (etcd's host lists are
+  // not WHATWG URLs).
+  const scheme =
+    typeof url === 'string' ? /^([a-z][a-z0-9+.-]*:)/i.exec(url)?.[1]?.toLowerCase() : undefined
+  if (scheme === undefined) {
     throw new OptionsError(
       field,
       url,

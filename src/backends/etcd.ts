@@ -1,0 +1,723 @@
+/**
+ * The etcd backend, after etcd's `clientv3/concurrency`: a key per candidate under the resource's
+ * range, created only if absent and attached to a lease; the first `tickets` keys by create
+ * revision hold the resource; the token is the key's create revision (cluster-wide, strictly
+ * increasing); waiters are woken by a watch on the range. Unlike etcd3's `Election`:
+ * - every wake-up re-reads the whole ranking (never trusts one predecessor's delete: etcd3 #176);
+ * - one lease per backend instance (per lease length in whole seconds) carries every key it
+ *   writes, kept alive by exactly one keepalive per renew() call, whatever the number of grants;
+ *   no background keepalive loop: the election core owns all timing, and its deadline (send time
+ *   + leaseMs - margin) lands before the server's expiry, since each keepalive gives the lease at
+ *   least leaseMs from when etcd handles it;
+ * - each key also expires on this process's clock (deleted leaseMs after its last acquire or
+ *   renewal), because on a shared lease a key whose term ended would otherwise live on as long
+ *   as the backend's other grants are renewed.
+ *
+ * etcd3 is an optional peer dependency: only types are imported statically; `{ hosts }` loads it.
+ */
+import { createRequire } from 'node:module'
+import type {
+  Etcd3,
+  IKeyValue,
+  ILeaseTimeToLiveResponse,
+  IOptions,
+  IRangeRequest,
+  Namespace,
+} from 'etcd3'
+import {
+  type AcquireRequest,
+  type AcquireResult,
+  type Backend,
+  type Holder,
+  type ReleaseRequest,
+  type RenewRequest,
+  type Unwatch,
+  validateAcquire,
+  validateRelease,
+  validateRenew,
+  validateResource,
+} from '../backend.js'
+import { BackendError, ConclaveError } from '../errors.js'
+import {
+  decodeValue,
+  encodeValue,
+  keyBuffer,
+  keyString,
+  KEY_ENCODING,
+  Layout,
+  type Stored,
+} from './etcd/layout.js'
+import {
+  type EtcdBackendOptions,
+  optionsFromUrl,
+  resolveEtcdOptions,
+  type ResolvedEtcdOptions,
+} from './etcd/options.js'
+import { Watches } from './etcd/watches.js'
+
+export type { EtcdBackendOptions } from './etcd/options.js'
+
+/** One etcd lease of this backend. */
+interface Lease {
+  /** etcd's lease id (an int64, as a decimal string). */
+  readonly id: string
+  /** The TTL etcd granted, in seconds (never below what was asked; etcd may raise it). */
+  readonly ttlSec: number
+  /** etcd said it is gone (expired or revoked); a fresh one is granted for the next acquire. */
+  dead: boolean
+}
+
+/** A key this backend wrote and still answers for. */
+interface Entry {
+  readonly key: string
+  readonly token: number
+  lease: Lease
+  leaseMs: number
+  /** Ranked within its tickets at its last acquire (false: queued behind others). */
+  held: boolean
+  /** Monotonic time after which this process deletes the key (its own expiry). */
+  expiresAt: number
+  timer: NodeJS.Timeout | undefined
+  /** Its expiry is due but the delete has not reached etcd yet (retried). */
+  doomed: boolean
+}
+
+interface Ranked {
+  kv: IKeyValue
+  stored: Stored
+}
+
+/** Where `remainingMs` comes from: etcd's lease TTL (whole seconds, rounded down) per lease. */
+type LeaseTtls = Map<string, number | undefined>
+
+const now = () => performance.now()
+
+/**
+ * etcd3 fault handling for a client the backend makes: no retries and no circuit breaker, since
+ * the election core retries with its own backoff, and a breaker left open for 5 s after a blip
+ * would outlast a short lease.
+ */
+const PASS_THROUGH = {
+  execute: <T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T) =>
+    Promise.resolve().then(() => fn({ signal: new AbortController().signal, attempt: 1 })),
+  onSuccess: () => ({ dispose() {} }),
+  onFailure: () => ({ dispose() {} }),
+} as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>
+
+type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>
+
+/**
+ * Watch reconnects for a client the backend makes: 100 ms doubling up to 1 s, jittered (etcd3's
+ * default grows to 30 s, so a waiter could sleep through many leases after an outage).
+ */
+function watchBackoff(attempt = 0): WatchBackoff {
+  return {
+    duration: Math.min(1_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2),
+    next: () => watchBackoff(Math.min(attempt + 1, 10)),
+  }
+}
+
+/**
+ * What a client made from `hosts` starts with, and what to give your own client for the same
+ * fast recovery: `new Etcd3({ hosts, ...ETCD_CLIENT_DEFAULTS })`.
+ */
+export const ETCD_CLIENT_DEFAULTS: Readonly<Pick<IOptions, 'faultHandling'>> = Object.freeze({
+  faultHandling: Object.freeze({
+    global: PASS_THROUGH,
+    host: () => PASS_THROUGH,
+    watchBackoff: watchBackoff(),
+  }),
+})
+
+export class EtcdBackend implements Backend {
+  readonly name: string = 'etcd'
+  readonly #options: ResolvedEtcdOptions
+  readonly #client: Namespace
+  readonly #owned: Etcd3 | undefined
+  readonly #layout: Layout
+  readonly #watches: Watches
+  /** The current lease per requested TTL in seconds (a grant may still be in flight). */
+  readonly #slots = new Map<number, Promise<{ lease: Lease; issuedAt: number }>>()
+  /** Every lease this instance was granted and etcd has not reported gone. */
+  readonly #leases = new Map<string, Lease>()
+  /** Every lease id this instance was ever granted: a key on one of them is ours. */
+  readonly #everLeased = new Set<string>()
+  readonly #entries = new Map<string, Entry>()
+  /** Per-key queue: acquire, release and self-expiry of one key never interleave. */
+  readonly #locks = new Map<string, Promise<void>>()
+  #closing: Promise<void> | undefined
+
+  constructor(options: EtcdBackendOptions) {
+    this.#options = resolveEtcdOptions(options)
+    if (this.#options.client) {
+      this.#client = this.#options.client
+    } else {
+      const { Etcd3: Client } = loadEtcd3()
+      this.#owned = new Client({
+        ...ETCD_CLIENT_DEFAULTS,
+        ...this.#options.clientOptions,
+        hosts: this.#options.hosts!,
+      })
+      this.#client = this.#owned
+    }
+    this.#layout = new Layout(this.#client.prefix.toString(KEY_ENCODING), this.#options.prefix)
+    this.#watches = new Watches(this.#client, this.#options.timeoutMs, (resource) =>
+      this.#layout.watchPrefix(resource),
+    )
+  }
+
+  /** The key prefix in use (without the client's namespace). */
+  get prefix(): string {
+    return this.#options.prefix
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    this.#checkOpen()
+    validateAcquire(request)
+    const key = this.#layout.key(request.resource, request.candidate)
+    return this.#withKey(key, () => this.#acquire(request, key))
+  }
+
+  async renew(requests: RenewRequest[]): Promise<boolean[]> {
+    this.#checkOpen()
+    if (!Array.isArray(requests)) throw new BackendError('renew takes an array of requests')
+    requests.forEach(validateRenew)
+    const issuedAt = now()
+    const results = requests.map(() => false)
+    const byLease = new Map<Lease, { index: number; entry: Entry }[]>()
+    requests.forEach((request, index) => {
+      const entry = this.#entries.get(this.#layout.key(request.resource, request.candidate))
+      // Only a grant this backend made (and has not seen end) can still be renewed, and only
+      // for as long as its lease lasts.
+      if (!entry || entry.token !== request.token || entry.doomed || entry.lease.dead) return
+      if (request.leaseMs > entry.lease.ttlSec * 1000) return
+      let list = byLease.get(entry.lease)
+      if (!list) byLease.set(entry.lease, (list = []))
+      list.push({ index, entry })
+    })
+    if (byLease.size === 0) return results
+    const leaseMs = Math.min(...requests.map((r) => r.leaseMs))
+    const timeoutMs = Math.min(this.#options.timeoutMs, Math.max(leaseMs, 100))
+    await Promise.all(
+      [...byLease].map(async ([lease, items]) => {
+        // One keepalive (extends every key on the lease) and one read of the keys on it.
+        const [ttl, info] = await Promise.all([
+          this.#keepalive(lease, timeoutMs),
+          this.#timeToLive(lease.id, true, timeoutMs),
+        ])
+        if (ttl <= 0 || Number(info.TTL) < 0) {
+          this.#leaseGone(lease)
+          return
+        }
+        const present = new Set(info.keys.map(keyString))
+        for (const { index, entry } of items) {
+          if (this.#entries.get(entry.key) !== entry || entry.doomed) continue
+          if (present.has(entry.key)) {
+            results[index] = true
+            // Counted from the send, like the core's deadline, which therefore comes first.
+            this.#extend(entry, issuedAt + entry.leaseMs)
+          } else this.#forget(entry) // deleted behind our back (by hand, or an old release)
+        }
+      }),
+    )
+    return results
+  }
+
+  async release(request: ReleaseRequest): Promise<void> {
+    this.#checkOpen()
+    validateRelease(request)
+    const key = this.#layout.key(request.resource, request.candidate)
+    await this.#withKey(key, async () => {
+      const entry = this.#entries.get(key)
+      if (request.token !== undefined) {
+        await this.#deleteIfToken(key, request.token)
+        if (entry && entry.token === request.token) this.#forget(entry)
+        return
+      }
+      // Without a token: whatever this candidate has here, queued or held, if it is ours (a key
+      // on another process's lease belongs to another process that uses the same candidate id).
+      const response = await this.#call('read', (options) =>
+        this.#client.kv.range({ key: keyBuffer(key) }, options),
+      )
+      const kv = response.kvs[0]
+      if (kv && (this.#everLeased.has(kv.lease) || entry?.token === Number(kv.create_revision))) {
+        await this.#deleteIfToken(key, Number(kv.create_revision))
+      }
+      if (entry) this.#forget(entry)
+    })
+  }
+
+  async holders(resource: string): Promise<Holder[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const range = await this.#call('read', (options) =>
+      this.#client.kv.range(this.#rangeRequest(resource), options),
+    )
+    return (await this.#rank(resource, range.kvs, new Map())).holders
+  }
+
+  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+    this.#checkOpen()
+    validateResource(resource)
+    if (typeof onChange !== 'function') throw new BackendError('watch takes a function')
+    return this.#watches.watch(resource, onChange)
+  }
+
+  /**
+   * Stops every watch, forgets every key, revokes this backend's leases (so whatever it still
+   * had is handed over now rather than after a lease) and closes the client if it made it.
+   */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      for (const entry of this.#entries.values()) clearTimeout(entry.timer)
+      this.#entries.clear()
+      const leases = [...this.#leases.values()]
+      this.#leases.clear()
+      this.#slots.clear()
+      await this.#watches.close()
+      await Promise.all(
+        leases.map((lease) =>
+          this.#call('revoke', (options) =>
+            this.#client.leaseClient.leaseRevoke({ ID: lease.id }, options),
+          ).catch(() => {}),
+        ),
+      )
+      this.#owned?.close()
+    })()
+    return this.#closing
+  }
+
+  // ------------------------------------------------------------------------------------------
+
+  async #acquire(request: AcquireRequest, key: string): Promise<AcquireResult> {
+    const issuedAt = now()
+    const stored: Stored = {
+      tickets: request.tickets,
+      leaseMs: request.leaseMs,
+      metadata: request.metadata,
+    }
+    const value = encodeValue(stored)
+    const timeoutMs = this.#options.timeoutMs
+    const stale = this.#entries.get(key)
+    if (stale && (stale.doomed || issuedAt >= stale.expiresAt)) {
+      // Its term is over (the core's deadline passed before this expiry did), though the key
+      // may still be there: never hand its token out again; start afresh behind the others.
+      stale.doomed = true
+      await this.#deleteIfToken(key, stale.token)
+      this.#forget(stale)
+    }
+    for (let attempt = 1; ; attempt++) {
+      if (attempt > 3) throw new BackendError('etcd: the key kept changing under this acquire')
+      const { lease, issuedAt: grantedAt } = await this.#lease(request.leaseMs)
+      if (lease.ttlSec * 1000 < request.leaseMs) {
+        throw new BackendError(`etcd granted a ${lease.ttlSec} s lease for ${request.leaseMs} ms`)
+      }
+      // A lease granted before this request was sent may have little time left: refresh it in
+      // the same round trip as the transaction.
+      const refreshed =
+        grantedAt >= issuedAt ? Promise.resolve(lease.ttlSec) : this.#keepalive(lease, timeoutMs)
+      const range = this.#rangeRequest(request.resource)
+      const txn = this.#call('acquire', (options) =>
+        this.#client.kv.txn(
+          {
+            compare: [
+              { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: 0 },
+            ],
+            success: [
+              { request_put: { key: keyBuffer(key), value, lease: lease.id } },
+              { request_range: range },
+            ],
+            failure: [{ request_range: range }],
+          },
+          options,
+        ),
+      )
+      let ttl: number
+      let response: Awaited<typeof txn>
+      try {
+        ;[ttl, response] = await Promise.all([refreshed, txn])
+      } catch (error) {
+        if (!isLeaseNotFound(error)) throw error
+        this.#leaseGone(lease)
+        continue
+      }
+      if (ttl <= 0) {
+        // The lease died under us (our key, if just created, went with it): a fresh one.
+        this.#leaseGone(lease)
+        continue
+      }
+      const kvs = response.responses[response.succeeded ? 1 : 0]?.response_range?.kvs ?? []
+      const index = kvs.findIndex((kv) => keyString(kv.key) === key)
+      const mine = kvs[index]
+      if (!mine) continue // gone between compare and range cannot happen in one txn; be safe
+      const token = Number(mine.create_revision)
+      if (mine.lease !== lease.id) {
+        const other = this.#leases.get(mine.lease)
+        if (!other || other.dead) {
+          // Another process's key under this candidate id (or one written by hand): never
+          // adopted. It goes when its lease does; until then this candidate waits like others.
+          return this.#notAcquired(request, kvs, lease, null)
+        }
+        // Our own key on our other lease (this candidate changed its lease length): move it,
+        // keeping its create revision, hence its place and its token.
+        if (!(await this.#rewrite(key, token, value, lease))) continue
+      } else if (!response.succeeded && !mine.value.equals(value)) {
+        // New metadata or tickets: a put keeps the create revision; the compare makes sure it
+        // is still the same key.
+        if (!(await this.#rewrite(key, token, value, lease))) continue
+      }
+      mine.value = value
+      const held = index < request.tickets
+      this.#track(key, token, lease, request.leaseMs, held, issuedAt)
+      const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
+      if (held) {
+        const { holders } = await this.#rank(request.resource, kvs, known)
+        return { acquired: true, token, holders }
+      }
+      return this.#notAcquired(request, kvs, lease, known)
+    }
+  }
+
+  async #notAcquired(
+    request: AcquireRequest,
+    kvs: IKeyValue[],
+    lease: Lease,
+    known: LeaseTtls | null,
+  ): Promise<AcquireResult> {
+    const { holders, soonestMs } = await this.#rank(
+      request.resource,
+      kvs,
+      known ?? (new Map() as LeaseTtls),
+    )
+    // A queued key lives on this backend's lease, which only acquire keeps alive while nothing
+    // is held: come back well within the lease so the key keeps its place in the queue.
+    const keepPlaceMs = Math.floor((lease.ttlSec * 1000) / 2)
+    return { acquired: false, holders, retryInMs: Math.max(0, Math.min(soonestMs, keepPlaceMs)) }
+  }
+
+  /**
+   * Holders: keys ranked (by create revision) below the tickets written in their own value, i.e.
+   * the candidates whose own acquire would grant them. remainingMs comes from etcd's lease TTL,
+   * whole seconds rounded down, so it is reported as the upper bound: the key is gone by then (a
+   * release or expiry is pushed by the watch anyway). It is also capped at the holder's leaseMs,
+   * after which a live holder that stopped renewing deletes its own key.
+   */
+  async #rank(
+    resource: string,
+    kvs: IKeyValue[],
+    known: LeaseTtls,
+  ): Promise<{ holders: Holder[]; soonestMs: number }> {
+    const ranked: Ranked[] = []
+    kvs.forEach((kv, index) => {
+      const stored = decodeValue(kv.value)
+      if (index < stored.tickets) ranked.push({ kv, stored })
+    })
+    const unknown = [...new Set(ranked.map((r) => r.kv.lease))].filter(
+      (id) => id !== '0' && !known.has(id),
+    )
+    const answers = await Promise.all(
+      unknown.map((id) => this.#timeToLive(id, false, this.#options.timeoutMs)),
+    )
+    answers.forEach((info, i) => {
+      const ttl = Number(info.TTL)
+      known.set(
+        unknown[i]!,
+        ttl < 0 ? undefined : Math.min(ttl + 1, Math.max(1, Number(info.grantedTTL))),
+      )
+    })
+    const holders: Holder[] = []
+    for (const { kv, stored } of ranked) {
+      const ttlSec = kv.lease === '0' ? Number.POSITIVE_INFINITY : known.get(kv.lease)
+      if (ttlSec === undefined) continue // its lease is gone: so is the key, a moment later
+      holders.push({
+        candidate: this.#layout.candidateOf(resource, keyString(kv.key)),
+        token: Number(kv.create_revision),
+        metadata: stored.metadata,
+        // A key on no lease (written by hand) never expires: reported as the longest lease.
+        remainingMs: Math.min(ttlSec * 1000, stored.leaseMs, 2 ** 31 - 1),
+      })
+    }
+    const finite = holders.map((h) => h.remainingMs).filter(Number.isFinite)
+    // With no holder in sight (their leases just ended, their keys are going), look again soon.
+    const soonestMs = holders.length === 0 ? 10 : finite.length ? Math.min(...finite) : 60_000
+    return { holders, soonestMs }
+  }
+
+  /** Puts `value` on an existing key with this lease, if it still has create revision `token`. */
+  async #rewrite(key: string, token: number, value: Buffer, lease: Lease): Promise<boolean> {
+    const response = await this.#call('acquire', (options) =>
+      this.#client.kv.txn(
+        {
+          compare: [
+            { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
+          ],
+          success: [{ request_put: { key: keyBuffer(key), value, lease: lease.id } }],
+          failure: [],
+        },
+        options,
+      ),
+    )
+    return response.succeeded
+  }
+
+  async #deleteIfToken(key: string, token: number): Promise<void> {
+    await this.#call('release', (options) =>
+      this.#client.kv.txn(
+        {
+          compare: [
+            { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
+          ],
+          success: [{ request_delete_range: { key: keyBuffer(key) } }],
+          failure: [],
+        },
+        options,
+      ),
+    )
+  }
+
+  #rangeRequest(resource: string): IRangeRequest {
+    return { ...this.#layout.range(resource), sort_target: 'Create', sort_order: 'Ascend' }
+  }
+
+  // --- leases -------------------------------------------------------------------------------
+
+  /** The lease for this lease length, granting one if there is none (or it died). */
+  async #lease(leaseMs: number): Promise<{ lease: Lease; issuedAt: number }> {
+    // Whole seconds, rounded up: the server never lets a key go sooner than the core assumes.
+    const ttlSec = Math.max(1, Math.ceil(leaseMs / 1000))
+    for (let slot = this.#slots.get(ttlSec); slot; slot = this.#slots.get(ttlSec)) {
+      const current = await slot.catch(() => undefined)
+      if (current && !current.lease.dead) return current
+      if (this.#slots.get(ttlSec) === slot) this.#slots.delete(ttlSec)
+    }
+    this.#checkOpen()
+    const issuedAt = now()
+    const granting = this.#call('lease grant', (options) =>
+      this.#client.leaseClient.leaseGrant({ TTL: ttlSec, ID: 0 }, options),
+    ).then((response) => {
+      const lease: Lease = { id: response.ID, ttlSec: Number(response.TTL), dead: false }
+      this.#everLeased.add(lease.id)
+      if (this.#closing) {
+        // Granted while closing: give it straight back.
+        void this.#call('revoke', (o) =>
+          this.#client.leaseClient.leaseRevoke({ ID: lease.id }, o),
+        ).catch(() => {})
+        throw closedError()
+      }
+      this.#leases.set(lease.id, lease)
+      return { lease, issuedAt }
+    })
+    this.#slots.set(ttlSec, granting)
+    granting.catch(() => {
+      if (this.#slots.get(ttlSec) === granting) this.#slots.delete(ttlSec)
+    })
+    return granting
+  }
+
+  /** etcd said the lease is gone: so is every key on it. */
+  #leaseGone(lease: Lease): void {
+    // Its slot is replaced by the next #lease() call, which checks `dead`.
+    lease.dead = true
+    this.#leases.delete(lease.id)
+    for (const entry of [...this.#entries.values()]) if (entry.lease === lease) this.#forget(entry)
+  }
+
+  /** One keepalive on a short-lived stream; resolves with the TTL etcd answered (0: gone). */
+  async #keepalive(lease: Lease, timeoutMs: number): Promise<number> {
+    return this.#call(
+      'keepalive',
+      async (options) => {
+        const stream = await this.#client.leaseClient.leaseKeepAlive(options)
+        return new Promise<number>((resolve, reject) => {
+          // Stays attached: a late error on this stream must never go unhandled.
+          stream.on('error', (error: Error) => reject(error))
+          stream.on('end', () => reject(new Error('the keepalive stream ended without an answer')))
+          stream.on('data', (response) => {
+            resolve(Number(response.TTL))
+            // A half-close ends the call cleanly (a cancel would make etcd3 reset the channel).
+            stream.end()
+          })
+          stream.write({ ID: lease.id })
+        })
+      },
+      timeoutMs,
+    )
+  }
+
+  #timeToLive(id: string, keys: boolean, timeoutMs: number): Promise<ILeaseTimeToLiveResponse> {
+    return this.#call(
+      'lease read',
+      (options) => this.#client.leaseClient.leaseTimeToLive({ ID: id, keys }, options),
+      timeoutMs,
+    )
+  }
+
+  // --- keys this backend answers for ----------------------------------------------------------
+
+  #track(
+    key: string,
+    token: number,
+    lease: Lease,
+    leaseMs: number,
+    held: boolean,
+    issuedAt: number,
+  ): void {
+    let entry = this.#entries.get(key)
+    if (entry && entry.token !== token) {
+      this.#forget(entry)
+      entry = undefined
+    }
+    // A queued key waits for its candidate's next acquire, which comes within half a lease:
+    // it expires on our side only if that candidate is gone for two leases.
+    const expiresAt = issuedAt + (held ? leaseMs : 2 * leaseMs)
+    if (!entry) {
+      entry = {
+        key,
+        token,
+        lease,
+        leaseMs,
+        held,
+        expiresAt,
+        timer: undefined,
+        doomed: false,
+      }
+      this.#entries.set(key, entry)
+    } else {
+      entry.lease = lease
+      entry.leaseMs = leaseMs
+      entry.held = held
+      entry.doomed = false
+      entry.expiresAt = expiresAt
+    }
+    this.#schedule(entry)
+  }
+
+  #extend(entry: Entry, until: number): void {
+    if (until > entry.expiresAt) entry.expiresAt = until
+  }
+
+  #forget(entry: Entry): void {
+    clearTimeout(entry.timer)
+    entry.timer = undefined
+    if (this.#entries.get(entry.key) === entry) this.#entries.delete(entry.key)
+  }
+
+  /** One timer per key, moved lazily: a renewal only moves `expiresAt`. */
+  #schedule(entry: Entry, ms = entry.expiresAt - now()): void {
+    if (entry.timer !== undefined || this.#closing) return
+    entry.timer = setTimeout(
+      () => {
+        entry.timer = undefined
+        void this.#expire(entry)
+      },
+      Math.max(0, Math.ceil(ms)),
+    )
+    entry.timer.unref()
+  }
+
+  /** The key's own expiry: delete it unless it was renewed or re-acquired meanwhile. */
+  async #expire(entry: Entry): Promise<void> {
+    if (this.#closing || this.#entries.get(entry.key) !== entry) return
+    if (now() < entry.expiresAt) return this.#schedule(entry)
+    await this.#withKey(entry.key, async () => {
+      if (this.#closing || this.#entries.get(entry.key) !== entry) return
+      if (now() < entry.expiresAt) return this.#schedule(entry)
+      // From now on a renewal of it says false, even one already in flight.
+      entry.doomed = true
+      try {
+        await this.#deleteIfToken(entry.key, entry.token)
+        this.#forget(entry)
+      } catch {
+        // Try again soon: on a shared lease the key would otherwise outlive its term.
+        if (this.#entries.get(entry.key) === entry && !this.#closing) {
+          this.#schedule(entry, Math.min(1_000, entry.leaseMs) * (0.5 + Math.random()))
+        }
+      }
+    }).catch(() => {})
+  }
+
+  async #withKey<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.#locks.get(key) ?? Promise.resolve()
+    const run = previous.then(fn)
+    const tail = run.then(
+      () => {},
+      () => {},
+    )
+    this.#locks.set(key, tail)
+    try {
+      return await run
+    } finally {
+      if (this.#locks.get(key) === tail) this.#locks.delete(key)
+    }
+  }
+
+  // --- calls ----------------------------------------------------------------------------------
+
+  /**
+   * Runs one etcd call with a deadline (passed to gRPC, so the call is cancelled, and enforced
+   * here too, since etcd3 may wait before the call starts); failures become BackendErrors.
+   */
+  async #call<T>(
+    what: string,
+    fn: (options: { deadline: Date }) => Promise<T>,
+    timeoutMs = this.#options.timeoutMs,
+  ): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const call = fn({ deadline: new Date(Date.now() + timeoutMs) })
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new BackendError(`etcd ${what} got no answer in ${timeoutMs} ms`)),
+        timeoutMs + 50,
+      )
+      timer.unref()
+    })
+    try {
+      return await Promise.race([call, timeout])
+    } catch (error) {
+      if (error instanceof ConclaveError) throw error
+      const message = error instanceof Error ? error.message : String(error)
+      throw new BackendError(`etcd ${what} failed: ${message}`, { cause: error })
+    } finally {
+      clearTimeout(timer)
+      call.catch(() => {}) // a late failure after the timeout is already reported
+    }
+  }
+
+  #checkOpen(): void {
+    if (this.#closing) throw closedError()
+  }
+}
+
+function closedError(): ConclaveError {
+  return new ConclaveError('ERR_CONCLAVE_CLOSED', 'The etcd backend is closed.')
+}
+
+/** etcd refused a write on a lease it no longer has (the etcd3 error, or ours wrapping it). */
+function isLeaseNotFound(error: unknown): boolean {
+  const cause = error instanceof BackendError ? error.cause : error
+  return (
+    cause instanceof Error &&
+    (cause.constructor.name === 'EtcdLeaseInvalidError' || /lease not found/i.test(cause.message))
+  )
+}
+
+function loadEtcd3(): typeof import('etcd3') {
+  try {
+    return createRequire(import.meta.url)('etcd3') as typeof import('etcd3')
+  } catch (error) {
+    throw new ConclaveError(
+      'ERR_CONCLAVE_MISSING_PEER',
+      'etcdBackend({ hosts }) needs the etcd3 package: npm install etcd3 (or pass your own client).',
+      { cause: error },
+    )
+  }
+}
+
+export function etcdBackend(options: EtcdBackendOptions): EtcdBackend {
+  return new EtcdBackend(options)
+}
+
+/** `etcd://host:port[,host:port...][?prefix=...&timeoutMs=...]`; the backend owns its client. */
+export async function backendFromUrl(url: string): Promise<EtcdBackend> {
+  return new EtcdBackend(optionsFromUrl(url))
+}

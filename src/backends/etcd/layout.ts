@@ -1,0 +1,107 @@
+/**
+ * Where the etcd backend keeps things and how a key's value reads.
+ *
+ * Key of a candidate: `<namespace><prefix><resource>#<candidate>`. `#` is not allowed in resource
+ * names, so the range `<prefix><resource>#` holds exactly one resource's candidates: with `/` as
+ * the separator, resource `a` would also see the keys of resource `a/b`, and candidate `b/x` of
+ * resource `a` could not be told from candidate `x` of resource `a/b`.
+ *
+ * Value: JSON `{ "tickets": N, "leaseMs": L, "metadata": M }` as written by the candidate's
+ * latest acquire. `tickets` is stored so that holders() (which has no tickets argument) ranks the
+ * same way each candidate's own acquire did: a key is a holder when fewer keys than its own
+ * `tickets` were created before it.
+ */
+import type { Json } from '../../backend.js'
+
+export interface Stored {
+  tickets: number
+  leaseMs: number
+  metadata: Json
+}
+
+export function encodeValue(stored: Stored): Buffer {
+  return Buffer.from(
+    JSON.stringify({ tickets: stored.tickets, leaseMs: stored.leaseMs, metadata: stored.metadata }),
+  )
+}
+
+/**
+ * Reads a value written by this backend. Anything else found under the prefix (written by hand
+ * or by another program) counts as a holder of one ticket with no metadata, so it is never
+ * ignored: it can only delay candidates, never let an extra one in.
+ */
+export function decodeValue(value: Buffer | undefined): Stored {
+  try {
+    const parsed = JSON.parse(value?.toString('utf8') ?? '') as Partial<Stored> | null
+    if (
+      parsed &&
+      typeof parsed === 'object' &&
+      Number.isInteger(parsed.tickets) &&
+      (parsed.tickets as number) >= 1 &&
+      Number.isInteger(parsed.leaseMs) &&
+      (parsed.leaseMs as number) >= 1
+    ) {
+      return {
+        tickets: parsed.tickets as number,
+        leaseMs: parsed.leaseMs as number,
+        metadata: parsed.metadata ?? null,
+      }
+    }
+  } catch {
+    // fall through: not ours
+  }
+  return { tickets: 1, leaseMs: Number.POSITIVE_INFINITY, metadata: null }
+}
+
+/** Keys are handled as latin1 strings: one char per byte, so any namespace bytes survive. */
+export const KEY_ENCODING = 'latin1'
+
+export function keyBuffer(key: string): Buffer {
+  return Buffer.from(key, KEY_ENCODING)
+}
+
+export function keyString(key: Buffer): string {
+  return key.toString(KEY_ENCODING)
+}
+
+export class Layout {
+  /** The client's namespace plus the backend's prefix. */
+  readonly base: string
+
+  /**
+   * @param namespace the etcd3 client's namespace (latin1), applied by hand to raw KV calls
+   * @param prefix the backend's `prefix` option
+   */
+  constructor(
+    namespace: string,
+    readonly prefix: string,
+  ) {
+    this.base = namespace + prefix
+  }
+
+  /** The start of one resource's range, with the namespace (as raw KV calls need it). */
+  resourcePrefix(resource: string): string {
+    return `${this.base}${resource}#`
+  }
+
+  /** The same without the namespace, for the client's watch builder (which adds it). */
+  watchPrefix(resource: string): string {
+    return `${this.prefix}${resource}#`
+  }
+
+  key(resource: string, candidate: string): string {
+    return `${this.resourcePrefix(resource)}${candidate}`
+  }
+
+  candidateOf(resource: string, key: string): string {
+    return key.slice(this.resourcePrefix(resource).length)
+  }
+
+  /** [start, end) of a resource's range ('$' is the byte after '#'). */
+  range(resource: string): { key: Buffer; range_end: Buffer } {
+    return {
+      key: keyBuffer(this.resourcePrefix(resource)),
+      range_end: keyBuffer(`${this.base}${resource}$`),
+    }
+  }
+}

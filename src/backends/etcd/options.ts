@@ -1,0 +1,175 @@
+/** Options of the etcd backend: what they are, their defaults, and the rules they must follow. */
+import type { IOptions, Namespace } from 'etcd3'
+import { describe, OptionsError } from '../../errors.js'
+
+export interface EtcdBackendOptions {
+  /**
+   * Your etcd3 client (an `Etcd3`, or a namespace of one: keys then live under its namespace
+   * too). close() leaves it open. Do not also give `hosts`.
+   */
+  client?: Namespace
+  /**
+   * Or the etcd endpoints (`http://127.0.0.1:2379`, or `host:port`): the backend makes its own
+   * client (etcd3 must be installed) and closes it on close().
+   */
+  hosts?: string | string[]
+  /** etcd3 options for the client made from `hosts` (merged over the backend's defaults). */
+  clientOptions?: Omit<IOptions, 'hosts'>
+  /** Prepended to every key. Default `conclave/`. */
+  prefix?: string
+  /**
+   * Each etcd call fails after this many ms without an answer (renewals after at most the lease),
+   * whatever the client's own settings; every operation is safe to retry. Default 5000.
+   */
+  timeoutMs?: number
+}
+
+export interface ResolvedEtcdOptions {
+  client: Namespace | undefined
+  hosts: string[] | undefined
+  clientOptions: Omit<IOptions, 'hosts'>
+  prefix: string
+  timeoutMs: number
+}
+
+const KNOWN = ['client', 'hosts', 'clientOptions', 'prefix', 'timeoutMs']
+
+export const DEFAULT_PREFIX = 'conclave/'
+export const DEFAULT_TIMEOUT_MS = 5_000
+
+const PREFIX = /^[\x21-\x7e]{0,100}$/
+const HOST = /^(https?:\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/
+
+export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new OptionsError(
+      'options',
+      options,
+      'etcdBackend takes an options object: { client } (your etcd3 client) or { hosts }.',
+    )
+  }
+  const o = options as Record<string, unknown>
+  for (const key of Object.keys(o)) {
+    if (!KNOWN.includes(key)) {
+      throw new OptionsError(
+        key,
+        o[key],
+        `"${key}" is not an etcd backend option.`,
+        `Known options: ${KNOWN.join(', ')}.`,
+      )
+    }
+  }
+  if ((o.client === undefined) === (o.hosts === undefined)) {
+    throw new OptionsError(
+      o.client === undefined ? 'client' : 'hosts',
+      o.client === undefined ? undefined : 'both client and hosts',
+      'Give exactly one of client (your etcd3 client, e.g. new Etcd3({ hosts })) or hosts (endpoints, e.g. "http://127.0.0.1:2379").',
+    )
+  }
+  let client: Namespace | undefined
+  if (o.client !== undefined) {
+    const c = o.client as Partial<Record<'kv' | 'leaseClient' | 'watch' | 'prefix', unknown>>
+    if (
+      typeof c !== 'object' ||
+      c === null ||
+      typeof c.kv !== 'object' ||
+      typeof c.leaseClient !== 'object' ||
+      typeof c.watch !== 'function' ||
+      !Buffer.isBuffer(c.prefix)
+    ) {
+      throw new OptionsError(
+        'client',
+        o.client,
+        'client must be an etcd3 client (new Etcd3({ hosts }) from the etcd3 package, 1.x) or a namespace of one.',
+      )
+    }
+    client = o.client as Namespace
+  }
+  let hosts: string[] | undefined
+  if (o.hosts !== undefined) {
+    const list = typeof o.hosts === 'string' ? [o.hosts] : o.hosts
+    if (
+      !Array.isArray(list) ||
+      list.length === 0 ||
+      !list.every((h) => typeof h === 'string' && HOST.test(h))
+    ) {
+      throw new OptionsError(
+        'hosts',
+        o.hosts,
+        'hosts is an endpoint or a non-empty array of endpoints, each "host:port" or "http(s)://host:port".',
+      )
+    }
+    hosts = (list as string[]).map((h) => (/^https?:\/\//.test(h) ? h : `http://${h}`))
+  }
+  if (
+    o.clientOptions !== undefined &&
+    (typeof o.clientOptions !== 'object' || o.clientOptions === null || client !== undefined)
+  ) {
+    throw new OptionsError(
+      'clientOptions',
+      o.clientOptions,
+      client !== undefined
+        ? 'clientOptions applies only to the client made from hosts; configure your own client directly.'
+        : 'clientOptions must be an object of etcd3 options.',
+    )
+  }
+  const prefix = o.prefix === undefined ? DEFAULT_PREFIX : o.prefix
+  if (typeof prefix !== 'string' || !PREFIX.test(prefix)) {
+    throw new OptionsError(
+      'prefix',
+      o.prefix,
+      'prefix must be 0 to 100 printable ASCII characters without spaces.',
+    )
+  }
+  const timeoutMs = o.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : o.timeoutMs
+  if (
+    !Number.isInteger(timeoutMs) ||
+    (timeoutMs as number) < 10 ||
+    (timeoutMs as number) > 600_000
+  ) {
+    throw new OptionsError(
+      'timeoutMs',
+      o.timeoutMs,
+      'timeoutMs must be an integer number of milliseconds from 10 to 600000.',
+    )
+  }
+  return {
+    client,
+    hosts,
+    clientOptions: o.clientOptions ?? {},
+    prefix,
+    timeoutMs: timeoutMs as number,
+  }
+}
+
+const URL_PARAMS = ['prefix', 'timeoutMs']
+
+/**
+ * `etcd://host:port[,host:port...][/][?prefix=...&timeoutMs=...]` to options. Written by hand:
+ * WHATWG URL parsing rejects the comma-separated host list.
+ */
+export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOptions {
+  const rule =
+    'An etcd backend URL is etcd://host:port[,host:port...][?prefix=...&timeoutMs=...] (e.g. etcd://127.0.0.1:2379).'
+  if (typeof url !== 'string') throw new OptionsError(field, url, rule)
+  const match = /^etcd:\/\/([^/?#]+)\/?(\?[^#]*)?$/i.exec(url)
+  if (!match) throw new OptionsError(field, url, rule)
+  const hosts = match[1]!.split(',')
+  if (!hosts.every((h) => HOST.test(h) && !/^https?:/.test(h))) {
+    throw new OptionsError(field, url, `${rule} Each host is host:port; got ${describe(match[1])}.`)
+  }
+  const options: EtcdBackendOptions = { hosts: hosts.map((h) => `http://${h}`) }
+  const params = new URLSearchParams(match[2] ?? '')
+  for (const [key, value] of params) {
+    if (!URL_PARAMS.includes(key)) {
+      throw new OptionsError(
+        field,
+        url,
+        `Unknown etcd URL parameter "${key}". Known: ${URL_PARAMS.join(', ')}.`,
+      )
+    }
+    if (key === 'prefix') options.prefix = value
+    if (key === 'timeoutMs') options.timeoutMs = /^\d+$/.test(value) ? Number(value) : NaN
+  }
+  return options
+}
