@@ -9,6 +9,7 @@ import { Election } from '../../src/election.js'
 import { OptionsError } from '../../src/errors.js'
 import type { ElectionOptions } from '../../src/options.js'
 import type { Term } from '../../src/term.js'
+import { sleep, until } from '../helpers/wait.js'
 
 export interface ConformanceFixture {
   /** A fresh backend instance, as another process would hold it. The suite closes it. */
@@ -50,17 +51,6 @@ export class Faulty implements Backend {
   close() {
     return this.inner.close()
   }
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string) {
-  const end = performance.now() + timeoutMs
-  while (performance.now() < end) {
-    if (await check()) return
-    await sleep(10)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
 }
 
 export function runConformance(name: string, fixture: ConformanceFixture): void {

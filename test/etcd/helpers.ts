@@ -3,20 +3,7 @@
 import { Etcd3 } from 'etcd3'
 import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
 
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-export async function until(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string,
-): Promise<void> {
-  const end = performance.now() + timeoutMs
-  while (performance.now() < end) {
-    if (await check()) return
-    await sleep(10)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-}
+export { sleep, until } from '../helpers/wait.js'
 
 /** A backend on its own user-owned client (closed along with the backend), as a process has. */
 export function backendWithClient(endpoint: string, prefix: string): EtcdBackend {

@@ -53,20 +53,7 @@ export function exited(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('exit', () => resolve()))
 }
 
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-export async function until(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string,
-): Promise<void> {
-  const end = performance.now() + timeoutMs
-  while (performance.now() < end) {
-    if (await check()) return
-    await sleep(20)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-}
+export { sleep, until } from '../helpers/wait.js'
 
 /** A schema name no other test file uses. */
 export function uniqueSchema(label: string): string {

@@ -13,20 +13,7 @@ export function fastFailingClient(url: string, options: RedisOptions = {}): Redi
   return client
 }
 
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-export async function until(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string,
-): Promise<void> {
-  const end = performance.now() + timeoutMs
-  while (performance.now() < end) {
-    if (await check()) return
-    await sleep(10)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-}
+export { sleep, until } from '../helpers/wait.js'
 
 /** calls per command name, from INFO commandstats (e.g. { evalsha: 12, publish: 3 }). */
 export async function commandCalls(client: Redis): Promise<Record<string, number>> {
