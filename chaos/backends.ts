@@ -1,0 +1,148 @@
+/**
+ * The chaos harness's backends: ONE entry per backend, and a backend still to come adds itself
+ * here with one entry. An entry says how to start its server (the private instances of
+ * test/servers), how a candidate process makes its backend from a URL, and which faults apply.
+ * Modules are loaded lazily, so a candidate loads only its own backend's client library.
+ */
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Backend } from '../src/backend.js'
+import type { ServerHandle } from '../test/servers/index.js'
+import type { FaultKind } from './records.js'
+
+/** A running backend server, as the harness sees it. */
+export interface ChaosServer {
+  /** Where candidates connect (each through its own fault proxy); none for cluster. */
+  target?: { host: string; port: number }
+  /** The URL a candidate uses to reach the server at host:port (the proxy's address). */
+  url(host: string, port: number): string
+  /** Kill the server (SIGKILL, as a crash), keep it down for downMs, start it on the same port(s). */
+  restart?(downMs: number): Promise<void>
+  /** The holders of a resource, asked straight from the server: grants left behind. */
+  holders(resource: string): Promise<{ candidate: string; token: number }[]>
+  /** Stops the server and closes the harness's own client. */
+  stop(): Promise<void>
+}
+
+export interface ChaosBackend {
+  /** `fork`: candidates are child processes; `cluster`: workers of the harness (the primary). */
+  mode: 'fork' | 'cluster'
+  faults: readonly FaultKind[]
+  /** In the harness: start the server (for cluster, install the hub). */
+  start(): Promise<ChaosServer>
+  /** In a candidate process: the backend for the URL the harness gave it. */
+  connect: (url: string) => Promise<Backend>
+}
+
+const NETWORKED: readonly FaultKind[] = ['kill', 'pause', 'stall', 'partition', 'restart']
+
+/** A private server from test/servers as a ChaosServer; `connect` is the entry's own. */
+function serverOf(
+  handle: ServerHandle & { host: string; port: number },
+  url: (host: string, port: number) => string,
+  connect: (url: string) => Promise<Backend>,
+): ChaosServer {
+  return {
+    target: { host: handle.host, port: handle.port },
+    url,
+    async restart(downMs) {
+      await handle.kill()
+      await sleep(downMs)
+      await handle.restart()
+    },
+    async holders(resource) {
+      const backend = await connect(url(handle.host, handle.port))
+      try {
+        return await backend.holders(resource)
+      } finally {
+        await backend.close()
+      }
+    },
+    stop: () => handle.stop(),
+  }
+}
+
+export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
+  cluster: {
+    mode: 'cluster',
+    // No server to restart, no TCP path to cut: the state lives in the harness (the primary).
+    faults: ['kill', 'pause', 'stall'],
+    async start() {
+      const { clusterBackend } = await import('../src/backends/cluster/index.js')
+      const backend = clusterBackend()
+      return {
+        url: () => 'cluster:',
+        holders: (resource) => backend.holders(resource),
+        stop: () => backend.close(),
+      }
+    },
+    connect: async () => (await import('../src/backends/cluster/index.js')).clusterBackend(),
+  },
+  redis: {
+    mode: 'fork',
+    faults: NETWORKED,
+    async start() {
+      const { startRedis } = await import('../test/servers/index.js')
+      // Leases need a Redis that keeps its data across a crash: without persistence a restart
+      // forgets every grant and hands the resource to a second holder while the first still
+      // believes in its term (docs/chaos.md, "Redis without persistence").
+      const server = await startRedis({ args: ['--appendonly', 'yes', '--appendfsync', 'always'] })
+      return serverOf(server, (h, p) => `redis://${h}:${p}`, this.connect)
+    },
+    connect: async (url) => (await import('../src/backends/redis/index.js')).backendFromUrl(url),
+  },
+  etcd: {
+    mode: 'fork',
+    faults: NETWORKED,
+    async start() {
+      const { startEtcd } = await import('../test/servers/index.js')
+      return serverOf(await startEtcd(), (h, p) => `etcd://${h}:${p}`, this.connect)
+    },
+    connect: async (url) => (await import('../src/backends/etcd.js')).backendFromUrl(url),
+  },
+  postgres: {
+    mode: 'fork',
+    faults: NETWORKED,
+    async start() {
+      const { startPostgres } = await import('../test/servers/index.js')
+      return serverOf(
+        await startPostgres(),
+        (h, p) => `postgres://postgres@${h}:${p}/postgres`,
+        this.connect,
+      )
+    },
+    connect: async (url) => (await import('../src/backends/postgres/index.js')).backendFromUrl(url),
+  },
+}
+
+/**
+ * Deliberately unsafe backends, never in the registry above (so never in `all`): they prove the
+ * harness and checker catch a breach end to end.
+ */
+export const SELF_TEST_BACKENDS: Record<string, ChaosBackend> = {
+  // Asks the real cluster backend for one more ticket than the election was given: two holders
+  // where one is allowed.
+  'cluster-unsafe': {
+    ...CHAOS_BACKENDS.cluster!,
+    async connect() {
+      const inner = await CHAOS_BACKENDS.cluster!.connect('cluster:')
+      return {
+        name: 'cluster-unsafe',
+        acquire: (request) => inner.acquire({ ...request, tickets: request.tickets + 1 }),
+        renew: (requests) => inner.renew(requests),
+        release: (request) => inner.release(request),
+        holders: (resource) => inner.holders(resource),
+        watch: (resource, onChange) => inner.watch(resource, onChange),
+        close: () => inner.close(),
+      }
+    },
+  },
+}
+
+/** The entry for a name: the registry first, then the self-test backends. */
+export function chaosBackend(name: string): ChaosBackend | undefined {
+  return Object.hasOwn(CHAOS_BACKENDS, name)
+    ? CHAOS_BACKENDS[name]
+    : Object.hasOwn(SELF_TEST_BACKENDS, name)
+      ? SELF_TEST_BACKENDS[name]
+      : undefined
+}

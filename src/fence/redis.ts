@@ -1,0 +1,96 @@
+/**
+ * Fenced writes to Redis: one Lua script applies a SET only when the writer's token is at least
+ * the highest token the key has seen, and remembers that token in a companion key in the same
+ * hash slot (so it works on Redis Cluster). A stale writer gets a StaleTokenError.
+ *
+ * Takes any client with ioredis' `evalsha`/`eval` (a `Redis` or a `Cluster`); ioredis is not
+ * imported here.
+ */
+import { createHash } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { validateToken } from '../backend.js'
+import { OptionsError } from '../errors.js'
+import { StaleTokenError } from './errors.js'
+
+/** The part of an ioredis client (Redis or Cluster) the fence uses. */
+export interface RedisScriptClient {
+  evalsha(sha: string, numKeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>
+  eval(script: string, numKeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>
+}
+
+export interface FencedWriteOptions {
+  /** Expire the data key after this many ms (the fence key itself never expires). */
+  pxMs?: number
+  /** Where the highest token is kept. Default: derived from the key, in its hash slot. */
+  fenceKey?: string
+}
+
+let script: { source: string; sha: string } | undefined
+
+function loadScript(): { source: string; sha: string } {
+  if (!script) {
+    const source = readFileSync(new URL('./fenced-write.lua', import.meta.url), 'utf8')
+    script = { source, sha: createHash('sha1').update(source).digest('hex') }
+  }
+  return script
+}
+
+/**
+ * The key holding `key`'s highest token: `key:conclave-fence` when the key has a hash tag (the
+ * tag decides the slot), else `{key}:conclave-fence` (a tag equal to the whole key hashes to the
+ * key's own slot).
+ */
+export function fenceKeyFor(key: string): string {
+  if (typeof key !== 'string' || key.length === 0) {
+    throw new OptionsError('key', key, 'A Redis key is a non-empty string.')
+  }
+  const open = key.indexOf('{')
+  const close = open < 0 ? -1 : key.indexOf('}', open + 1)
+  if (open >= 0 && close > open + 1) return `${key}:conclave-fence`
+  if (!key.includes('}')) return `{${key}}:conclave-fence`
+  throw new OptionsError(
+    'key',
+    key,
+    'A key with "}" but no hash tag cannot get a fence key in its slot: give it a hash tag ({...}) or pass fenceKey.',
+  )
+}
+
+/**
+ * SETs `key` to `value` if `token` is >= the highest token `key` has seen; otherwise throws a
+ * StaleTokenError (code ERR_CONCLAVE_STALE_TOKEN) carrying the token and the highest seen.
+ */
+export async function fencedWrite(
+  client: RedisScriptClient,
+  key: string,
+  token: number,
+  value: string | Buffer,
+  options: FencedWriteOptions = {},
+): Promise<void> {
+  validateToken(token)
+  const fenceKey = options.fenceKey ?? fenceKeyFor(key)
+  const px = options.pxMs ?? 0
+  if (!Number.isInteger(px) || px < 0) {
+    throw new OptionsError('pxMs', options.pxMs, 'pxMs must be a non-negative integer of ms.')
+  }
+  const { source, sha } = loadScript()
+  const args = [key, fenceKey, String(token), value, String(px)]
+  let reply: unknown
+  try {
+    reply = await client.evalsha(sha, 2, ...args)
+  } catch (error) {
+    if (!(error instanceof Error && error.message.startsWith('NOSCRIPT'))) throw error
+    reply = await client.eval(source, 2, ...args)
+  }
+  const [applied, highest] = reply as [number, string]
+  if (applied !== 1) throw new StaleTokenError(`Redis key "${key}"`, token, Number(highest))
+}
+
+/** The highest token `key` has seen through fencedWrite (0 if none). */
+export async function highestToken(
+  client: { get(key: string): Promise<string | null> },
+  key: string,
+  options: { fenceKey?: string } = {},
+): Promise<number> {
+  const seen = await client.get(options.fenceKey ?? fenceKeyFor(key))
+  return seen === null ? 0 : Number(seen)
+}
