@@ -296,9 +296,10 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
           attempt = 0
           if (result.acquired) {
             const deadline = sentAt + leaseMs - marginMs
-            if (signal.aborted || this.#clock.now() >= deadline) {
+            // Aborted meanwhile: the withdrawal on the way out hands the grant back.
+            signal.throwIfAborted()
+            if (this.#clock.now() >= deadline) {
               await this.#release(result.token)
-              signal.throwIfAborted()
               throw new Error(
                 `acquire of "${this.resource}" took longer than the lease minus the margin (${leaseMs - marginMs} ms); released and retrying`,
               )
