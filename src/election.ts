@@ -249,18 +249,26 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     const fromWork = workContext.getStore() === this
     state.endReason = reason
     if (state.timer !== undefined) this.#clock.clearTimeout(state.timer)
-    state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
-    this.#safeEmit('revoked', state.term, reason)
+    // Set before the signal fires: an abort listener that resigns gets this same promise,
+    // so the grant is released once.
     state.endPromise = (async () => {
+      await Promise.resolve() // let the signal and the revoked event go first
       const work = this.#work
       if (work && !fromWork) {
-        await Promise.race([work, sleep(this.#clock, this.options.drainMs)])
+        const drained = new AbortController()
+        await Promise.race([
+          work,
+          sleep(this.#clock, this.options.drainMs, drained.signal).catch(() => {}),
+        ])
+        drained.abort() // no drain timer outlives the drain
       }
       // 'lost' means the backend already dropped the grant; anything else is released here.
       if (reason !== 'lost') await this.#release(state.term.token)
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
+    state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
+    this.#safeEmit('revoked', state.term, reason)
     return state.endPromise
   }
 

@@ -120,6 +120,17 @@ describe('election core timing', () => {
     expect(order).toEqual(['signal', 'work done', 'closed'])
   })
 
+  it('releases once when an abort listener resigns the ending term itself', async () => {
+    const { clock, backend, election } = setup()
+    const term = await election.campaign()
+    term.signal.addEventListener('abort', () => void term.resign())
+    await term.resign()
+    await clock.advance(1)
+    expect(backend.calls.filter((c) => c.op === 'release')).toHaveLength(1)
+    expect(term.endReason).toBe('resigned')
+    await election.close()
+  })
+
   it('bounds the drain by drainMs when the work ignores its signal', async () => {
     const { clock, backend, election } = setup()
     void election.run(() => new Promise(() => {})) // never ends
