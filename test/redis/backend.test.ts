@@ -32,7 +32,9 @@ function backend(
   const { url = server.url, ...rest } = options
   const client = fastFailingClient(url, { commandTimeout: options.timeoutMs ?? 5_000 })
   opened.clients.push(client)
-  const b = redisBackend({ client, ...rest })
+  // Every server in these tests starts empty: no grant to lose, no startup grace (tested in
+  // server-faults.test.ts), so long leases need not wait for the server's uptime.
+  const b = redisBackend({ client, startupGrace: false, ...rest })
   opened.backends.push(b)
   return b
 }
@@ -105,7 +107,7 @@ describe('watches', () => {
   it('share one subscriber connection, confirmed before watch() resolves', async () => {
     const url = server.url
     // Owns its client: close() must leave no connection behind.
-    const b = redisBackend({ url, lingerMs: 300 })
+    const b = redisBackend({ url, lingerMs: 300, startupGrace: false })
     const clientList = async (...args: string[]) =>
       String(await admin.call('CLIENT', 'LIST', ...args))
         .trim()
@@ -185,7 +187,11 @@ describe('watches', () => {
 
   it('replaces a subscriber connection whose path hangs (heartbeat)', async () => {
     const proxy = await startProxy({ targetPort: server.port })
-    const b = redisBackend({ url: `redis://127.0.0.1:${proxy.port}`, heartbeatMs: 200 })
+    const b = redisBackend({
+      url: `redis://127.0.0.1:${proxy.port}`,
+      heartbeatMs: 200,
+      startupGrace: false,
+    })
     const pubsubIds = async () =>
       String(await admin.call('CLIENT', 'LIST', 'TYPE', 'pubsub'))
         .trim()
@@ -296,6 +302,11 @@ describe('options', () => {
     ['an unknown option', () => redisBackend({ client: client(), prefx: 'x:' } as never), 'prefx'],
     ['heartbeatMs tiny', () => redisBackend({ client: client(), heartbeatMs: 5 }), 'heartbeatMs'],
     [
+      'startupGrace not a boolean',
+      () => redisBackend({ client: client(), startupGrace: 'no' as never }),
+      'startupGrace',
+    ],
+    [
       'clientOptions with a client',
       () => redisBackend({ client: client(), clientOptions: {} }),
       'clientOptions',
@@ -317,13 +328,20 @@ describe('options', () => {
 
   it('is made from redis:// and rediss:// URLs by the CLI table, owning its client', async () => {
     expect(BACKEND_SCHEMES).toEqual(expect.arrayContaining(['redis:', 'rediss:']))
-    const b = await backendFromUrl(server.url)
+    const byDefault = await backendFromUrl(server.url)
+    opened.backends.push(byDefault)
+    expect(byDefault).toMatchObject({ startupGrace: true })
+    const b = await backendFromUrl(`${server.url}?startupGrace=false`)
     expect(b.name).toBe('redis')
+    expect(b).toMatchObject({ startupGrace: false })
     const resource = unique('url')
     expect((await acquire(b, resource, 'a')).acquired).toBe(true)
     await b.release({ resource, candidate: 'a' })
     await b.close()
     await expect(b.holders(resource)).rejects.toMatchObject({ code: 'ERR_CONCLAVE_CLOSED' })
     await expect(backendFromUrl('redis://')).rejects.toBeInstanceOf(OptionsError)
+    await expect(backendFromUrl(`${server.url}?startupGrace=maybe`)).rejects.toMatchObject({
+      field: 'startupGrace',
+    })
   })
 })

@@ -37,7 +37,10 @@ it('fails over from a SIGKILLed holder process after its lease, not before', asy
   })
 
   const clients = [fastFailingClient(server.url), fastFailingClient(server.url)]
-  const [waiterBackend, checker] = clients.map((client) => redisBackend({ client }))
+  const [waiterBackend, checker] = clients.map((client) =>
+    // The server was started empty: no startup grace to hold back the 60 s lease.
+    redisBackend({ client, startupGrace: false }),
+  )
   // A waiter whose own lease (its polling fallback) is far beyond this test's timeout.
   const waiter = new Election(waiterBackend!, resource, { leaseMs: 60_000 })
   const errors: Error[] = []

@@ -44,7 +44,9 @@ for (const mode of ['blackhole', 'reset'] as CutMode[]) {
       await until(() => terms.length === 1, 5_000, 'the holder elected')
 
       client = fastFailingClient(server.url)
-      const otherBackend = redisBackend({ client })
+      // The server was started empty for this file: no grant to lose, so no startup grace
+      // (it would hold back a 60 s lease for 60 s of uptime).
+      const otherBackend = redisBackend({ client, startupGrace: false })
       // Its 60 s lease keeps the resource while the holder's path comes back.
       const other = new Election(otherBackend, resource, { leaseMs: 60_000 })
       const errors: Error[] = []

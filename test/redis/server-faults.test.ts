@@ -38,8 +38,8 @@ function backend(): Backend {
 }
 
 /** A candidate that runs until closed, recording its terms. */
-function candidate(resource: string, leaseMs: number) {
-  const election = new Election(backend(), resource, { leaseMs })
+function candidate(resource: string, leaseMs: number, renewMs?: number) {
+  const election = new Election(backend(), resource, { leaseMs, ...(renewMs && { renewMs }) })
   election.on('error', () => {}) // errors are the point of these tests
   elections.push(election)
   const terms: Term[] = []
@@ -126,4 +126,32 @@ it('keeps tokens growing and terms recovering across a restart that lost all dat
   await sleep(2 * lease)
   expect(a.terms[1]!.active).toBe(true)
   expect(a.terms).toHaveLength(2)
+})
+
+it('grants nobody while the holder from before a data-losing restart may still believe in its term', async () => {
+  // A renews late in its lease, so after the restart forgets its grant it keeps believing for
+  // up to two seconds; B waits, and is woken as its subscriber reconnects. Without the
+  // server's startup grace B is granted at once, while A is still active.
+  const lease = 3_000
+  const resource = `grace/${randomBytes(4).toString('hex')}`
+  const a = candidate(resource, lease, 2_000)
+  await until(() => a.terms.length === 1, 5_000, 'A elected')
+  const b = candidate(resource, lease)
+  const all = [a, b]
+  const overlaps: string[] = []
+  for (const c of all) {
+    c.election.on('elected', (term) => {
+      const others = all.flatMap((x) => x.terms).filter((t) => t !== term && t.active)
+      if (others.length > 0)
+        overlaps.push(`token ${term.token} began while ${others.length} active`)
+    })
+  }
+  const first = a.terms[0]!
+
+  await server.restart() // SIGKILL, then a fresh process on the same port: no data
+  const next = () => all.flatMap((c) => c.terms).find((t) => t !== first && t.active)
+  await until(() => next() !== undefined, 10 * lease, 'a term after the restart')
+  expect(first.active).toBe(false)
+  expect(overlaps).toEqual([])
+  expect(next()!.token).toBeGreaterThan(first.token)
 })

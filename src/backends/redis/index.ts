@@ -53,6 +53,14 @@ export interface RedisBackendOptions {
    * woken after reconnecting. Default 5000.
    */
   heartbeatMs?: number
+  /**
+   * A redis-server that has been up for less than one lease grants no new ticket (renewals of
+   * the grants it holds go on), because a restart may have lost grants whose holders still
+   * believe in their terms. Default true. Turn it off only for a Redis that cannot lose an
+   * acknowledged write (`appendonly yes` + `appendfsync always`), or one you just started
+   * yourself with nothing in it. See docs/redis.md.
+   */
+  startupGrace?: boolean
 }
 
 /** Defaults for a client the backend makes: fail fast instead of queueing while disconnected. */
@@ -75,6 +83,7 @@ const OPTION_NAMES = [
   'timeoutMs',
   'lingerMs',
   'heartbeatMs',
+  'startupGrace',
 ] as const
 
 const PREFIX_RULE =
@@ -136,6 +145,7 @@ export class RedisBackend implements Backend {
   readonly timeoutMs: number
   readonly lingerMs: number
   readonly heartbeatMs: number
+  readonly startupGrace: boolean
   readonly #owned: boolean
   readonly #client: Promise<Redis>
   readonly #scripts = loadScripts()
@@ -170,6 +180,7 @@ export class RedisBackend implements Backend {
       timeoutMs = 5_000,
       lingerMs = 10_000,
       heartbeatMs = 5_000,
+      startupGrace = true,
     } = options
     if (typeof prefix !== 'string' || prefix.length > 100 || !/^[\x21-\x7a|~]*$/.test(prefix)) {
       throw new OptionsError('prefix', prefix, PREFIX_RULE)
@@ -195,6 +206,9 @@ export class RedisBackend implements Backend {
         'heartbeatMs must be an integer number of milliseconds from 100 to 2147483647.',
       )
     }
+    if (typeof startupGrace !== 'boolean') {
+      throw new OptionsError('startupGrace', startupGrace, 'startupGrace must be true or false.')
+    }
     if (clientOptions !== undefined && (typeof clientOptions !== 'object' || !url)) {
       throw new OptionsError(
         'clientOptions',
@@ -206,6 +220,7 @@ export class RedisBackend implements Backend {
     this.timeoutMs = timeoutMs
     this.lingerMs = lingerMs
     this.heartbeatMs = heartbeatMs
+    this.startupGrace = startupGrace
     if (client !== undefined && url !== undefined) {
       throw new OptionsError(
         'url',
@@ -264,11 +279,15 @@ export class RedisBackend implements Backend {
         JSON.stringify(request.metadata ?? null),
         keys.channel,
         String(TOKEN_TTL_MS),
+        this.startupGrace ? '1' : '0',
       ],
     ])
     const list = asArray(reply, 'acquire')
     const holders = parseHolders(list, 2)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
+    // A free ticket the server may not grant yet: it started less than a lease ago.
+    const graceMs = Number(list[1])
+    if (graceMs > 0) return { acquired: false, holders, retryInMs: graceMs }
     return {
       acquired: false,
       holders,
@@ -587,7 +606,23 @@ export function redisBackend(options: RedisBackendOptions): RedisBackend {
   return new RedisBackend(options)
 }
 
-/** `redis://...` or `rediss://...`: a backend that owns (and closes) its own client. */
+/**
+ * `redis://...` or `rediss://...`: a backend that owns (and closes) its own client. The query
+ * parameter `startupGrace=false` turns the startup grace off (see the option).
+ */
 export async function backendFromUrl(url: string): Promise<RedisBackend> {
-  return new RedisBackend({ url: validateRedisUrl(url, 'backend') })
+  const parsed = new URL(validateRedisUrl(url, 'backend'))
+  const grace = parsed.searchParams.get('startupGrace')
+  if (grace !== null && grace !== 'true' && grace !== 'false') {
+    throw new OptionsError(
+      'startupGrace',
+      grace,
+      'startupGrace in a Redis URL is true or false (e.g. redis://host:6379?startupGrace=false).',
+    )
+  }
+  parsed.searchParams.delete('startupGrace')
+  return new RedisBackend({
+    url: parsed.toString(),
+    ...(grace !== null && { startupGrace: grace === 'true' }),
+  })
 }

@@ -10,14 +10,17 @@
 -- ARGV[4] metadata (JSON text)
 -- ARGV[5] channel to PUBLISH on when the holders change
 -- ARGV[6] how long the token key outlives the lease of the last new grant, in ms
+-- ARGV[7] "1": no new grant until the server has been up for leaseMs (startup grace), "0": off
 --
--- Returns {1, token, holders...} when granted, {0, 0, holders...} when not, where holders is
--- the flat list candidate, token, metadata, remainingMs of every unexpired holder.
+-- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
+-- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
+-- waitMs > 0 says the server is in its startup grace for that many more ms.
 if redis.replicate_commands then redis.replicate_commands() end
 
 local holders, grants, tokenKey = KEYS[1], KEYS[2], KEYS[3]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local startupGrace = ARGV[7] == '1'
 
 local time = redis.call('TIME')
 local nowUs = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -51,15 +54,28 @@ if mine then
   redis.call('ZADD', holders, now + leaseMs, candidate)
   result = {1, token}
 elseif redis.call('ZCARD', holders) < tickets then
-  -- DESIGN guarantee 2: larger than the last token and than server time in microseconds, so
-  -- tokens keep growing even after a restart that lost this key.
-  local last = tonumber(redis.call('GET', tokenKey) or '0')
-  local token = string.format('%.0f', math.max(last + 1, nowUs))
-  redis.call('SET', tokenKey, token, 'PX', leaseMs + tokenTtl)
-  redis.call('HSET', grants, candidate, token .. ':' .. metadata)
-  redis.call('ZADD', holders, now + leaseMs, candidate)
-  changed = true
-  result = {1, token}
+  -- A server up for less than a lease may have lost grants in a restart whose holders still
+  -- believe in their terms (until at most one lease after their last renewal, which reached
+  -- the server before it stopped). uptime_in_seconds is floored, so this never waits too little.
+  local waitMs = 0
+  if startupGrace then
+    -- A server whose INFO lacks the field (none known) cannot be judged: no grace then.
+    local uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')
+    if uptime then waitMs = leaseMs - tonumber(uptime) * 1000 end
+  end
+  if waitMs > 0 then
+    result = {0, waitMs}
+  else
+    -- DESIGN guarantee 2: larger than the last token and than server time in microseconds, so
+    -- tokens keep growing even after a restart that lost this key.
+    local last = tonumber(redis.call('GET', tokenKey) or '0')
+    local token = string.format('%.0f', math.max(last + 1, nowUs))
+    redis.call('SET', tokenKey, token, 'PX', leaseMs + tokenTtl)
+    redis.call('HSET', grants, candidate, token .. ':' .. metadata)
+    redis.call('ZADD', holders, now + leaseMs, candidate)
+    changed = true
+    result = {1, token}
+  end
 end
 
 -- Keys outlive every grant in them (their TTL is raised, never lowered, when it falls short),
