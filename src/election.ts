@@ -277,6 +277,9 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     let woken = false
     let wake: (() => void) | undefined
     let unwatch: Unwatch | undefined
+    // The first ask goes out without a watch (most campaigns win at once); a candidate that
+    // must wait watches first and then asks again, so no release can slip between the two.
+    let needWatch = false
     let attempt = 0
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
@@ -286,12 +289,13 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
         signal.throwIfAborted()
         let waitMs: number
         try {
-          // Watch before asking, so a release between our acquire and our wait is not missed.
-          unwatch ??= await this.backend.watch(this.resource, () => {
-            woken = true
-            wake?.()
-          })
-          signal.throwIfAborted()
+          if (needWatch) {
+            unwatch ??= await this.backend.watch(this.resource, () => {
+              woken = true
+              wake?.()
+            })
+            signal.throwIfAborted()
+          }
           woken = false
           const sentAt = this.#clock.now()
           const result = await this.backend.acquire({
@@ -314,12 +318,17 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
             }
             return this.#startTerm(result.token, deadline)
           }
+          if (!unwatch) {
+            needWatch = true
+            continue
+          }
           waitMs = Math.min(result.retryInMs + 1, leaseMs)
         } catch (error) {
           if (signal.aborted) throw signal.reason
           this.#report(error)
           waitMs = backoff(attempt++, retryMs, renewMs)
           woken = false
+          needWatch = true
         }
         if (!woken) await waitForWake(this.#clock, waitMs, signal, (fn) => (wake = fn))
       }

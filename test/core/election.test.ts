@@ -168,8 +168,10 @@ describe('election core timing', () => {
     backend.failing = true
     const campaign = election.campaign()
     await clock.advance(5_000)
-    // Every attempt starts by watching the resource, which fails first.
-    const attempts = backend.calls.filter((c) => c.op === 'watch').map((c) => c.at)
+    // Each attempt fails at its first call: the first asks at once, later ones watch first.
+    const attempts = backend.calls
+      .filter((c) => c.op === 'watch' || c.op === 'acquire')
+      .map((c) => c.at)
     expect(attempts.length).toBeGreaterThan(10)
     const gaps = attempts.slice(1).map((t, i) => t - attempts[i]!)
     for (const [i, gap] of gaps.entries()) {
@@ -248,6 +250,23 @@ describe('election core timing', () => {
     expect(election.isLeader).toBe(false)
     await clock.advance(1)
     await election.close()
+  })
+
+  it('asks once when uncontended; a candidate that must wait watches, then asks again', async () => {
+    const { clock, store, backend, election } = setup()
+    await election.campaign()
+    expect(backend.calls.map((c) => c.op)).toEqual(['acquire'])
+
+    const other = new Election(backend, 'core/test', { leaseMs: 1000, clock })
+    backend.calls = []
+    const waiting = other.campaign()
+    await settle()
+    // Watching before the second ask: a release between that ask and the wait still wakes it.
+    expect(backend.calls.map((c) => c.op)).toEqual(['acquire', 'watch', 'acquire'])
+    await election.close()
+    const term = await waiting
+    expect((await store.holders('core/test')).map((h) => h.token)).toEqual([term.token])
+    await other.close()
   })
 })
 

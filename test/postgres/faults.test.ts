@@ -90,6 +90,9 @@ describe('faults', () => {
     const eb = elect(b, resource, { leaseMs: 60_000, renewMs: 300 })
     const observer = open()
     const ta = await ea.campaign()
+    // A holder that won at once never watched; a watcher on its backend (as observe() would
+    // be) gives it a LISTEN connection too.
+    const unwatchA = await a.watch(resource, () => {})
     const waiting = eb.campaign()
     waiting.catch(() => {}) // awaited below; this only keeps a failed test from leaking it
     await until(() => b.listening && a.listening, 10_000, 'both LISTEN connections')
@@ -131,6 +134,7 @@ describe('faults', () => {
     expect(performance.now() - resignedAt).toBeLessThan(15_000)
     expect(tb.token).toBeGreaterThan(ta.token)
     await tb.resign()
+    await unwatchA()
   })
 
   it('steps down before anyone else is granted when its path is black-holed, and reconnects after', async () => {
@@ -142,6 +146,7 @@ describe('faults', () => {
       const ea = elect(a, resource, { leaseMs: 2_000 })
       const eb = elect(open(), resource, { leaseMs: 60_000 })
       const ta: Term = await ea.campaign()
+      const unwatchA = await a.watch(resource, () => {}) // so a has a LISTEN connection to hang
       const waiting = eb.campaign()
       waiting.catch(() => {}) // awaited below; this only keeps a failed test from leaking it
       await until(() => a.listening, 10_000, 'the LISTEN connection through the proxy')
@@ -161,6 +166,7 @@ describe('faults', () => {
       // Late bytes delivered after the restore (the stale renewals) changed nothing.
       expect((await eb.leaders()).map((h) => [h.candidate, h.token])).toEqual([[eb.id, tb.token]])
       await tb.resign()
+      await unwatchA()
     } finally {
       await proxy.close()
     }
@@ -205,6 +211,7 @@ describe('faults', () => {
     for (const e of [ea, eb]) e.on('elected', (term) => tokens.push(term.token))
     void ea.run((term) => new Promise((r) => term.signal.addEventListener('abort', r)))
     await until(() => tokens.length === 1, 10_000, 'a first term')
+    const unwatchA = await a.watch(resource, () => {}) // the holder's backend LISTENs too
     void eb.run((term) => new Promise((r) => term.signal.addEventListener('abort', r)))
     await until(() => a.listening && b.listening, 10_000, 'LISTEN connections')
     const before = tokens[0]!
@@ -238,6 +245,7 @@ describe('faults', () => {
     if (!raw.acquired) throw new Error('expected a second ticket')
     expect(raw.token).toBeGreaterThan(before)
     await a.release({ resource, candidate: 'probe' })
+    await unwatchA()
   })
 
   afterAll(() => {
