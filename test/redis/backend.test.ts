@@ -231,7 +231,7 @@ describe('watches', () => {
   })
 })
 
-it('renews 10,000 grants in one round trip', async () => {
+it('renews 10,000 grants in one round trip of ten script calls', async () => {
   const proxy = await startProxy({ targetPort: server.port })
   try {
     // Generous timeouts: this runs on loaded test machines; the bound below is what matters.
@@ -264,7 +264,7 @@ it('renews 10,000 grants in one round trip', async () => {
     expect(results.filter((r) => !r)).toHaveLength(2)
     expect(results[17]).toBe(false)
     expect(results[4242]).toBe(false)
-    expect(after.evalsha! - before.evalsha!).toBe(n)
+    expect(after.evalsha! - before.evalsha!).toBe(n / 1_000) // batches of 1,000 grants
     expect(tookMs).toBeLessThan(20 * 200) // a handful of round trips at most, not thousands
     for (let i = 0; i < n; i += 1_000)
       await Promise.all(

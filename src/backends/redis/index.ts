@@ -72,6 +72,9 @@ export const OWNED_CLIENT_DEFAULTS: Readonly<RedisOptions> = Object.freeze({
   retryStrategy: (times: number) => Math.min(times * 100, 1_000),
 })
 
+/** Grants renewed by one script call (a call runs alone on the server: keep each one short). */
+const RENEW_BATCH = 1_000
+
 /** A token key outlives the lease of its last new grant by this much (see docs/redis.md). */
 const TOKEN_TTL_MS = 7 * 24 * 3_600_000
 
@@ -301,16 +304,22 @@ export class RedisBackend implements Backend {
     requests.forEach(validateRenew)
     if (requests.length === 0) return []
     const script = this.#scripts.renew
-    const calls = requests.map((request): Call => {
-      const keys = resourceKeys(this.prefix, request.resource)
-      return [
-        [keys.holders, keys.grants],
-        [request.candidate, String(request.token), String(request.leaseMs)],
-      ]
-    })
+    // One script call per batch of grants: 10,000 renewals are 10 commands, not 10,000, and no
+    // single call holds the server for long.
+    const calls: Call[] = []
+    for (let i = 0; i < requests.length; i += RENEW_BATCH) {
+      const keys: string[] = []
+      const args: string[] = []
+      for (const request of requests.slice(i, i + RENEW_BATCH)) {
+        const k = resourceKeys(this.prefix, request.resource)
+        keys.push(k.holders, k.grants)
+        args.push(request.candidate, String(request.token), String(request.leaseMs))
+      }
+      calls.push([keys, args])
+    }
     const replies = await this.#timed('renew', async () => {
       const client = await this.#client
-      // One pipeline: one round trip for every grant, whatever slot its keys are in.
+      // One pipeline: one round trip for every batch.
       let results = await pipelined(client, script, calls)
       if (results.some(([error]) => isNoScript(error))) {
         // The script cache was flushed (restart, SCRIPT FLUSH): load it, run them all again.
@@ -318,11 +327,14 @@ export class RedisBackend implements Backend {
         await client.script('LOAD', script.source)
         results = await pipelined(client, script, calls)
       }
-      return results.map(([error, reply]) => {
+      return results.flatMap(([error, reply]) => {
         if (error) throw error
-        return reply
+        return asArray(reply, 'renew')
       })
     })
+    if (replies.length !== requests.length) {
+      throw new BackendError(`redis renew: ${replies.length} answers for ${requests.length} grants`)
+    }
     return replies.map((reply) => Number(reply) === 1)
   }
 
