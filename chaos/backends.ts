@@ -82,10 +82,9 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     faults: NETWORKED,
     async start() {
       const { startRedis } = await import('../test/servers/index.js')
-      // Leases need a Redis that keeps its data across a crash: without persistence a restart
-      // forgets every grant and hands the resource to a second holder while the first still
-      // believes in its term (docs/chaos.md, "Redis without persistence").
-      const server = await startRedis({ args: ['--appendonly', 'yes', '--appendfsync', 'always'] })
+      // No persistence, the hardest case: a restart forgets every grant, and the server's
+      // startup grace must keep a second holder out while the first still believes.
+      const server = await startRedis()
       return serverOf(server, (h, p) => `redis://${h}:${p}`, this.connect)
     },
     connect: async (url) => (await import('../src/backends/redis/index.js')).backendFromUrl(url),
