@@ -625,7 +625,9 @@ export function redisBackend(options: RedisBackendOptions): RedisBackend {
 export async function backendFromUrl(url: string): Promise<RedisBackend> {
   const parsed = new URL(validateRedisUrl(url, 'backend'))
   const grace = parsed.searchParams.get('startupGrace')
-  if (grace !== null && grace !== 'true' && grace !== 'false') {
+  // Without the parameter the URL goes to ioredis exactly as given.
+  if (grace === null) return new RedisBackend({ url })
+  if (grace !== 'true' && grace !== 'false') {
     throw new OptionsError(
       'startupGrace',
       grace,
@@ -633,8 +635,5 @@ export async function backendFromUrl(url: string): Promise<RedisBackend> {
     )
   }
   parsed.searchParams.delete('startupGrace')
-  return new RedisBackend({
-    url: parsed.toString(),
-    ...(grace !== null && { startupGrace: grace === 'true' }),
-  })
+  return new RedisBackend({ url: parsed.toString(), startupGrace: grace === 'true' })
 }
