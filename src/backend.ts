@@ -9,6 +9,12 @@
  * - Tokens of a resource only grow; a renewal keeps its token.
  * - `release` is idempotent and removes only the grant with the given token (or, without a
  *   token, whatever this candidate has on the resource, queued or held).
+ * - A resource's grants remember the `tickets` they were made with; an acquire asking for
+ *   another number while any grant lives is refused with a TicketsMismatchError.
+ * - `close()` first awaits every `onClose` hook (the core ends the terms held through the
+ *   backend there, and releases their grants while calls still work), and only then gives
+ *   anything up; after that every call fails with a BackendClosedError (`ERR_CONCLAVE_CLOSED`),
+ *   which the core never retries. `CloseGate` in `backends/kit.ts` does this for a backend.
  */
 import { OptionsError } from './errors.js'
 
@@ -77,6 +83,12 @@ export interface Backend {
    * own wake-up from `remainingMs`/`retryInMs`.
    */
   watch(resource: string, onChange: () => void): Promise<Unwatch>
+  /**
+   * Registers a hook that `close()` runs and awaits before it gives anything up (the election
+   * core ends its terms there). Returns a function that removes the hook.
+   */
+  onClose(hook: () => Promise<void>): () => void
+  /** Runs the `onClose` hooks, then closes; idempotent. Calls after it fail with ERR_CONCLAVE_CLOSED. */
   close(): Promise<void>
 }
 

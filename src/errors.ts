@@ -1,3 +1,5 @@
+import { inspect } from 'node:util'
+
 /** Every error conclave throws has a stable `code`, so callers can branch without parsing text. */
 export class ConclaveError extends Error {
   readonly code: string
@@ -63,6 +65,82 @@ export class BackendError extends ConclaveError {
   }
 }
 
+/** The backend was closed: final, never retried (the core ends its terms before it closes). */
+export class BackendClosedError extends ConclaveError {
+  constructor(backend: string) {
+    super('ERR_CONCLAVE_CLOSED', `The ${backend} backend is closed.`)
+  }
+}
+
+/**
+ * A candidate asked for a different number of tickets than the resource's current grants were
+ * made with. Final: the campaign rejects with it; the limit is never raised.
+ */
+export class TicketsMismatchError extends ConclaveError {
+  readonly resource: string
+  /** What this candidate asked for. */
+  readonly tickets: number
+  /** What the resource's current grants were made with. */
+  readonly held: number
+  constructor(resource: string, tickets: number, held: number) {
+    super(
+      'ERR_CONCLAVE_TICKETS_MISMATCH',
+      `"${resource}" is held with tickets ${held}; this candidate asked for tickets ${tickets}. All candidates of a resource must use the same tickets.`,
+    )
+    this.resource = resource
+    this.tickets = tickets
+    this.held = held
+  }
+}
+
+/**
+ * The leader's own work (a `run()` or `every()` callback) threw; the original is `cause`.
+ * Reported on `error` like backend errors, but metrics and health keep it apart.
+ */
+export class WorkError extends ConclaveError {
+  readonly resource: string
+  readonly token: number
+  constructor(resource: string, token: number, cause: unknown) {
+    super(
+      'ERR_CONCLAVE_WORK',
+      `The work of term ${token} on "${resource}" threw: ${cause instanceof Error ? cause.message : describe(cause)}`,
+      { cause },
+    )
+    this.resource = resource
+    this.token = token
+  }
+}
+
+/** An optional peer dependency (ioredis, pg, etcd3, prom-client) is not installed. */
+export class MissingPeerError extends ConclaveError {
+  readonly peer: string
+  constructor(peer: string, what: string, options?: { cause?: unknown }) {
+    super(
+      'ERR_CONCLAVE_MISSING_PEER',
+      `${what} needs the package "${peer}", which is not installed: npm install ${peer}`,
+      options,
+    )
+    this.peer = peer
+  }
+}
+
+/**
+ * Codes whose errors calling again cannot fix: the core never retries them (a campaign
+ * rejects with the error at once).
+ */
+export const FINAL_CODES: ReadonlySet<string> = new Set([
+  'ERR_CONCLAVE_CLOSED',
+  'ERR_CONCLAVE_TICKETS_MISMATCH',
+  'ERR_CONCLAVE_OPTIONS',
+  'ERR_CONCLAVE_MISSING_PEER',
+])
+
+/** True for an error calling again cannot fix (see FINAL_CODES). */
+export function isFinal(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return typeof code === 'string' && FINAL_CODES.has(code)
+}
+
 /** A malformed message on a conclave IPC channel. */
 export class ProtocolError extends ConclaveError {
   constructor(message: string) {
@@ -70,17 +148,9 @@ export class ProtocolError extends ConclaveError {
   }
 }
 
+/** A short, readable rendering of a bad value for error messages (NaN, functions and all). */
 export function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value)
-  if (typeof value === 'bigint') return `${value}n`
-  if (typeof value === 'function') return 'a function'
-  if (value === undefined) return 'undefined'
-  try {
-    const text = JSON.stringify(value)
-    if (text === undefined)
-      return typeof value === 'symbol' ? value.toString() : 'a value JSON cannot show'
-    return text.length > 80 ? `${text.slice(0, 77)}...` : text
-  } catch {
-    return 'a value JSON cannot show'
-  }
+  const text = inspect(value, { depth: 3, breakLength: Infinity, maxArrayLength: 10, maxStringLength: 60 })
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text
 }

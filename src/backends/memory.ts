@@ -18,7 +18,8 @@ import {
   validateResource,
 } from '../backend.js'
 import { type Clock, systemClock } from '../clock.js'
-import { ConclaveError } from '../errors.js'
+import { TicketsMismatchError } from '../errors.js'
+import { CloseGate } from './kit.js'
 
 export interface MemoryBackendOptions {
   /** The backend's own clock: expiry is measured on it. */
@@ -34,6 +35,8 @@ interface Grant {
 interface ResourceState {
   grants: Map<string, Grant>
   lastToken: number
+  /** The tickets the live grants were made with (meaningless while there are none). */
+  tickets: number
 }
 
 export class MemoryBackend implements Backend {
@@ -41,7 +44,7 @@ export class MemoryBackend implements Backend {
   readonly #clock: Clock
   readonly #resources = new Map<string, ResourceState>()
   readonly #watchers = new Map<string, Set<() => void>>()
-  #closed = false
+  readonly #gate = new CloseGate('memory')
 
   constructor(options: MemoryBackendOptions = {}) {
     this.#clock = options.clock ?? systemClock
@@ -53,6 +56,11 @@ export class MemoryBackend implements Backend {
     const now = this.#clock.now()
     const state = this.#state(request.resource)
     let changed = this.#prune(state, now)
+    if (state.grants.size > 0 && state.tickets !== request.tickets) {
+      if (changed) this.#notify(request.resource)
+      throw new TicketsMismatchError(request.resource, request.tickets, state.tickets)
+    }
+    state.tickets = request.tickets
     const mine = state.grants.get(request.candidate)
     let result: AcquireResult
     if (mine) {
@@ -131,9 +139,12 @@ export class MemoryBackend implements Backend {
     }
   }
 
-  async close(): Promise<void> {
-    this.#closed = true
-    this.#watchers.clear()
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
+  }
+
+  close(): Promise<void> {
+    return this.#gate.close(async () => this.#watchers.clear())
   }
 
   /**
@@ -143,11 +154,8 @@ export class MemoryBackend implements Backend {
   handle(name = this.name): Backend {
     const store = this as MemoryBackend
     const unwatches = new Set<Unwatch>()
-    let closed = false
-    const check = () => {
-      if (closed)
-        throw new ConclaveError('ERR_CONCLAVE_CLOSED', `This ${name} backend handle is closed.`)
-    }
+    const gate = new CloseGate(name)
+    const check = () => gate.check()
     return {
       name,
       acquire: async (request) => (check(), store.acquire(request)),
@@ -163,21 +171,18 @@ export class MemoryBackend implements Backend {
         unwatches.add(once)
         return once
       },
-      async close() {
-        closed = true
-        await Promise.all([...unwatches].map((u) => u()))
-      },
+      onClose: (hook) => gate.onClose(hook),
+      close: () => gate.close(async () => void (await Promise.all([...unwatches].map((u) => u())))),
     }
   }
 
   #checkOpen(): void {
-    if (this.#closed)
-      throw new ConclaveError('ERR_CONCLAVE_CLOSED', 'The memory backend is closed.')
+    this.#gate.check()
   }
 
   #state(resource: string): ResourceState {
     let state = this.#resources.get(resource)
-    if (!state) this.#resources.set(resource, (state = { grants: new Map(), lastToken: 0 }))
+    if (!state) this.#resources.set(resource, (state = { grants: new Map(), lastToken: 0, tickets: 0 }))
     return state
   }
 

@@ -48,6 +48,9 @@ export class Faulty implements Backend {
     this.#check()
     return this.inner.watch(...a)
   }
+  onClose(hook: () => Promise<void>) {
+    return this.inner.onClose(hook)
+  }
   close() {
     return this.inner.close()
   }
