@@ -37,7 +37,7 @@ import {
   validateRenew,
   validateResource,
 } from '../backend.js'
-import { BackendError, ConclaveError } from '../errors.js'
+import { BackendClosedError, BackendError, ConclaveError } from '../errors.js'
 import {
   decodeValue,
   encodeValue,
@@ -54,6 +54,7 @@ import {
   type ResolvedEtcdOptions,
 } from './etcd/options.js'
 import { Watches } from './etcd/watches.js'
+import { CloseGate } from './kit.js'
 
 export type { EtcdBackendOptions } from './etcd/options.js'
 
@@ -145,7 +146,9 @@ export class EtcdBackend implements Backend {
   readonly #entries = new Map<string, Entry>()
   /** Per-key queue: acquire, release and self-expiry of one key never interleave. */
   readonly #locks = new Map<string, Promise<void>>()
-  #closing: Promise<void> | undefined
+  readonly #gate = new CloseGate('etcd')
+  /** Set when close()'s teardown begins (after the onClose hooks): background work stops. */
+  #down = false
 
   constructor(options: EtcdBackendOptions) {
     this.#options = resolveEtcdOptions(options)
@@ -263,12 +266,19 @@ export class EtcdBackend implements Backend {
     return this.#watches.watch(resource, onChange)
   }
 
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
+  }
+
   /**
-   * Stops every watch, forgets every key, revokes this backend's leases (so whatever it still
-   * had is handed over now rather than after a lease) and closes the client if it made it.
+   * Runs the onClose hooks first (the core ends its terms and releases their grants while every
+   * call still works), then stops every watch, forgets every key, revokes this backend's leases
+   * (so whatever it still had, a queued key or a grant whose release failed, goes now rather
+   * than after a lease) and closes the client if it made it.
    */
   close(): Promise<void> {
-    this.#closing ??= (async () => {
+    return this.#gate.close(async () => {
+      this.#down = true
       for (const entry of this.#entries.values()) clearTimeout(entry.timer)
       this.#entries.clear()
       const leases = [...this.#leases.values()]
@@ -283,8 +293,7 @@ export class EtcdBackend implements Backend {
         ),
       )
       this.#owned?.close()
-    })()
-    return this.#closing
+    })
   }
 
   // ------------------------------------------------------------------------------------------
@@ -497,12 +506,12 @@ export class EtcdBackend implements Backend {
     ).then((response) => {
       const lease: Lease = { id: response.ID, ttlSec: Number(response.TTL), dead: false }
       this.#everLeased.add(lease.id)
-      if (this.#closing) {
+      if (this.#down) {
         // Granted while closing: give it straight back.
         void this.#call('revoke', (o) =>
           this.#client.leaseClient.leaseRevoke({ ID: lease.id }, o),
         ).catch(() => {})
-        throw closedError()
+        throw new BackendClosedError('etcd')
       }
       this.#leases.set(lease.id, lease)
       return { lease, issuedAt }
@@ -604,7 +613,7 @@ export class EtcdBackend implements Backend {
 
   /** One timer per key, moved lazily: a renewal only moves `expiresAt`. */
   #schedule(entry: Entry, ms = entry.expiresAt - now()): void {
-    if (entry.timer !== undefined || this.#closing) return
+    if (entry.timer !== undefined || this.#down) return
     entry.timer = setTimeout(
       () => {
         entry.timer = undefined
@@ -617,10 +626,10 @@ export class EtcdBackend implements Backend {
 
   /** The key's own expiry: delete it unless it was renewed or re-acquired meanwhile. */
   async #expire(entry: Entry): Promise<void> {
-    if (this.#closing || this.#entries.get(entry.key) !== entry) return
+    if (this.#down || this.#entries.get(entry.key) !== entry) return
     if (now() < entry.expiresAt) return this.#schedule(entry)
     await this.#withKey(entry.key, async () => {
-      if (this.#closing || this.#entries.get(entry.key) !== entry) return
+      if (this.#down || this.#entries.get(entry.key) !== entry) return
       if (now() < entry.expiresAt) return this.#schedule(entry)
       // From now on a renewal of it says false, even one already in flight.
       entry.doomed = true
@@ -629,7 +638,7 @@ export class EtcdBackend implements Backend {
         this.#forget(entry)
       } catch {
         // Try again soon: on a shared lease the key would otherwise outlive its term.
-        if (this.#entries.get(entry.key) === entry && !this.#closing) {
+        if (this.#entries.get(entry.key) === entry && !this.#down) {
           this.#schedule(entry, Math.min(1_000, entry.leaseMs) * (0.5 + Math.random()))
         }
       }
@@ -674,6 +683,8 @@ export class EtcdBackend implements Backend {
     try {
       return await Promise.race([call, timeout])
     } catch (error) {
+      // A call cut by close()'s teardown (revoked lease, closed client) says closed, finally.
+      if (this.#down && what !== 'revoke') throw new BackendClosedError('etcd')
       if (error instanceof ConclaveError) throw error
       const message = error instanceof Error ? error.message : String(error)
       throw new BackendError(`etcd ${what} failed: ${message}`, { cause: error })
@@ -684,12 +695,8 @@ export class EtcdBackend implements Backend {
   }
 
   #checkOpen(): void {
-    if (this.#closing) throw closedError()
+    this.#gate.check()
   }
-}
-
-function closedError(): ConclaveError {
-  return new ConclaveError('ERR_CONCLAVE_CLOSED', 'The etcd backend is closed.')
 }
 
 /** etcd refused a write on a lease it no longer has (the etcd3 error, or ours wrapping it). */

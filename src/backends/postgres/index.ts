@@ -24,7 +24,14 @@ import {
   validateRenew,
   validateResource,
 } from '../../backend.js'
-import { BackendError, ConclaveError, OptionsError, describe } from '../../errors.js'
+import {
+  BackendClosedError,
+  BackendError,
+  ConclaveError,
+  OptionsError,
+  describe,
+} from '../../errors.js'
+import { CloseGate } from '../kit.js'
 
 export interface PostgresBackendOptions {
   /** Your `pg` Pool. The backend uses it and never ends it. Give this or `connectionString`. */
@@ -455,7 +462,7 @@ class Listener {
 
   /** Resolves once LISTEN is active; starts a connection attempt when none is under way. */
   async ready(): Promise<void> {
-    if (this.#closed) throw closedError()
+    if (this.#closed) throw new BackendClosedError('postgres')
     if (this.#listening) return
     if (this.#reconnectTimer) {
       clearTimeout(this.#reconnectTimer)
@@ -479,7 +486,7 @@ class Listener {
       this.connects++
       await withTimeout(current.connect(), this.timeoutMs, 'connecting the LISTEN connection')
       await withTimeout(current.query(`LISTEN "${this.channel}"`), this.timeoutMs, 'LISTEN')
-      if (this.#closed || this.#client !== current) throw closedError()
+      if (this.#closed || this.#client !== current) throw new BackendClosedError('postgres')
       this.#listening = true
       this.#attempt = 0
       this.#stopPoll()
@@ -598,10 +605,6 @@ function destroy(client: Client): void {
   client.end().catch(() => undefined)
 }
 
-function closedError(): ConclaveError {
-  return new ConclaveError('ERR_CONCLAVE_CLOSED', 'The postgres backend is closed.')
-}
-
 // ---------------------------------------------------------------------------------------------
 // the backend
 
@@ -628,9 +631,8 @@ export class PostgresBackend implements Backend {
   readonly #autoMigrate: boolean
   readonly #listener: Listener
   readonly #sql: { acquire: string; renew: string; release: string; holders: string }
+  readonly #gate = new CloseGate('postgres')
   #migrated: Promise<void> | undefined
-  #closed = false
-  #closing: Promise<void> | undefined
 
   /** Use postgresBackend(options). `pool` is made by the factory when a connectionString is given. */
   constructor(
@@ -680,9 +682,7 @@ export class PostgresBackend implements Backend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#checkOpen()
     validateAcquire(request)
-    await this.#ready()
-    const [row] = await poolQuery<AcquireRow>(
-      this.#pool,
+    const [row] = await this.#query<AcquireRow>(
       this.#sql.acquire,
       [
         request.resource,
@@ -691,7 +691,6 @@ export class PostgresBackend implements Backend {
         request.leaseMs,
         JSON.stringify(request.metadata ?? null),
       ],
-      this.#timeoutMs,
       `acquire of "${request.resource}"`,
     )
     if (!row) throw new BackendError('postgres: acquire returned no row')
@@ -712,7 +711,6 @@ export class PostgresBackend implements Backend {
     }
     requests.forEach(validateRenew)
     if (requests.length === 0) return []
-    await this.#ready()
     // One row per grant: the same grant asked twice in a batch gets one update, both answers.
     const slotOf = new Map<string, number>()
     const unique: RenewRequest[] = []
@@ -727,8 +725,7 @@ export class PostgresBackend implements Backend {
       }
       return slot
     })
-    const rows = await poolQuery<{ i: string }>(
-      this.#pool,
+    const rows = await this.#query<{ i: string }>(
       this.#sql.renew,
       [
         unique.map((r) => r.resource),
@@ -736,7 +733,6 @@ export class PostgresBackend implements Backend {
         unique.map((r) => r.token),
         unique.map((r) => r.leaseMs),
       ],
-      this.#timeoutMs,
       `renewal of ${unique.length} grants`,
     )
     const renewed = new Set(rows.map((r) => Number(r.i) - 1))
@@ -746,12 +742,9 @@ export class PostgresBackend implements Backend {
   async release(request: ReleaseRequest): Promise<void> {
     this.#checkOpen()
     validateRelease(request)
-    await this.#ready()
-    await poolQuery(
-      this.#pool,
+    await this.#query(
       this.#sql.release,
       [request.resource, request.candidate, request.token ?? null],
-      this.#timeoutMs,
       `release of "${request.resource}"`,
     )
   }
@@ -759,12 +752,9 @@ export class PostgresBackend implements Backend {
   async holders(resource: string): Promise<Holder[]> {
     this.#checkOpen()
     validateResource(resource)
-    await this.#ready()
-    const rows = await poolQuery<HolderRow>(
-      this.#pool,
+    const rows = await this.#query<HolderRow>(
       this.#sql.holders,
       [resource],
-      this.#timeoutMs,
       `holders of "${resource}"`,
     )
     return rows.map((r) => ({
@@ -787,6 +777,7 @@ export class PostgresBackend implements Backend {
       await this.#listener.ready()
     } catch (error) {
       remove()
+      this.#gate.check() // cut by close(): say so, finally
       throw error
     }
     let done = false
@@ -797,17 +788,38 @@ export class PostgresBackend implements Backend {
     }
   }
 
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
+  }
+
+  /**
+   * Runs the onClose hooks first (the core ends its terms and releases their grants through
+   * this backend, which still works), then stops LISTEN and ends the pool if it made it.
+   */
   close(): Promise<void> {
-    this.#closed = true
-    this.#closing ??= (async () => {
+    return this.#gate.close(async () => {
       await this.#listener.close()
       if (this.#ownsPool) await this.#pool.end().catch(() => undefined)
-    })()
-    return this.#closing
+    })
   }
 
   #checkOpen(): void {
-    if (this.#closed) throw closedError()
+    this.#gate.check()
+  }
+
+  /** One statement through the pool (after the migrations); a call cut by close() says closed. */
+  async #query<R extends QueryResultRow>(
+    text: string,
+    values: unknown[],
+    what: string,
+  ): Promise<R[]> {
+    try {
+      await this.#ready()
+      return await poolQuery<R>(this.#pool, text, values, this.#timeoutMs, what)
+    } catch (error) {
+      this.#gate.check()
+      throw error
+    }
   }
 
   /** Migrations run once per backend instance, on first use; a failure is retried on the next call. */
@@ -911,7 +923,7 @@ class LazyPool {
   ) {}
 
   #get(): Promise<Pool> {
-    if (this.#ended) return Promise.reject(closedError())
+    if (this.#ended) return Promise.reject(new BackendClosedError('postgres'))
     this.#pool ??= this.make()
     return this.#pool
   }
