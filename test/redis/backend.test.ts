@@ -7,7 +7,7 @@ import type { Backend } from '../../src/backend.js'
 import { redisBackend, RedisBackend, resourceKeys } from '../../src/backends/redis/index.js'
 import { backendFromUrl, BACKEND_SCHEMES } from '../../src/cli/backends.js'
 import { Election } from '../../src/election.js'
-import { OptionsError } from '../../src/errors.js'
+import { BackendClosedError, OptionsError, TicketsMismatchError } from '../../src/errors.js'
 import { startProxy } from '../helpers/proxy.js'
 import { startRedis, type RedisServer } from '../servers/index.js'
 import { commandCalls, fastFailingClient, sleep, until } from './helpers.js'
@@ -67,6 +67,117 @@ it('works on after the script cache is flushed (NOSCRIPT, then EVAL / SCRIPT LOA
   await b.release({ resource, candidate: 'a' })
   const last = await commandCalls(admin)
   expect(last.eval).toBe(after.eval)
+})
+
+describe('close', () => {
+  it('runs every onClose hook first, while calls still work, then fails every call as closed', async () => {
+    const observer = backend()
+    // Owns its client, and watches: close() must leave no connection of its own behind.
+    const name = `close-${randomBytes(3).toString('hex')}`
+    const b = redisBackend({
+      url: server.url,
+      startupGrace: false,
+      clientOptions: { connectionName: name },
+    })
+    const connections = async () =>
+      String(await admin.call('CLIENT', 'LIST'))
+        .split('\n')
+        .filter((line) => line.includes(` name=${name} `)).length
+    const resource = unique('close')
+    const got = await acquire(b, resource, 'a')
+    if (!got.acquired) throw new Error('expected a grant')
+    await b.watch(resource, () => {})
+    expect(await connections()).toBe(2) // the client and the subscriber
+    const ran: string[] = []
+    let seenInHook: string[] = []
+    b.onClose(async () => {
+      await sleep(200) // close() waits for a slow hook
+      seenInHook = (await b.holders(resource)).map((h) => h.candidate)
+      await b.release({ resource, candidate: 'a', token: got.token })
+      ran.push('releasing hook')
+    })
+    const removed = b.onClose(async () => void ran.push('removed hook'))
+    removed()
+    b.onClose(() => Promise.reject(new Error('a failing hook does not keep the backend open')))
+    b.onClose(async () => void ran.push('quick hook'))
+    const closing = b.close()
+    await Promise.all([closing, b.close()])
+    expect(ran.sort()).toEqual(['quick hook', 'releasing hook'])
+    expect(seenInHook).toEqual(['a'])
+    // The hook's release reached the server before the connection went.
+    expect(await observer.holders(resource)).toEqual([])
+    const calls: [string, () => Promise<unknown>][] = [
+      ['acquire', () => acquire(b, resource, 'a')],
+      ['renew', () => b.renew([{ resource, candidate: 'a', token: got.token, leaseMs: 10_000 }])],
+      ['release', () => b.release({ resource, candidate: 'a' })],
+      ['holders', () => b.holders(resource)],
+      ['watch', () => b.watch(resource, () => {})],
+    ]
+    for (const [what, call] of calls) {
+      const error = await call().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(error, what).toBeInstanceOf(BackendClosedError)
+      expect(error, what).toMatchObject({ code: 'ERR_CONCLAVE_CLOSED' })
+    }
+    await b.close() // still idempotent
+    await until(async () => (await connections()) === 0, 5_000, 'its connections closed')
+  })
+
+  it('leaves your own client open, and hooks may still use it', async () => {
+    const client = fastFailingClient(server.url)
+    opened.clients.push(client)
+    const b = redisBackend({ client, startupGrace: false })
+    const resource = unique('close-own')
+    expect((await acquire(b, resource, 'a')).acquired).toBe(true)
+    b.onClose(() => b.release({ resource, candidate: 'a' }))
+    await b.close()
+    expect(await client.exists(resourceKeys('conclave:', resource).holders)).toBe(0)
+    expect(await client.ping()).toBe('PONG')
+    await expect(b.holders(resource)).rejects.toBeInstanceOf(BackendClosedError)
+  })
+})
+
+describe('tickets', () => {
+  it('refuses another number of tickets while a grant lives, and any number once none does', async () => {
+    const b = backend()
+    const resource = unique('tickets')
+    const ask = (candidate: string, tickets: number, leaseMs = 10_000) =>
+      b.acquire({ resource, candidate, tickets, leaseMs, metadata: null })
+    const holderNames = async () => (await b.holders(resource)).map((h) => h.candidate)
+    expect((await ask('a', 2)).acquired).toBe(true)
+    const refused = await ask('b', 3).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(TicketsMismatchError)
+    expect(refused).toMatchObject({
+      code: 'ERR_CONCLAVE_TICKETS_MISMATCH',
+      resource,
+      tickets: 3,
+      held: 2,
+    })
+    expect(await holderNames()).toEqual(['a'])
+    // The holder itself is refused too, and keeps its grant.
+    await expect(ask('a', 1)).rejects.toMatchObject({ tickets: 1, held: 2 })
+    expect((await ask('b', 2)).acquired).toBe(true)
+    expect(await holderNames()).toEqual(['a', 'b'])
+    // One of the two released: the other still holds with 2.
+    await b.release({ resource, candidate: 'a' })
+    await expect(ask('c', 1)).rejects.toMatchObject({ tickets: 1, held: 2 })
+    // All released: any number again, remembered for the new grants.
+    await b.release({ resource, candidate: 'b' })
+    expect((await ask('c', 5)).acquired).toBe(true)
+    await expect(ask('d', 2)).rejects.toMatchObject({ tickets: 2, held: 5 })
+    await b.release({ resource, candidate: 'c' })
+    // Expired rather than released: the same.
+    expect((await ask('e', 1, 200)).acquired).toBe(true)
+    await expect(ask('f', 3)).rejects.toMatchObject({ tickets: 3, held: 1 })
+    await sleep(400)
+    expect((await ask('f', 3)).acquired).toBe(true)
+    await b.release({ resource, candidate: 'f' })
+    // Released: nothing but the token counter is left.
+    const keys = resourceKeys('conclave:', resource)
+    expect(await admin.exists(keys.holders, keys.grants)).toBe(0)
+  })
 })
 
 describe('key layout', () => {

@@ -23,7 +23,8 @@ import {
   validateRenew,
   validateResource,
 } from '../../backend.js'
-import { BackendError, ConclaveError, OptionsError } from '../../errors.js'
+import { BackendError, ConclaveError, OptionsError, TicketsMismatchError } from '../../errors.js'
+import { CloseGate } from '../kit.js'
 
 export interface RedisBackendOptions {
   /**
@@ -155,7 +156,7 @@ export class RedisBackend implements Backend {
   #subscriber: Redis | undefined
   #heartbeat: NodeJS.Timeout | undefined
   readonly #channels = new Map<string, Channel>()
-  #closed = false
+  readonly #gate = new CloseGate('redis')
 
   constructor(options: RedisBackendOptions) {
     if (typeof options !== 'object' || options === null) {
@@ -286,6 +287,9 @@ export class RedisBackend implements Backend {
       ],
     ])
     const list = asArray(reply, 'acquire')
+    if (Number(list[0]) === 2) {
+      throw new TicketsMismatchError(request.resource, request.tickets, Number(list[1]))
+    }
     const holders = parseHolders(list, 2)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
     // A free ticket the server may not grant yet: it started less than a lease ago.
@@ -380,7 +384,7 @@ export class RedisBackend implements Backend {
     const entry = () => onChange()
     ch.listeners.add(entry)
     const stop = (lingerMs: number) => {
-      if (!ch.listeners.delete(entry) || ch.listeners.size > 0 || this.#closed) return
+      if (!ch.listeners.delete(entry) || ch.listeners.size > 0 || this.#gate.closing) return
       if (lingerMs === 0) return this.#unsubscribe(subscriber, ch, name)
       ch.linger = setTimeout(() => void this.#unsubscribe(subscriber, ch, name), lingerMs)
       ch.linger.unref()
@@ -396,17 +400,26 @@ export class RedisBackend implements Backend {
     return unwatch
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return
-    this.#closed = true
-    for (const ch of this.#channels.values()) clearTimeout(ch.linger)
-    this.#channels.clear()
-    clearInterval(this.#heartbeat)
-    this.#subscriber?.disconnect()
-    if (this.#owned) {
-      const client = await this.#client.catch(() => undefined)
-      client?.disconnect()
-    }
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
+  }
+
+  /**
+   * Runs the onClose hooks first (the election core ends its terms and releases their grants
+   * there, while calls still work), then drops the subscriber connection, and the client when
+   * the backend made it. Idempotent; every call after it fails with a BackendClosedError.
+   */
+  close(): Promise<void> {
+    return this.#gate.close(async () => {
+      for (const ch of this.#channels.values()) clearTimeout(ch.linger)
+      this.#channels.clear()
+      clearInterval(this.#heartbeat)
+      this.#subscriber?.disconnect()
+      if (this.#owned) {
+        const client = await this.#client.catch(() => undefined)
+        client?.disconnect()
+      }
+    })
   }
 
   /** The one subscriber connection of this backend, made on first watch. */
@@ -460,7 +473,7 @@ export class RedisBackend implements Backend {
     )
     // Wake everyone once the subscriptions are back (or failed: their own timers still run).
     await Promise.allSettled(again)
-    if (this.#closed) return
+    if (this.#gate.closing) return
     for (const [, ch] of channels) notify(ch.listeners)
   }
 
@@ -471,7 +484,7 @@ export class RedisBackend implements Backend {
    */
   async #unsubscribe(subscriber: Redis, ch: Channel, name: string): Promise<void> {
     ch.linger = undefined
-    if (ch.listeners.size > 0 || this.#closed) return
+    if (ch.listeners.size > 0 || this.#gate.closing) return
     ch.subscribed = undefined
     const op = ch.queue.then(() => subscriber.unsubscribe(name)).then(noop, noop)
     ch.queue = op
@@ -523,6 +536,8 @@ export class RedisBackend implements Backend {
     try {
       return await Promise.race([fn(), timeout])
     } catch (error) {
+      // A call cut short by close() (its connection dropped) gets the final error.
+      this.#gate.check()
       if (error instanceof ConclaveError) throw error
       throw new BackendError(`redis ${what} failed: ${(error as Error)?.message ?? error}`, {
         cause: error,
@@ -533,7 +548,7 @@ export class RedisBackend implements Backend {
   }
 
   #checkOpen(): void {
-    if (this.#closed) throw new ConclaveError('ERR_CONCLAVE_CLOSED', 'The redis backend is closed.')
+    this.#gate.check()
   }
 }
 

@@ -2,7 +2,8 @@
 -- A candidate that already holds keeps its token and gets a fresh lease.
 --
 -- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
--- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"
+-- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"; and " tickets" (a space first:
+--                  no candidate id has one) -> the tickets the live grants were made with
 -- KEYS[3] token:   string, the last token granted on this resource
 -- ARGV[1] candidate
 -- ARGV[2] tickets
@@ -14,9 +15,11 @@
 --
 -- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
 -- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
--- waitMs > 0 says the server is in its startup grace for that many more ms.
+-- waitMs > 0 says the server is in its startup grace for that many more ms; {2, heldTickets}
+-- when unexpired grants live that were made with another number of tickets (nothing granted).
 if redis.replicate_commands then redis.replicate_commands() end
 
+local TICKETS = ' tickets'
 local holders, grants, tokenKey = KEYS[1], KEYS[2], KEYS[3]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -33,6 +36,17 @@ for _, c in ipairs(gone) do redis.call('HDEL', grants, c) end
 if #gone > 0 then
   redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
   changed = true
+end
+
+-- All candidates of a resource must agree on its tickets: while any grant lives, another number
+-- is refused (the holder's own included). With no grant left, any number is accepted again.
+local held = nil
+if redis.call('ZCARD', holders) > 0 then
+  held = tonumber(redis.call('HGET', grants, TICKETS) or '')
+end
+if held and held ~= tickets then
+  if changed then redis.call('PUBLISH', channel, '1') end
+  return {2, held}
 end
 
 local result = {0, 0}
@@ -77,6 +91,8 @@ elseif redis.call('ZCARD', holders) < tickets then
     result = {1, token}
   end
 end
+
+if result[1] == 1 and held ~= tickets then redis.call('HSET', grants, TICKETS, tickets) end
 
 -- Keys outlive every grant in them (their TTL is raised, never lowered, when it falls short),
 -- and no longer than twice the longest lease: an abandoned resource leaves nothing behind.

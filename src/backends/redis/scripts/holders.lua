@@ -1,7 +1,8 @@
 -- holders: the unexpired holders of a resource (expired ones are removed on the way).
 --
 -- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
--- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"
+-- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"; " tickets" -> the live grants'
+--                  tickets (removed with the last grant)
 -- ARGV[1] channel to PUBLISH on when the holders change
 --
 -- Returns the flat list candidate, token, metadata, remainingMs of every unexpired holder.
@@ -16,6 +17,7 @@ local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
 for _, c in ipairs(gone) do redis.call('HDEL', grants, c) end
 if #gone > 0 then
   redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  if redis.call('ZCARD', holders) == 0 then redis.call('HDEL', grants, ' tickets') end
   redis.call('PUBLISH', channel, '1')
 end
 

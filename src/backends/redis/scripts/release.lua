@@ -1,18 +1,26 @@
 -- release: remove a candidate's grant, only if it has the given token (or any, without one).
 --
 -- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
--- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"
+-- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"; " tickets" -> the live grants'
+--                  tickets (removed with the last grant)
 -- ARGV[1] candidate
 -- ARGV[2] token of the grant to remove, or '' for whatever this candidate has
 -- ARGV[3] channel to PUBLISH on when the holders change
 --
 -- Returns 1 when a grant was removed, 0 when there was none to remove (idempotent).
+local TICKETS = ' tickets'
 local holders, grants = KEYS[1], KEYS[2]
 local candidate, token, channel = ARGV[1], ARGV[2], ARGV[3]
+
+-- The resource's tickets are remembered only while a grant lives (then the keys go away too).
+local function forgetTicketsWhenEmpty()
+  if redis.call('ZCARD', holders) == 0 then redis.call('HDEL', grants, TICKETS) end
+end
 
 local value = redis.call('HGET', grants, candidate)
 if not value then
   redis.call('ZREM', holders, candidate)
+  forgetTicketsWhenEmpty()
   return 0
 end
 if token ~= '' then
@@ -22,5 +30,6 @@ end
 
 redis.call('HDEL', grants, candidate)
 redis.call('ZREM', holders, candidate)
+forgetTicketsWhenEmpty()
 redis.call('PUBLISH', channel, '1')
 return 1

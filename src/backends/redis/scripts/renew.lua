@@ -4,7 +4,8 @@
 --
 -- For each grant i = 1..n (n = #KEYS / 2):
 -- KEYS[2i-1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
--- KEYS[2i]   grants:  hash, candidate -> "<token>:<metadata JSON>"
+-- KEYS[2i]   grants:  hash, candidate -> "<token>:<metadata JSON>"; " tickets" -> the live
+--                    grants' tickets (removed with the last grant)
 -- ARGV[3i-2] candidate
 -- ARGV[3i-1] token of the grant to renew
 -- ARGV[3i]   leaseMs
@@ -24,6 +25,7 @@ local function renew(holders, grants, candidate, token, leaseMs)
     -- Expired: it stays gone (the next acquire or holders call tells the watchers).
     redis.call('ZREM', holders, candidate)
     redis.call('HDEL', grants, candidate)
+    if redis.call('ZCARD', holders) == 0 then redis.call('HDEL', grants, ' tickets') end
     return 0
   end
   local value = redis.call('HGET', grants, candidate)
