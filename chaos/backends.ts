@@ -131,6 +131,7 @@ export const SELF_TEST_BACKENDS: Record<string, ChaosBackend> = {
         release: (request) => inner.release(request),
         holders: (resource) => inner.holders(resource),
         watch: (resource, onChange) => inner.watch(resource, onChange),
+        onClose: (hook) => inner.onClose(hook),
         close: () => inner.close(),
       }
     },

@@ -9,12 +9,15 @@ import { type Clock, sleep } from './clock.js'
 import {
   BusyError,
   ElectionClosedError,
+  isFinal,
   type TermEndReason,
   LeadershipLostError,
   OptionsError,
+  WorkError,
 } from './errors.js'
 import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { joinRenewals, type RenewalMember } from './renewer.js'
+import { anySignal } from './signals.js'
 import { type Term, type TermOwner, TermState } from './term.js'
 
 export interface ElectionEvents {
@@ -29,7 +32,15 @@ export interface ElectionEvents {
 /** Which election's work (run callback) the current async context belongs to. */
 const workContext = new AsyncLocalStorage<Election>()
 
-const BACKEND_METHODS = ['acquire', 'renew', 'release', 'holders', 'watch', 'close'] as const
+const BACKEND_METHODS = [
+  'acquire',
+  'renew',
+  'release',
+  'holders',
+  'watch',
+  'onClose',
+  'close',
+] as const
 
 export class Election extends EventEmitter<ElectionEvents> implements TermOwner, AsyncDisposable {
   readonly backend: Backend
@@ -44,9 +55,13 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
   readonly #states = new WeakMap<Term, TermState>()
   #loop: { promise: Promise<Term>; signal: AbortSignal } | undefined
   #running = false
+  /** The run() callback now running; it may outlive its term, and close() drains it too. */
   #work: Promise<void> | undefined
   #leaderWatch: AbortController | undefined
   #warned = false
+  /** A release failed: a grant of ours may survive, so withdraw it before asking again. */
+  #mustWithdraw = false
+  readonly #offBackendClose: () => void
 
   constructor(backend: Backend, resource: string, options: ElectionOptions = {}) {
     super()
@@ -71,6 +86,9 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     ;(this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'leader' && !this.#leaderWatch && !this.#closing) this.#startLeaderWatch()
     })
+    // Closing the backend closes this election first: the term ends and its grant is
+    // released before the backend gives up anything (a revoked lease, a closed pool).
+    this.#offBackendClose = backend.onClose(() => this.close())
   }
 
   /** True while this candidate holds an active term (reads the clock). */
@@ -102,16 +120,16 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     await this.#loop?.promise.catch(() => {})
     if (this.#closing) throw new ElectionClosedError(this.resource)
     if (this.#loop) throw new BusyError(this.resource, 'campaigning')
-    const signal = options.signal
-      ? AbortSignal.any([options.signal, this.#closeController.signal])
-      : this.#closeController.signal
+    const combined = anySignal([options.signal, this.#closeController.signal])
+    const signal = combined.signal
     const promise = this.#acquireLoop(signal)
     const loop = { promise, signal }
     this.#loop = loop
-    void promise.then(
-      () => this.#loop === loop && (this.#loop = undefined),
-      () => this.#loop === loop && (this.#loop = undefined),
-    )
+    const done = () => {
+      combined.dispose()
+      if (this.#loop === loop) this.#loop = undefined
+    }
+    void promise.then(done, done)
     // A term won just as the caller gave up is handed back at once, never left orphaned.
     return raceAbort(promise, signal, (term) => void term.resign())
   }
@@ -127,9 +145,8 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
       throw new OptionsError('fn', fn, 'run() takes a function called with each term.')
     if (this.#running) throw new BusyError(this.resource, 'running')
     this.#running = true
-    const stop = options.signal
-      ? AbortSignal.any([options.signal, this.#closeController.signal])
-      : this.#closeController.signal
+    const combined = anySignal([options.signal, this.#closeController.signal])
+    const stop = combined.signal
     const onStop = () => {
       if (this.#current) void this.end(this.#current, 'resigned')
     }
@@ -144,24 +161,30 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
           throw error
         }
         const state = this.#states.get(term)!
-        const work = workContext.run(this, async () => {
-          try {
-            await fn(term)
-          } catch (error) {
-            this.#report(error)
-            void this.end(state, 'resigned')
-          }
-        })
-        this.#work = work
-        const [, reason] = await Promise.all([work, term.ended])
-        this.#work = undefined
-        if (reason === 'closed') break
+        // The term may have ended between the win and this line (close(), resign(), an abort
+        // a microtask after 'elected'): its work must never start then.
+        if (state.endReason === undefined && !stop.aborted) {
+          const work = workContext.run(this, async () => {
+            try {
+              await fn(term)
+            } catch (error) {
+              this.#report(new WorkError(this.resource, term.token, error))
+              void this.end(state, 'resigned')
+            }
+          })
+          this.#work = work
+          await work
+          this.#work = undefined
+        }
+        const reason = await term.ended
+        if (reason === 'closed' || this.#closing) break
         // After stepping down, give a waiting candidate the first chance to take over.
         if (reason === 'resigned')
           await sleep(this.#clock, this.options.retryMs, stop).catch(() => {})
       }
     } finally {
       stop.removeEventListener('abort', onStop)
+      combined.dispose()
       this.#running = false
     }
   }
@@ -183,9 +206,8 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
   async *observe(
     options: { signal?: AbortSignal } = {},
   ): AsyncGenerator<Holder[], void, undefined> {
-    const stop = options.signal
-      ? AbortSignal.any([options.signal, this.#closeController.signal])
-      : this.#closeController.signal
+    const combined = anySignal([options.signal, this.#closeController.signal])
+    const stop = combined.signal
     let woken = false
     let wake: (() => void) | undefined
     let unwatch: Unwatch | undefined
@@ -222,6 +244,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
         }
       }
     } finally {
+      combined.dispose()
       wake = undefined
       if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
     }
@@ -234,6 +257,9 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
       this.#closeController.abort(new ElectionClosedError(this.resource))
       await ending
       await this.#loop?.promise.catch(() => {})
+      // Work that outlived its term (it expired or was lost) still gets its drain.
+      if (!ending && this.#work && workContext.getStore() !== this) await this.#drain(this.#work)
+      this.#offBackendClose()
     })()
     return this.#closing
   }
@@ -254,14 +280,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     state.endPromise = (async () => {
       await Promise.resolve() // let the signal and the revoked event go first
       const work = this.#work
-      if (work && !fromWork) {
-        const drained = new AbortController()
-        await Promise.race([
-          work,
-          sleep(this.#clock, this.options.drainMs, drained.signal).catch(() => {}),
-        ])
-        drained.abort() // no drain timer outlives the drain
-      }
+      if (work && !fromWork) await this.#drain(work)
       // 'lost' means the backend already dropped the grant; anything else is released here.
       if (reason !== 'lost') await this.#release(state.term.token)
       if (this.#current === state) this.#current = undefined
@@ -270,6 +289,16 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
     this.#safeEmit('revoked', state.term, reason)
     return state.endPromise
+  }
+
+  /** Waits for `work`, at most drainMs. */
+  async #drain(work: Promise<void>): Promise<void> {
+    const drained = new AbortController()
+    await Promise.race([
+      work,
+      sleep(this.#clock, this.options.drainMs, drained.signal).catch(() => {}),
+    ])
+    drained.abort() // no drain timer outlives the drain
   }
 
   async #acquireLoop(signal: AbortSignal): Promise<Term> {
@@ -289,6 +318,13 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
         signal.throwIfAborted()
         let waitMs: number
         try {
+          if (this.#mustWithdraw) {
+            // An earlier term's release failed, so its grant may live on; asking now would
+            // hand that old grant (and its token) to a new term.
+            await this.backend.release({ resource: this.resource, candidate: this.id })
+            this.#mustWithdraw = false
+            signal.throwIfAborted()
+          }
           if (needWatch) {
             unwatch ??= await this.backend.watch(this.resource, () => {
               woken = true
@@ -325,6 +361,8 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
           waitMs = Math.min(result.retryInMs + 1, leaseMs)
         } catch (error) {
           if (signal.aborted) throw signal.reason
+          // A closed backend, a tickets mismatch, a bad option: asking again cannot help.
+          if (isFinal(error)) throw error
           this.#report(error)
           waitMs = backoff(attempt++, retryMs, renewMs)
           woken = false
@@ -340,7 +378,10 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
       if (signal.aborted) {
         await this.backend
           .release({ resource: this.resource, candidate: this.id })
-          .catch((error: unknown) => this.#report(error))
+          .catch((error: unknown) => {
+            this.#mustWithdraw = true
+            this.#report(error)
+          })
       }
     }
   }
@@ -378,19 +419,63 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
         this.#safeEmit('renewed', state.term, { sentAt, roundTripMs: this.#clock.now() - sentAt })
       },
       lost: () => void this.end(state, 'lost'),
-      failed: (error) => this.#report(error),
+      // A closed backend will never renew it: end the term now rather than at its deadline.
+      failed: (error) => (isFinal(error) ? void this.end(state, 'lost') : this.#report(error)),
     }
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
     state.controller.signal.addEventListener('abort', leave, { once: true })
+    void this.#watchGrant(state)
     this.#safeEmit('elected', state.term)
     return state.term
+  }
+
+  /**
+   * Watches the term's own grant, so a grant deleted behind our back (an operator's `del`, a
+   * revoked lease) ends the term within a round trip of the change, not at the next renewal.
+   * Best effort: if the watch fails, the renewals still guard the term.
+   */
+  async #watchGrant(state: TermState): Promise<void> {
+    const { token } = state.term
+    let checking = false
+    let again = false
+    const check = async () => {
+      if (checking) return void (again = true)
+      checking = true
+      try {
+        do {
+          again = false
+          const holders = await this.backend.holders(this.resource)
+          // Tokens are never granted twice: a grant missing from an answer is gone for good.
+          if (
+            !state.endReason &&
+            !holders.some((h) => h.candidate === this.id && h.token === token)
+          )
+            void this.end(state, 'lost')
+        } while (again && !state.endReason)
+      } catch {
+        // Unknown: the next renewal decides.
+      } finally {
+        checking = false
+      }
+    }
+    let unwatch: Unwatch
+    try {
+      unwatch = await this.backend.watch(this.resource, () => void check())
+    } catch {
+      return
+    }
+    const stop = () => void unwatch().catch(() => {})
+    if (state.controller.signal.aborted) stop()
+    else state.controller.signal.addEventListener('abort', stop, { once: true })
   }
 
   async #release(token: number): Promise<void> {
     try {
       await this.backend.release({ resource: this.resource, candidate: this.id, token })
     } catch (error) {
-      // The lease expires on its own; a failed release only delays the next holder.
+      // The lease expires on its own; a failed release only delays the next holder. The
+      // next campaign withdraws first, so a new term never continues this grant.
+      this.#mustWithdraw = true
       this.#report(error)
     }
   }

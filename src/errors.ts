@@ -151,6 +151,11 @@ export class ProtocolError extends ConclaveError {
 /** A short, readable rendering of a bad value for error messages (NaN, functions and all). */
 export function describe(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value)
-  const text = inspect(value, { depth: 3, breakLength: Infinity, maxArrayLength: 10, maxStringLength: 60 })
+  const text = inspect(value, {
+    depth: 3,
+    breakLength: Infinity,
+    maxArrayLength: 10,
+    maxStringLength: 60,
+  })
   return text.length > 80 ? `${text.slice(0, 77)}...` : text
 }

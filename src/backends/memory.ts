@@ -182,7 +182,8 @@ export class MemoryBackend implements Backend {
 
   #state(resource: string): ResourceState {
     let state = this.#resources.get(resource)
-    if (!state) this.#resources.set(resource, (state = { grants: new Map(), lastToken: 0, tickets: 0 }))
+    if (!state)
+      this.#resources.set(resource, (state = { grants: new Map(), lastToken: 0, tickets: 0 }))
     return state
   }
 

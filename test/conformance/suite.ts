@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import type { Backend, Holder } from '../../src/backend.js'
 import { Election } from '../../src/election.js'
-import { OptionsError } from '../../src/errors.js'
+import { OptionsError, TicketsMismatchError } from '../../src/errors.js'
 import type { ElectionOptions } from '../../src/options.js'
 import type { Term } from '../../src/term.js'
 import { sleep, until } from '../helpers/wait.js'
@@ -398,6 +398,86 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       })
       await until(() => terms.length >= 2, 20 * L, 'a second term')
       expect(terms[1]).toBeGreaterThan(terms[0]!)
+    })
+
+    it('ends every term held through a backend before closing it, and never retries a closed backend', async () => {
+      const res = resource('backend-close')
+      const closing = await backend()
+      const a = election(closing, res, { leaseMs: 60_000 })
+      const b = election(await backend(), res, { leaseMs: 60_000 })
+      const ta = await a.campaign()
+      const revoked = new Promise((resolve) => a.once('revoked', (_t, reason) => resolve(reason)))
+      let endedAt = Infinity
+      ta.signal.addEventListener('abort', () => (endedAt = performance.now()))
+      const waiting = b.campaign()
+      await sleep(L / 4)
+      await closing.close()
+      // The term ended (signal, revoked) inside close(), and its grant was released then.
+      expect(ta.active).toBe(false)
+      expect(await revoked).toBe('closed')
+      const tb = await waiting
+      expect(endedAt).toBeLessThan(performance.now())
+      expect(tb.token).toBeGreaterThan(ta.token)
+      // A closed backend's error is final: a campaign through it fails at once.
+      const late = election(closing, resource('after-close'))
+      await expect(late.campaign()).rejects.toMatchObject({ code: 'ERR_CONCLAVE_CLOSED' })
+    })
+
+    it('refuses a candidate asking for other tickets than the live grants were made with', async () => {
+      const res = resource('tickets')
+      const three = await Promise.all(
+        [0, 1, 2].map(async () => election(await backend(), res, { tickets: 3, leaseMs: 60_000 })),
+      )
+      const terms = await Promise.all(three.map((e) => e.campaign()))
+      const five = election(await backend(), res, { tickets: 5, leaseMs: 60_000 })
+      const refused = five.campaign()
+      await expect(refused).rejects.toBeInstanceOf(TicketsMismatchError)
+      await expect(refused).rejects.toMatchObject({
+        code: 'ERR_CONCLAVE_TICKETS_MISMATCH',
+        tickets: 5,
+        held: 3,
+      })
+      expect(five.isLeader).toBe(false)
+      expect((await five.leaders()).map((h) => h.candidate).sort()).toEqual(
+        three.map((e) => e.id).sort(),
+      )
+      // Once every grant is gone, a new number of tickets is accepted.
+      await Promise.all(terms.map((t) => t.resign()))
+      const again = election(await backend(), res, { tickets: 5, leaseMs: 60_000 })
+      await expect(again.campaign()).resolves.toBeDefined()
+    })
+
+    it('gives a new term a larger token even when the last term’s release was lost', async () => {
+      const res = resource('leftover')
+      const faulty = new Faulty(await backend())
+      const a = election(faulty, res)
+      const first = await a.campaign()
+      faulty.failing = true // renewals and the release fail: the grant may outlive the term
+      await first.ended
+      faulty.failing = false
+      const second = await a.campaign()
+      expect(second.token).toBeGreaterThan(first.token)
+      expect((await a.leaders()).map((h) => h.token)).toEqual([second.token])
+    })
+
+    it('ends a holder’s term within a round trip when its grant is deleted behind its back', async () => {
+      const res = resource('deleted')
+      const counting = new Faulty(await backend())
+      let renewals = 0
+      const renew = counting.renew.bind(counting)
+      counting.renew = (requests) => (renewals++, renew(requests))
+      // Renewals come late in the lease, so only the watch can explain a quick end.
+      const a = election(counting, res, {
+        renewMs: Math.floor(L * 0.8),
+        marginMs: Math.floor(L / 20),
+      })
+      const term = await a.campaign()
+      await sleep(L / 10)
+      const other = await backend()
+      await other.release({ resource: res, candidate: a.id, token: term.token })
+      const reason = await term.ended
+      expect(reason).toBe('lost')
+      expect(renewals).toBe(0)
     })
 
     afterAll(() => {

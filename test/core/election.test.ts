@@ -4,6 +4,7 @@ import type { Backend } from '../../src/backend.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
 import { LeadershipLostError, OptionsError } from '../../src/errors.js'
+import { validateToken } from '../../src/backend.js'
 import { Faulty } from '../conformance/suite.js'
 import { ManualClock, settle } from '../helpers/manual-clock.js'
 
@@ -255,7 +256,8 @@ describe('election core timing', () => {
   it('asks once when uncontended; a candidate that must wait watches, then asks again', async () => {
     const { clock, store, backend, election } = setup()
     await election.campaign()
-    expect(backend.calls.map((c) => c.op)).toEqual(['acquire'])
+    // One ask wins; the term then watches its own grant (to learn of a deletion at once).
+    expect(backend.calls.map((c) => c.op)).toEqual(['acquire', 'watch'])
 
     const other = new Election(backend, 'core/test', { leaseMs: 1000, clock })
     backend.calls = []
@@ -312,11 +314,17 @@ describe('options', () => {
       /Invalid lease: 5000\. "lease" is not an election option\. Known options: leaseMs/,
     ],
     [{ tickets: 0 }, /Invalid tickets: 0\. tickets must be an integer from 1 to 10000/],
-    [{ metadata: () => 1 }, /Invalid metadata: a function\. metadata must be a plain JSON value/],
+    [
+      { metadata: () => 1 },
+      /Invalid metadata: \[Function: metadata\]\. metadata must be a plain JSON value/,
+    ],
     [{ metadata: { big: 'x'.repeat(5000) } }, /at most 4096 bytes/],
     [{ id: 'has space' }, /Invalid id: "has space"\. A candidate id is 1 to 200 printable ASCII/],
     [{ retryMs: 6000 }, /retryMs must not exceed renewMs \(5000\)/],
     [{ drainMs: 1.5 }, /Invalid drainMs: 1\.5/],
+    [{ leaseMs: NaN }, /Invalid leaseMs: NaN\. leaseMs must be an integer/],
+    [{ leaseMs: Infinity }, /Invalid leaseMs: Infinity\. leaseMs must be an integer/],
+    [{ metadata: { run: () => 1 } }, /Invalid metadata: \{ run: \[Function: run\] \}\./],
   ]
   for (const [options, message] of bad) {
     it(`refuses ${JSON.stringify(options, (_k, v: unknown) => (typeof v === 'function' ? 'fn' : v)).slice(0, 60)}`, () => {
@@ -325,6 +333,12 @@ describe('options', () => {
       expect(attempt).toThrow(message)
     })
   }
+
+  it('names a NaN token as NaN, not null', () => {
+    expect(() => validateToken(NaN)).toThrow(
+      /Invalid token: NaN\. A token is a positive safe integer/,
+    )
+  })
 
   it('refuses something that is not a backend, naming it', () => {
     expect(() => new Election({} as Backend, 'x')).toThrow(

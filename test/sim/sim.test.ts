@@ -1,0 +1,20 @@
+// The deterministic simulation, short run (`npm run sim -- --runs N` runs it longer). A failure
+// prints the seed and path; replay with SIM_SEED=... SIM_PATH=... npx vitest run test/sim.
+import fc from 'fast-check'
+import { expect, it } from 'vitest'
+import { simulationProperty } from './simulation.js'
+
+const runs = Number(process.env.SIM_RUNS ?? 3000)
+
+it(`keeps every invariant over ${runs} random schedules of API calls and faults`, async () => {
+  const seed = process.env.SIM_SEED === undefined ? undefined : Number(process.env.SIM_SEED)
+  const path = process.env.SIM_PATH
+  const result = await fc.check(simulationProperty, {
+    numRuns: runs,
+    ...(seed === undefined ? {} : { seed }),
+    ...(path === undefined ? {} : { path }),
+  })
+  expect(result.failed ? fc.defaultReportMessage(result) : 'all runs passed').toBe(
+    'all runs passed',
+  )
+}, 600_000)
