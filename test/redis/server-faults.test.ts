@@ -7,6 +7,7 @@ import type { Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
 import type { Term } from '../../src/term.js'
+import { startProxy } from '../helpers/proxy.js'
 import { startRedis, type RedisServer } from '../servers/index.js'
 import { fastFailingClient, sleep, until } from './helpers.js'
 
@@ -156,3 +157,91 @@ it('grants nobody while the holder from before a data-losing restart may still b
   expect(overlaps).toEqual([])
   expect(next()!.token).toBeGreaterThan(first.token)
 }, 90_000)
+
+/** Resolves at the next instant of the wall clock whose millisecond part is in [from, to). */
+async function wallClockPhase(from: number, to: number): Promise<number> {
+  for (;;) {
+    const phase = Date.now() % 1_000
+    if (phase >= from && phase < to) return phase
+    await sleep((from - phase + 1_000) % 1_000 || 1)
+  }
+}
+
+it('grants nothing before a full lease of real uptime, whatever the sub-second phase of the start', async () => {
+  // INFO's uptime_in_seconds is whole seconds of wall clock now minus whole seconds at the
+  // start: a server started at x.92 reads 1 at x+1.00, 80 ms later. Each round restarts the
+  // server (empty) at x.90-x.95 while the holder's path is cut, so the holder believes in its
+  // term until its deadline (its last renewal + lease - margin, renewing every 200 ms), and a
+  // waiter asks for the resource every 20 ms.
+  const lease = 2_000
+  const rounds = 3
+  const proxy = await startProxy({ targetPort: server.port })
+  const results: {
+    phase: number
+    grantedAfterMs: number
+    holderActive: boolean
+    overlapMs: number
+  }[] = []
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const resource = `phase/${round}/${randomBytes(4).toString('hex')}`
+      proxy.restore()
+      const holderClient = fastFailingClient(`redis://127.0.0.1:${proxy.port}`, {
+        commandTimeout: 300,
+      })
+      clients.push(holderClient)
+      const holderBackend = redisBackend({ client: holderClient, timeoutMs: 1_000 })
+      backends.push(holderBackend)
+      const holder = new Election(holderBackend, resource, { leaseMs: lease, renewMs: 200 })
+      holder.on('error', () => {}) // the cut makes errors
+      const terms: Term[] = []
+      void holder.run(async (term) => {
+        terms.push(term)
+        await new Promise((resolve) => term.signal.addEventListener('abort', resolve))
+      })
+      // (It waits out the startup grace of the previous restart first.)
+      await until(() => terms.length === 1, 20_000, 'the holder elected')
+      const held = terms[0]!
+
+      await wallClockPhase(850, 870)
+      proxy.cut() // its last renewal reached the server at most ~200 ms ago
+      await server.kill()
+      const phase = await wallClockPhase(900, 950)
+      const startedAt = performance.now()
+      await server.restart() // not running: starts it, empty, on the same port
+
+      const waiterClient = fastFailingClient(server.url, { commandTimeout: 300 })
+      clients.push(waiterClient)
+      const waiter = redisBackend({ client: waiterClient, timeoutMs: 1_000 })
+      backends.push(waiter)
+      let grantedAt = Infinity
+      let holderActive = false
+      while (performance.now() - startedAt < 20_000) {
+        const got = await waiter
+          .acquire({ resource, candidate: 'waiter', tickets: 1, leaseMs: lease, metadata: null })
+          .catch(() => undefined)
+        if (got?.acquired) {
+          grantedAt = performance.now()
+          holderActive = held.active // reads the clock: still inside its term?
+          break
+        }
+        await sleep(20)
+      }
+      results.push({
+        phase,
+        grantedAfterMs: Math.round(grantedAt - startedAt),
+        holderActive,
+        overlapMs: Math.round(held.deadline - grantedAt),
+      })
+      proxy.restore()
+      await holder.close()
+      await waiter.release({ resource, candidate: 'waiter' })
+    }
+  } finally {
+    await proxy.close()
+  }
+  // The grant came after a full lease since the start (the server cannot have answered before
+  // it started), and while the holder from before was no longer active.
+  const early = results.filter((r) => r.grantedAfterMs < lease || r.holderActive)
+  expect(early, JSON.stringify(results)).toEqual([])
+}, 120_000)

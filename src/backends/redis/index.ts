@@ -55,11 +55,12 @@ export interface RedisBackendOptions {
    */
   heartbeatMs?: number
   /**
-   * A redis-server that has been up for less than one lease grants no new ticket (renewals of
-   * the grants it holds go on), because a restart may have lost grants whose holders still
-   * believe in their terms. Default true. Turn it off only for a Redis that cannot lose an
-   * acknowledged write (`appendonly yes` + `appendfsync always`), or one you just started
-   * yourself with nothing in it. See docs/redis.md.
+   * A redis-server that may have been up for less than one lease grants no new ticket
+   * (renewals of the grants it holds go on), because a restart may have lost grants whose
+   * holders still believe in their terms: it waits until its whole-second uptime reaches the
+   * lease + 1 s (more than one lease of real uptime, and at most 2 s more). Default true. Turn it off only
+   * for a Redis that cannot lose an acknowledged write (`appendonly yes` + `appendfsync
+   * always`), or one you just started yourself with nothing in it. See docs/redis.md.
    */
   startupGrace?: boolean
 }

@@ -11,7 +11,8 @@
 -- ARGV[4] metadata (JSON text)
 -- ARGV[5] channel to PUBLISH on when the holders change
 -- ARGV[6] how long the token key outlives the lease of the last new grant, in ms
--- ARGV[7] "1": no new grant until the server has been up for leaseMs (startup grace), "0": off
+-- ARGV[7] "1": no new grant until the server has surely been up for leaseMs (startup grace),
+--         "0": off
 --
 -- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
 -- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
@@ -70,12 +71,25 @@ if mine then
 elseif redis.call('ZCARD', holders) < tickets then
   -- A server up for less than a lease may have lost grants in a restart whose holders still
   -- believe in their terms (until at most one lease after their last renewal, which reached
-  -- the server before it stopped). uptime_in_seconds is floored, so this never waits too little.
+  -- the server before it stopped, so before this server started). uptime_in_seconds is the
+  -- server's cached unixtime minus its start time(NULL), both whole seconds: it reads 1 as
+  -- little as a few ms after the start, so it can exceed the real uptime by almost 1 s (never
+  -- by 1 s: a stale cached time only makes it smaller). Hence no grant before it reaches
+  -- leaseMs + 1 s: the real uptime is then more than leaseMs.
   local waitMs = 0
   if startupGrace then
     -- A server whose INFO lacks the field (none known) cannot be judged: no grace then.
     local uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')
-    if uptime then waitMs = leaseMs - tonumber(uptime) * 1000 end
+    if uptime then
+      uptime = tonumber(uptime)
+      local needed = math.ceil((leaseMs + 1000) / 1000)
+      if uptime < needed then
+        -- The field grows by 1 at each whole second of server time: it reaches `needed` in
+        -- (needed - uptime) seconds less the part of the current second already gone (>= 1 ms).
+        waitMs = (needed - uptime) * 1000 - math.floor(tonumber(time[2]) / 1000)
+        if waitMs < 1 then waitMs = 1 end
+      end
+    end
   end
   if waitMs > 0 then
     result = {0, waitMs}
