@@ -1,12 +1,17 @@
 // The PostgreSQL backend and the contract of issue 11: close() runs the onClose hooks before it
 // stops LISTEN or ends its pool, a resource's tickets are fixed while its grants live, and errors
 // that say what went wrong.
+import { readFileSync } from 'node:fs'
 import { afterAll, describe, expect, it } from 'vitest'
 import pg from 'pg'
 import type { AcquireRequest } from '../../src/backend.js'
-import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
+import {
+  latestSchemaVersion,
+  postgresBackend,
+  type PostgresBackend,
+} from '../../src/backends/postgres/index.js'
 import { Election } from '../../src/election.js'
-import { BackendClosedError } from '../../src/errors.js'
+import { BackendClosedError, TicketsMismatchError } from '../../src/errors.js'
 import { startPostgres } from '../servers/index.js'
 import { sleep, uniqueSchema, until, withParam } from './helpers.js'
 
@@ -130,5 +135,102 @@ describe('close', () => {
     expect(tb.token).toBeGreaterThan(ta.token)
     await b.close()
     expect(errors.map((e) => e.message)).toEqual([])
+  })
+})
+
+describe('tickets', () => {
+  it('refuses a candidate asking other tickets while the grants live, and accepts any once none does', async () => {
+    const b = open()
+    const resource = 'tickets/mismatch'
+    const three = await Promise.all(['a', 'b', 'c'].map((c) => b.acquire(req(resource, c, 3))))
+    expect(three.every((r) => r.acquired)).toBe(true)
+    const refused = await b.acquire(req(resource, 'd', 5)).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(TicketsMismatchError)
+    expect(refused).toMatchObject({
+      code: 'ERR_CONCLAVE_TICKETS_MISMATCH',
+      resource,
+      tickets: 5,
+      held: 3,
+    })
+    expect((await b.holders(resource)).map((h) => h.candidate)).toEqual(['a', 'b', 'c'])
+    // A holder asking again with other tickets is refused too, and keeps its grant.
+    await expect(b.acquire(req(resource, 'a', 1))).rejects.toBeInstanceOf(TicketsMismatchError)
+    expect(await b.holders(resource)).toHaveLength(3)
+    // The same tickets still queue as before.
+    expect((await b.acquire(req(resource, 'd', 3))).acquired).toBe(false)
+
+    for (const [i, c] of ['a', 'b', 'c'].entries()) {
+      const r = three[i]!
+      if (r.acquired) await b.release({ resource, candidate: c, token: r.token })
+    }
+    const five = await b.acquire(req(resource, 'd', 5))
+    expect(five.acquired).toBe(true)
+    await expect(b.acquire(req(resource, 'a', 3))).rejects.toMatchObject({ held: 5 })
+
+    // Expired grants do not count: a short grant with tickets 1, then tickets 2 once it expired.
+    const expiring = 'tickets/expired'
+    expect((await b.acquire(req(expiring, 'x', 1, 50))).acquired).toBe(true)
+    await sleep(150)
+    expect((await b.acquire(req(expiring, 'y', 2))).acquired).toBe(true)
+  })
+
+  it('never lets concurrent acquires with different tickets both win', async () => {
+    const pools = Array.from({ length: 6 }, () => open())
+    for (let round = 0; round < 12; round++) {
+      const resource = `tickets/race-${round}`
+      // 24 candidates at once through 6 pools, asking 1 or 3 tickets, interleaved.
+      const asks = Array.from({ length: 24 }, (_, i) => (i % 2 === round % 2 ? 1 : 3))
+      const results = await Promise.all(
+        asks.map((tickets, i) =>
+          pools[i % pools.length]!.acquire(req(resource, `c${i}`, tickets)).then(
+            (r) => ({ tickets, r }),
+            (e: unknown) => ({ tickets, e }),
+          ),
+        ),
+      )
+      const won = results.filter((x) => 'r' in x && x.r.acquired)
+      const winner = won[0]!.tickets
+      expect(new Set(won.map((x) => x.tickets))).toEqual(new Set([winner]))
+      expect(won).toHaveLength(winner)
+      for (const x of results) {
+        if ('e' in x) {
+          expect(x.e).toBeInstanceOf(TicketsMismatchError)
+          expect(x.tickets).not.toBe(winner)
+        } else if (!x.r.acquired) expect(x.tickets).toBe(winner)
+      }
+      expect(results.filter((x) => x.tickets !== winner).every((x) => 'e' in x)).toBe(true)
+      expect(await pools[0]!.holders(resource)).toHaveLength(winner)
+    }
+  })
+
+  it('migrates a version 1 schema with live grants: they keep working, unchecked until renewed by an acquire', async () => {
+    const old = uniqueSchema('v1')
+    const sql = (file: string) =>
+      readFileSync(new URL(`../../src/backends/postgres/sql/${file}`, import.meta.url), 'utf8')
+        .replaceAll('{schema}', `"${old}"`)
+        .replaceAll('{channel}', `'conclave:${old}'`)
+    // What migrate() made before this version: migration 1 only.
+    await admin.query(sql('migrate-prepare.sql'))
+    await admin.query(sql('migrations/001_initial.sql'))
+    await admin.query(sql('migrate-record.sql'), [1, 'initial'])
+    await admin.query(`SELECT * FROM "${old}".acquire('up/x', 'legacy', 2, 30000, 'null')`)
+
+    const b = open({ schema: old })
+    const [legacy] = await b.holders('up/x') // the first call migrates
+    expect(legacy).toMatchObject({ candidate: 'legacy' })
+    const { rows } = await admin.query<{ version: number }>(
+      `SELECT max(version) AS version FROM "${old}".schema_version`,
+    )
+    expect(rows[0]!.version).toBe(latestSchemaVersion())
+    expect(latestSchemaVersion()).toBeGreaterThanOrEqual(2)
+    expect(
+      await b.renew([
+        { resource: 'up/x', candidate: 'legacy', token: legacy!.token, leaseMs: 30_000 },
+      ]),
+    ).toEqual([true])
+    // Its tickets were not recorded, so they are not held against anyone...
+    expect((await b.acquire(req('up/x', 'new', 3))).acquired).toBe(true)
+    // ...but the new grant's are.
+    await expect(b.acquire(req('up/x', 'other', 2))).rejects.toMatchObject({ held: 3 })
   })
 })

@@ -29,6 +29,7 @@ import {
   BackendError,
   ConclaveError,
   OptionsError,
+  TicketsMismatchError,
   describe,
 } from '../../errors.js'
 import { CloseGate } from '../kit.js'
@@ -613,6 +614,8 @@ interface AcquireRow {
   grant_token: string | null
   holder_list: { candidate: string; token: number; metadata: Json; remainingMs: number }[]
   retry_ms: string | null
+  /** Set when the resource's live grants were made with other tickets (nothing was granted). */
+  held_tickets: number | null
 }
 
 interface HolderRow {
@@ -694,6 +697,9 @@ export class PostgresBackend implements Backend {
       `acquire of "${request.resource}"`,
     )
     if (!row) throw new BackendError('postgres: acquire returned no row')
+    if (row.held_tickets !== null && row.held_tickets !== undefined) {
+      throw new TicketsMismatchError(request.resource, request.tickets, Number(row.held_tickets))
+    }
     const holders: Holder[] = row.holder_list.map((h) => ({
       candidate: h.candidate,
       token: toToken(h.token, 'acquire'),
