@@ -37,7 +37,7 @@ import {
   validateRenew,
   validateResource,
 } from '../backend.js'
-import { BackendClosedError, BackendError, ConclaveError } from '../errors.js'
+import { BackendClosedError, BackendError, ConclaveError, TicketsMismatchError } from '../errors.js'
 import {
   decodeValue,
   encodeValue,
@@ -45,6 +45,8 @@ import {
   keyString,
   KEY_ENCODING,
   Layout,
+  rank,
+  recordedTickets,
   type Stored,
 } from './etcd/layout.js'
 import {
@@ -315,22 +317,40 @@ export class EtcdBackend implements Backend {
       await this.#deleteIfToken(key, stale.token)
       this.#forget(stale)
     }
+    // The revision of the range read this acquire goes by (0: none yet, so expect no key). A
+    // key is created only if no key of the resource was created after it, and only if that read
+    // showed no live key made with other tickets: so two candidates asking different tickets at
+    // once never both get a key; the second one's create fails, it reads the first's key, and
+    // is refused.
+    let readAt = 0
+    let refreshed = false
     for (let attempt = 1; ; attempt++) {
-      if (attempt > 3) throw new BackendError('etcd: the key kept changing under this acquire')
+      // Every failed attempt means another candidate's key was created meanwhile.
+      if (attempt > 16) throw new BackendError('etcd: the queue kept changing under this acquire')
       const { lease, issuedAt: grantedAt } = await this.#lease(request.leaseMs)
       if (lease.ttlSec * 1000 < request.leaseMs) {
         throw new BackendError(`etcd granted a ${lease.ttlSec} s lease for ${request.leaseMs} ms`)
       }
       // A lease granted before this request was sent may have little time left: refresh it in
       // the same round trip as the transaction.
-      const refreshed =
-        grantedAt >= issuedAt ? Promise.resolve(lease.ttlSec) : this.#keepalive(lease, timeoutMs)
+      const keepalive =
+        refreshed || grantedAt >= issuedAt
+          ? Promise.resolve(lease.ttlSec)
+          : this.#keepalive(lease, timeoutMs)
       const range = this.#rangeRequest(request.resource)
+      const { key: start, range_end } = this.#layout.range(request.resource)
       const txn = this.#call('acquire', (options) =>
         this.#client.kv.txn(
           {
             compare: [
               { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: 0 },
+              {
+                key: start,
+                range_end,
+                target: 'Create',
+                result: 'Less',
+                create_revision: readAt + 1,
+              },
             ],
             success: [
               { request_put: { key: keyBuffer(key), value, lease: lease.id } },
@@ -344,7 +364,7 @@ export class EtcdBackend implements Backend {
       let ttl: number
       let response: Awaited<typeof txn>
       try {
-        ;[ttl, response] = await Promise.all([refreshed, txn])
+        ;[ttl, response] = await Promise.all([keepalive, txn])
       } catch (error) {
         if (!isLeaseNotFound(error)) throw error
         this.#leaseGone(lease)
@@ -355,28 +375,53 @@ export class EtcdBackend implements Backend {
         this.#leaseGone(lease)
         continue
       }
+      refreshed = true
       const kvs = response.responses[response.succeeded ? 1 : 0]?.response_range?.kvs ?? []
       const index = kvs.findIndex((kv) => keyString(kv.key) === key)
       const mine = kvs[index]
-      if (!mine) continue // gone between compare and range cannot happen in one txn; be safe
+      if (!mine) {
+        // Not created: keys were created since the read this attempt went by. Go by this read.
+        this.#checkTickets(request, recordedTickets(kvs))
+        readAt = Number(response.header.revision)
+        continue
+      }
       const token = Number(mine.create_revision)
-      if (mine.lease !== lease.id) {
-        const other = this.#leases.get(mine.lease)
-        if (!other || other.dead) {
-          // Another process's key under this candidate id (or one written by hand): never
-          // adopted. It goes when its lease does; until then this candidate waits like others.
-          return this.#notAcquired(request, kvs, lease, null)
+      const own = this.#leases.get(mine.lease)
+      if (!own || own.dead) {
+        // Another process's key under this candidate id (or one written by hand): never
+        // adopted. It goes when its lease does; until then this candidate waits like others.
+        this.#checkTickets(request, recordedTickets(kvs))
+        return this.#notAcquired(request, kvs, lease, null)
+      }
+      const others = recordedTickets(kvs, mine)
+      const recorded = decodeValue(mine.value)
+      const holder = rank(kvs).keys[index]!.holder
+      if (others !== undefined && others !== request.tickets) {
+        // The resource's other keys were made with other tickets. A grant of ours keeps its
+        // key (as a refused acquire leaves a grant on every backend); a queued key must not
+        // wait with the wrong tickets.
+        if (!holder) {
+          await this.#deleteIfToken(key, token)
+          const entry = this.#entries.get(key)
+          if (entry?.token === token) this.#forget(entry)
         }
+        throw new TicketsMismatchError(request.resource, request.tickets, others)
+      }
+      if (holder && !recorded.foreign && recorded.tickets !== request.tickets) {
+        // Our own grant, the only key recording tickets, asked for with other tickets: it lives.
+        throw new TicketsMismatchError(request.resource, request.tickets, recorded.tickets)
+      }
+      if (mine.lease !== lease.id) {
         // Our own key on our other lease (this candidate changed its lease length): move it,
         // keeping its create revision, hence its place and its token.
         if (!(await this.#rewrite(key, token, value, lease))) continue
       } else if (!response.succeeded && !mine.value.equals(value)) {
-        // New metadata or tickets: a put keeps the create revision; the compare makes sure it
-        // is still the same key.
+        // New metadata (or tickets, where no other key records any): a put keeps the create
+        // revision; the compare makes sure it is still the same key.
         if (!(await this.#rewrite(key, token, value, lease))) continue
       }
       mine.value = value
-      const held = index < request.tickets
+      const held = rank(kvs).keys[index]!.holder
       this.#track(key, token, lease, request.leaseMs, held, issuedAt)
       const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
       if (held) {
@@ -384,6 +429,13 @@ export class EtcdBackend implements Backend {
         return { acquired: true, token, holders }
       }
       return this.#notAcquired(request, kvs, lease, known)
+    }
+  }
+
+  /** Refuses an acquire asking other tickets than the resource's live keys recorded. */
+  #checkTickets(request: AcquireRequest, recorded: number | undefined): void {
+    if (recorded !== undefined && recorded !== request.tickets) {
+      throw new TicketsMismatchError(request.resource, request.tickets, recorded)
     }
   }
 
@@ -405,8 +457,8 @@ export class EtcdBackend implements Backend {
   }
 
   /**
-   * Holders: keys ranked (by create revision) below the tickets written in their own value, i.e.
-   * the candidates whose own acquire would grant them. remainingMs comes from etcd's lease TTL,
+   * Holders: the resource's keys ranked by create revision (see `rank` in etcd/layout.ts), i.e.
+   * the candidates whose own acquire grants them. remainingMs comes from etcd's lease TTL,
    * whole seconds rounded down, so it is reported as the upper bound: the key is gone by then (a
    * release or expiry is pushed by the watch anyway). It is also capped at the holder's leaseMs,
    * after which a live holder that stopped renewing deletes its own key.
@@ -416,11 +468,7 @@ export class EtcdBackend implements Backend {
     kvs: IKeyValue[],
     known: LeaseTtls,
   ): Promise<{ holders: Holder[]; soonestMs: number }> {
-    const ranked: Ranked[] = []
-    kvs.forEach((kv, index) => {
-      const stored = decodeValue(kv.value)
-      if (index < stored.tickets) ranked.push({ kv, stored })
-    })
+    const ranked: Ranked[] = rank(kvs).keys.filter((k) => k.holder)
     const unknown = [...new Set(ranked.map((r) => r.kv.lease))].filter(
       (id) => id !== '0' && !known.has(id),
     )

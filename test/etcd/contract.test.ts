@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { AcquireRequest } from '../../src/backend.js'
 import { type EtcdBackend } from '../../src/backends/etcd.js'
 import { Election } from '../../src/election.js'
-import { BackendClosedError } from '../../src/errors.js'
+import { BackendClosedError, TicketsMismatchError } from '../../src/errors.js'
 import { startEtcd, type EtcdServer } from '../servers/index.js'
 import { backendWithClient, queuedKeys, sleep, until } from './helpers.js'
 
@@ -128,5 +128,88 @@ describe('close', () => {
     // B won only after A's term was over: never two holders.
     expect(bElectedAt!).toBeGreaterThanOrEqual(aEndedAt!)
     expect(tb.token).toBeGreaterThan(ta.token)
+  })
+})
+
+describe('tickets', () => {
+  const stored = async (res: string) =>
+    Object.values(await raw.getAll().prefix(`${prefix}${res}#`).strings()).map(
+      (v) => (JSON.parse(v) as { tickets: number }).tickets,
+    )
+
+  it('refuses a candidate asking other tickets while the grants live, and accepts any once none does', async () => {
+    const res = resource('mismatch')
+    const [a, b, c, d] = [backend(), backend(), backend(), backend()]
+    const three = await Promise.all([a, b, c].map((x, i) => x.acquire(req(res, `c${i}`, 3))))
+    expect(three.every((r) => r.acquired)).toBe(true)
+    const refused = await d.acquire(req(res, 'd', 5)).catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(TicketsMismatchError)
+    expect(refused).toMatchObject({
+      code: 'ERR_CONCLAVE_TICKETS_MISMATCH',
+      resource: res,
+      tickets: 5,
+      held: 3,
+    })
+    // It left no key behind, and never held.
+    expect(await queuedKeys(raw, prefix, res)).toHaveLength(3)
+    expect((await d.holders(res)).map((h) => h.candidate).sort()).toEqual(['c0', 'c1', 'c2'])
+    // A holder asking again with other tickets is refused too, and keeps its grant.
+    await expect(a.acquire(req(res, 'c0', 1))).rejects.toMatchObject({ held: 3 })
+    expect(await d.holders(res)).toHaveLength(3)
+    // The same tickets queue as before; asking other tickets then withdraws the queued key.
+    expect((await d.acquire(req(res, 'd', 3))).acquired).toBe(false)
+    expect(await queuedKeys(raw, prefix, res)).toHaveLength(4)
+    await expect(d.acquire(req(res, 'd', 4))).rejects.toMatchObject({ tickets: 4, held: 3 })
+    expect(await queuedKeys(raw, prefix, res)).toHaveLength(3)
+
+    for (const [i, x] of [a, b, c].entries()) {
+      const r = three[i]!
+      if (r.acquired) await x.release({ resource: res, candidate: `c${i}`, token: r.token })
+    }
+    expect((await d.acquire(req(res, 'd', 5))).acquired).toBe(true)
+    await expect(a.acquire(req(res, 'c0', 3))).rejects.toMatchObject({ held: 5 })
+    expect(await stored(res)).toEqual([5])
+  })
+
+  it('never lets candidates racing with different tickets make more holders than their tickets', async () => {
+    const pool = Array.from({ length: 6 }, () => backend())
+    for (let round = 0; round < 10; round++) {
+      const res = resource(`race${round}`)
+      // 12 candidates at once through 6 clients, asking 1 or 3 tickets, interleaved.
+      const asks = Array.from({ length: 12 }, (_, i) => (i % 2 === round % 2 ? 1 : 3))
+      const results = await Promise.all(
+        asks.map((tickets, i) =>
+          pool[i % pool.length]!.acquire(req(res, `c${i}`, tickets)).then(
+            (r) => ({ tickets, r }),
+            (e: unknown) => ({ tickets, e }),
+          ),
+        ),
+      )
+      const won = results.filter((x) => 'r' in x && x.r.acquired)
+      const winner = won[0]!.tickets
+      expect(new Set(won.map((x) => x.tickets))).toEqual(new Set([winner]))
+      expect(won).toHaveLength(winner)
+      for (const x of results) {
+        if ('e' in x) {
+          expect(x.e).toBeInstanceOf(TicketsMismatchError)
+          expect(x.tickets).not.toBe(winner)
+        } else if (!x.r.acquired) expect(x.tickets).toBe(winner)
+      }
+      expect(results.filter((x) => x.tickets !== winner).every((x) => 'e' in x)).toBe(true)
+      // Only keys with the winning tickets are left, and holders() agrees with the winners.
+      expect(new Set(await stored(res))).toEqual(new Set([winner]))
+      expect((await pool[0]!.holders(res)).length).toBe(winner)
+    }
+  })
+
+  it('ranks a key with other tickets (left by an older version) out of the holders', async () => {
+    const res = resource('legacy')
+    const b = backend()
+    const got = await b.acquire(req(res, 'a', 1))
+    expect(got.acquired).toBe(true)
+    // As an older conclave could write: a second key of the same resource with tickets 2.
+    await raw.put(`${prefix}${res}#old`).value('{"tickets":2,"leaseMs":2000,"metadata":null}')
+    expect((await b.holders(res)).map((h) => h.candidate)).toEqual(['a'])
+    await raw.delete().key(`${prefix}${res}#old`)
   })
 })

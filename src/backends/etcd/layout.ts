@@ -8,8 +8,8 @@
  *
  * Value: JSON `{ "tickets": N, "leaseMs": L, "metadata": M }` as written by the candidate's
  * latest acquire. `tickets` is stored so that holders() (which has no tickets argument) ranks the
- * same way each candidate's own acquire did: a key is a holder when fewer keys than its own
- * `tickets` were created before it.
+ * same way each candidate's own acquire did, and so that an acquire asking for other tickets
+ * than the resource's live keys were made with is refused (see `rank`).
  */
 import type { Json } from '../../backend.js'
 
@@ -17,6 +17,11 @@ export interface Stored {
   tickets: number
   leaseMs: number
   metadata: Json
+}
+
+/** A value as read back: `foreign` when this backend did not write it. */
+export interface Decoded extends Stored {
+  foreign: boolean
 }
 
 export function encodeValue(stored: Stored): Buffer {
@@ -30,7 +35,7 @@ export function encodeValue(stored: Stored): Buffer {
  * or by another program) counts as a holder of one ticket with no metadata, so it is never
  * ignored: it can only delay candidates, never let an extra one in.
  */
-export function decodeValue(value: Buffer | undefined): Stored {
+export function decodeValue(value: Buffer | undefined): Decoded {
   try {
     const parsed = JSON.parse(value?.toString('utf8') ?? '') as Partial<Stored> | null
     if (
@@ -45,12 +50,56 @@ export function decodeValue(value: Buffer | undefined): Stored {
         tickets: parsed.tickets as number,
         leaseMs: parsed.leaseMs as number,
         metadata: parsed.metadata ?? null,
+        foreign: false,
       }
     }
   } catch {
     // fall through: not ours
   }
-  return { tickets: 1, leaseMs: Number.POSITIVE_INFINITY, metadata: null }
+  return { tickets: 1, leaseMs: Number.POSITIVE_INFINITY, metadata: null, foreign: true }
+}
+
+/** One key of a resource's range, ranked. */
+export interface RankedKey<K> {
+  kv: K
+  stored: Decoded
+  /** Within the resource's tickets: this key's candidate holds the resource. */
+  holder: boolean
+}
+
+/**
+ * Ranks a resource's keys (oldest create revision first). The tickets of the resource are the
+ * ones recorded by its earliest key this backend wrote (an acquire never creates a key with
+ * other tickets while such a key lives, so normally every key agrees). Every key takes a place
+ * in the queue; a key holds when fewer than `tickets` keys precede it and it was made with
+ * those tickets. A key this backend did not write holds only in the first place: it can delay
+ * candidates, never let an extra one in. A key made with other tickets (left by an older
+ * version) never holds.
+ */
+export function rank<K extends { value: Buffer }>(
+  kvs: readonly K[],
+): { tickets: number | undefined; keys: RankedKey<K>[] } {
+  let tickets: number | undefined
+  const keys = kvs.map((kv, place) => {
+    const stored = decodeValue(kv.value)
+    if (stored.foreign) return { kv, stored, holder: place === 0 }
+    tickets ??= stored.tickets
+    return { kv, stored, holder: stored.tickets === tickets && place < tickets }
+  })
+  return { tickets, keys }
+}
+
+/** The tickets of the earliest key this backend wrote among `kvs`, other than `except`. */
+export function recordedTickets<K extends { value: Buffer }>(
+  kvs: readonly K[],
+  except?: K,
+): number | undefined {
+  for (const kv of kvs) {
+    if (kv === except) continue
+    const stored = decodeValue(kv.value)
+    if (!stored.foreign) return stored.tickets
+  }
+  return undefined
 }
 
 /** Keys are handled as latin1 strings: one char per byte, so any namespace bytes survive. */
