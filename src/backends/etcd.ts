@@ -234,6 +234,13 @@ export class EtcdBackend implements Backend {
     const key = this.#layout.key(request.resource, request.candidate)
     await this.#withKey(key, async () => {
       const entry = this.#entries.get(key)
+      // The grant is over from here on, whatever becomes of the delete (a dead member, a cut
+      // path): a renewal of it says false, its own expiry retries the delete, and the next
+      // acquire of this candidate deletes the key if it is still there and queues a new one,
+      // so a new term never continues this grant or gets its token again.
+      if (entry && (request.token === undefined || entry.token === request.token)) {
+        entry.doomed = true
+      }
       if (request.token !== undefined) {
         await this.#deleteIfToken(key, request.token)
         if (entry && entry.token === request.token) this.#forget(entry)

@@ -5,9 +5,10 @@ import { randomBytes } from 'node:crypto'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { AcquireRequest } from '../../src/backend.js'
-import { type EtcdBackend } from '../../src/backends/etcd.js'
+import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
 import { Election } from '../../src/election.js'
 import { BackendClosedError, TicketsMismatchError } from '../../src/errors.js'
+import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { startEtcd, type EtcdServer } from '../servers/index.js'
 import { backendWithClient, queuedKeys, sleep, until } from './helpers.js'
 
@@ -17,6 +18,7 @@ const prefix = `etcd-contract-${randomBytes(4).toString('hex')}/`
 const backends: EtcdBackend[] = []
 const elections: Election[] = []
 const errors: Error[] = []
+const proxies: FaultProxy[] = []
 
 const resource = (label: string) => `${label}/${randomBytes(4).toString('hex')}`
 const backend = () => {
@@ -45,6 +47,7 @@ beforeAll(async () => {
 afterEach(async () => {
   await Promise.all(elections.splice(0).map((e) => e.close()))
   await Promise.all(backends.splice(0).map((b) => b.close()))
+  await Promise.all(proxies.splice(0).map((p) => p.close()))
   expect(errors.splice(0).map((e) => e.message)).toEqual([])
 })
 afterAll(async () => {
@@ -211,5 +214,62 @@ describe('tickets', () => {
     await raw.put(`${prefix}${res}#old`).value('{"tickets":2,"leaseMs":2000,"metadata":null}')
     expect((await b.holders(res)).map((h) => h.candidate)).toEqual(['a'])
     await raw.delete().key(`${prefix}${res}#old`)
+  })
+})
+
+describe('tokens', () => {
+  /** A backend whose path to etcd the test can cut, and a grant made through it. */
+  async function cutOff(label: string) {
+    const proxy = await startProxy({ targetPort: server.port })
+    proxies.push(proxy)
+    const b = etcdBackend({ hosts: `127.0.0.1:${proxy.port}`, prefix, timeoutMs: 1_000 })
+    backends.push(b)
+    const res = resource(label)
+    const first = await b.acquire(req(res, 'x', 1, 10_000))
+    if (!first.acquired) throw new Error('expected a grant')
+    // The release goes nowhere (as to a dead member): the key survives it.
+    proxy.cut()
+    await expect(b.release({ resource: res, candidate: 'x', token: first.token })).rejects.toThrow(
+      /etcd release failed/,
+    )
+    proxy.restore()
+    expect(await queuedKeys(raw, prefix, res)).toEqual([`${prefix}${res}#x`])
+    return { b, res, first }
+  }
+
+  /** Calls `fn` until the client has reconnected through the restored proxy. */
+  async function once<T>(fn: () => Promise<T>): Promise<T> {
+    const end = performance.now() + 15_000
+    for (;;) {
+      try {
+        return await fn()
+      } catch (error) {
+        if (performance.now() > end) throw error
+        await sleep(100)
+      }
+    }
+  }
+
+  it('never gives a new term the token of a grant whose release failed', async () => {
+    const { b, res, first } = await cutOff('reuse')
+    const again = await once(() => b.acquire(req(res, 'x', 1, 10_000)))
+    if (!again.acquired) throw new Error('expected a grant')
+    expect(again.token).toBeGreaterThan(first.token)
+    // The old key is gone; the new one is a new key.
+    const { kvs } = await raw.getAll().prefix(`${prefix}${res}#`).exec()
+    expect(kvs.map((kv) => kv.create_revision)).toEqual([String(again.token)])
+    // Nor is the old grant renewed.
+    expect(
+      await b.renew([{ resource: res, candidate: 'x', token: first.token, leaseMs: 10_000 }]),
+    ).toEqual([false])
+  })
+
+  it('withdrawing (a release without a token) deletes the leftover key, so the next acquire makes a new one', async () => {
+    const { b, res, first } = await cutOff('withdraw')
+    await once(() => b.release({ resource: res, candidate: 'x' }))
+    expect(await queuedKeys(raw, prefix, res)).toEqual([])
+    const again = await b.acquire(req(res, 'x', 1, 10_000))
+    if (!again.acquired) throw new Error('expected a grant')
+    expect(again.token).toBeGreaterThan(first.token)
   })
 })
