@@ -4,10 +4,11 @@
  * per-resource channel to wake waiters through one shared subscriber connection.
  *
  * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
- * it on first use.
+ * it when the backend is made (and fails at once with a MissingPeerError without it).
  */
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import type { Redis, RedisOptions } from 'ioredis'
 import {
   type AcquireRequest,
@@ -23,7 +24,13 @@ import {
   validateRenew,
   validateResource,
 } from '../../backend.js'
-import { BackendError, ConclaveError, OptionsError, TicketsMismatchError } from '../../errors.js'
+import {
+  BackendError,
+  ConclaveError,
+  MissingPeerError,
+  OptionsError,
+  TicketsMismatchError,
+} from '../../errors.js'
 import { CloseGate } from '../kit.js'
 
 export interface RedisBackendOptions {
@@ -152,7 +159,7 @@ export class RedisBackend implements Backend {
   readonly heartbeatMs: number
   readonly startupGrace: boolean
   readonly #owned: boolean
-  readonly #client: Promise<Redis>
+  readonly #client: Redis
   readonly #scripts = loadScripts()
   #subscriber: Redis | undefined
   #heartbeat: NodeJS.Timeout | undefined
@@ -243,25 +250,15 @@ export class RedisBackend implements Backend {
         )
       }
       this.#owned = false
-      this.#client = Promise.resolve(client)
+      this.#client = client
     } else if (url !== undefined) {
       validateRedisUrl(url, 'url')
+      const { Redis: Client } = loadIoredis()
       this.#owned = true
-      this.#client = import('ioredis').then(
-        ({ Redis: Client }) => {
-          const owned = new Client(url, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
-          // Failures reach the election through the operations; ioredis reconnects by itself.
-          owned.on('error', noop)
-          return owned
-        },
-        (error: unknown) => {
-          throw new BackendError('conclave/redis needs the ioredis package: npm install ioredis', {
-            cause: error,
-          })
-        },
-      )
-      // Errors surface through the operations; the rejection itself must not go unhandled.
-      this.#client.catch(() => {})
+      const owned = new Client(url, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
+      // Failures reach the election through the operations; ioredis reconnects by itself.
+      owned.on('error', noop)
+      this.#client = owned
     } else {
       throw new OptionsError(
         'client',
@@ -323,7 +320,7 @@ export class RedisBackend implements Backend {
       calls.push([keys, args])
     }
     const replies = await this.#timed('renew', async () => {
-      const client = await this.#client
+      const client = this.#client
       // One pipeline: one round trip for every batch.
       let results = await pipelined(client, script, calls)
       if (results.some(([error]) => isNoScript(error))) {
@@ -368,7 +365,7 @@ export class RedisBackend implements Backend {
     this.#checkOpen()
     validateResource(resource)
     const name = resourceKeys(this.prefix, resource).channel
-    const subscriber = await this.#subscriberConnection()
+    const subscriber = this.#subscriberConnection()
     let channel = this.#channels.get(name)
     if (!channel) {
       channel = {
@@ -416,19 +413,15 @@ export class RedisBackend implements Backend {
       this.#channels.clear()
       clearInterval(this.#heartbeat)
       this.#subscriber?.disconnect()
-      if (this.#owned) {
-        const client = await this.#client.catch(() => undefined)
-        client?.disconnect()
-      }
+      if (this.#owned) this.#client.disconnect()
     })
   }
 
   /** The one subscriber connection of this backend, made on first watch. */
-  async #subscriberConnection(): Promise<Redis> {
-    if (this.#subscriber) return this.#subscriber
-    const client = await this.#client
+  #subscriberConnection(): Redis {
     this.#checkOpen()
     if (this.#subscriber) return this.#subscriber
+    const client = this.#client
     // Our own resubscribe (not ioredis's) so we know when it is confirmed and can then wake
     // every watcher: a release may have been published while we were disconnected.
     const subscriber = client.duplicate({
@@ -508,7 +501,7 @@ export class RedisBackend implements Backend {
 
   async #run(what: string, script: Script, [keys, args]: Call): Promise<Reply> {
     return this.#timed(what, async () => {
-      const client = await this.#client
+      const client = this.#client
       try {
         return await client.evalsha(script.sha, keys.length, ...keys, ...args)
       } catch (error) {
@@ -607,6 +600,19 @@ function looksLikeIoredis(client: unknown): client is Redis {
     !c.isCluster &&
     ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every((m) => typeof c[m] === 'function')
   )
+}
+
+/** ioredis, loaded when the backend makes its own client (it is an optional peer dependency). */
+function loadIoredis(): typeof import('ioredis') {
+  try {
+    return createRequire(import.meta.url)('ioredis') as typeof import('ioredis')
+  } catch (error) {
+    const code = (error as { code?: unknown } | null)?.code
+    if (code === 'MODULE_NOT_FOUND' || code === 'ERR_MODULE_NOT_FOUND') {
+      throw new MissingPeerError('ioredis', 'redisBackend({ url })', { cause: error })
+    }
+    throw error
+  }
 }
 
 function validateRedisUrl(url: unknown, field: string): string {
