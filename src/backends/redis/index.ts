@@ -160,6 +160,10 @@ export class RedisBackend implements Backend {
   readonly startupGrace: boolean
   readonly #owned: boolean
   readonly #client: Redis
+  /** The last connection error of a client the backend made, until it is ready again. */
+  #clientError: Error | undefined
+  /** The same for the subscriber connection. */
+  #subscriberError: Error | undefined
   readonly #scripts = loadScripts()
   #subscriber: Redis | undefined
   #heartbeat: NodeJS.Timeout | undefined
@@ -256,8 +260,11 @@ export class RedisBackend implements Backend {
       const { Redis: Client } = loadIoredis()
       this.#owned = true
       const owned = new Client(url, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
-      // Failures reach the election through the operations; ioredis reconnects by itself.
-      owned.on('error', noop)
+      // Failures reach the election through the operations, which name this error as their
+      // cause (ioredis itself rejects them only with "max retries per request"); ioredis
+      // reconnects by itself.
+      owned.on('error', (error: Error) => (this.#clientError = error))
+      owned.on('ready', () => (this.#clientError = undefined))
       this.#client = owned
     } else {
       throw new OptionsError(
@@ -389,7 +396,7 @@ export class RedisBackend implements Backend {
     }
     try {
       ch.subscribed ??= this.#subscribe(subscriber, ch, name)
-      await this.#timed('watch', () => ch.subscribed!)
+      await this.#timed('watch', () => ch.subscribed!, 'subscriber')
     } catch (error) {
       await stop(0)
       throw error
@@ -438,13 +445,15 @@ export class RedisBackend implements Backend {
       if (subscriber.status === 'ready') subscriber.ping().catch(noop)
     }, this.heartbeatMs)
     this.#heartbeat.unref()
-    subscriber.on('error', noop) // reported through failed watches; ioredis reconnects
+    // Reported through failed watches, as their cause; ioredis reconnects.
+    subscriber.on('error', (error: Error) => (this.#subscriberError = error))
     subscriber.on('message', (channel: string) => {
       const listeners = this.#channels.get(channel)?.listeners
       if (listeners) notify(listeners)
     })
     let connectedBefore = false
     subscriber.on('ready', () => {
+      this.#subscriberError = undefined
       if (!connectedBefore) {
         connectedBefore = true
         return
@@ -512,19 +521,19 @@ export class RedisBackend implements Backend {
     })
   }
 
-  /** Runs `fn`, turning failures and a missing answer after timeoutMs into a BackendError. */
-  async #timed<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn`, turning failures and a missing answer after timeoutMs into a BackendError that
+   * names the server and keeps the real error as its cause: for a failure of the connection
+   * (refused, TLS, DNS...) that is the connection's own error, which ioredis only emits.
+   */
+  async #timed<T>(
+    what: string,
+    fn: () => Promise<T>,
+    connection: 'client' | 'subscriber' = 'client',
+  ): Promise<T> {
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new BackendError(`redis ${what}: no answer within ${this.timeoutMs} ms`, {
-              code: 'ERR_CONCLAVE_TIMEOUT',
-            }),
-          ),
-        this.timeoutMs,
-      )
+      timer = setTimeout(() => reject(new TimedOut()), this.timeoutMs)
       timer.unref()
     })
     try {
@@ -533,9 +542,22 @@ export class RedisBackend implements Backend {
       // A call cut short by close() (its connection dropped) gets the final error.
       this.#gate.check()
       if (error instanceof ConclaveError) throw error
-      throw new BackendError(`redis ${what} failed: ${(error as Error)?.message ?? error}`, {
-        cause: error,
-      })
+      const where = endpoint(this.#client)
+      // A reply is the server's own answer; anything else may be the connection failing.
+      const down =
+        error instanceof Error && error.name === 'ReplyError'
+          ? undefined
+          : connection === 'client'
+            ? this.#clientError
+            : this.#subscriberError
+      if (error instanceof TimedOut) {
+        throw new BackendError(
+          `redis ${what} on ${where}: no answer within ${this.timeoutMs} ms${down ? ` (the connection: ${down.message})` : ''}`,
+          { code: 'ERR_CONCLAVE_TIMEOUT', ...(down && { cause: down }) },
+        )
+      }
+      const cause = down ?? error
+      throw new BackendError(`redis ${what} on ${where} failed: ${messageOf(cause)}`, { cause })
     } finally {
       clearTimeout(timer)
     }
@@ -547,6 +569,23 @@ export class RedisBackend implements Backend {
 }
 
 type Call = [keys: string[], args: string[]]
+
+/** What #timed's timer rejects with (replaced by a BackendError naming the server). */
+class TimedOut extends Error {}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message || error.name : String(error)
+}
+
+/** Where a client connects, for messages: host:port or the socket path (never a password). */
+function endpoint(client: Redis): string {
+  const { host, port, path, sentinels, name } = client.options ?? {}
+  if (path) return path
+  if (sentinels?.length)
+    return `the master "${name}" of sentinels ${sentinels.map((s) => `${s.host ?? 'localhost'}:${s.port ?? 26379}`).join(',')}`
+  const h = host ?? 'localhost'
+  return `${h.includes(':') ? `[${h}]` : h}:${port ?? 6379}`
+}
 
 async function pipelined(
   client: Redis,
