@@ -310,6 +310,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     // must wait watches first and then asks again, so no release can slip between the two.
     let needWatch = false
     let attempt = 0
+    let won: Term | undefined
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
     const keepAlive = setInterval(() => {}, 2 ** 30)
@@ -352,7 +353,7 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
                 `acquire of "${this.resource}" took longer than the lease minus the margin (${leaseMs - marginMs} ms); released and retrying`,
               )
             }
-            return this.#startTerm(result.token, deadline)
+            return (won = this.#startTerm(result.token, deadline))
           }
           if (!unwatch) {
             needWatch = true
@@ -374,8 +375,10 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
       clearInterval(keepAlive)
       wake = undefined
       if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
-      // Withdraw a queued entry (or a grant whose answer we never saw) on the way out.
-      if (signal.aborted) {
+      // Withdraw a queued entry (or a grant whose answer we never saw) on the way out. A term
+      // won is never withdrawn here, even if the abort came meanwhile: it is resigned (signal
+      // first, then release), or a token-less release would free its grant while it is active.
+      if (signal.aborted && !won) {
         await this.backend
           .release({ resource: this.resource, candidate: this.id })
           .catch((error: unknown) => {

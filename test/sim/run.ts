@@ -38,6 +38,9 @@ console.log(
 )
 if (result.failed) {
   console.error(fc.defaultReportMessage(result))
+  console.error(
+    `sim: violated: ${(result.errorInstance as Error | undefined)?.message ?? String(result.errorInstance)}`,
+  )
   // The shrunk counterexample once more, with a trace of every action and event.
   const [scenario] = result.counterexample as [Scenario]
   console.error('sim: the counterexample, traced:')
