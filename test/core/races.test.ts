@@ -69,3 +69,52 @@ describe('run() racing close(), resign() and abort', () => {
     })
   }
 })
+
+describe('an abort while a won campaign unwinds', () => {
+  it('resigns the term (signal first) instead of withdrawing its grant underneath it', async () => {
+    const clock = new ManualClock()
+    const store = new MemoryBackend({ clock })
+    // Unwatching takes a round trip, as it does on a networked backend.
+    const slow = store.handle()
+    const watch = slow.watch.bind(slow)
+    slow.watch = async (resource, onChange) => {
+      const unwatch = await watch(resource, onChange)
+      return () =>
+        new Promise<void>((resolve) => clock.setTimeout(() => void unwatch().then(resolve), 10))
+    }
+    // A release is applied at once but answered a round trip later.
+    const release = slow.release.bind(slow)
+    slow.release = async (request) => {
+      await release(request)
+      await new Promise<void>((resolve) => clock.setTimeout(resolve, 10))
+    }
+    const holder = new Election(store.handle(), 'race/unwind', { ...OPTIONS, id: 'holder', clock })
+    const a = new Election(slow, 'race/unwind', { ...OPTIONS, id: 'a', clock })
+    const b = new Election(store.handle(), 'race/unwind', { ...OPTIONS, id: 'b', clock })
+    const first = await holder.campaign()
+    const caller = new AbortController()
+    let aActive: Term | undefined
+    a.once('elected', (term) => {
+      aActive = term
+      void Promise.resolve().then(() => caller.abort()) // a microtask after the win
+    })
+    // Whenever the store's holders change, a term of a's that is still active must still
+    // have its grant there.
+    const overlaps: string[] = []
+    await store.watch('race/unwind', () => {
+      void store.holders('race/unwind').then((holders) => {
+        const term = aActive
+        if (term?.active && !holders.some((h) => h.token === term.token))
+          overlaps.push(`a's term ${term.token} was active after its grant was released`)
+      })
+    })
+    const waiting = a.campaign({ signal: caller.signal }).catch(() => {})
+    await clock.advance(5) // a asked, lost, watches
+    void b.campaign().catch(() => {})
+    await first.resign() // a wins (its watch wakes it), then unwinds its watch for 10 ms
+    await clock.advance(100)
+    await waiting
+    expect(overlaps).toEqual([])
+    await Promise.all([holder.close(), a.close(), b.close()])
+  })
+})
