@@ -39,7 +39,11 @@ export interface RedisBackendOptions {
    * hung path sooner, `socketTimeout`) so a command fails instead of waiting forever.
    */
   client?: Redis
-  /** Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. */
+  /**
+   * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
+   * query may set `prefix` and `startupGrace`, and ioredis' `db`, `family`, `username`,
+   * `password`, `connectionName`; any other parameter is refused.
+   */
   url?: string
   /** ioredis options for the client made from `url` (merged over the backend's defaults). */
   clientOptions?: RedisOptions
@@ -188,15 +192,32 @@ export class RedisBackend implements Backend {
         `Unknown redisBackend option. Known: ${OPTION_NAMES.join(', ')}.`,
       )
     }
+    const { client, url, clientOptions } = options
+    if (client !== undefined && url !== undefined) {
+      throw new OptionsError(
+        'url',
+        typeof url === 'string' ? redactUrl(url) : url,
+        'Give either { client } or { url }, not both.',
+        'With your own client, the backend uses it as is.',
+      )
+    }
+    // The URL's own settings (?prefix=, ?startupGrace=) count as options, given once.
+    const fromUrl = url === undefined ? undefined : parseRedisUrl(url, 'url')
+    for (const name of URL_SETTINGS) {
+      if (fromUrl?.[name] !== undefined && options[name] !== undefined) {
+        throw new OptionsError(
+          name,
+          options[name],
+          `${name} is given both as an option and in the URL (?${name}=...): give it once.`,
+        )
+      }
+    }
     const {
-      client,
-      url,
-      clientOptions,
-      prefix = 'conclave:',
+      prefix = fromUrl?.prefix ?? 'conclave:',
       timeoutMs = 5_000,
       lingerMs = 10_000,
       heartbeatMs = 5_000,
-      startupGrace = true,
+      startupGrace = fromUrl?.startupGrace ?? true,
     } = options
     if (typeof prefix !== 'string' || prefix.length > 100 || !/^[\x21-\x7a|~]*$/.test(prefix)) {
       throw new OptionsError('prefix', prefix, PREFIX_RULE)
@@ -237,14 +258,6 @@ export class RedisBackend implements Backend {
     this.lingerMs = lingerMs
     this.heartbeatMs = heartbeatMs
     this.startupGrace = startupGrace
-    if (client !== undefined && url !== undefined) {
-      throw new OptionsError(
-        'url',
-        url,
-        'Give either { client } or { url }, not both.',
-        'With your own client, the backend uses it as is.',
-      )
-    }
     if (client !== undefined) {
       if (!looksLikeIoredis(client)) {
         throw new OptionsError(
@@ -255,11 +268,10 @@ export class RedisBackend implements Backend {
       }
       this.#owned = false
       this.#client = client
-    } else if (url !== undefined) {
-      validateRedisUrl(url, 'url')
+    } else if (fromUrl !== undefined) {
       const { Redis: Client } = loadIoredis()
       this.#owned = true
-      const owned = new Client(url, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
+      const owned = new Client(fromUrl.url, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
       // Failures reach the election through the operations, which name this error as their
       // cause (ioredis itself rejects them only with "max retries per request"); ioredis
       // reconnects by itself.
@@ -654,7 +666,31 @@ function loadIoredis(): typeof import('ioredis') {
   }
 }
 
-function validateRedisUrl(url: unknown, field: string): string {
+/** Query parameters of a Redis URL that conclave reads itself (ioredis never sees them). */
+const URL_SETTINGS = ['startupGrace', 'prefix'] as const
+
+/** Query parameters ioredis reads from a URL as plain text: passed on untouched. */
+const IOREDIS_URL_PARAMS = ['db', 'family', 'username', 'password', 'connectionName'] as const
+
+/** A query parameter whose value must not be echoed. */
+const SECRET_NAME = /pass|secret|auth|token|key/i
+
+const URL_RULE = 'A Redis URL is redis://[user:password@]host[:port][/db] or rediss://... for TLS.'
+
+/** The settings a Redis URL carries, and the URL to give ioredis. */
+export interface RedisUrlSettings {
+  /** The URL without conclave's parameters: exactly as given when it had none. */
+  url: string
+  startupGrace?: boolean
+  prefix?: string
+}
+
+/**
+ * Checks a `redis://` / `rediss://` URL and takes conclave's parameters (`startupGrace`,
+ * `prefix`) out of it; any other parameter but those ioredis reads as text (`db`, `family`,
+ * `username`, `password`, `connectionName`) is refused with an OptionsError naming it.
+ */
+export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
   let parsed: URL | undefined
   try {
     parsed = typeof url === 'string' ? new URL(url) : undefined
@@ -662,39 +698,101 @@ function validateRedisUrl(url: unknown, field: string): string {
     parsed = undefined
   }
   if (
+    typeof url !== 'string' ||
     !parsed ||
     (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') ||
     !parsed.hostname
   ) {
-    throw new OptionsError(
-      field,
-      url,
-      'A Redis URL is redis://[user:password@]host[:port][/db] or rediss://... for TLS.',
-    )
+    throw new OptionsError(field, typeof url === 'string' ? redactUrl(url) : url, URL_RULE)
   }
-  return url as string
+  const settings: Omit<RedisUrlSettings, 'url'> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of parsed.searchParams) {
+    if ((URL_SETTINGS as readonly string[]).includes(name)) {
+      if (seen.has(name)) {
+        throw new OptionsError(name, value, `${name} is given twice in the Redis URL.`)
+      }
+      seen.add(name)
+      if (name === 'prefix') settings.prefix = value
+      else if (value === 'true' || value === 'false') settings.startupGrace = value === 'true'
+      else {
+        throw new OptionsError(
+          name,
+          value,
+          'startupGrace in a Redis URL is true or false (e.g. redis://host:6379?startupGrace=false).',
+        )
+      }
+    } else if (!(IOREDIS_URL_PARAMS as readonly string[]).includes(name)) {
+      throw new OptionsError(
+        name,
+        SECRET_NAME.test(name) ? '***' : value,
+        `Unknown Redis URL parameter. Known: ${URL_SETTINGS.join(', ')} (conclave's) and ${IOREDIS_URL_PARAMS.join(', ')} (passed to ioredis).`,
+      )
+    }
+  }
+  if (seen.size === 0) return { url }
+  // Only conclave's parameters are cut out of the text; the rest reaches ioredis as written.
+  const query = url.indexOf('?')
+  const hash = url.indexOf('#', query)
+  const end = hash < 0 ? url.length : hash
+  const kept = url
+    .slice(query + 1, end)
+    .split('&')
+    .filter((piece) => !seen.has(decodeQueryPart(piece.split('=')[0]!)))
+  return {
+    url: `${url.slice(0, query)}${kept.length > 0 ? `?${kept.join('&')}` : ''}${url.slice(end)}`,
+    ...settings,
+  }
 }
 
+/** A query key or value as URLSearchParams reads it. */
+function decodeQueryPart(text: string): string {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, ' '))
+  } catch {
+    return text
+  }
+}
+
+/**
+ * A URL fit for messages: its password replaced with `***` (`redis://user:***@host:6379`), and
+ * so is the value of a query parameter named like a secret (`?password=***`). A URL that does
+ * not parse loses everything up to its last `@`, whatever it was.
+ */
+export function redactUrl(url: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0]
+  if (scheme === undefined) return url
+  let rest = url.slice(scheme.length)
+  let parses = true
+  try {
+    new URL(url)
+  } catch {
+    parses = false
+  }
+  // The userinfo ends at the last @ of the authority (which ends at the first / ? #).
+  const authority = parses ? rest.slice(0, rest.search(/[/?#]|$/)) : rest
+  const at = authority.lastIndexOf('@')
+  if (at >= 0) {
+    const colon = authority.indexOf(':')
+    // A user name alone stays (ioredis reads it as one), unless the URL is malformed.
+    if (colon >= 0 && colon < at) rest = `${authority.slice(0, colon)}:***${rest.slice(at)}`
+    else if (!parses) rest = `***${rest.slice(at)}`
+  }
+  return (
+    scheme + rest.replace(/([?&][^=&#]*(?:pass|secret|auth|token|key)[^=&#]*=)[^&#]*/gi, '$1***')
+  )
+}
+
+/** Makes a Redis backend: `{ client }` (your ioredis client) or `{ url }` (its own). */
 export function redisBackend(options: RedisBackendOptions): RedisBackend {
   return new RedisBackend(options)
 }
 
 /**
  * `redis://...` or `rediss://...`: a backend that owns (and closes) its own client. The query
- * parameter `startupGrace=false` turns the startup grace off (see the option).
+ * parameters `startupGrace=false` and `prefix=...` set those options; ioredis gets the URL
+ * without them (exactly as given when it has none).
  */
 export async function backendFromUrl(url: string): Promise<RedisBackend> {
-  const parsed = new URL(validateRedisUrl(url, 'backend'))
-  const grace = parsed.searchParams.get('startupGrace')
-  // Without the parameter the URL goes to ioredis exactly as given.
-  if (grace === null) return new RedisBackend({ url })
-  if (grace !== 'true' && grace !== 'false') {
-    throw new OptionsError(
-      'startupGrace',
-      grace,
-      'startupGrace in a Redis URL is true or false (e.g. redis://host:6379?startupGrace=false).',
-    )
-  }
-  parsed.searchParams.delete('startupGrace')
-  return new RedisBackend({ url: parsed.toString(), startupGrace: grace === 'true' })
+  return new RedisBackend({ url })
 }
