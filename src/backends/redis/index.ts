@@ -681,7 +681,9 @@ const URL_RULE = 'A Redis URL is redis://[user:password@]host[:port][/db] or red
 export interface RedisUrlSettings {
   /** The URL without conclave's parameters: exactly as given when it had none. */
   url: string
+  /** `?startupGrace=true|false`, when given. */
   startupGrace?: boolean
+  /** `?prefix=...`, when given (checked by the backend's prefix rule). */
   prefix?: string
 }
 
