@@ -82,7 +82,7 @@ describe('options', () => {
     for (const scheme of ['postgres:', 'postgresql:']) {
       const url = new URL(withParam(server.connectionString, 'schema', urlSchema))
       url.protocol = scheme
-      const b = backendFromUrl(url.toString())
+      const b = await backendFromUrl(url.toString())
       backends.push(b)
       expect(b.schema).toBe(urlSchema)
       // Connecting proves `schema` was taken off before pg saw the URL.
@@ -93,10 +93,10 @@ describe('options', () => {
       expect(viaCli.name).toBe('postgres')
       await viaCli.close()
     }
-    expect(() => backendFromUrl(`${server.connectionString}?schema=Nope`)).toThrow(
+    await expect(backendFromUrl(`${server.connectionString}?schema=Nope`)).rejects.toThrow(
       /Invalid schema: "Nope"/,
     )
-    expect(() => backendFromUrl('mysql://x/y')).toThrow(OptionsError)
+    await expect(backendFromUrl('mysql://x/y')).rejects.toBeInstanceOf(OptionsError)
   })
 
   it('uses a given pool without ending it, and refuses isolation levels it cannot be safe under', async () => {

@@ -2,18 +2,25 @@
 // stops LISTEN or ends its pool, a resource's tickets are fixed while its grants live, and errors
 // that say what went wrong.
 import { readFileSync } from 'node:fs'
+import { type AddressInfo, createServer } from 'node:net'
 import { afterAll, describe, expect, it } from 'vitest'
 import pg from 'pg'
 import type { AcquireRequest } from '../../src/backend.js'
 import {
+  backendFromUrl,
   latestSchemaVersion,
   postgresBackend,
   type PostgresBackend,
 } from '../../src/backends/postgres/index.js'
 import { Election } from '../../src/election.js'
-import { BackendClosedError, TicketsMismatchError } from '../../src/errors.js'
-import { startPostgres } from '../servers/index.js'
-import { sleep, uniqueSchema, until, withParam } from './helpers.js'
+import {
+  BackendClosedError,
+  BackendError,
+  OptionsError,
+  TicketsMismatchError,
+} from '../../src/errors.js'
+import { freePort, startPostgres } from '../servers/index.js'
+import { runWithoutPeers, sleep, uniqueSchema, until, withParam } from './helpers.js'
 
 const server = await startPostgres()
 const admin = new pg.Pool({ connectionString: server.connectionString, max: 4 })
@@ -232,5 +239,126 @@ describe('tickets', () => {
     expect((await b.acquire(req('up/x', 'new', 3))).acquired).toBe(true)
     // ...but the new grant's are.
     await expect(b.acquire(req('up/x', 'other', 2))).rejects.toMatchObject({ held: 3 })
+  })
+})
+
+describe('errors', () => {
+  const refused = async (b: PostgresBackend) => b.holders('errors/x').catch((e: unknown) => e)
+
+  it('names host:port of a server it cannot reach and keeps the real error as cause, never the password', async () => {
+    const port = await freePort() // nothing listens there
+    const b = open({ connectionString: `postgres://app:s3cret@127.0.0.1:${port}/db` })
+    const error = await refused(b)
+    expect(error).toBeInstanceOf(BackendError)
+    expect(error).toMatchObject({ code: 'ERR_CONCLAVE_BACKEND' })
+    expect((error as Error).message).toContain(`postgres at 127.0.0.1:${port}:`)
+    expect((error as Error).message).not.toContain('s3cret')
+    expect((error as Error).cause).toBeInstanceOf(Error)
+    expect((error as { cause: { code?: string } }).cause.code).toBe('ECONNREFUSED')
+  })
+
+  it('names host:port when the port is something else than PostgreSQL', async () => {
+    // A server that hangs up at once, as many a wrong port does (pg then only says "Connection
+    // terminated unexpectedly", with no address).
+    const other = createServer((socket) => socket.destroy())
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve))
+    const { port } = other.address() as AddressInfo
+    try {
+      const b = open({ connectionString: `postgres://app:s3cret@127.0.0.1:${port}/db` })
+      const error = await refused(b)
+      expect(error).toBeInstanceOf(BackendError)
+      expect((error as Error).message).toMatch(
+        new RegExp(`^postgres at 127\\.0\\.0\\.1:${port}: .*failed: .*terminated`, 'i'),
+      )
+      expect((error as Error).cause).toBeInstanceOf(Error)
+      // The LISTEN connection says where, too.
+      const watching = await b.watch('errors/x', () => {}).catch((e: unknown) => e)
+      expect((watching as Error).message).toContain(`postgres at 127.0.0.1:${port}:`)
+      expect((watching as Error).cause).toBeInstanceOf(Error)
+    } finally {
+      other.close()
+    }
+  })
+
+  it('never echoes a password of a URL or connection string in a message', async () => {
+    const cases: [() => Promise<unknown>, RegExp][] = [
+      [() => backendFromUrl('postgres://app:s3cret@[bad-host/db'), /app:\*\*\*@/],
+      [() => backendFromUrl('mysql://app:s3cret@db/x'), /mysql:\/\/app:\*\*\*@db\/x/],
+      [() => backendFromUrl('postgres://db/x?password=s3cret&schema=Bad'), /Invalid schema/],
+      [
+        () => backendFromUrl('postgres://app:s3cret@db/x?passwd=s3cret'),
+        /Invalid passwd: "\*\*\*"/,
+      ],
+      [
+        async () =>
+          postgresBackend({ pool: admin, connectionString: 'postgres://app:s3cret@db/x' }),
+        /either pool or connectionString/,
+      ],
+    ]
+    for (const [make, message] of cases) {
+      const error = await make().then(
+        () => undefined,
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(OptionsError)
+      expect((error as Error).message).toMatch(message)
+      expect((error as Error).message).not.toContain('s3cret')
+      expect(JSON.stringify((error as OptionsError).value)).not.toContain('s3cret')
+    }
+    await expect(backendFromUrl('mysql://db/x?password=s3cret')).rejects.toThrow(
+      /"mysql:\/\/db\/x\?password=\*\*\*"/,
+    )
+  })
+
+  it('refuses an unknown URL parameter, naming it, its value and the known ones', async () => {
+    for (const [name, value] of [
+      ['schem', 'leases'],
+      ['connect_timeout', '5'],
+    ]) {
+      const error = await backendFromUrl(withParam(server.connectionString, name!, value!)).catch(
+        (e: unknown) => e,
+      )
+      expect(error).toBeInstanceOf(OptionsError)
+      expect(error).toMatchObject({ field: name, value })
+      expect((error as Error).message).toMatch(
+        new RegExp(`^Invalid ${name}: "${value}". .*Known: schema .*application_name`),
+      )
+    }
+    // pg's own parameters still reach pg.
+    const app = `conclave_url_${Date.now()}`
+    const b = await backendFromUrl(
+      withParam(withParam(server.connectionString, 'application_name', app), 'schema', schema),
+    )
+    backends.push(b)
+    await b.holders('errors/x')
+    expect(await connections(app)).toBeGreaterThanOrEqual(1)
+  })
+
+  it('fails at once with a MissingPeerError when pg is not installed', async () => {
+    const out = await runWithoutPeers(`
+      const seen = (e) => ({ name: e?.name, code: e?.code, peer: e?.peer, message: e?.message })
+      const out = {}
+      out.pg = await import('pg').then(() => 'resolvable', () => 'missing')
+      const { postgresBackend, backendFromUrl, migrate } = await import('./src/backends/postgres/index.js')
+      const url = 'postgres://app@127.0.0.1:1/db'
+      try { postgresBackend({ connectionString: url }); out.factory = 'made' } catch (e) { out.factory = seen(e) }
+      out.url = await backendFromUrl(url).then(() => 'made', seen)
+      out.migrate = await migrate({ connectionString: url }).then(() => 'done', seen)
+      // With a pool of your own, pg is never loaded.
+      const pool = { query: async () => ({ rows: [] }), connect: async () => { throw new Error('no') } }
+      out.pool = (() => { try { return postgresBackend({ pool }).name } catch (e) { return seen(e) } })()
+      console.log(JSON.stringify(out))
+    `)
+    expect(out.pg).toBe('missing')
+    const missing = {
+      name: 'MissingPeerError',
+      code: 'ERR_CONCLAVE_MISSING_PEER',
+      peer: 'pg',
+      message: expect.stringContaining('npm install pg') as unknown,
+    }
+    expect(out.factory).toEqual(missing)
+    expect(out.url).toEqual(missing)
+    expect(out.migrate).toEqual(missing)
+    expect(out.pool).toBe('postgres')
   })
 })

@@ -1,7 +1,14 @@
-// Shared bits of the PostgreSQL backend tests: forked TypeScript processes and their messages.
-import { type ChildProcess, fork } from 'node:child_process'
+// Shared bits of the PostgreSQL backend tests: forked TypeScript processes and their messages,
+// and a child process that cannot resolve the optional peers.
+import { type ChildProcess, execFile, fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+
+const execFileAsync = promisify(execFile)
 
 export interface Message {
   type: string
@@ -65,4 +72,34 @@ export function withParam(connectionString: string, name: string, value: string)
   const url = new URL(connectionString)
   url.searchParams.set(name, value)
   return url.toString()
+}
+
+/**
+ * Runs the ES module `code` in a child node (with tsx) next to a copy of this repository's src/
+ * in a temporary folder with no node_modules, so no optional peer (pg, etcd3, ioredis) can be
+ * resolved from it; `code` imports `./src/...`. Resolves with the JSON the child printed last.
+ */
+export async function runWithoutPeers(code: string): Promise<Record<string, unknown>> {
+  const dir = mkdtempSync(join(tmpdir(), 'conclave-no-peers-'))
+  try {
+    cpSync(fileURLToPath(new URL('../../src/', import.meta.url)), join(dir, 'src'), {
+      recursive: true,
+    })
+    writeFileSync(join(dir, 'package.json'), '{ "type": "module" }\n')
+    writeFileSync(join(dir, 'main.ts'), code)
+    const { stdout } = await execFileAsync(
+      process.execPath,
+      ['--import', 'tsx', join(dir, 'main.ts')],
+      {
+        // tsx itself is found from the repository (--import resolves from the working folder);
+        // everything main.ts imports resolves from the temporary folder.
+        cwd: fileURLToPath(new URL('../../', import.meta.url)),
+        env: { ...process.env, NODE_PATH: '' },
+        timeout: 30_000,
+      },
+    )
+    return JSON.parse(stdout.trim().split('\n').at(-1) ?? 'null') as Record<string, unknown>
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 }

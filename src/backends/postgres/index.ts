@@ -9,7 +9,8 @@
  * backend has to make a pool or a client of its own.
  */
 import { readdirSync, readFileSync } from 'node:fs'
-import type { Client, ClientConfig, Notification, Pool, PoolClient, QueryResultRow } from 'pg'
+import { createRequire } from 'node:module'
+import type { Client, ClientConfig, Notification, Pool, QueryResultRow } from 'pg'
 import {
   type AcquireRequest,
   type AcquireResult,
@@ -28,6 +29,7 @@ import {
   BackendClosedError,
   BackendError,
   ConclaveError,
+  MissingPeerError,
   OptionsError,
   TicketsMismatchError,
   describe,
@@ -176,7 +178,12 @@ function intOption(field: string, value: unknown, fallback: number, min: number)
 
 function checkPoolSource(options: { pool?: unknown; connectionString?: unknown }): void {
   if (options.pool !== undefined && options.connectionString !== undefined) {
-    throw new OptionsError('pool', options.pool, 'Give either pool or connectionString, not both.')
+    // Not the values themselves: a connection string (or a pool's options) may hold a password.
+    throw new OptionsError(
+      'pool',
+      'both pool and connectionString',
+      'Give either pool or connectionString, not both.',
+    )
   }
   if (options.pool !== undefined) {
     if (!isPool(options.pool)) {
@@ -202,17 +209,29 @@ function checkPoolSource(options: { pool?: unknown; connectionString?: unknown }
 
 type PgModule = typeof import('pg')
 
-async function loadPg(): Promise<PgModule> {
+let pgModule: PgModule | undefined
+
+/** `pg`, loaded on first need (it is CommonJS, so synchronously): a MissingPeerError without it. */
+function loadPg(): PgModule {
+  if (pgModule) return pgModule
   try {
-    const mod = (await import('pg')) as PgModule & { default?: PgModule }
-    return mod.default ?? mod
+    pgModule = createRequire(import.meta.url)('pg') as PgModule
+    return pgModule
   } catch (error) {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_MISSING_PEER',
-      'conclave/postgres needs the "pg" package: npm install pg',
-      { cause: error },
-    )
+    if (!isModuleNotFound(error, 'pg')) throw error
+    throw new MissingPeerError('pg', 'conclave/postgres with a connection string or URL', {
+      cause: error,
+    })
   }
+}
+
+function isModuleNotFound(error: unknown, name: string): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return (
+    (code === 'MODULE_NOT_FOUND' || code === 'ERR_MODULE_NOT_FOUND') &&
+    error instanceof Error &&
+    error.message.includes(`'${name}'`)
+  )
 }
 
 /** The settings of the pools this backend makes: a dead connection fails a call in bounded time. */
@@ -229,10 +248,10 @@ function ownPoolConfig(connectionString: string, queryTimeoutMs: number) {
 }
 
 /** Rejects with a BackendError after `ms`; the late outcome of `promise` is dropped quietly. */
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string, where?: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
-      reject(new BackendError(`postgres: ${what} got no answer in ${ms} ms`))
+      reject(new BackendError(`${prefix(where)}: ${what} got no answer in ${ms} ms`))
     }, ms)
     timer.unref()
     promise.then(
@@ -248,10 +267,60 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
   })
 }
 
-function backendError(what: string, error: unknown): Error {
+function prefix(where: string | undefined): string {
+  return where ? `postgres at ${where}` : 'postgres'
+}
+
+/** A failure as a BackendError naming the server (host:port) and keeping the original as cause. */
+function backendError(what: string, error: unknown, where?: string): Error {
   if (error instanceof ConclaveError) return error
-  const message = error instanceof Error ? error.message : String(error)
-  return new BackendError(`postgres: ${what} failed: ${message}`, { cause: error })
+  return new BackendError(`${prefix(where)}: ${what} failed: ${errorText(error)}`, {
+    cause: error,
+  })
+}
+
+/** An error's own words; a connect failure to every address of a name (AggregateError) has none. */
+function errorText(error: unknown): string {
+  if (!(error instanceof Error)) return String(error)
+  if (error.message) return error.message
+  const inner = (error as { errors?: unknown }).errors
+  if (Array.isArray(inner) && inner.length > 0) return inner.map(errorText).join('; ')
+  const code = (error as { code?: unknown }).code
+  return typeof code === 'string' ? code : error.name
+}
+
+/**
+ * The server a pool or client config connects to, as `host:port` (a socket directory as
+ * `dir/.s.PGSQL.port`), for messages: never the user or password.
+ */
+export function serverAddress(config: ClientConfig | undefined): string {
+  let host: string | undefined = config?.host
+  let port: string | number | undefined = config?.port
+  if (config?.connectionString) {
+    try {
+      const url = new URL(config.connectionString)
+      host = url.searchParams.get('host') ?? (decodeURIComponent(url.hostname) || host)
+      port = url.searchParams.get('port') ?? (url.port || port)
+    } catch {
+      // pg will say what is wrong with it
+    }
+  }
+  host ||= process.env.PGHOST || 'localhost'
+  port ||= process.env.PGPORT || 5432
+  if (host.startsWith('/')) return `${host}/.s.PGSQL.${port}`
+  return `${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${port}`
+}
+
+const addresses = new WeakMap<object, string>()
+
+/** The address of a pool's server (from its options), cached per pool. */
+function poolAddress(pool: Pool): string {
+  let where = addresses.get(pool)
+  if (where === undefined) {
+    where = serverAddress((pool as unknown as { options?: ClientConfig }).options)
+    addresses.set(pool, where)
+  }
+  return where
 }
 
 async function poolQuery<R extends QueryResultRow>(
@@ -261,6 +330,7 @@ async function poolQuery<R extends QueryResultRow>(
   timeoutMs: number,
   what: string,
 ): Promise<R[]> {
+  const where = poolAddress(pool)
   // query_timeout makes pg drop the connection of a stuck query; the outer timeout also
   // covers waiting for a connection, which query_timeout does not.
   const once = () =>
@@ -268,6 +338,7 @@ async function poolQuery<R extends QueryResultRow>(
       pool.query<R>({ text, values, query_timeout: timeoutMs } as { text: string }),
       timeoutMs,
       what,
+      where,
     )
   try {
     return (await once()).rows
@@ -275,11 +346,11 @@ async function poolQuery<R extends QueryResultRow>(
     // A pooled connection the server dropped while idle (restart, pg_terminate_backend) fails
     // the next query on it; the pool has discarded it, so try once more. Every statement here
     // is idempotent (a repeated acquire by the same candidate returns the same grant).
-    if (!connectionLost(first)) throw backendError(what, first)
+    if (!connectionLost(first)) throw backendError(what, first, where)
     try {
       return (await once()).rows
     } catch (error) {
-      throw backendError(what, error)
+      throw backendError(what, error, where)
     }
   }
 }
@@ -373,10 +444,11 @@ async function runMigrations(
       throw error
     }
   }
+  const where = poolAddress(pool)
   try {
-    return await withTimeout(work(), timeoutMs, `migrating schema "${schema}"`)
+    return await withTimeout(work(), timeoutMs, `migrating schema "${schema}"`, where)
   } catch (error) {
-    throw backendError(`migrating schema "${schema}"`, error)
+    throw backendError(`migrating schema "${schema}"`, error, where)
   }
 }
 
@@ -406,7 +478,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateResult> {
   const schema = validateSchema(options.schema ?? DEFAULT_SCHEMA)
   const timeoutMs = intOption('timeoutMs', options.timeoutMs, 30_000, 100)
   if (options.pool) return runMigrations(options.pool, schema, timeoutMs)
-  const pg = await loadPg()
+  const pg = loadPg()
   const pool = new pg.Pool(ownPoolConfig(options.connectionString!, timeoutMs))
   pool.on('error', () => undefined)
   try {
@@ -441,6 +513,8 @@ class Listener {
 
   constructor(
     private readonly makeClient: () => Promise<Client>,
+    /** The server's host:port, for messages. */
+    private readonly where: string,
     private readonly channel: string,
     private readonly timeoutMs: number,
     private readonly pollMs: number,
@@ -485,8 +559,14 @@ class Listener {
       })
       this.#client = current
       this.connects++
-      await withTimeout(current.connect(), this.timeoutMs, 'connecting the LISTEN connection')
-      await withTimeout(current.query(`LISTEN "${this.channel}"`), this.timeoutMs, 'LISTEN')
+      const where = this.where
+      await withTimeout(
+        current.connect(),
+        this.timeoutMs,
+        'connecting the LISTEN connection',
+        where,
+      )
+      await withTimeout(current.query(`LISTEN "${this.channel}"`), this.timeoutMs, 'LISTEN', where)
       if (this.#closed || this.#client !== current) throw new BackendClosedError('postgres')
       this.#listening = true
       this.#attempt = 0
@@ -497,7 +577,7 @@ class Listener {
     } catch (error) {
       if (client && this.#client === client) this.#lost(client)
       else if (client) destroy(client) // closed meanwhile
-      throw backendError('the LISTEN connection', error)
+      throw backendError('the LISTEN connection', error, this.where)
     }
   }
 
@@ -665,6 +745,7 @@ export class PostgresBackend implements Backend {
     listenConfig.keepAlive ??= true
     this.#listener = new Listener(
       async () => new (await ClientCtor())(listenConfig),
+      serverAddress(listenConfig),
       channel(this.schema),
       timeoutMs,
       pollMs,
@@ -890,87 +971,94 @@ export function postgresBackend(options: PostgresBackendOptions): PostgresBacken
   }
   validateSchema(options.schema ?? DEFAULT_SCHEMA)
   const timeoutMs = intOption('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100)
-  let pgModule: Promise<PgModule> | undefined
-  const pg = () => (pgModule ??= loadPg())
   if (options.pool) {
     const pool = options.pool
     // The pool's own Client class when it has one (same pg copy), else pg's.
     const own = (pool as unknown as { Client?: ClientClass }).Client
-    return new PostgresBackend(options, pool, false, async () => own ?? (await pg()).Client)
+    return new PostgresBackend(options, pool, false, async () => own ?? loadPg().Client)
   }
-  const connectionString = options.connectionString!
-  return new PostgresBackend(
-    options,
-    new LazyPool(
-      async () => {
-        const mod = await pg()
-        const pool = new mod.Pool(ownPoolConfig(connectionString, timeoutMs))
-        // An idle connection's error (server restart, terminated backend) must not crash the process.
-        pool.on('error', () => undefined)
-        return pool
-      },
-      ownPoolConfig(connectionString, timeoutMs),
-    ) as unknown as Pool,
-    true,
-    async () => (await pg()).Client,
-  )
+  // A pool of its own needs pg now: without it, this fails at once with a MissingPeerError.
+  const pg = loadPg()
+  const pool = new pg.Pool(ownPoolConfig(options.connectionString!, timeoutMs))
+  // An idle connection's error (server restart, terminated backend) must not crash the process.
+  pool.on('error', () => undefined)
+  return new PostgresBackend(options, pool, true, async () => pg.Client)
 }
 
+/** The query parameters pg reads from a connection string (others it would silently ignore). */
+const PG_URL_PARAMS = [
+  'host',
+  'port',
+  'user',
+  'password',
+  'options',
+  'application_name',
+  'fallback_application_name',
+  'client_encoding',
+  'replication',
+  'binary',
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+  'ssl',
+  'sslmode',
+  'sslcert',
+  'sslkey',
+  'sslrootcert',
+  'sslnegotiation',
+  'uselibpqcompat',
+]
+const URL_RULE =
+  'A PostgreSQL backend URL looks like postgres://user:password@host:5432/db?schema=conclave.'
+
 /**
- * The backend's own pool, made on first use: `pg` is imported only then, so postgresBackend()
- * stays synchronous like the other factories.
+ * A URL as it may appear in a message: its password (in the user info or a `password`
+ * parameter) replaced by `***`.
  */
-class LazyPool {
-  #pool: Promise<Pool> | undefined
-  #ended = false
-  constructor(
-    private readonly make: () => Promise<Pool>,
-    readonly options: ClientConfig,
-  ) {}
-
-  #get(): Promise<Pool> {
-    if (this.#ended) return Promise.reject(new BackendClosedError('postgres'))
-    this.#pool ??= this.make()
-    return this.#pool
+export function redactUrl(url: string): string {
+  const match = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)(.*)$/is.exec(url)
+  if (!match) return url
+  const scheme = match[1]!
+  let authority = match[2]!
+  let rest = match[3]!
+  const at = authority.lastIndexOf('@')
+  const colon = authority.indexOf(':')
+  if (at >= 0 && colon >= 0 && colon < at) {
+    authority = `${authority.slice(0, colon)}:***${authority.slice(at)}`
   }
-
-  async query(...args: unknown[]): Promise<unknown> {
-    const pool = await this.#get()
-    return (pool.query as (...a: unknown[]) => Promise<unknown>)(...args)
-  }
-
-  async connect(): Promise<PoolClient> {
-    return (await this.#get()).connect()
-  }
-
-  async end(): Promise<void> {
-    this.#ended = true
-    const pool = await this.#pool?.catch(() => undefined)
-    await pool?.end()
-  }
+  rest = rest.replace(/([?&](?:ssl)?password=)[^&#]*/gi, '$1***')
+  return scheme + authority + rest
 }
 
 /**
  * `postgres://user@host:5432/db?schema=name` (or `postgresql://`): a backend owning its pool.
- * `schema` is conclave's; every other parameter goes to pg.
+ * `schema` is conclave's; the parameters pg reads go to pg; any other is refused (pg would ignore
+ * it). Fails at once with a MissingPeerError when pg is not installed.
  */
-export function backendFromUrl(url: string): PostgresBackend {
+export async function backendFromUrl(url: string): Promise<PostgresBackend> {
+  const shown = typeof url === 'string' ? redactUrl(url) : url
   let parsed: URL
   try {
     parsed = new URL(url)
   } catch {
-    throw new OptionsError(
-      'backend',
-      url,
-      'A PostgreSQL backend URL looks like postgres://user@host:5432/db?schema=conclave.',
-    )
+    throw new OptionsError('backend', shown, URL_RULE)
   }
   if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
     throw new OptionsError(
       'backend',
-      url,
+      shown,
       'A PostgreSQL backend URL starts with postgres:// or postgresql://.',
     )
+  }
+  for (const [name, value] of parsed.searchParams) {
+    if (name !== 'schema' && !PG_URL_PARAMS.includes(name)) {
+      throw new OptionsError(
+        name,
+        /pass|secret|token|key/i.test(name) ? '***' : value,
+        `"${name}" is not a parameter of PostgreSQL backend URLs.`,
+        `Known: schema (conclave's), and pg's ${PG_URL_PARAMS.join(', ')}.`,
+      )
+    }
   }
   const schemas = parsed.searchParams.getAll('schema')
   if (schemas.length > 1) {
