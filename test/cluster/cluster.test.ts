@@ -1,6 +1,12 @@
 import { afterAll, describe, expect, it } from 'vitest'
 import { Election } from '../../src/election.js'
 import { clusterBackend } from '../../src/backends/cluster/index.js'
+import {
+  BackendClosedError,
+  isFinal,
+  OptionsError,
+  TicketsMismatchError,
+} from '../../src/errors.js'
 import { forkWorker, setupClusterPrimary, type TestWorker } from './fixture.js'
 
 setupClusterPrimary('json')
@@ -112,5 +118,101 @@ describe('cluster backend', () => {
     expect(replies.filter((r) => r.id === null).length).toBe(2)
     expect(byId.get('good')).toMatchObject({ ok: true, value: [] })
     expect(worker.isConnected()).toBe(true)
+  })
+
+  it('closes a worker’s backend in the contract’s order: hooks first (calls still work), then every call fails with BackendClosedError', async () => {
+    const { backend } = await fork() // a RemoteBackend over the real IPC channel of a worker
+    const request = {
+      resource: 'cluster/close',
+      candidate: 'closer',
+      tickets: 1,
+      leaseMs: 600_000,
+      metadata: null,
+    }
+    expect((await backend.acquire(request)).acquired).toBe(true)
+    const order: string[] = []
+    backend.onClose(async () => {
+      order.push('hook')
+      // The core releases its grants here: the backend must still answer.
+      await backend.release({ resource: request.resource, candidate: request.candidate })
+      order.push('released')
+    })
+    const removed = backend.onClose(async () => void order.push('removed hook'))
+    removed()
+    await Promise.all([backend.close(), backend.close()])
+    expect(order).toEqual(['hook', 'released'])
+    const here = clusterBackend()
+    expect(await here.holders(request.resource)).toEqual([])
+    const failure = backend.acquire(request)
+    await expect(failure).rejects.toBeInstanceOf(BackendClosedError)
+    await expect(failure).rejects.toMatchObject({ code: 'ERR_CONCLAVE_CLOSED' })
+    await expect(backend.holders(request.resource)).rejects.toMatchObject({
+      code: 'ERR_CONCLAVE_CLOSED',
+    })
+    await here.close()
+  })
+
+  it('closes the primary’s own handle the same way, leaving the shared state and other handles alone', async () => {
+    const mine = clusterBackend()
+    const other = clusterBackend()
+    const request = {
+      resource: 'cluster/primary-close',
+      candidate: 'primary',
+      tickets: 1,
+      leaseMs: 600_000,
+      metadata: null,
+    }
+    expect((await mine.acquire(request)).acquired).toBe(true)
+    let released = false
+    mine.onClose(async () => {
+      await mine.release({ resource: request.resource, candidate: request.candidate })
+      released = true
+    })
+    await mine.close()
+    expect(released).toBe(true)
+    await expect(mine.holders(request.resource)).rejects.toMatchObject({
+      code: 'ERR_CONCLAVE_CLOSED',
+    })
+    expect(await other.holders(request.resource)).toEqual([])
+    await other.close()
+  })
+
+  it('hands the hub’s final errors to a worker as the same class, code and fields, so they stay final', async () => {
+    const [a, b] = await Promise.all([fork(), fork()])
+    const request = {
+      resource: 'cluster/tickets',
+      candidate: 'a',
+      tickets: 1,
+      leaseMs: 60_000,
+      metadata: null,
+    }
+    expect((await a.backend.acquire(request)).acquired).toBe(true)
+    // hub -> the worker's RemoteBackend -> (the test's driver hub in that worker) -> here
+    const mismatch = await b.backend
+      .acquire({ ...request, candidate: 'b', tickets: 2 })
+      .catch((error: unknown) => error)
+    expect(mismatch).toBeInstanceOf(TicketsMismatchError)
+    expect(mismatch).toMatchObject({
+      code: 'ERR_CONCLAVE_TICKETS_MISMATCH',
+      resource: 'cluster/tickets',
+      tickets: 2,
+      held: 1,
+    })
+    expect((mismatch as Error).message).toMatch(
+      /^"cluster\/tickets" is held with tickets 1; this candidate asked for tickets 2\..*\(from the cluster hub\)/,
+    )
+    expect(isFinal(mismatch)).toBe(true)
+
+    const invalid = await b.backend
+      .acquire({ ...request, resource: 'no spaces allowed' })
+      .catch((error: unknown) => error)
+    expect(invalid).toBeInstanceOf(OptionsError)
+    expect(invalid).toMatchObject({
+      code: 'ERR_CONCLAVE_OPTIONS',
+      field: 'resource',
+      value: 'no spaces allowed',
+    })
+    expect((invalid as OptionsError).rule).toMatch(/^A resource name is 1 to 200 characters/)
+    expect(isFinal(invalid)).toBe(true)
   })
 })

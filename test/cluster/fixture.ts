@@ -48,6 +48,7 @@ export async function forkWorker(): Promise<TestWorker> {
     release: (r) => remote.release(r),
     holders: (r) => remote.holders(r),
     watch: (r, fn) => remote.watch(r, fn),
+    onClose: (hook) => remote.onClose(hook),
     async close() {
       await remote.close()
       await stopWorker(worker)
@@ -64,4 +65,23 @@ export async function stopWorker(
   const exited = new Promise((resolve) => worker.once('exit', resolve))
   worker.process.kill(signal)
   await exited
+}
+
+/**
+ * Workers forked ahead of need: `next()` hands out the oldest (ready by then, usually) and forks
+ * a replacement, so a test that asks for a backend mid-lease is not held up by a worker's
+ * start-up (about half a second under tsx, more than some leases' renewal interval).
+ */
+export function workerPool(spares = 2): { next(): Promise<Backend>; close(): Promise<void> } {
+  const ready: Promise<TestWorker>[] = Array.from({ length: spares }, () => forkWorker())
+  return {
+    async next() {
+      ready.push(forkWorker())
+      return (await ready.shift()!).backend
+    },
+    async close() {
+      const left = ready.splice(0)
+      await Promise.all(left.map(async (w) => (await w).backend.close().catch(() => {})))
+    },
+  }
 }

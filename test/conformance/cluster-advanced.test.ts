@@ -1,10 +1,14 @@
-import { setupClusterPrimary, forkWorker } from '../cluster/fixture.js'
+import { afterAll } from 'vitest'
+import { setupClusterPrimary, workerPool } from '../cluster/fixture.js'
 import { runConformance } from './suite.js'
 
-// Each backend is a real forked worker whose calls cross the cluster IPC to this primary.
+// Each backend is a real forked worker whose calls cross the cluster IPC to this primary,
+// forked ahead of need (a worker takes about half a second to start under tsx).
 setupClusterPrimary('advanced')
+const pool = workerPool()
+afterAll(() => pool.close())
 
 runConformance('cluster (advanced serialization)', {
   leaseMs: 400,
-  backend: async () => (await forkWorker()).backend,
+  backend: () => pool.next(),
 })

@@ -6,10 +6,21 @@
  *
  *   request  { [ns]: 1, type: 'request', id, op, args }
  *   response { [ns]: 1, type: 'response', id, ok: true, value }
- *            { [ns]: 1, type: 'response', id, ok: false, error: { name, message, code } }
+ *            { [ns]: 1, type: 'response', id, ok: false, error: { name, message, code, ...fields } }
  *   event    { [ns]: 1, type: 'event', watch }          (the holders of a watched resource changed)
  */
-import { ConclaveError, ProtocolError } from '../../errors.js'
+import {
+  BackendClosedError,
+  BackendError,
+  ConclaveError,
+  LeadershipLostError,
+  MissingPeerError,
+  OptionsError,
+  ProtocolError,
+  type TermEndReason,
+  TicketsMismatchError,
+  WorkError,
+} from '../../errors.js'
 
 export const NAMESPACE = 'conclave'
 export const OPS = ['acquire', 'renew', 'release', 'holders', 'watch', 'unwatch'] as const
@@ -32,10 +43,27 @@ export interface EventMessage {
   type: 'event'
   watch: string
 }
+/**
+ * An error as it crosses the wire: its name, message and stable `code`, plus the fields of
+ * conclave's own error classes (kept only when they are plain JSON), so the receiving side can
+ * rebuild the same class (see `fromWire`).
+ */
 export interface WireError {
   name: string
   message: string
   code?: string
+  /** OptionsError */
+  field?: string
+  value?: unknown
+  rule?: string
+  /** TicketsMismatchError, LeadershipLostError, WorkError */
+  resource?: string
+  tickets?: number
+  held?: number
+  token?: number
+  reason?: string
+  /** MissingPeerError */
+  peer?: string
 }
 
 const MAX_ID = 128
@@ -76,26 +104,95 @@ export function parseRequest(message: Record<string, unknown>): RequestMessage {
   return { type: 'request', id: message.id, op: message.op as Op, args: message.args }
 }
 
+/** The fields of conclave's error classes that `fromWire` uses to rebuild them. */
+const FIELDS = ['field', 'value', 'rule', 'resource', 'tickets', 'held', 'token', 'reason', 'peer']
+
+/** An error as a plain object any IPC serialization carries: name, message, code and fields. */
 export function toWire(error: unknown): WireError {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code
-    return {
-      name: error.name,
-      message: error.message,
-      ...(typeof code === 'string' ? { code } : {}),
+  if (!(error instanceof Error)) return { name: 'Error', message: String(error) }
+  const code = (error as { code?: unknown }).code
+  const wire: WireError = {
+    name: error.name,
+    message: error.message,
+    ...(typeof code === 'string' ? { code } : {}),
+  }
+  if (typeof code === 'string' && code.startsWith('ERR_CONCLAVE_')) {
+    const own = error as unknown as Record<string, unknown>
+    for (const key of FIELDS) {
+      const value = plainJson(own[key])
+      if (value !== undefined) (wire as unknown as Record<string, unknown>)[key] = value
     }
   }
-  return { name: 'Error', message: String(error) }
+  return wire
 }
 
-/** Rebuilds a remote error with its name, message and code. */
+/** `value` if it survives JSON unchanged in meaning (so both serializations carry it), else undefined. */
+function plainJson(value: unknown): unknown {
+  if (value === undefined) return undefined
+  if (value === null || typeof value === 'string' || typeof value === 'boolean') return value
+  if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
+  try {
+    const text = JSON.stringify(value)
+    return text === undefined || text.length > 4096 ? undefined : (JSON.parse(text) as unknown)
+  } catch {
+    return undefined
+  }
+}
+
+const str = (v: unknown, fallback = ''): string => (typeof v === 'string' ? v : fallback)
+const num = (v: unknown): number => (typeof v === 'number' ? v : Number.NaN)
+const REASONS: readonly string[] = ['resigned', 'expired', 'lost', 'closed']
+
+/**
+ * Rebuilds a remote error: conclave's own classes by their code (TicketsMismatchError,
+ * OptionsError, LeadershipLostError, WorkError, MissingPeerError, BackendClosedError,
+ * BackendError, ProtocolError) with their fields, anything else as a ConclaveError with the
+ * remote name and code (`ERR_CONCLAVE_REMOTE` without one). The message is the remote one plus
+ * where it came from; the `code` is always the remote one, so a final error stays final.
+ */
 export function fromWire(wire: unknown, where: string): Error {
   const w = (typeof wire === 'object' && wire !== null ? wire : {}) as Partial<WireError>
   const message = `${typeof w.message === 'string' ? w.message : 'unknown error'} (from ${where})`
-  const error = new ConclaveError(
-    typeof w.code === 'string' ? w.code : 'ERR_CONCLAVE_REMOTE',
-    message,
-  )
-  error.name = typeof w.name === 'string' ? w.name : 'Error'
+  const code = typeof w.code === 'string' ? w.code : 'ERR_CONCLAVE_REMOTE'
+  let error: ConclaveError
+  switch (code) {
+    case 'ERR_CONCLAVE_TICKETS_MISMATCH':
+      error = new TicketsMismatchError(str(w.resource), num(w.tickets), num(w.held))
+      break
+    case 'ERR_CONCLAVE_OPTIONS':
+      error = new OptionsError(str(w.field, 'unknown'), w.value, str(w.rule))
+      break
+    case 'ERR_CONCLAVE_LEADERSHIP_LOST':
+      error = new LeadershipLostError(
+        str(w.resource),
+        num(w.token),
+        (REASONS.includes(str(w.reason)) ? w.reason : 'lost') as TermEndReason,
+      )
+      break
+    case 'ERR_CONCLAVE_WORK':
+      error = new WorkError(str(w.resource), num(w.token), new Error(str(w.message)))
+      break
+    case 'ERR_CONCLAVE_MISSING_PEER':
+      error = new MissingPeerError(str(w.peer), where)
+      break
+    case 'ERR_CONCLAVE_CLOSED':
+      error =
+        w.name === 'BackendClosedError'
+          ? new BackendClosedError(where)
+          : new ConclaveError(code, message)
+      break
+    case 'ERR_CONCLAVE_BACKEND':
+    case 'ERR_CONCLAVE_TIMEOUT':
+      error = new BackendError(message, { code })
+      break
+    case 'ERR_CONCLAVE_PROTOCOL':
+      error = new ProtocolError(message)
+      break
+    default:
+      error = new ConclaveError(code, message)
+  }
+  // The remote words, not the local constructor's rebuilt ones (which could differ).
+  error.message = message
+  if (typeof w.name === 'string') error.name = w.name
   return error
 }

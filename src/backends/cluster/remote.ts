@@ -1,6 +1,8 @@
 /**
  * A backend that forwards every call to a Hub in another process, over any message transport.
  * Calls time out (the hub may be gone); the election core retries them like any backend error.
+ * Errors the hub throws arrive rebuilt with their class, code and fields (see `fromWire`), so a
+ * final one (a TicketsMismatchError, an OptionsError) stays final here.
  */
 import { randomBytes } from 'node:crypto'
 import type {
@@ -12,9 +14,11 @@ import type {
   RenewRequest,
   Unwatch,
 } from '../../backend.js'
-import { BackendError } from '../../errors.js'
+import { BackendClosedError, BackendError } from '../../errors.js'
+import { CloseGate } from '../kit.js'
 import { envelope, fromWire, isOurs, NAMESPACE, type Op } from './protocol.js'
 
+/** A message channel to a Hub: node:cluster IPC, or anything that carries plain objects. */
 export interface Transport {
   send(message: object): void
   /** Subscribe to incoming messages; returns the unsubscribe function. */
@@ -23,8 +27,11 @@ export interface Transport {
   onClose(listener: () => void): () => void
 }
 
+/** How a RemoteBackend names itself and waits for the hub. */
 export interface RemoteBackendOptions {
+  /** The backend's `name` (in messages too). Default `remote`. */
   name?: string
+  /** The message key marking conclave's traffic; must match the hub's. Default `conclave`. */
   namespace?: string
   /** A request without an answer after this long fails (and is retried by the election). */
   requestTimeoutMs?: number
@@ -38,6 +45,11 @@ interface Pending {
   timer: NodeJS.Timeout
 }
 
+/**
+ * The Backend contract over a transport. `close()` first runs the `onClose` hooks (the election
+ * core ends its terms there, releasing their grants through the hub while calls still work),
+ * then drops its watches at the hub; later calls fail with BackendClosedError.
+ */
 export class RemoteBackend implements Backend {
   readonly name: string
   readonly #transport: Transport
@@ -48,8 +60,10 @@ export class RemoteBackend implements Backend {
   readonly #pending = new Map<string, Pending>()
   readonly #watchers = new Map<string, () => void>()
   readonly #off: (() => void)[]
+  readonly #gate: CloseGate
   #seq = 0
-  #closed: Error | undefined
+  /** Why every call fails from now on: the channel to the hub closed. */
+  #broken: Error | undefined
 
   constructor(transport: Transport, options: RemoteBackendOptions = {}) {
     this.name = options.name ?? 'remote'
@@ -57,6 +71,7 @@ export class RemoteBackend implements Backend {
     this.#ns = options.namespace ?? NAMESPACE
     this.#timeoutMs = options.requestTimeoutMs ?? 5_000
     this.#hint = options.hint ?? ''
+    this.#gate = new CloseGate(this.name)
     this.#off = [
       transport.onMessage((message) => this.#receive(message)),
       transport.onClose(() =>
@@ -91,24 +106,35 @@ export class RemoteBackend implements Backend {
       throw error
     }
     return async () => {
-      if (!this.#watchers.delete(watch) || this.#closed) return
-      await this.#call('unwatch', { watch })
+      // Gone from the map: close() unwatched it already. A broken channel has no hub to tell.
+      // During close()'s hooks this still reaches the hub, so no watch is left behind there.
+      if (!this.#watchers.delete(watch) || this.#broken) return
+      await this.#send('unwatch', { watch })
     }
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return
-    const watches = [...this.#watchers.keys()]
-    this.#watchers.clear()
-    await Promise.all(watches.map((watch) => this.#call('unwatch', { watch }).catch(() => {})))
-    this.#fail(
-      new BackendError(`${this.name}: the backend is closed`, { code: 'ERR_CONCLAVE_CLOSED' }),
-    )
-    for (const off of this.#off) off()
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
   }
 
-  #call(op: Op, args: unknown): Promise<unknown> {
-    if (this.#closed) return Promise.reject(this.#closed)
+  close(): Promise<void> {
+    return this.#gate.close(async () => {
+      const watches = [...this.#watchers.keys()]
+      this.#watchers.clear()
+      await Promise.all(watches.map((watch) => this.#send('unwatch', { watch }).catch(() => {})))
+      this.#fail(new BackendClosedError(this.name))
+      for (const off of this.#off) off()
+    })
+  }
+
+  async #call(op: Op, args: unknown): Promise<unknown> {
+    this.#gate.check() // closed: BackendClosedError, as a rejection
+    return this.#send(op, args)
+  }
+
+  /** One request to the hub, past the close gate (close() itself still unwatches with it). */
+  #send(op: Op, args: unknown): Promise<unknown> {
+    if (this.#broken) return Promise.reject(this.#broken)
     const id = `${this.#prefix}:${++this.#seq}`
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -152,7 +178,7 @@ export class RemoteBackend implements Backend {
   }
 
   #fail(error: Error): void {
-    this.#closed ??= error
+    this.#broken ??= error
     for (const [id, pending] of this.#pending) {
       clearTimeout(pending.timer)
       pending.reject(error)
