@@ -2,6 +2,8 @@
  * Backend URLs, wherever the CLI (or a user) names a backend by string:
  *   memory:            this process only
  *   cluster:           node:cluster IPC (in a cluster app)
+ * Commands whose separate processes must agree (`conclave run`, `status`, `watch`) refuse
+ * those two: see `requireSharedBackend`.
  * Each networked backend adds its schemes here, loading its module (and so its client
  * library, an optional peer dependency) only when named.
  */
@@ -23,12 +25,47 @@ const SCHEMES: Record<string, Factory> = {
 
 export const BACKEND_SCHEMES = Object.keys(SCHEMES)
 
+/**
+ * Schemes whose state lives in one process (or one node:cluster app), with why separate CLI
+ * processes cannot share it.
+ */
+const ONE_PROCESS: Record<string, string> = {
+  'memory:':
+    'memory: keeps its grants inside one process, so every separate conclave process would have a state of its own (each `conclave run` would hold NAME and run CMD at once; status and watch would only ever see their own empty state)',
+  'cluster:':
+    'cluster: works only between the node:cluster workers of one app; separate conclave processes are not workers of one primary, so each would host a hub of its own and elect itself (each `conclave run` would run CMD at once)',
+}
+
+/** Where to go instead of a one-process backend. */
+export const SHARED_BACKENDS_HINT =
+  'Use a backend the processes share: redis://, postgres:// or etcd:// (a local: backend for the processes of one machine is planned).'
+
+function schemeOf(url: unknown): string | undefined {
+  return typeof url === 'string'
+    ? /^([a-z][a-z0-9+.-]*:)/i.exec(url)?.[1]?.toLowerCase()
+    : undefined
+}
+
+/**
+ * Throws an OptionsError (the CLI's exit 2) when `url` names a backend whose state lives in one
+ * process (`memory:`, `cluster:`): `command` is run by separate processes that must agree.
+ */
+export function requireSharedBackend(url: string, field: string, command: string): void {
+  const reason = ONE_PROCESS[schemeOf(url) ?? '']
+  if (reason === undefined) return
+  throw new OptionsError(
+    field,
+    url,
+    `${command} needs a backend that separate processes share, and ${reason}.`,
+    SHARED_BACKENDS_HINT,
+  )
+}
+
 /** Makes the backend a URL names; the backend owns (and closes) any client it creates. */
 export async function backendFromUrl(url: string, field = 'backend'): Promise<Backend> {
   // The scheme alone decides; the rest is the backend's to parse (etcd's host lists are
   // not WHATWG URLs).
-  const scheme =
-    typeof url === 'string' ? /^([a-z][a-z0-9+.-]*:)/i.exec(url)?.[1]?.toLowerCase() : undefined
+  const scheme = schemeOf(url)
   if (scheme === undefined) {
     throw new OptionsError(
       field,

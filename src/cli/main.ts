@@ -1,41 +1,64 @@
 #!/usr/bin/env node
 /**
  * The `conclave` command line.
- *   conclave demo [--workers N] [--tickets N] [--lease MS]
+ *   conclave demo [--workers N] [--tickets N] [--lease D]
  *   conclave status --backend URL NAME...
  *   conclave watch --backend URL NAME
  *   conclave run --backend URL --name NAME [--tickets N] [--lease 15s] [--grace 10s] [--forever] -- CMD ARGS...
  */
 import { parseArgs } from 'node:util'
 import { Election } from '../election.js'
-import { ConclaveError, OptionsError } from '../errors.js'
+import { ConclaveError } from '../errors.js'
 import { validateCandidate, validateResource } from '../backend.js'
-import { BACKEND_SCHEMES, backendFromUrl } from './backends.js'
+import { BACKEND_SCHEMES, backendFromUrl, requireSharedBackend } from './backends.js'
 import { demoWorker, isDemoWorker, runDemo } from './demo.js'
+import { describeError, describeStack, EXIT, exitCodeOf, redact } from './report.js'
 import { parseDuration, runCommand } from './run.js'
+
+/** Backends separate CLI processes can share (memory: and cluster: live in one process). */
+const SHARED_SCHEMES = BACKEND_SCHEMES.filter((s) => s !== 'memory:' && s !== 'cluster:')
+
+const EXIT_CODES = `Exit codes:
+  0    success (conclave run: otherwise CMD's own code, 128 + N if CMD died by signal N,
+       127 if CMD was not found, 126 if it could not start)
+  1    an unexpected error: a bug in conclave (--debug prints the stack; please report it)
+  2    a bad command, flag, value, URL or resource name, or a one-process backend
+       (memory:, cluster:) where separate processes must agree
+  3    the backend is unreachable or refused us: connection refused, timeout, DNS, TLS,
+       authentication, or its client package (ioredis, pg, etcd3) is not installed
+  4    the backend refused for good: NAME is held with another --tickets
+Errors are one line with their causes; --debug (any command) adds the stack. Passwords in
+URLs are never printed (redis://user:***@host).`
 
 const HELP: Record<string, string> = {
   main: `conclave: leader election and singletons for Node.js
 
 Usage:
-  conclave demo [--workers N] [--tickets N] [--lease MS]   a live failover demo, no server needed
+  conclave demo [--workers N] [--tickets N] [--lease D]    a live failover demo, no server needed
   conclave status --backend URL NAME...                    who holds each resource now
   conclave watch --backend URL NAME                        one line per change of holders
   conclave run --backend URL --name NAME [...] -- CMD...   run CMD only while holding NAME
   conclave <command> --help
 
-Backend URLs: ${BACKEND_SCHEMES.map((s) => `${s}...`).join(' ')}`,
-  demo: `conclave demo [--workers N] [--tickets N] [--lease MS]
+Backend URLs for run, status and watch: ${SHARED_SCHEMES.map((s) => `${s}//...`).join(' ')}
+(memory: and cluster: keep their state inside one process or one node:cluster app, so
+separate conclave processes could never agree on them; a local: backend is planned).
+
+${EXIT_CODES}`,
+  demo: `conclave demo [--workers N] [--tickets N] [--lease D]
 
 Forks N workers (default 4) that elect a leader over node:cluster IPC, SIGKILLs a holder,
 closes one gracefully, and shows each failover time and token; then the same with 2 tickets
-(or only the --tickets you give). Stops by itself and prints a summary.`,
+(or only the --tickets you give). Stops by itself and prints a summary. --lease D is the
+lease (default 3s, from 100ms to 1m): 500ms, 3s, 1m or a number of milliseconds.`,
   status: `conclave status --backend URL NAME...
 
-Prints the holders of each named resource: candidate, token, time left, metadata.`,
+Prints the holders of each named resource: candidate, token, time left, metadata.
+URL: ${SHARED_SCHEMES.join(' ')} (see conclave --help for exit codes).`,
   watch: `conclave watch --backend URL NAME
 
-Prints the holders of NAME now and again on every change, until interrupted (Ctrl-C).`,
+Prints the holders of NAME now and again on every change, until interrupted (Ctrl-C).
+URL: ${SHARED_SCHEMES.join(' ')} (see conclave --help for exit codes).`,
   run: `conclave run --backend URL --name NAME [options] -- CMD [ARGS...]
 
 Campaigns for NAME and runs CMD only while holding it. CMD gets CONCLAVE_TOKEN (the fencing
@@ -47,19 +70,64 @@ released and conclave run exits with CMD's code (128 + N if it died by signal N)
 run dies, even by SIGKILL, CMD and its descendants are killed with it.
 
 Options:
-  --backend URL    where the lease lives (${BACKEND_SCHEMES.join(' ')})
+  --backend URL    where the lease lives, shared by every runner (${SHARED_SCHEMES.join(' ')})
   --name NAME      the resource, e.g. jobs/nightly
   --tickets N      how many may hold NAME at once (default 1; all must agree)
   --lease D        lease length (default 15s); D is 500ms, 15s, 2m or a number of ms
   --grace D        time between SIGTERM and SIGKILL (default 10s)
   --forever        after a lost term, campaign again and restart CMD
-  --id ID          this candidate's id (default host:pid:random)`,
+  --id ID          this candidate's id (default host:pid:random)
+  --debug          print the stack of an error
+
+${EXIT_CODES}`,
 }
 
 class UsageError extends ConclaveError {
   constructor(message: string) {
     super('ERR_CONCLAVE_USAGE', message)
   }
+}
+
+/** The flags that take a value, per command, with an example for "needs a value". */
+const VALUE_FLAGS: Record<string, Record<string, string>> = {
+  demo: { workers: '4', tickets: '2', lease: '3s' },
+  status: { backend: 'redis://127.0.0.1:6379' },
+  watch: { backend: 'redis://127.0.0.1:6379' },
+  run: {
+    backend: 'redis://127.0.0.1:6379',
+    name: 'jobs/nightly',
+    tickets: '1',
+    lease: '15s',
+    grace: '10s',
+    id: 'worker-1',
+  },
+}
+
+/**
+ * Makes `--flag -5s` mean the value "-5s" (node's parser calls it ambiguous, and its message
+ * says nothing of the flag's rule), so the flag's own check names the flag, value and rule.
+ * A value flag followed by nothing or by another option gets a message of its own.
+ */
+function normalizeValueFlags(command: string, args: string[]): string[] {
+  const flags = VALUE_FLAGS[command] ?? {}
+  const out: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!
+    const flag = arg.startsWith('--') ? arg.slice(2) : undefined
+    if (flag === undefined || !(flag in flags)) {
+      out.push(arg)
+      continue
+    }
+    const next = args[i + 1]
+    if (next === undefined || next === '--' || /^-[-a-zA-Z]/.test(next)) {
+      throw new UsageError(
+        `--${flag} needs a value (e.g. --${flag} ${flags[flag]}). See conclave ${command} --help.`,
+      )
+    }
+    out.push(`--${flag}=${next}`)
+    i++
+  }
+  return out
 }
 
 function positiveInt(
@@ -71,13 +139,46 @@ function positiveInt(
 ): number {
   if (value === undefined) return fallback
   const n = Number(value)
-  if (!Number.isInteger(n) || n < min || n > max) {
+  if (!/^\s*\d+\s*$/.test(value) || !Number.isInteger(n) || n < min || n > max) {
     throw new UsageError(
       `Invalid --${flag}: "${value}". It must be a whole number from ${min} to ${max}.`,
     )
   }
   return n
 }
+
+/** `90000` -> `1.5m`: the shortest exact rendering in the units durations accept. */
+function humanMs(ms: number): string {
+  for (const [unit, size] of [
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1_000],
+  ] as const) {
+    if (ms >= size && ms % (size / 10) === 0) return `${ms / size}${unit}`
+  }
+  return `${ms}ms`
+}
+
+/** A duration flag: `15s`, `500ms`, `2m`, `1h` or a number of milliseconds, within bounds. */
+function duration(
+  flag: string,
+  value: string | undefined,
+  fallback: number,
+  min: number,
+  max: number,
+): number {
+  if (value === undefined) return fallback
+  const ms = parseDuration(value)
+  if (ms === undefined || ms < min || ms > max) {
+    throw new UsageError(
+      `Invalid --${flag}: "${value}". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from ${humanMs(min)} to ${humanMs(max)}.`,
+    )
+  }
+  return ms
+}
+
+/** Set once the command has named its backend: failures then say which one (redacted). */
+let backendInUse: string | undefined
 
 async function main(argv: string[]): Promise<number> {
   if (isDemoWorker()) {
@@ -88,7 +189,7 @@ async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     console.log(HELP.main)
-    return command === undefined ? 2 : 0
+    return command === undefined ? EXIT.usage : EXIT.ok
   }
   if (!(command in HELP) || command === 'main') {
     throw new UsageError(
@@ -99,7 +200,7 @@ async function main(argv: string[]): Promise<number> {
   let parsed
   try {
     parsed = parseArgs({
-      args: rest,
+      args: normalizeValueFlags(command, rest),
       allowPositionals: command !== 'demo',
       strict: true,
       options: {
@@ -111,12 +212,13 @@ async function main(argv: string[]): Promise<number> {
       },
     })
   } catch (error) {
+    if (error instanceof UsageError) throw error
     throw new UsageError(`${(error as Error).message}. See conclave ${command} --help.`)
   }
   const { values, positionals } = parsed
   if (values.help) {
     console.log(HELP[command])
-    return 0
+    return EXIT.ok
   }
   if (command === 'demo') {
     for (const flag of ['backend'] as const) {
@@ -135,15 +237,16 @@ async function main(argv: string[]): Promise<number> {
     }
     const ok = await runDemo({
       workers,
-      leaseMs: positiveInt('lease', values.lease, 3_000, 100, 60_000),
+      leaseMs: duration('lease', values.lease, 3_000, 100, 60_000),
       phases: tickets === undefined ? [1, 2] : [tickets],
       out: (line) => console.log(line),
     })
-    return ok ? 0 : 1
+    return ok ? EXIT.ok : EXIT.unexpected
   }
   // status and watch
   if (values.backend === undefined)
     throw new UsageError(`--backend URL is required. See conclave ${command} --help.`)
+  requireSharedBackend(values.backend, '--backend', `conclave ${command}`)
   for (const flag of ['workers', 'tickets', 'lease'] as const) {
     if (values[flag] !== undefined) throw new UsageError(`--${flag} does not apply to ${command}.`)
   }
@@ -152,6 +255,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'watch' && positionals.length !== 1)
     throw new UsageError('watch takes exactly one resource name.')
   positionals.forEach((name) => validateResource(name, 'NAME'))
+  backendInUse = values.backend
   const backend = await backendFromUrl(values.backend, '--backend')
   try {
     if (command === 'status') {
@@ -162,14 +266,18 @@ async function main(argv: string[]): Promise<number> {
         )
         for (const h of holders) {
           console.log(
-            `  ${h.candidate}  token ${h.token}  ${(h.remainingMs / 1000).toFixed(1)}s left${h.metadata === null ? '' : `  ${JSON.stringify(h.metadata)}`}`,
+            redact(
+              `  ${h.candidate}  token ${h.token}  ${(h.remainingMs / 1000).toFixed(1)}s left${h.metadata === null ? '' : `  ${JSON.stringify(h.metadata)}`}`,
+            ),
           )
         }
       }
-      return 0
+      return EXIT.ok
     }
     const election = new Election(backend, positionals[0]!)
-    election.on('error', (error) => console.error(`error: ${error.message}`))
+    election.on('error', (error) =>
+      console.error(`conclave watch: error (retrying): ${describeError(error)}`),
+    )
     const controller = new AbortController()
     process.once('SIGINT', () => controller.abort())
     process.once('SIGTERM', () => controller.abort())
@@ -179,31 +287,15 @@ async function main(argv: string[]): Promise<number> {
           `${h.candidate}#${h.token}${h.metadata === null ? '' : ` ${JSON.stringify(h.metadata)}`}`,
       )
       console.log(
-        `${new Date().toISOString()}  ${positionals[0]}: ${list.length ? list.join(', ') : 'no holder'}`,
+        redact(
+          `${new Date().toISOString()}  ${positionals[0]}: ${list.length ? list.join(', ') : 'no holder'}`,
+        ),
       )
     }
-    return 0
+    return EXIT.ok
   } finally {
     await backend.close()
   }
-}
-
-/** A duration flag: `15s`, `500ms`, `2m` or a number of milliseconds, within bounds. */
-function duration(
-  flag: string,
-  value: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-) {
-  if (value === undefined) return fallback
-  const ms = parseDuration(value)
-  if (ms === undefined || ms < min || ms > max) {
-    throw new UsageError(
-      `Invalid --${flag}: "${value}". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from ${min} ms to ${max} ms.`,
-    )
-  }
-  return ms
 }
 
 async function run(args: string[]): Promise<number> {
@@ -212,7 +304,7 @@ async function run(args: string[]): Promise<number> {
   let values
   try {
     ;({ values } = parseArgs({
-      args: flags,
+      args: normalizeValueFlags('run', flags),
       allowPositionals: false,
       strict: true,
       options: {
@@ -227,16 +319,18 @@ async function run(args: string[]): Promise<number> {
       },
     }))
   } catch (error) {
+    if (error instanceof UsageError) throw error
     const hint =
       split === -1 ? ' Put -- before the command: conclave run [options] -- CMD ARGS...' : ''
     throw new UsageError(`${(error as Error).message}.${hint} See conclave run --help.`)
   }
   if (values.help) {
     console.log(HELP.run)
-    return 0
+    return EXIT.ok
   }
   if (values.backend === undefined)
     throw new UsageError('--backend URL is required. See conclave run --help.')
+  requireSharedBackend(values.backend, '--backend', 'conclave run')
   if (values.name === undefined)
     throw new UsageError('--name NAME is required. See conclave run --help.')
   const command = split === -1 ? [] : args.slice(split + 1)
@@ -246,6 +340,7 @@ async function run(args: string[]): Promise<number> {
   const tickets = positiveInt('tickets', values.tickets, 1, 1, 10_000)
   const leaseMs = duration('lease', values.lease, 15_000, 100, 86_400_000)
   const graceMs = duration('grace', values.grace, 10_000, 0, 3_600_000)
+  backendInUse = values.backend
   const code = await runCommand({
     backend: values.backend,
     name,
@@ -255,25 +350,41 @@ async function run(args: string[]): Promise<number> {
     forever: values.forever ?? false,
     id: values.id === undefined ? undefined : validateCandidate(values.id, '--id'),
     command,
-    log: (line) => console.error(`conclave run: ${line}`),
+    log: (line) => console.error(redact(`conclave run: ${line}`)),
   })
   // Nothing may keep this process around once the command is over and the grant released.
   process.exit(code)
 }
 
-main(process.argv.slice(2)).then(
+/** Prints a failure as one line (the stack too with --debug) and picks its exit code. */
+function fail(error: unknown, debug: boolean): number {
+  const code = exitCodeOf(error)
+  const where = backendInUse === undefined ? '' : ` (--backend ${redact(backendInUse)})`
+  const what =
+    code === EXIT.backend
+      ? `the backend is unreachable or refused${where}: `
+      : code === EXIT.conflict
+        ? `the backend refused${where}: `
+        : code === EXIT.unexpected
+          ? 'unexpected error: '
+          : ''
+  const tail = code === EXIT.unexpected && !debug ? ' (--debug prints the stack)' : ''
+  console.error(`conclave: ${what}${describeError(error)}${tail}`)
+  if (debug) console.error(describeStack(error))
+  return code
+}
+
+// --debug is taken out wherever it is (before a `conclave run`'s --, which starts CMD's own args).
+const argv = process.argv.slice(2)
+const end = argv.indexOf('--') === -1 ? argv.length : argv.indexOf('--')
+const debug = argv.slice(0, end).includes('--debug')
+const args = debug ? argv.filter((arg, i) => i >= end || arg !== '--debug') : argv
+
+main(args).then(
   (code) => {
     process.exitCode = code
   },
   (error: unknown) => {
-    if (error instanceof UsageError || error instanceof OptionsError) {
-      console.error(`conclave: ${error.message}`)
-      process.exitCode = 2
-    } else {
-      console.error(
-        `conclave: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`,
-      )
-      process.exitCode = 1
-    }
+    process.exitCode = fail(error, debug)
   },
 )

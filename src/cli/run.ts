@@ -24,6 +24,7 @@ import type { Backend } from '../backend.js'
 import { Election } from '../election.js'
 import type { Term } from '../term.js'
 import { backendFromUrl } from './backends.js'
+import { describeError, redact } from './report.js'
 
 export interface RunOptions {
   backend: string
@@ -262,13 +263,18 @@ export async function runCommand(options: RunOptions): Promise<number> {
       tickets: options.tickets,
       leaseMs: options.leaseMs,
       ...(options.id === undefined ? {} : { id: options.id }),
-      metadata: { pid: process.pid, host: hostname(), command: command.join(' ').slice(0, 200) },
+      // Published to everyone who can read the backend: no password from CMD's arguments.
+      metadata: {
+        pid: process.pid,
+        host: hostname(),
+        command: redact(command.join(' ')).slice(0, 200),
+      },
     })
   } catch (error) {
     await backend.close()
     throw error
   }
-  election.on('error', (error) => log(`backend error (retrying): ${error.message}`))
+  election.on('error', (error) => log(`backend error (retrying): ${describeError(error)}`))
 
   let stopping: NodeJS.Signals | undefined
   const stopCampaign = new AbortController()
@@ -342,7 +348,7 @@ export async function runCommand(options: RunOptions): Promise<number> {
       (async () => {
         await election.close()
         await backend.close()
-      })().catch((error: unknown) => log(`closing: ${(error as Error).message}`)),
+      })().catch((error: unknown) => log(`closing: ${describeError(error)}`)),
       bound,
     ])
     clearTimeout(timer)

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
+import { freePort } from '../servers/index.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
@@ -69,13 +70,85 @@ describe('conclave CLI', () => {
     expect(badUrl.stderr).toMatch(/Invalid --backend: "nope"\. A backend is a URL/)
     const badScheme = await conclave(['status', '--backend', 'mysql://x', 'a/b'])
     expect(badScheme.stderr).toMatch(/Unknown backend scheme "mysql:"/)
-    const badName = await conclave(['status', '--backend', 'memory:', 'a b'])
+    const badName = await conclave(['status', '--backend', 'redis://127.0.0.1:1', 'a b'])
     expect(badName.stderr).toMatch(/Invalid NAME: "a b"/)
   })
 
-  it('shows status on a backend named by URL', async () => {
-    const { code, stdout } = await conclave(['status', '--backend', 'memory:', 'jobs/nightly'])
-    expect(code).toBe(0)
-    expect(stdout).toContain('jobs/nightly: no holder')
+  it('lists its exit codes in --help, and names the flag, value and rule of a bad demo --lease', async () => {
+    const help = await conclave(['--help'])
+    for (const code of ['0', '1', '2', '3', '4'])
+      expect(help.stdout).toMatch(new RegExp(`^ {2}${code} `, 'm'))
+    expect(help.stdout).toMatch(/--debug/)
+    expect((await conclave(['run', '--help'])).stdout).toMatch(
+      /^ {2}3 +the backend is unreachable/m,
+    )
+    const lease = await conclave(['demo', '--lease', '-5'])
+    expect(lease.code).toBe(2)
+    expect(lease.stderr.trim()).toBe(
+      'conclave: Invalid --lease: "-5". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 100ms to 1m.',
+    )
+  })
+
+  it('refuses memory: and cluster: for status and watch (exit 2), saying why and what to use', async () => {
+    const runs = await Promise.all([
+      conclave(['status', '--backend', 'memory:', 'jobs/nightly']),
+      conclave(['watch', '--backend', 'cluster:', 'jobs/nightly']),
+    ])
+    for (const [i, { code, stderr }] of runs.entries()) {
+      expect(code, stderr).toBe(2)
+      expect(stderr).toContain(
+        i === 0
+          ? 'Invalid --backend: "memory:". conclave status needs a backend that separate processes share, and memory: keeps its grants inside one process'
+          : 'Invalid --backend: "cluster:". conclave watch needs a backend that separate processes share, and cluster: works only between the node:cluster workers of one app',
+      )
+      expect(stderr).toContain('redis://, postgres:// or etcd://')
+      expect(stderr).toMatch(/local: backend .* is planned/)
+    }
+  })
+
+  it('reports an unreachable backend in one line with its cause and exit code 3, never its password; the stack only with --debug', async () => {
+    const port = await freePort() // nothing listens there: connections are refused
+    const urls = [
+      `postgres://app:hunter2@127.0.0.1:${port}/app`,
+      `etcd://127.0.0.1:${port}`,
+      `redis://app:hunter2@127.0.0.1:${port}`,
+    ]
+    const runs = await Promise.all(
+      urls.map((url) => conclave(['status', '--backend', url, 'jobs/a'])),
+    )
+    for (const [i, { code, stdout, stderr }] of runs.entries()) {
+      expect(code, stderr).toBe(3)
+      expect(stdout).toBe('')
+      const lines = stderr.trim().split('\n')
+      expect(lines, stderr).toHaveLength(1)
+      expect(lines[0]).toMatch(/^conclave: the backend is unreachable or refused \(--backend /)
+      expect(lines[0]).toContain(urls[i]!.replace(':hunter2@', ':***@'))
+      expect(stderr).not.toContain('hunter2')
+      expect(stderr).not.toMatch(/^\s+at /m)
+    }
+    // The cause (a refused connection) is in the line, said once.
+    expect(runs[0]!.stderr).toMatch(/ECONNREFUSED 127\.0\.0\.1/)
+    expect(runs[1]!.stderr).toMatch(/ECONNREFUSED 127\.0\.0\.1/)
+    expect(runs[0]!.stderr.match(/ECONNREFUSED/g)).toHaveLength(1)
+
+    const debug = await conclave(['status', '--debug', '--backend', urls[0]!, 'jobs/a'])
+    expect(debug.code).toBe(3)
+    expect(debug.stderr).toMatch(/^\s+at /m)
+    expect(debug.stderr).toMatch(/^caused by: Error: connect ECONNREFUSED/m)
+    expect(debug.stderr).not.toContain('hunter2')
+  })
+
+  it('never echoes a password, even in a URL it refuses', async () => {
+    const { code, stderr } = await conclave([
+      'status',
+      '--backend',
+      'mysql://root:hunter2@db/x',
+      'a/b',
+    ])
+    expect(code).toBe(2)
+    expect(stderr).toContain(
+      'Invalid --backend: "mysql://root:***@db/x". Unknown backend scheme "mysql:"',
+    )
+    expect(stderr).not.toContain('hunter2')
   })
 })

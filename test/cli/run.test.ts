@@ -1,7 +1,8 @@
 // `conclave run` with real processes: the CLI under tsx, its supervisor, a real command
-// (test/cli/run-child.mjs) and its grandchild. One-process behaviour on `memory:`; the
-// cross-process behaviour (two `conclave run` competing) once per networked backend registered
-// in src/cli/backends.ts, each against its private server.
+// (test/cli/run-child.mjs) and its grandchild. One runner's behaviour against the first
+// networked backend's private server (memory: and cluster: are refused: separate runners could
+// never agree on them); the cross-process behaviour (two `conclave run` competing) once per
+// networked backend registered in src/cli/backends.ts, each against its private server.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -10,7 +11,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
 import { processAlive } from '../servers/index.js'
-import { registeredFamilies, startServer, type NetworkedServer } from './networked.js'
+import { firstFamily, registeredFamilies, startServer, type NetworkedServer } from './networked.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 const childScript = fileURLToPath(new URL('./run-child.mjs', import.meta.url))
@@ -125,22 +126,54 @@ afterAll(() => {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true })
 })
 
-describe('conclave run on memory: (one process)', () => {
+describe(`conclave run, one runner (on ${firstFamily()})`, () => {
+  let server: NetworkedServer
+  // Validation fails before any connection: this URL is never dialled.
+  const unused = 'redis://127.0.0.1:1'
+
+  beforeAll(async () => {
+    server = await startServer(firstFamily())
+  }, 120_000)
+  afterAll(async () => {
+    await server?.stop()
+  })
+
   it('gives the command its token and leader id, and exits with its code', async () => {
     const dir = tempDir()
     const run = runChild(
-      ['--backend', 'memory:', '--name', 'jobs/env', '--id', 'me-1'],
+      ['--backend', server.url, '--name', 'jobs/env', '--id', 'me-1'],
       dir,
       'exit:7',
     )
     expect((await exitOf(run, 20_000)).code).toBe(7)
     const [record] = records(dir)
-    expect(record).toMatchObject({ token: '1', leaderId: 'me-1', resource: 'jobs/env' })
+    expect(record).toMatchObject({ leaderId: 'me-1', resource: 'jobs/env' })
+    expect(record!.token).toMatch(/^[1-9]\d*$/)
+  })
+
+  it('never prints nor publishes a password from CMD’s arguments', async () => {
+    const dir = tempDir()
+    const secretUrl = 'postgres://app:hunter2@db.internal/app'
+    const run = runChild(
+      ['--backend', server.url, '--name', 'jobs/secret'],
+      dir,
+      'term-exit:0',
+      secretUrl,
+    )
+    await until(() => records(dir).length === 1, 20_000, 'the command to start')
+    const status = conclave(['status', '--backend', server.url, 'jobs/secret'])
+    expect((await exitOf(status, 20_000)).code).toBe(0)
+    expect(status.output()).toContain('postgres://app:***@db.internal/app')
+    expect(status.output()).not.toContain('hunter2')
+    run.proc.kill('SIGTERM')
+    await exitOf(run, 20_000)
+    expect(run.output()).toContain('postgres://app:***@db.internal/app')
+    expect(run.output()).not.toContain('hunter2')
   })
 
   it('forwards SIGTERM to the command and exits with the code it chose', async () => {
     const dir = tempDir()
-    const run = runChild(['--backend', 'memory:', '--name', 'jobs/term'], dir, 'term-exit:3')
+    const run = runChild(['--backend', server.url, '--name', 'jobs/term'], dir, 'term-exit:3')
     const [record] = await until(() => records(dir).length === 1 && records(dir), 20_000, 'start')
     run.proc.kill('SIGTERM')
     expect((await exitOf(run, 20_000)).code).toBe(3)
@@ -151,7 +184,7 @@ describe('conclave run on memory: (one process)', () => {
   it('SIGKILLs a command that ignores the forwarded SIGTERM after the grace period', async () => {
     const dir = tempDir()
     const run = runChild(
-      ['--backend', 'memory:', '--name', 'jobs/stubborn', '--grace', '300ms'],
+      ['--backend', server.url, '--name', 'jobs/stubborn', '--grace', '300ms'],
       dir,
       'term-ignore',
     )
@@ -164,7 +197,7 @@ describe('conclave run on memory: (one process)', () => {
 
   it('takes its command and the command’s children down with it when SIGKILLed', async () => {
     const dir = tempDir()
-    const run = runChild(['--backend', 'memory:', '--name', 'jobs/orphan'], dir, 'grandchild')
+    const run = runChild(['--backend', server.url, '--name', 'jobs/orphan'], dir, 'grandchild')
     const [record] = await until(() => records(dir).length === 1 && records(dir), 20_000, 'start')
     expect(processAlive(record!.pid)).toBe(true)
     expect(processAlive(record!.grandchild!)).toBe(true)
@@ -180,7 +213,7 @@ describe('conclave run on memory: (one process)', () => {
   it('stops the command by itself when conclave run is paused past the term’s deadline', async () => {
     const dir = tempDir()
     const run = runChild(
-      ['--backend', 'memory:', '--name', 'jobs/paused', '--lease', '1s', '--grace', '300ms'],
+      ['--backend', server.url, '--name', 'jobs/paused', '--lease', '1s', '--grace', '300ms'],
       dir,
       'term-exit:5',
     )
@@ -197,8 +230,28 @@ describe('conclave run on memory: (one process)', () => {
     expect(run.output()).toContain('stopped by the supervisor')
   })
 
+  it('exits with 4, in one line, when NAME is held with another --tickets (a final refusal), starting nothing', async () => {
+    const dir = tempDir()
+    const holder = runChild(['--backend', server.url, '--name', 'jobs/tickets'], dir, 'term-exit:0')
+    await until(() => records(dir).length === 1, 20_000, 'the holder’s command')
+    const other = runChild(
+      ['--backend', server.url, '--name', 'jobs/tickets', '--tickets', '2'],
+      dir,
+      'exit:0',
+    )
+    expect((await exitOf(other, 20_000)).code, other.output()).toBe(4)
+    const failure = other.output().trim().split('\n').at(-1)!
+    expect(failure).toMatch(
+      /^conclave: the backend refused \(--backend redis:\/\/[^)]*\): "jobs\/tickets" is held with tickets 1; this candidate asked for tickets 2\./,
+    )
+    expect(other.output()).not.toMatch(/^\s+at /m)
+    expect(records(dir)).toHaveLength(1)
+    holder.proc.kill('SIGTERM')
+    expect((await exitOf(holder, 20_000)).code).toBe(0)
+  })
+
   it('reports a command that cannot start with 127', async () => {
-    const run = conclaveRun(['--backend', 'memory:', '--name', 'jobs/x', '--', '/nonexistent/cmd'])
+    const run = conclaveRun(['--backend', server.url, '--name', 'jobs/x', '--', '/nonexistent/cmd'])
     expect((await exitOf(run, 20_000)).code).toBe(127)
     expect(run.output()).toMatch(/could not start: spawn \/nonexistent\/cmd ENOENT/)
   })
@@ -208,17 +261,17 @@ describe('conclave run on memory: (one process)', () => {
     expect((await exitOf(help, 20_000)).code).toBe(0)
     expect(help.output()).toMatch(/CONCLAVE_TOKEN/)
     const cases: [string[], RegExp][] = [
-      [['--backend', 'memory:', '--name', 'a/b', 'sleep', '1'], /Put -- before the command/],
-      [['--backend', 'memory:', '--name', 'a/b', '--'], /Give the command to run after --/],
-      [['--backend', 'memory:', '--', 'true'], /--name NAME is required/],
+      [['--backend', unused, '--name', 'a/b', 'sleep', '1'], /Put -- before the command/],
+      [['--backend', unused, '--name', 'a/b', '--'], /Give the command to run after --/],
+      [['--backend', unused, '--', 'true'], /--name NAME is required/],
       [['--name', 'a/b', '--', 'true'], /--backend URL is required/],
-      [['--backend', 'memory:', '--name', 'a b', '--', 'true'], /Invalid --name: "a b"/],
+      [['--backend', unused, '--name', 'a b', '--', 'true'], /Invalid --name: "a b"/],
       [
-        ['--backend', 'memory:', '--name', 'a/b', '--lease', '5y', '--', 'true'],
+        ['--backend', unused, '--name', 'a/b', '--lease', '5y', '--', 'true'],
         /Invalid --lease: "5y"/,
       ],
       [
-        ['--backend', 'memory:', '--name', 'a/b', '--tickets', '0', '--', 'true'],
+        ['--backend', unused, '--name', 'a/b', '--tickets', '0', '--', 'true'],
         /Invalid --tickets: "0"/,
       ],
       [
@@ -226,7 +279,7 @@ describe('conclave run on memory: (one process)', () => {
         /Unknown backend scheme "mysql:"/,
       ],
       [
-        ['--backend', 'memory:', '--name', 'a/b', '--leese', '1s', '--', 'true'],
+        ['--backend', unused, '--name', 'a/b', '--leese', '1s', '--', 'true'],
         /Unknown option '--leese'/,
       ],
     ]
@@ -235,6 +288,66 @@ describe('conclave run on memory: (one process)', () => {
       expect((await exitOf(run, 20_000)).code, run.output()).toBe(2)
       expect(run.output()).toMatch(cases[i]![1])
     }
+  })
+
+  it('names the flag, the value and the rule for every bad duration or number, negative ones too', async () => {
+    const flags = (...extra: string[]) => [
+      '--backend',
+      unused,
+      '--name',
+      'a/b',
+      ...extra,
+      '--',
+      'true',
+    ]
+    const lease =
+      'It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 100ms to 24h.'
+    const cases: [string[], string][] = [
+      [flags('--lease', '-5s'), `conclave: Invalid --lease: "-5s". ${lease}`],
+      [flags('--lease=-5s'), `conclave: Invalid --lease: "-5s". ${lease}`],
+      [flags('--lease', '1e3'), `conclave: Invalid --lease: "1e3". ${lease}`],
+      [
+        flags('--grace', '-1'),
+        'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 0ms to 1h.',
+      ],
+      [
+        flags('--tickets', '-2'),
+        'conclave: Invalid --tickets: "-2". It must be a whole number from 1 to 10000.',
+      ],
+      [
+        flags('--lease'),
+        'conclave: --lease needs a value (e.g. --lease 15s). See conclave run --help.',
+      ],
+      [
+        flags('--lease', '--forever'),
+        'conclave: --lease needs a value (e.g. --lease 15s). See conclave run --help.',
+      ],
+    ]
+    const runs = cases.map(([args]) => conclaveRun(args))
+    for (const [i, run] of runs.entries()) {
+      expect((await exitOf(run, 20_000)).code, run.output()).toBe(2)
+      expect(run.output().trim()).toBe(cases[i]![1])
+    }
+  })
+
+  it('refuses memory: and cluster: (separate runners could never agree on them) with exit 2, and starts nothing', async () => {
+    const dir = tempDir()
+    const runs = {
+      memory: runChild(['--backend', 'memory:', '--name', 'jobs/local'], dir, 'exit:0'),
+      cluster: runChild(['--backend', 'cluster:', '--name', 'jobs/local'], dir, 'exit:0'),
+    }
+    for (const [scheme, run] of Object.entries(runs)) {
+      expect((await exitOf(run, 20_000)).code, run.output()).toBe(2)
+      const out = run.output()
+      expect(out).toContain(
+        `Invalid --backend: "${scheme}:". conclave run needs a backend that separate processes share`,
+      )
+      expect(out).toContain('Use a backend the processes share: redis://, postgres:// or etcd://')
+      expect(out).toMatch(/a local: backend .* is planned/)
+      expect(out.trim().split('\n')).toHaveLength(1)
+    }
+    expect(runs.cluster.output()).toMatch(/each would host a hub of its own and elect itself/)
+    expect(records(dir)).toHaveLength(0)
   })
 })
 
