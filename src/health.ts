@@ -7,7 +7,8 @@
  *   recently (a term whose end came later than its deadline by more than the election's margin);
  * - the backend has been unreachable for longer than a bound: errors kept coming and nothing
  *   succeeded since (while errors go on, the check probes the backend with `holders()` to see
- *   when it answers again).
+ *   when it answers again). The work's own errors (WorkError, `code` ERR_CONCLAVE_WORK: a
+ *   `run()` or `every()` callback that threw) say nothing of the backend and are ignored.
  * `check()` is synchronous and cheap; `handler()` serves it over HTTP (200 or 503, JSON).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
@@ -133,7 +134,10 @@ export class HealthCheck {
         })
       }
     }
-    const offError = onElectionError(election, () => this.#failed(entry))
+    const offError = onElectionError(election, (error) => {
+      // A job that throws is the job's problem: the backend may be answering fine.
+      if ((error as { code?: unknown }).code !== 'ERR_CONCLAVE_WORK') this.#failed(entry)
+    })
     election.on('elected', onElected)
     election.on('revoked', onRevoked)
     election.on('leader', succeeded)

@@ -9,7 +9,12 @@
  * | `conclave_terms_started_total`         | counter   | resource         |
  * | `conclave_terms_ended_total`           | counter   | resource, reason |
  * | `conclave_backend_errors_total`        | counter   | resource         |
+ * | `conclave_work_errors_total`           | counter   | resource         |
  * | `conclave_renew_duration_seconds`      | histogram | resource         |
+ *
+ * An `error` event is the work's own (a WorkError, `code` ERR_CONCLAVE_WORK: a `run()` or
+ * `every()` callback that threw) or the backend's (everything else, retried by the core); each
+ * has its counter, so a failing job never looks like a failing backend.
  *
  * Gauges are read at scrape time. Renew latency is measured by wrapping the backend
  * (`metrics.instrument(backend)`), since the election core exposes no per-renewal hook.
@@ -17,7 +22,7 @@
 import { createRequire } from 'node:module'
 import type { Backend, RenewRequest } from './backend.js'
 import type { Election } from './election.js'
-import { ConclaveError, OptionsError } from './errors.js'
+import { ConclaveError, OptionsError, WorkError } from './errors.js'
 import { onElectionError } from './health.js'
 
 import type { Counter, Histogram, Registry } from 'prom-client'
@@ -62,6 +67,7 @@ export class ElectionMetrics {
   readonly #started: Counter<'resource'>
   readonly #ended: Counter<'resource' | 'reason'>
   readonly #errors: Counter<'resource'>
+  readonly #workErrors: Counter<'resource'>
   readonly #renewDuration: Histogram<'resource'>
 
   /** @internal Use electionMetrics(). */
@@ -115,6 +121,7 @@ export class ElectionMetrics {
       'terms_started_total',
       'terms_ended_total',
       'backend_errors_total',
+      'work_errors_total',
       'renew_duration_seconds',
     ]) {
       if (registry.getSingleMetric(prefix + name) !== undefined) {
@@ -177,6 +184,12 @@ export class ElectionMetrics {
       labelNames: ['resource'],
       registers,
     })
+    this.#workErrors = new client.Counter({
+      name: `${prefix}work_errors_total`,
+      help: "Errors thrown by the leader's own work (run() and every() callbacks), reported as WorkError.",
+      labelNames: ['resource'],
+      registers,
+    })
     this.#renewDuration = new client.Histogram({
       name: `${prefix}renew_duration_seconds`,
       help: 'Round trip of successful renew calls through an instrumented backend, per resource renewed.',
@@ -194,9 +207,12 @@ export class ElectionMetrics {
     this.#started.inc({ resource }, 0)
     for (const reason of REASONS) this.#ended.inc({ resource, reason }, 0)
     this.#errors.inc({ resource }, 0)
+    this.#workErrors.inc({ resource }, 0)
     const onElected = () => this.#started.inc({ resource })
     const onRevoked = (_term: unknown, reason: string) => this.#ended.inc({ resource, reason })
-    const offError = onElectionError(election, () => this.#errors.inc({ resource }))
+    const offError = onElectionError(election, (error) =>
+      (isWorkError(error) ? this.#workErrors : this.#errors).inc({ resource }),
+    )
     election.on('elected', onElected)
     election.on('revoked', onRevoked)
     this.#tracked.set(election, () => {
@@ -230,6 +246,7 @@ export class ElectionMetrics {
       release: (request) => backend.release(request),
       holders: (resource) => backend.holders(resource),
       watch: (resource, onChange) => backend.watch(resource, onChange),
+      onClose: (hook) => backend.onClose(hook),
       close: () => backend.close(),
     }
   }
@@ -243,6 +260,13 @@ export class ElectionMetrics {
     this.#tracked.get(election)?.()
     this.#tracked.delete(election)
   }
+}
+
+/** True for the work's own error (a WorkError, also from another copy of conclave: by code). */
+function isWorkError(error: unknown): boolean {
+  return (
+    error instanceof WorkError || (error as { code?: unknown } | null)?.code === 'ERR_CONCLAVE_WORK'
+  )
 }
 
 /** Creates conclave's metrics on `registry`; then `track(election)` each election. */

@@ -16,6 +16,7 @@ import {
   LeadershipLostError,
   OptionsError,
   type TermEndReason,
+  WorkError,
 } from './errors.js'
 import { backoff, type ElectionOptions } from './options.js'
 import type { Term } from './term.js'
@@ -48,7 +49,10 @@ export interface SingletonHandlers {
 
 export interface SingletonEvents {
   state: [state: SingletonState, previous: SingletonState]
-  /** A `start` or `stop` that threw, or a `stop` that outlived `drainMs`. */
+  /**
+   * A `start` or `stop` that threw (a WorkError, `code` ERR_CONCLAVE_WORK, with the thrown value
+   * as `cause`), or a `stop` that outlived `drainMs`.
+   */
   error: [error: Error]
 }
 
@@ -179,7 +183,7 @@ export class Singleton extends EventEmitter<SingletonEvents> implements AsyncDis
       await this.#handlers.start(term)
     } catch (error) {
       failed = true
-      this.#report(error)
+      this.#report(new WorkError(this.resource, term.token, error))
     }
     this.#busy = undefined
     if (!failed) {
@@ -198,7 +202,7 @@ export class Singleton extends EventEmitter<SingletonEvents> implements AsyncDis
       try {
         await this.#handlers.stop(reason, term)
       } catch (error) {
-        this.#report(error)
+        this.#report(new WorkError(this.resource, term.token, error))
       }
       this.#busy = undefined
     })()
@@ -301,7 +305,11 @@ export interface EveryOptions {
   signal?: AbortSignal
   /** Run at once when a term starts (default true), or first after `intervalMs`. */
   immediate?: boolean
-  /** Where a throwing `fn` is reported. Default: the election's `error` event (or a warning). */
+  /**
+   * Where a throwing `fn` is reported, as a WorkError (`code` ERR_CONCLAVE_WORK, the thrown value
+   * as `cause`). Default: the election's `error` event (or a warning), where metrics count it as
+   * the work's error and health checks do not take it for an unreachable backend.
+   */
   onError?: (error: Error) => void
 }
 
@@ -332,8 +340,7 @@ export async function every(
   const clock = election.options.clock
   const immediate = options.immediate ?? true
   let warned = false
-  const report = (error: unknown) => {
-    const err = error instanceof Error ? error : new Error(String(error))
+  const report = (err: WorkError) => {
     if (options.onError) options.onError(err)
     else if (election.listenerCount('error') > 0) election.emit('error', err)
     else if (!warned) {
@@ -362,7 +369,8 @@ export async function every(
           await fn({ token: term.token, signal: term.signal, term })
         } catch (error) {
           // Giving up because the term ended is the expected way out, not a failure.
-          if (!(term.signal.aborted && isAbortLike(error, term.signal))) report(error)
+          if (!(term.signal.aborted && isAbortLike(error, term.signal)))
+            report(new WorkError(election.resource, term.token, error))
         }
         next = Math.max(started + intervalMs, clock.now())
       }

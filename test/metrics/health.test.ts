@@ -7,8 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { memoryBackend } from '../../src/backends/memory.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
-import { OptionsError } from '../../src/errors.js'
+import { OptionsError, WorkError } from '../../src/errors.js'
 import { healthCheck, HealthCheck, type HealthReport } from '../../src/health.js'
+import { every } from '../../src/singleton.js'
 import { startRedis, type RedisServer } from '../servers/index.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -83,6 +84,34 @@ describe('HealthCheck', () => {
     await election.close()
     expect(health.check()).toMatchObject({ healthy: true, problems: [] })
     health.close()
+  })
+
+  it('does not take the work’s own errors (a throwing every() or run() callback) for an unreachable backend', async () => {
+    const backend = memoryBackend()
+    // Long leases: no renewal (a success) clears a failure within the test.
+    const viaEvery = new Election(backend, 'jobs/health-every', { leaseMs: 60_000 })
+    const viaRun = new Election(backend, 'jobs/health-run', { leaseMs: 60_000, retryMs: 20 })
+    const errors: Error[] = []
+    for (const election of [viaEvery, viaRun]) election.on('error', (error) => errors.push(error))
+    // The strictest bound, and no probe to clear a failure within the test either.
+    health = healthCheck([viaEvery, viaRun], { unreachableMs: 0, probeMs: 60_000 })
+    const controller = new AbortController()
+    const crash = () => {
+      throw new Error('the job failed, the backend is fine')
+    }
+    const jobs = [
+      every(viaEvery, 20, crash, { signal: controller.signal }),
+      viaRun.run(crash, { signal: controller.signal }),
+    ]
+    await until(() => errors.length >= 4, 5_000, 'work errors')
+    expect(errors.every((e) => e instanceof WorkError)).toBe(true)
+    const report = health.check()
+    expect(report).toMatchObject({ healthy: true, problems: [] })
+    expect(report.elections.map((e) => e.failingForMs)).toEqual([undefined, undefined])
+    controller.abort()
+    await Promise.all(jobs)
+    health.close()
+    await Promise.all([viaEvery.close(), viaRun.close()])
   })
 
   it('refuses bad options', () => {

@@ -3,8 +3,10 @@ import { Registry } from 'prom-client'
 import { describe, expect, it } from 'vitest'
 import { memoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
-import { OptionsError } from '../../src/errors.js'
+import type { Backend } from '../../src/backend.js'
+import { BackendError, OptionsError, WorkError } from '../../src/errors.js'
 import { electionMetrics } from '../../src/metrics.js'
+import { every } from '../../src/singleton.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -92,25 +94,74 @@ describe('electionMetrics', () => {
     expect(await v('terms_started_total')).toBe(4)
     expect(await v('backend_errors_total')).toBe(0)
 
-    // Errors: a backend handle that is gone fails every call.
+    // Errors: a backend whose renewals start failing (closing it would end the term first).
     const failingHandle = store.handle()
-    const failing = new Election(metrics.instrument(failingHandle), 'jobs/metrics-errors', {
+    let broken = false
+    const flaky: Backend = {
+      ...failingHandle,
+      async renew(requests) {
+        if (broken) throw new BackendError('renew failed (injected)')
+        return failingHandle.renew(requests)
+      },
+    }
+    const failing = new Election(metrics.instrument(flaky), 'jobs/metrics-errors', {
       leaseMs: 300,
     })
     failing.on('error', () => {})
     metrics.track(failing)
     await failing.campaign()
-    await failingHandle.close() // every call through it fails from now on
+    broken = true // every renewal fails from now on, and is retried
     await until(
       async () =>
         ((await v('backend_errors_total', { resource: 'jobs/metrics-errors' })) ?? 0) >= 1,
       5_000,
       'a counted backend error',
     )
+    expect(await v('work_errors_total', { resource: 'jobs/metrics-errors' })).toBe(0)
     await failing.close()
     expect(await registry.metrics()).toMatch(
       /^conclave_terms_ended_total\{resource="jobs\/metrics",reason="expired"\} 1$/m,
     )
+  })
+
+  it('counts the work’s own errors (a throwing every() or run() callback) apart from backend errors', async () => {
+    const registry = new Registry()
+    const metrics = electionMetrics({ registry })
+    const backend = memoryBackend()
+    const viaEvery = new Election(backend, 'jobs/failing-every', { leaseMs: 600 })
+    const viaRun = new Election(backend, 'jobs/failing-run', { leaseMs: 600 })
+    const reported: Error[] = []
+    for (const election of [viaEvery, viaRun]) {
+      election.on('error', (error) => reported.push(error))
+      metrics.track(election)
+    }
+    const v = (name: string, resource: string) => value(registry, `conclave_${name}`, { resource })
+    expect(await v('work_errors_total', 'jobs/failing-every')).toBe(0)
+    const controller = new AbortController()
+    const crash = () => {
+      throw new Error('report generator crashed')
+    }
+    const jobs = [
+      every(viaEvery, 20, crash, { signal: controller.signal }),
+      viaRun.run(crash, { signal: controller.signal }), // resigns, waits retryMs, wins again
+    ]
+    await until(
+      async () =>
+        ((await v('work_errors_total', 'jobs/failing-every')) ?? 0) >= 3 &&
+        ((await v('work_errors_total', 'jobs/failing-run')) ?? 0) >= 2,
+      5_000,
+      'work errors from both',
+    )
+    controller.abort()
+    await Promise.all(jobs)
+    expect(reported.every((e) => e instanceof WorkError)).toBe(true)
+    const counted =
+      (await v('work_errors_total', 'jobs/failing-every'))! +
+      (await v('work_errors_total', 'jobs/failing-run'))!
+    expect(counted).toBe(reported.length)
+    expect(await v('backend_errors_total', 'jobs/failing-every')).toBe(0)
+    expect(await v('backend_errors_total', 'jobs/failing-run')).toBe(0)
+    await Promise.all([viaEvery.close(), viaRun.close()])
   })
 
   it('refuses a registry without prom-client’s methods, and registering twice', () => {

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest'
 import { memoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
-import { OptionsError } from '../../src/errors.js'
+import { OptionsError, WorkError } from '../../src/errors.js'
 import { every } from '../../src/singleton.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
@@ -138,7 +138,14 @@ describe('every', () => {
     controller.abort()
     await job
     expect(firstAt - startedAt).toBeGreaterThanOrEqual(140)
-    expect(errors.map((e) => e.message)).toEqual(['tick failed'])
+    // Reported as the work's error (not a backend error), with what fn threw as its cause.
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toBeInstanceOf(WorkError)
+    expect(errors[0]).toMatchObject({
+      code: 'ERR_CONCLAVE_WORK',
+      resource: 'jobs/throw',
+    })
+    expect((errors[0]!.cause as Error).message).toBe('tick failed')
     await election.close()
   })
 

@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest'
 import { memoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
-import { ElectionClosedError, OptionsError } from '../../src/errors.js'
+import { ElectionClosedError, OptionsError, WorkError } from '../../src/errors.js'
 import {
   Singleton,
   type SingletonHandlers,
@@ -112,7 +112,16 @@ describe('Singleton', () => {
     b.start()
     await b.whenState('ready')
     expect(log.slice(0, 3)).toEqual(['a start 1', 'a stop 1 failed', 'b start 2'])
-    expect(errors.map((e) => e.message)).toEqual(['boom'])
+    // The work's own error, kept apart from backend errors; what start threw is its cause.
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toBeInstanceOf(WorkError)
+    expect(errors[0]).toMatchObject({
+      code: 'ERR_CONCLAVE_WORK',
+      resource: 'worker/indexer',
+      token: 1,
+    })
+    expect((errors[0]!.cause as Error).message).toBe('boom')
+    expect(errors[0]!.message).toBe('The work of term 1 on "worker/indexer" threw: boom')
     await until(() => a.state === 'pending', 2_000)
     expect(states).toEqual(['starting', 'stopping', 'pending'])
     await b.close()
