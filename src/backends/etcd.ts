@@ -37,7 +37,13 @@ import {
   validateRenew,
   validateResource,
 } from '../backend.js'
-import { BackendClosedError, BackendError, ConclaveError, TicketsMismatchError } from '../errors.js'
+import {
+  BackendClosedError,
+  BackendError,
+  ConclaveError,
+  MissingPeerError,
+  TicketsMismatchError,
+} from '../errors.js'
 import {
   decodeValue,
   encodeValue,
@@ -151,6 +157,8 @@ export class EtcdBackend implements Backend {
   readonly #gate = new CloseGate('etcd')
   /** Set when close()'s teardown begins (after the onClose hooks): background work stops. */
   #down = false
+  /** The endpoints, `host:port[,host:port]`, for messages. */
+  readonly #where: string
 
   constructor(options: EtcdBackendOptions) {
     this.#options = resolveEtcdOptions(options)
@@ -166,8 +174,14 @@ export class EtcdBackend implements Backend {
       this.#client = this.#owned
     }
     this.#layout = new Layout(this.#client.prefix.toString(KEY_ENCODING), this.#options.prefix)
-    this.#watches = new Watches(this.#client, this.#options.timeoutMs, (resource) =>
-      this.#layout.watchPrefix(resource),
+    this.#where = endpoints(
+      this.#options.hosts ?? (this.#client as unknown as { options?: IOptions }).options?.hosts,
+    )
+    this.#watches = new Watches(
+      this.#client,
+      this.#options.timeoutMs,
+      (resource) => this.#layout.watchPrefix(resource),
+      this.#where,
     )
   }
 
@@ -730,7 +744,10 @@ export class EtcdBackend implements Backend {
     const call = fn({ deadline: new Date(Date.now() + timeoutMs) })
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new BackendError(`etcd ${what} got no answer in ${timeoutMs} ms`)),
+        () =>
+          reject(
+            new BackendError(`etcd at ${this.#where}: ${what} got no answer in ${timeoutMs} ms`),
+          ),
         timeoutMs + 50,
       )
       timer.unref()
@@ -742,7 +759,9 @@ export class EtcdBackend implements Backend {
       if (this.#down && what !== 'revoke') throw new BackendClosedError('etcd')
       if (error instanceof ConclaveError) throw error
       const message = error instanceof Error ? error.message : String(error)
-      throw new BackendError(`etcd ${what} failed: ${message}`, { cause: error })
+      throw new BackendError(`etcd at ${this.#where}: ${what} failed: ${message}`, {
+        cause: error,
+      })
     } finally {
       clearTimeout(timer)
       call.catch(() => {}) // a late failure after the timeout is already reported
@@ -767,19 +786,29 @@ function loadEtcd3(): typeof import('etcd3') {
   try {
     return createRequire(import.meta.url)('etcd3') as typeof import('etcd3')
   } catch (error) {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_MISSING_PEER',
-      'etcdBackend({ hosts }) needs the etcd3 package: npm install etcd3 (or pass your own client).',
-      { cause: error },
-    )
+    const code = (error as { code?: unknown } | null)?.code
+    if (code !== 'MODULE_NOT_FOUND' || !(error as Error).message.includes("'etcd3'")) throw error
+    throw new MissingPeerError('etcd3', 'etcdBackend({ hosts }) (and an etcd:// URL)', {
+      cause: error,
+    })
   }
+}
+
+/** Endpoints as `host:port[,host:port]` (without http://), for messages. */
+function endpoints(hosts: string | string[] | undefined): string {
+  const list =
+    hosts === undefined ? ['127.0.0.1:2379'] : typeof hosts === 'string' ? [hosts] : hosts
+  return list.map((h) => h.replace(/^https?:\/\//, '').replace(/^[^@/]*@/, '')).join(',')
 }
 
 export function etcdBackend(options: EtcdBackendOptions): EtcdBackend {
   return new EtcdBackend(options)
 }
 
-/** `etcd://host:port[,host:port...][?prefix=...&timeoutMs=...]`; the backend owns its client. */
+/**
+ * `etcd://host:port[,host:port...][?prefix=...&timeoutMs=...]`; the backend owns its client.
+ * Fails at once with a MissingPeerError when etcd3 is not installed.
+ */
 export async function backendFromUrl(url: string): Promise<EtcdBackend> {
   return new EtcdBackend(optionsFromUrl(url))
 }

@@ -2,14 +2,21 @@
 // anything, a resource's tickets are fixed while its grants live, a new term never gets an old
 // token, and errors that say what went wrong.
 import { randomBytes } from 'node:crypto'
+import { type AddressInfo, createServer } from 'node:net'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { AcquireRequest } from '../../src/backend.js'
-import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
+import { backendFromUrl, etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
 import { Election } from '../../src/election.js'
-import { BackendClosedError, TicketsMismatchError } from '../../src/errors.js'
+import {
+  BackendClosedError,
+  BackendError,
+  OptionsError,
+  TicketsMismatchError,
+} from '../../src/errors.js'
 import { startProxy, type FaultProxy } from '../helpers/proxy.js'
-import { startEtcd, type EtcdServer } from '../servers/index.js'
+import { runWithoutPeers } from '../postgres/helpers.js'
+import { freePort, startEtcd, type EtcdServer } from '../servers/index.js'
 import { backendWithClient, queuedKeys, sleep, until } from './helpers.js'
 
 let server: EtcdServer
@@ -230,7 +237,7 @@ describe('tokens', () => {
     // The release goes nowhere (as to a dead member): the key survives it.
     proxy.cut()
     await expect(b.release({ resource: res, candidate: 'x', token: first.token })).rejects.toThrow(
-      /etcd release failed/,
+      /^etcd at 127\.0\.0\.1:\d+: release failed/,
     )
     proxy.restore()
     expect(await queuedKeys(raw, prefix, res)).toEqual([`${prefix}${res}#x`])
@@ -271,5 +278,82 @@ describe('tokens', () => {
     const again = await b.acquire(req(res, 'x', 1, 10_000))
     if (!again.acquired) throw new Error('expected a grant')
     expect(again.token).toBeGreaterThan(first.token)
+  })
+})
+
+describe('errors', () => {
+  it('names host:port of an etcd it cannot reach and keeps the real error as cause', async () => {
+    const port = await freePort() // nothing listens there
+    const b = etcdBackend({ hosts: `127.0.0.1:${port}`, prefix, timeoutMs: 2_000 })
+    backends.push(b)
+    const error = await b.holders('errors/x').catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(BackendError)
+    expect((error as Error).message).toMatch(new RegExp(`^etcd at 127\\.0\\.0\\.1:${port}: `))
+    expect((error as Error).cause).toBeInstanceOf(Error)
+    expect(((error as Error).cause as Error).message).toContain('ECONNREFUSED')
+  })
+
+  it('names host:port when the port is something else than etcd', async () => {
+    const other = createServer((socket) => socket.destroy())
+    await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve))
+    const { port } = other.address() as AddressInfo
+    try {
+      const b = etcdBackend({ hosts: `127.0.0.1:${port}`, prefix, timeoutMs: 2_000 })
+      backends.push(b)
+      const error = await b.acquire(req(resource('errors'), 'x')).catch((e: unknown) => e)
+      expect(error).toBeInstanceOf(BackendError)
+      expect((error as Error).message).toMatch(new RegExp(`^etcd at 127\\.0\\.0\\.1:${port}: `))
+      expect((error as Error).cause).toBeInstanceOf(Error)
+    } finally {
+      other.close()
+    }
+  })
+
+  it('refuses credentials and unknown parameters in a URL, never echoing a password', async () => {
+    const cases: [string, Record<string, unknown>, RegExp][] = [
+      [
+        'etcd://root:s3cret@127.0.0.1:2379',
+        { field: 'backend', value: 'etcd://root:***@127.0.0.1:2379' },
+        /carries no credentials.*clientOptions: \{ auth/,
+      ],
+      ['etcd://root:s3cret@[bad', { field: 'backend' }, /etcd:\/\/root:\*\*\*@\[bad/],
+      [
+        'etcd://127.0.0.1:2379?prefix=a/&prefx=b/',
+        { field: 'prefx', value: 'b/' },
+        /^Invalid prefx: "b\/". "prefx" is not a parameter of etcd backend URLs. Known: prefix, timeoutMs\.$/,
+      ],
+      ['etcd://127.0.0.1:2379?password=s3cret', { field: 'password', value: '***' }, /Known:/],
+      ['etcd://127.0.0.1:2379?timeoutMs=abc', { field: 'timeoutMs', value: 'abc' }, /integer/],
+      ['etcd://127.0.0.1:2379?prefix=a/&prefix=b/', { field: 'prefix' }, /once/],
+    ]
+    for (const [url, fields, message] of cases) {
+      const error = await backendFromUrl(url).catch((e: unknown) => e)
+      expect(error, url).toBeInstanceOf(OptionsError)
+      expect(error, url).toMatchObject(fields)
+      expect((error as Error).message, url).toMatch(message)
+      expect((error as Error).message, url).not.toContain('s3cret')
+      expect(JSON.stringify((error as OptionsError).value), url).not.toContain('s3cret')
+    }
+  })
+
+  it('fails at once with a MissingPeerError when etcd3 is not installed', async () => {
+    const out = await runWithoutPeers(`
+      const seen = (e) => ({ name: e?.name, code: e?.code, peer: e?.peer, message: e?.message })
+      const out = {}
+      out.etcd3 = await import('etcd3').then(() => 'resolvable', () => 'missing')
+      const { etcdBackend, backendFromUrl } = await import('./src/backends/etcd.js')
+      try { etcdBackend({ hosts: '127.0.0.1:1' }); out.factory = 'made' } catch (e) { out.factory = seen(e) }
+      out.url = await backendFromUrl('etcd://127.0.0.1:1').then(() => 'made', seen)
+      console.log(JSON.stringify(out))
+    `)
+    expect(out.etcd3).toBe('missing')
+    const missing = {
+      name: 'MissingPeerError',
+      code: 'ERR_CONCLAVE_MISSING_PEER',
+      peer: 'etcd3',
+      message: expect.stringContaining('npm install etcd3') as unknown,
+    }
+    expect(out.factory).toEqual(missing)
+    expect(out.url).toEqual(missing)
   })
 })

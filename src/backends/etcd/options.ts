@@ -144,6 +144,14 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
 
 const URL_PARAMS = ['prefix', 'timeoutMs']
 
+/** An etcd URL as it may appear in a message: a password in it replaced by `***`. */
+export function redactEtcdUrl(url: string): string {
+  return url.replace(
+    /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)@/i,
+    (_, scheme: string, userinfo: string) => `${scheme}${userinfo.replace(/:.*$/s, ':***')}@`,
+  )
+}
+
 /**
  * `etcd://host:port[,host:port...][/][?prefix=...&timeoutMs=...]` to options. Written by hand:
  * WHATWG URL parsing rejects the comma-separated host list.
@@ -152,24 +160,52 @@ export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOpti
   const rule =
     'An etcd backend URL is etcd://host:port[,host:port...][?prefix=...&timeoutMs=...] (e.g. etcd://127.0.0.1:2379).'
   if (typeof url !== 'string') throw new OptionsError(field, url, rule)
+  const shown = redactEtcdUrl(url)
   const match = /^etcd:\/\/([^/?#]+)\/?(\?[^#]*)?$/i.exec(url)
-  if (!match) throw new OptionsError(field, url, rule)
+  if (!match) throw new OptionsError(field, shown, rule)
+  if (match[1]!.includes('@')) {
+    throw new OptionsError(
+      field,
+      shown,
+      'An etcd backend URL carries no credentials.',
+      'Give them to etcdBackend({ hosts, clientOptions: { auth: { username, password } } }).',
+    )
+  }
   const hosts = match[1]!.split(',')
   if (!hosts.every((h) => HOST.test(h) && !/^https?:/.test(h))) {
-    throw new OptionsError(field, url, `${rule} Each host is host:port; got ${describe(match[1])}.`)
+    throw new OptionsError(
+      field,
+      shown,
+      `${rule} Each host is host:port; got ${describe(match[1])}.`,
+    )
   }
   const options: EtcdBackendOptions = { hosts: hosts.map((h) => `http://${h}`) }
   const params = new URLSearchParams(match[2] ?? '')
-  for (const [key, value] of params) {
+  for (const key of new Set(params.keys())) {
+    const values = params.getAll(key)
     if (!URL_PARAMS.includes(key)) {
       throw new OptionsError(
-        field,
-        url,
-        `Unknown etcd URL parameter "${key}". Known: ${URL_PARAMS.join(', ')}.`,
+        key,
+        /pass|secret|token|key/i.test(key) ? '***' : values.length > 1 ? values : values[0],
+        `"${key}" is not a parameter of etcd backend URLs.`,
+        `Known: ${URL_PARAMS.join(', ')}.`,
       )
     }
+    if (values.length > 1) {
+      throw new OptionsError(key, values, `Give the ${key} parameter once.`)
+    }
+    const value = values[0]!
     if (key === 'prefix') options.prefix = value
-    if (key === 'timeoutMs') options.timeoutMs = /^\d+$/.test(value) ? Number(value) : NaN
+    if (key === 'timeoutMs') {
+      if (!/^\d+$/.test(value)) {
+        throw new OptionsError(
+          key,
+          value,
+          'timeoutMs must be an integer number of milliseconds from 10 to 600000.',
+        )
+      }
+      options.timeoutMs = Number(value)
+    }
   }
   return options
 }

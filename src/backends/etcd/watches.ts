@@ -26,11 +26,15 @@ export class Watches {
   readonly #cancelling = new Set<Promise<void>>()
   #closed = false
 
-  /** @param prefixOf the key prefix of a resource, without the client's namespace */
+  /**
+   * @param prefixOf the key prefix of a resource, without the client's namespace
+   * @param where the endpoints, for messages
+   */
   constructor(
     client: Namespace,
     timeoutMs: number,
     readonly prefixOf: (resource: string) => string,
+    readonly where: string,
   ) {
     this.#client = client
     this.#timeoutMs = timeoutMs
@@ -80,7 +84,9 @@ export class Watches {
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(
-          new BackendError(`etcd watch of "${resource}" not established in ${this.#timeoutMs} ms`),
+          new BackendError(
+            `etcd at ${this.where}: watch of "${resource}" not established in ${this.#timeoutMs} ms`,
+          ),
         )
       }, this.#timeoutMs)
       timer.unref()
@@ -94,9 +100,12 @@ export class Watches {
         clearTimeout(timer)
         shared.broken = true
         reject(
-          new BackendError(`etcd watch of "${resource}" failed: ${error.message}`, {
-            cause: error,
-          }),
+          new BackendError(
+            `etcd at ${this.where}: watch of "${resource}" failed: ${error.message}`,
+            {
+              cause: error,
+            },
+          ),
         )
         if (connected) {
           notify(listeners)
