@@ -23,7 +23,7 @@ export interface PgQueryable {
 export interface FencedUpdateOptions {
   /** The table, optionally schema-qualified: `jobs` or `app.jobs`. */
   table: string
-  /** The row's key value. */
+  /** The row's key value (required: a non-empty string, finite number, bigint, boolean, Buffer or Date). */
   id: unknown
   /** The writer's fencing token (`term.token`). */
   token: number
@@ -44,6 +44,27 @@ function quote(name: string, field: string): string {
     throw new OptionsError(field, name, IDENTIFIER_RULE)
   }
   return `"${name}"`
+}
+
+/**
+ * The row's key must be a value that can equal a column's: without it (or with null, NaN, an
+ * object...) `WHERE id = $1` matches no row and the update would report 0 silently.
+ */
+function validateId(id: unknown): void {
+  const ok =
+    (typeof id === 'string' && id.length > 0) ||
+    (typeof id === 'number' && Number.isFinite(id)) ||
+    typeof id === 'bigint' ||
+    typeof id === 'boolean' ||
+    Buffer.isBuffer(id) ||
+    (id instanceof Date && !Number.isNaN(id.getTime()))
+  if (!ok) {
+    throw new OptionsError(
+      'id',
+      id,
+      'id is the key of the row to update: a non-empty string, a finite number, a bigint, a boolean, a Buffer or a valid Date.',
+    )
+  }
 }
 
 /** The statement fencedUpdate runs, with $1 = id, $2 = token, $3... = the `set` values in order. */
@@ -84,6 +105,10 @@ export function fencedUpdateSql(options: Omit<FencedUpdateOptions, 'id' | 'token
  * row has that id. Throws a StaleTokenError when the row exists but has seen a greater token.
  */
 export async function fencedUpdate(db: PgQueryable, options: FencedUpdateOptions): Promise<number> {
+  if (typeof options !== 'object' || options === null) {
+    throw new OptionsError('options', options, 'fencedUpdate takes { table, id, token, set }.')
+  }
+  validateId(options.id)
   const token = validateToken(options.token)
   const sql = fencedUpdateSql(options)
   const values = [options.id, token, ...Object.values(options.set)]

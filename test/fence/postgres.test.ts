@@ -1,5 +1,6 @@
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { OptionsError } from '../../src/errors.js'
 import { fencedUpdate, fencedUpdateSql, StaleTokenError } from '../../src/fence/index.js'
 import { startPostgres, type PostgresServer } from '../servers/index.js'
 
@@ -49,6 +50,36 @@ describe('fencedUpdate (PostgreSQL)', () => {
     expect(
       await fencedUpdate(pool, { table: 'app.jobs', id: 'nope', token: 9, set: { state: 'x' } }),
     ).toBe(0)
+  })
+
+  it('refuses a missing or unusable id with an OptionsError naming it, writing nothing', async () => {
+    const bad: unknown[] = [undefined, null, '', Number.NaN, Infinity, {}, ['a'], () => 'a']
+    for (const id of bad) {
+      const error = await fencedUpdate(pool, {
+        table: 'app.jobs',
+        token: 99,
+        set: { state: 'never' },
+        ...(id === undefined ? {} : { id }),
+      } as Parameters<typeof fencedUpdate>[1]).catch((e: unknown) => e)
+      expect(error, String(id)).toBeInstanceOf(OptionsError)
+      expect(error, String(id)).toMatchObject({ code: 'ERR_CONCLAVE_OPTIONS', field: 'id' })
+      expect((error as Error).message).toMatch(/^Invalid id: .* id is the key of the row/)
+    }
+    const { rows } = await pool.query(
+      `SELECT count(*)::int AS n FROM app.jobs WHERE state = 'never'`,
+    )
+    expect(rows).toEqual([{ n: 0 }])
+    // Keys of other types still work.
+    await pool.query(
+      `CREATE TABLE app.counters (id bigint PRIMARY KEY, n int, token bigint NOT NULL DEFAULT 0)`,
+    )
+    await pool.query(`INSERT INTO app.counters (id, n) VALUES (1, 0)`)
+    expect(
+      await fencedUpdate(pool, { table: 'app.counters', id: 1, token: 3, set: { n: 1 } }),
+    ).toBe(1)
+    expect(
+      await fencedUpdate(pool, { table: 'app.counters', id: 1n, token: 3, set: { n: 2 } }),
+    ).toBe(1)
   })
 
   it('orders concurrent writers on the row lock: the highest token wins, stale ones are refused', async () => {
