@@ -326,6 +326,23 @@ describe('errors', () => {
       ['etcd://127.0.0.1:2379?timeoutMs=abc', { field: 'timeoutMs', value: 'abc' }, /integer/],
       ['etcd://127.0.0.1:2379?prefix=a/&prefix=b/', { field: 'prefix' }, /once/],
     ]
+    // Options given in code are not echoed either.
+    const given: Record<string, unknown>[] = [
+      { hosts: 'root:s3cret@127.0.0.1:2379' },
+      { hosts: ['127.0.0.1:2379', 'http://root:s3cret@127.0.0.1:2380'] },
+      { hosts: '127.0.0.1:2379', password: 's3cret' },
+    ]
+    for (const options of given) {
+      let error: unknown
+      try {
+        etcdBackend(options)
+      } catch (e) {
+        error = e
+      }
+      expect(error).toBeInstanceOf(OptionsError)
+      expect((error as Error).message).not.toContain('s3cret')
+      expect(JSON.stringify((error as OptionsError).value)).not.toContain('s3cret')
+    }
     for (const [url, fields, message] of cases) {
       const error = await backendFromUrl(url).catch((e: unknown) => e)
       expect(error, url).toBeInstanceOf(OptionsError)

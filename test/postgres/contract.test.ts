@@ -294,6 +294,11 @@ describe('errors', () => {
           postgresBackend({ pool: admin, connectionString: 'postgres://app:s3cret@db/x' }),
         /either pool or connectionString/,
       ],
+      [
+        async () =>
+          postgresBackend({ connectionString: 'postgres://db/x', password: 's3cret' } as never),
+        /Invalid password: "\*\*\*". Unknown postgresBackend option/,
+      ],
     ]
     for (const [make, message] of cases) {
       const error = await make().then(

@@ -53,7 +53,7 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
     if (!KNOWN.includes(key)) {
       throw new OptionsError(
         key,
-        o[key],
+        /pass|secret|token|key/i.test(key) ? '***' : o[key],
         `"${key}" is not an etcd backend option.`,
         `Known options: ${KNOWN.join(', ')}.`,
       )
@@ -95,7 +95,8 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
     ) {
       throw new OptionsError(
         'hosts',
-        o.hosts,
+        // An endpoint with user info in it may hold a password: never shown.
+        redactHosts(o.hosts),
         'hosts is an endpoint or a non-empty array of endpoints, each "host:port" or "http(s)://host:port".',
       )
     }
@@ -143,6 +144,12 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
 }
 
 const URL_PARAMS = ['prefix', 'timeoutMs']
+
+function redactHosts(hosts: unknown): unknown {
+  const one = (h: unknown) =>
+    typeof h === 'string' ? h.replace(/^((?:https?:\/\/)?)[^/@]*@/i, '$1***@') : h
+  return Array.isArray(hosts) ? hosts.map(one) : one(hosts)
+}
 
 /** An etcd URL as it may appear in a message: a password in it replaced by `***`. */
 export function redactEtcdUrl(url: string): string {

@@ -155,6 +155,11 @@ export function validateSchema(schema: unknown, field = 'schema'): string {
   return schema
 }
 
+/** An option's value as an error may show it: `***` for what may be a secret. */
+function shownValue(name: string, value: unknown): unknown {
+  return /pass|secret|token|key/i.test(name) ? '***' : value
+}
+
 function isPool(value: unknown): value is Pool {
   return (
     typeof value === 'object' &&
@@ -469,7 +474,7 @@ export async function migrate(options: MigrateOptions): Promise<MigrateResult> {
     if (!['pool', 'connectionString', 'schema', 'timeoutMs'].includes(key)) {
       throw new OptionsError(
         key,
-        (options as Record<string, unknown>)[key],
+        shownValue(key, (options as Record<string, unknown>)[key]),
         'Unknown migrate() option; known: pool, connectionString, schema, timeoutMs.',
       )
     }
@@ -950,7 +955,7 @@ export function postgresBackend(options: PostgresBackendOptions): PostgresBacken
     if (!KNOWN_OPTIONS.has(key)) {
       throw new OptionsError(
         key,
-        (options as Record<string, unknown>)[key],
+        shownValue(key, (options as Record<string, unknown>)[key]),
         `Unknown postgresBackend option; known: ${[...KNOWN_OPTIONS].join(', ')}.`,
       )
     }
@@ -1054,7 +1059,7 @@ export async function backendFromUrl(url: string): Promise<PostgresBackend> {
     if (name !== 'schema' && !PG_URL_PARAMS.includes(name)) {
       throw new OptionsError(
         name,
-        /pass|secret|token|key/i.test(name) ? '***' : value,
+        shownValue(name, value),
         `"${name}" is not a parameter of PostgreSQL backend URLs.`,
         `Known: schema (conclave's), and pg's ${PG_URL_PARAMS.join(', ')}.`,
       )
