@@ -82,6 +82,9 @@ export class Election extends EventEmitter<ElectionEvents> implements TermOwner,
     this.resource = validateResource(resource)
     this.options = Object.freeze(resolveOptions(options))
     this.id = this.options.id
+    // A chosen id may be a restarted process's: its old grant may still live on the backend,
+    // and asking would continue it (and its token) in a new term. A default id is new.
+    this.#mustWithdraw = options.id !== undefined
     this.#clock = this.options.clock
     ;(this as EventEmitter).on('newListener', (event: string | symbol) => {
       if (event === 'leader' && !this.#leaderWatch && !this.#closing) this.#startLeaderWatch()

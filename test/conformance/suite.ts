@@ -460,6 +460,20 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       expect((await a.leaders()).map((h) => h.token)).toEqual([second.token])
     })
 
+    it('gives a restarted candidate (same chosen id) a larger token when its old grant survived', async () => {
+      const res = resource('restart')
+      const id = `fixed-${randomBytes(3).toString('hex')}`
+      const faulty = new Faulty(await backend())
+      const before = election(faulty, res, { id })
+      const first = await before.campaign()
+      faulty.failing = true // the old process's release never arrives: its grant lives on
+      await before.close()
+      faulty.failing = false
+      const after = election(await backend(), res, { id })
+      const second = await after.campaign()
+      expect(second.token).toBeGreaterThan(first.token)
+    })
+
     it('ends a holder’s term within a round trip when its grant is deleted behind its back', async () => {
       const res = resource('deleted')
       const counting = new Faulty(await backend())

@@ -109,7 +109,7 @@ describe('an abort while a won campaign unwinds', () => {
       })
     })
     const waiting = a.campaign({ signal: caller.signal }).catch(() => {})
-    await clock.advance(5) // a asked, lost, watches
+    await clock.advance(30) // a withdrew (its id is chosen), asked, lost, watches
     void b.campaign().catch(() => {})
     await first.resign() // a wins (its watch wakes it), then unwinds its watch for 10 ms
     await clock.advance(100)
