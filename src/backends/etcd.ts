@@ -289,6 +289,7 @@ export class EtcdBackend implements Backend {
     return this.#watches.watch(resource, onChange)
   }
 
+  /** Registers a hook close() runs and awaits before it gives anything up (the Backend contract). */
   onClose(hook: () => Promise<void>): () => void {
     return this.#gate.onClose(hook)
   }

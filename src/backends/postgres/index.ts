@@ -880,6 +880,7 @@ export class PostgresBackend implements Backend {
     }
   }
 
+  /** Registers a hook close() runs and awaits before it gives anything up (the Backend contract). */
   onClose(hook: () => Promise<void>): () => void {
     return this.#gate.onClose(hook)
   }
