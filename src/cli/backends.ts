@@ -9,6 +9,7 @@
  */
 import type { Backend } from '../backend.js'
 import { OptionsError } from '../errors.js'
+import { redact } from './report.js'
 
 type Factory = (url: string) => Promise<Backend>
 
@@ -69,7 +70,7 @@ export async function backendFromUrl(url: string, field = 'backend'): Promise<Ba
   if (scheme === undefined) {
     throw new OptionsError(
       field,
-      url,
+      typeof url === 'string' ? redact(url) : url,
       `A backend is a URL with one of the schemes ${BACKEND_SCHEMES.join(' ')} (e.g. redis://127.0.0.1:6379).`,
     )
   }
@@ -77,7 +78,7 @@ export async function backendFromUrl(url: string, field = 'backend'): Promise<Ba
   if (!factory) {
     throw new OptionsError(
       field,
-      url,
+      redact(url),
       `Unknown backend scheme "${scheme}". Known: ${BACKEND_SCHEMES.join(' ')}.`,
     )
   }

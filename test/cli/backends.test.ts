@@ -29,3 +29,13 @@ describe('backend URLs', () => {
     await expect(backendFromUrl('MEMORY:')).resolves.toMatchObject({ name: 'memory' })
   })
 })
+
+describe('a URL with an unknown scheme', () => {
+  it('names the scheme without echoing the password', async () => {
+    const { backendFromUrl } = await import('../../src/cli/backends.js')
+    const attempt = backendFromUrl('mongodb://admin:hunter2@127.0.0.1:27017/x')
+    await expect(attempt).rejects.toThrow(/Unknown backend scheme "mongodb:"/)
+    await expect(attempt).rejects.toThrow(/admin:\*\*\*@/)
+    await expect(attempt).rejects.not.toThrow(/hunter2/)
+  })
+})
