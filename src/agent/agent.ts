@@ -16,6 +16,7 @@ import type { Backend, Holder } from '../backend.js'
 import { validateLeaseMs, validateResource } from '../backend.js'
 import { Election } from '../election.js'
 import { OptionsError, ProtocolError } from '../errors.js'
+import { envelope, isId, isOurs } from '../ipc/envelope.js'
 import type { Term } from '../term.js'
 import {
   AgentClosedError,
@@ -27,12 +28,14 @@ import {
 } from './errors.js'
 import {
   AGENT_NAMESPACE,
+  errorFromWire,
+  errorToWire,
   type FromPrimary,
   type FromWorker,
-  isAgentMessage,
-  isId,
+  idPrefix,
   isName,
   MAX_NAME_LENGTH,
+  NOT_DESIGNATED,
   type Outcome,
   parseFromWorker,
   type Peer,
@@ -41,11 +44,8 @@ import {
 import {
   assertCarriable,
   copyValue,
-  errorFromWire,
-  errorToWire,
   primarySerialization,
   type Serialization,
-  type WireError,
 } from './serialize.js'
 
 export type Handler = (...args: never[]) => unknown
@@ -109,7 +109,6 @@ export function currentCall(): CallContext | undefined {
 export const DESIGNATED_RESOURCE = 'conclave/agent/designated'
 /** The built-in handler `clusterHealth` gathers; every worker answers "alive" until replaced. */
 export const HEALTH_HANDLER = 'conclave/health'
-const NOT_DESIGNATED = 'ERR_CONCLAVE_AGENT_NOT_DESIGNATED'
 const HELLO_EVERY_MS = 1_000
 
 const KNOWN_OPTIONS = new Set([
@@ -215,7 +214,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
   readonly #ownsBackend: boolean
   readonly #election: Election
   readonly #stop = new AbortController()
-  readonly #prefix = `${process.pid.toString(36)}-${Math.random().toString(36).slice(2, 8)}`
+  readonly #prefix = idPrefix()
   #designatedMode: 'worker' | 'primary'
   #serialization: Serialization
   #seq = 0
@@ -546,7 +545,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
             name: 'AgentError',
             message: `${describePeer(by)} is not the designated process.`,
             code: NOT_DESIGNATED,
-            agent: true,
+            own: true,
           },
           by,
         }
@@ -672,7 +671,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
 
   #startWorker(): void {
     const onMessage = (message: unknown) => {
-      if (!isAgentMessage(message, this.namespace)) return
+      if (!isOurs(message, this.namespace)) return
       try {
         this.#onPrimaryMessage(message as FromPrimary)
       } catch (error) {
@@ -848,7 +847,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
         true,
       )
     }
-    process.send!({ [this.namespace]: 1, ...body }, undefined, undefined, (error: Error | null) => {
+    process.send!(envelope(this.namespace, body), undefined, undefined, (error: Error | null) => {
       if (error) this.#report(error)
     })
   }
@@ -857,7 +856,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
 
   #startPrimary(): void {
     const onMessage = (worker: Worker, message: unknown) => {
-      if (!isAgentMessage(message, this.namespace)) return
+      if (!isOurs(message, this.namespace)) return
       this.#onWorkerMessage(worker, message)
     }
     const onGone = (worker: Worker) => this.#workerGone(worker.id)
@@ -918,7 +917,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
       return
     }
     try {
-      worker.send({ [this.namespace]: 1, ...body }, undefined, (error: Error | null) => {
+      worker.send(envelope(this.namespace, body), undefined, (error: Error | null) => {
         if (error) {
           if (onFail) onFail(error)
           else this.#report(error)
@@ -1329,9 +1328,4 @@ function raceAbort(
       resolve(o)
     })
   })
-}
-
-/** Rebuilds a wire error; exported for the helpers built on the agent. */
-export function rebuildError(error: WireError, by: Peer): Error {
-  return errorFromWire(error, by)
 }

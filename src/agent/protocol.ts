@@ -1,7 +1,8 @@
 /**
- * The agent's messages on the cluster IPC channel. Each carries `[namespace]: 1` (default key
- * `conclave-agent`), so it shares the channel with the cluster backend's hub (`conclave`) and
- * the application; anything without the key is someone else's and is ignored.
+ * The agent's messages on the cluster IPC channel, in conclave's shared envelope
+ * (src/ipc/envelope.ts): each carries `[namespace]: 1` (default key `conclave-agent`), so it
+ * shares the channel with the cluster backend's hub (`conclave`) and the application; anything
+ * without the key is someone else's and is ignored. Errors cross as the envelope's WireError.
  *
  * worker → primary
  *   hello                                          ask for the welcome (serialization, mode)
@@ -19,22 +20,42 @@
  *   gathered  { id, entries }                      answer to `gather`
  */
 import { ProtocolError } from '../errors.js'
-import type { Serialization, WireError } from './serialize.js'
+import { isId, MAX_ID_LENGTH, type WireError, wireErrors } from '../ipc/envelope.js'
+import {
+  AgentClosedError,
+  AgentError,
+  AgentTimeoutError,
+  DesignatedLostError,
+  NoHandlerError,
+  NotSerializableError,
+  RemoteError,
+  WorkerLostError,
+} from './errors.js'
+import type { Serialization } from './serialize.js'
 
+/** The agent's message key; not the hub's `conclave`, so both share the channel. */
 export const AGENT_NAMESPACE = 'conclave-agent'
+/** The longest handler name: a peer's name is kept while its call runs. */
 export const MAX_NAME_LENGTH = 200
-const MAX_ID_LENGTH = 128
 const MAX_TIMEOUT_MS = 2 ** 31 - 1
+/**
+ * A holder's refusal of a `run` it received before its term started or after it ended; the
+ * primary routes the call again (it never reaches a caller).
+ */
+export const NOT_DESIGNATED = 'ERR_CONCLAVE_AGENT_NOT_DESIGNATED'
 
+/** A process of the cluster, as messages name it. */
 export interface Peer {
   /** `cluster.worker.id`; 0 for the primary. */
   workerId: number
   pid: number
 }
 
+/** A call's answer in wire form, with the process that gave it (errors are rebuilt from it). */
 export type Outcome =
   { ok: true; value: unknown; by: Peer } | { ok: false; error: WireError; by: Peer }
 
+/** One worker's answer in a `gathered` message. */
 export interface WireEntry {
   workerId: number
   pid: number
@@ -43,6 +64,7 @@ export interface WireEntry {
   error?: WireError
 }
 
+/** What a worker sends the primary. */
 export type FromWorker =
   | { type: 'hello' }
   | { type: 'call' | 'gather'; id: string; name: string; args: unknown[]; timeoutMs: number }
@@ -51,6 +73,7 @@ export type FromWorker =
   | { type: 'reply'; id: string; ok: true; value: unknown }
   | { type: 'reply'; id: string; ok: false; error: WireError }
 
+/** What the primary sends a worker. */
 export type FromPrimary =
   | { type: 'welcome'; serialization: Serialization; designated: 'worker' | 'primary' }
   | {
@@ -65,18 +88,12 @@ export type FromPrimary =
   | ({ type: 'result'; id: string } & Outcome)
   | { type: 'gathered'; id: string; entries: WireEntry[] }
 
-export function isAgentMessage(message: unknown, ns: string): message is Record<string, unknown> {
-  return (
-    typeof message === 'object' &&
-    message !== null &&
-    (message as Record<string, unknown>)[ns] === 1
-  )
+/** Unique across the cluster's processes (pid and random), so ids never collide in the primary. */
+export function idPrefix(): string {
+  return `${process.pid.toString(36)}-${Math.random().toString(36).slice(2, 8)}`
 }
 
-export function isId(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && value.length <= MAX_ID_LENGTH
-}
-
+/** A handler name as messages carry it (bounded: the primary keeps it while the call runs). */
 export function isName(value: unknown): value is string {
   return typeof value === 'string' && value.length > 0 && value.length <= MAX_NAME_LENGTH
 }
@@ -150,4 +167,52 @@ export function parseFromWorker(m: Record<string, unknown>): FromWorker {
         'Known types from a worker: hello, call, gather, broadcast, cancel, reply.',
       )
   }
+}
+
+/**
+ * The agent's errors on the wire: its own classes (AgentError and kin, never a handler's
+ * error) are rebuilt as themselves with the remote stack; anything a handler threw arrives as
+ * a RemoteError with the remote name, message, code and stack, and where it came from.
+ */
+const agentErrors = wireErrors<Peer>({
+  own: (error) => error instanceof AgentError,
+  fields: ['path', 'serialization'],
+  stack: true,
+  classes: {
+    ERR_CONCLAVE_AGENT_DESIGNATED_LOST: (w) => new DesignatedLostError(w.message),
+    ERR_CONCLAVE_AGENT_WORKER_LOST: (w) => new WorkerLostError(w.message),
+    ERR_CONCLAVE_AGENT_TIMEOUT: (w) => new AgentTimeoutError(w.message),
+    ERR_CONCLAVE_AGENT_NO_HANDLER: (w) => new NoHandlerError(w.message),
+    ERR_CONCLAVE_AGENT_CLOSED: (w) => new AgentClosedError(w.message),
+    ERR_CONCLAVE_AGENT_NOT_SERIALIZABLE: ({ fields: f, message }) => {
+      const path = typeof f.path === 'string' ? f.path : 'a value'
+      const error = new NotSerializableError(
+        path,
+        f.serialization === 'advanced' ? 'advanced' : 'json',
+        '',
+      )
+      error.message = message
+      return error
+    },
+  },
+  foreign: (w, remote) =>
+    new RemoteError(
+      {
+        name: w.name ?? 'Error',
+        message: w.message,
+        ...(w.code !== undefined ? { code: w.code } : {}),
+        ...(w.stack !== undefined ? { stack: w.stack } : {}),
+      },
+      remote,
+    ),
+})
+
+/** An error as the agent sends it (see agentErrors). */
+export function errorToWire(error: unknown): WireError {
+  return agentErrors.toWire(error)
+}
+
+/** Rebuilds an error that crossed IPC: the agent's own as their classes, others as RemoteError. */
+export function errorFromWire(wire: unknown, remote: Peer): Error {
+  return agentErrors.fromWire(wire, remote)
 }

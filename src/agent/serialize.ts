@@ -4,17 +4,9 @@
  * a Map into `{}`, a Date into a string, NaN into null) or killing the channel.
  */
 import cluster from 'node:cluster'
-import {
-  AgentClosedError,
-  AgentError,
-  AgentTimeoutError,
-  DesignatedLostError,
-  NoHandlerError,
-  NotSerializableError,
-  RemoteError,
-  WorkerLostError,
-} from './errors.js'
+import { NotSerializableError } from './errors.js'
 
+/** The cluster's IPC serialization: what a value must survive to cross. */
 export type Serialization = 'json' | 'advanced'
 
 /** The primary's setting (what `cluster.fork()` uses); workers learn it from the primary. */
@@ -259,88 +251,4 @@ function describeKey(key: unknown): string {
 export function copyValue<T>(value: T, mode: Serialization): T {
   if (value === undefined) return value
   return mode === 'advanced' ? structuredClone(value) : (JSON.parse(JSON.stringify(value)) as T)
-}
-
-export interface WireError {
-  name: string
-  message: string
-  code?: string | number
-  stack?: string
-  /** Set for the agent's own errors, so they come back as their classes. */
-  agent?: boolean
-  path?: string
-  serialization?: Serialization
-}
-
-export function errorToWire(error: unknown): WireError {
-  if (!(error instanceof Error)) {
-    return { name: 'Error', message: typeof error === 'string' ? error : safeString(error) }
-  }
-  const code = (error as { code?: unknown }).code
-  const wire: WireError = {
-    name: typeof error.name === 'string' ? error.name : 'Error',
-    message: typeof error.message === 'string' ? error.message : '',
-  }
-  if (typeof code === 'string' || (typeof code === 'number' && Number.isFinite(code)))
-    wire.code = code
-  if (typeof error.stack === 'string') wire.stack = error.stack
-  if (error instanceof AgentError && !(error instanceof RemoteError)) {
-    wire.agent = true
-    if (error instanceof NotSerializableError) {
-      wire.path = error.path
-      wire.serialization = error.serialization
-    }
-  }
-  return wire
-}
-
-function safeString(value: unknown): string {
-  try {
-    return String(value)
-  } catch {
-    return 'a value that cannot be shown'
-  }
-}
-
-const AGENT_ERRORS: Record<string, new (message: string) => AgentError> = {
-  ERR_CONCLAVE_AGENT_DESIGNATED_LOST: DesignatedLostError,
-  ERR_CONCLAVE_AGENT_WORKER_LOST: WorkerLostError,
-  ERR_CONCLAVE_AGENT_TIMEOUT: AgentTimeoutError,
-  ERR_CONCLAVE_AGENT_NO_HANDLER: NoHandlerError,
-  ERR_CONCLAVE_AGENT_CLOSED: AgentClosedError,
-}
-
-/** Rebuilds an error that crossed IPC: the agent's own as their classes, others as RemoteError. */
-export function errorFromWire(wire: unknown, remote: { workerId: number; pid: number }): Error {
-  const w = (typeof wire === 'object' && wire !== null ? wire : {}) as Partial<WireError>
-  const name = typeof w.name === 'string' ? w.name : 'Error'
-  const message = typeof w.message === 'string' ? w.message : 'unknown error'
-  const code = typeof w.code === 'string' || typeof w.code === 'number' ? w.code : undefined
-  if (w.agent === true && typeof code === 'string') {
-    let error: AgentError | undefined
-    if (code === 'ERR_CONCLAVE_AGENT_NOT_SERIALIZABLE') {
-      const serialization = w.serialization === 'advanced' ? 'advanced' : 'json'
-      error = new NotSerializableError(
-        typeof w.path === 'string' ? w.path : 'a value',
-        serialization,
-        '',
-      )
-      error.message = message
-    } else if (AGENT_ERRORS[code]) {
-      error = new AGENT_ERRORS[code](message)
-    }
-    if (error) {
-      if (typeof w.stack === 'string') error.stack = w.stack
-      return error
-    }
-  }
-  return new RemoteError(
-    {
-      name,
-      message,
-      ...(code !== undefined ? { code } : {}),
-      ...(typeof w.stack === 'string' ? { stack: w.stack } : {}),
-    },
-    remote,
-  )
 }

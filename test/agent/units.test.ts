@@ -17,8 +17,8 @@ import {
   type MetricJson,
   renderPrometheus,
 } from '../../src/agent/metrics.js'
-import { assertCarriable, errorFromWire, errorToWire } from '../../src/agent/serialize.js'
-import { parseFromWorker } from '../../src/agent/protocol.js'
+import { assertCarriable } from '../../src/agent/serialize.js'
+import { errorFromWire, errorToWire, parseFromWorker } from '../../src/agent/protocol.js'
 
 const pathOf = (value: unknown, mode: 'json' | 'advanced') => {
   try {

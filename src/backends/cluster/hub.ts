@@ -12,15 +12,8 @@ import type {
   Unwatch,
 } from '../../backend.js'
 import { ConclaveError, ProtocolError } from '../../errors.js'
-import {
-  envelope,
-  isId,
-  isOurs,
-  NAMESPACE,
-  parseRequest,
-  type RequestMessage,
-  toWire,
-} from './protocol.js'
+import { envelope, isId, isOurs } from '../../ipc/envelope.js'
+import { NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
 
 export interface HubConnection {
   /** Hand every message that arrived on the transport; messages that are not ours are ignored. */

@@ -1,12 +1,13 @@
 /**
  * The hub protocol: how a process asks a backend in another process to act, over any
  * message transport (node:cluster IPC today; a unix socket for the `local` backend later).
- * Every message carries `[namespace]: 1` so conclave's traffic shares a channel with the
- * application's own messages; a message without it is not ours and is ignored.
+ * Messages use conclave's shared envelope (src/ipc/envelope.ts): `[namespace]: 1` marks them,
+ * so conclave's traffic shares a channel with the application's own messages, and errors cross
+ * as its WireError.
  *
  *   request  { [ns]: 1, type: 'request', id, op, args }
  *   response { [ns]: 1, type: 'response', id, ok: true, value }
- *            { [ns]: 1, type: 'response', id, ok: false, error: { name, message, code, ...fields } }
+ *            { [ns]: 1, type: 'response', id, ok: false, error: { name, message, code, own, fields } }
  *   event    { [ns]: 1, type: 'event', watch }          (the holders of a watched resource changed)
  */
 import {
@@ -21,17 +22,29 @@ import {
   TicketsMismatchError,
   WorkError,
 } from '../../errors.js'
+import {
+  isId,
+  MAX_ID_LENGTH,
+  type ReceivedError,
+  type WireError,
+  wireErrors,
+} from '../../ipc/envelope.js'
 
+/** The hub's message key (the agent uses another, so both share one channel). */
 export const NAMESPACE = 'conclave'
+/** The backend calls a hub serves. */
 export const OPS = ['acquire', 'renew', 'release', 'holders', 'watch', 'unwatch'] as const
+/** One of OPS. */
 export type Op = (typeof OPS)[number]
 
+/** A worker asks the hub to run one backend call. */
 export interface RequestMessage {
   type: 'request'
   id: string
   op: Op
   args: unknown
 }
+/** The hub's answer to one request (id null: the request had no usable id). */
 export interface ResponseMessage {
   type: 'response'
   id: string | null
@@ -39,49 +52,10 @@ export interface ResponseMessage {
   value?: unknown
   error?: WireError
 }
+/** The holders of a watched resource changed. */
 export interface EventMessage {
   type: 'event'
   watch: string
-}
-/**
- * An error as it crosses the wire: its name, message and stable `code`, plus the fields of
- * conclave's own error classes (kept only when they are plain JSON), so the receiving side can
- * rebuild the same class (see `fromWire`).
- */
-export interface WireError {
-  name: string
-  message: string
-  code?: string
-  /** OptionsError */
-  field?: string
-  value?: unknown
-  rule?: string
-  /** TicketsMismatchError, LeadershipLostError, WorkError */
-  resource?: string
-  tickets?: number
-  held?: number
-  token?: number
-  reason?: string
-  /** MissingPeerError */
-  peer?: string
-}
-
-const MAX_ID = 128
-
-export function isOurs(message: unknown, ns: string): message is Record<string, unknown> {
-  return (
-    typeof message === 'object' &&
-    message !== null &&
-    (message as Record<string, unknown>)[ns] === 1
-  )
-}
-
-export function envelope<T extends object>(ns: string, body: T): T & Record<string, 1> {
-  return { [ns]: 1, ...body }
-}
-
-export function isId(value: unknown): value is string {
-  return typeof value === 'string' && value.length > 0 && value.length <= MAX_ID
 }
 
 /** Checks a request's envelope; args are checked by the backend call itself. */
@@ -93,7 +67,7 @@ export function parseRequest(message: Record<string, unknown>): RequestMessage {
   }
   if (!isId(message.id)) {
     throw new ProtocolError(
-      `Invalid request id: ${JSON.stringify(message.id)}. An id is a string of 1 to ${MAX_ID} characters.`,
+      `Invalid request id: ${JSON.stringify(message.id)}. An id is a string of 1 to ${MAX_ID_LENGTH} characters.`,
     )
   }
   if (typeof message.op !== 'string' || !(OPS as readonly string[]).includes(message.op)) {
@@ -104,95 +78,67 @@ export function parseRequest(message: Record<string, unknown>): RequestMessage {
   return { type: 'request', id: message.id, op: message.op as Op, args: message.args }
 }
 
-/** The fields of conclave's error classes that `fromWire` uses to rebuild them. */
-const FIELDS = ['field', 'value', 'rule', 'resource', 'tickets', 'held', 'token', 'reason', 'peer']
-
-/** An error as a plain object any IPC serialization carries: name, message, code and fields. */
-export function toWire(error: unknown): WireError {
-  if (!(error instanceof Error)) return { name: 'Error', message: String(error) }
-  const code = (error as { code?: unknown }).code
-  const wire: WireError = {
-    name: error.name,
-    message: error.message,
-    ...(typeof code === 'string' ? { code } : {}),
-  }
-  if (typeof code === 'string' && code.startsWith('ERR_CONCLAVE_')) {
-    const own = error as unknown as Record<string, unknown>
-    for (const key of FIELDS) {
-      const value = plainJson(own[key])
-      if (value !== undefined) (wire as unknown as Record<string, unknown>)[key] = value
-    }
-  }
-  return wire
-}
-
-/** `value` if it survives JSON unchanged in meaning (so both serializations carry it), else undefined. */
-function plainJson(value: unknown): unknown {
-  if (value === undefined) return undefined
-  if (value === null || typeof value === 'string' || typeof value === 'boolean') return value
-  if (typeof value === 'number') return Number.isFinite(value) ? value : undefined
-  try {
-    const text = JSON.stringify(value)
-    return text === undefined || text.length > 4096 ? undefined : (JSON.parse(text) as unknown)
-  } catch {
-    return undefined
-  }
-}
-
 const str = (v: unknown, fallback = ''): string => (typeof v === 'string' ? v : fallback)
 const num = (v: unknown): number => (typeof v === 'number' ? v : Number.NaN)
 const REASONS: readonly string[] = ['resigned', 'expired', 'lost', 'closed']
+/** The remote message plus where it came from, as every rebuilt hub error says. */
+const said = (w: ReceivedError, where: string) => `${w.message} (from ${where})`
 
 /**
- * Rebuilds a remote error: conclave's own classes by their code (TicketsMismatchError,
- * OptionsError, LeadershipLostError, WorkError, MissingPeerError, BackendClosedError,
- * BackendError, ProtocolError) with their fields, anything else as a ConclaveError with the
- * remote name and code (`ERR_CONCLAVE_REMOTE` without one). The message is the remote one plus
- * where it came from; the `code` is always the remote one, so a final error stays final.
+ * The hub's errors: every `ERR_CONCLAVE_*` error is its own and carries the fields of
+ * conclave's classes, so TicketsMismatchError, OptionsError, LeadershipLostError, WorkError,
+ * MissingPeerError, BackendClosedError, BackendError and ProtocolError are rebuilt as their
+ * classes; anything else becomes a ConclaveError with the remote name and code
+ * (`ERR_CONCLAVE_REMOTE` without one). The message is the remote one plus where it came from;
+ * the `code` is always the remote one, so a final error stays final. No stacks: the hub's
+ * internals mean nothing to the worker.
  */
+const hubErrors = wireErrors<string>({
+  own: (error) => {
+    const code = (error as { code?: unknown }).code
+    return typeof code === 'string' && code.startsWith('ERR_CONCLAVE_')
+  },
+  fields: ['field', 'value', 'rule', 'resource', 'tickets', 'held', 'token', 'reason', 'peer'],
+  stack: false,
+  classes: {
+    ERR_CONCLAVE_TICKETS_MISMATCH: ({ fields: f }) =>
+      new TicketsMismatchError(str(f.resource), num(f.tickets), num(f.held)),
+    ERR_CONCLAVE_OPTIONS: ({ fields: f }) =>
+      new OptionsError(str(f.field, 'unknown'), f.value, str(f.rule)),
+    ERR_CONCLAVE_LEADERSHIP_LOST: ({ fields: f }) =>
+      new LeadershipLostError(
+        str(f.resource),
+        num(f.token),
+        (REASONS.includes(str(f.reason)) ? f.reason : 'lost') as TermEndReason,
+      ),
+    ERR_CONCLAVE_WORK: (w) =>
+      new WorkError(str(w.fields.resource), num(w.fields.token), new Error(w.message)),
+    ERR_CONCLAVE_MISSING_PEER: (w, where) => new MissingPeerError(str(w.fields.peer), where),
+    ERR_CONCLAVE_CLOSED: (w, where) =>
+      w.name === 'BackendClosedError'
+        ? new BackendClosedError(where)
+        : new ConclaveError('ERR_CONCLAVE_CLOSED', said(w, where)),
+    ERR_CONCLAVE_BACKEND: (w, where) =>
+      new BackendError(said(w, where), { code: 'ERR_CONCLAVE_BACKEND' }),
+    ERR_CONCLAVE_TIMEOUT: (w, where) =>
+      new BackendError(said(w, where), { code: 'ERR_CONCLAVE_TIMEOUT' }),
+    ERR_CONCLAVE_PROTOCOL: (w, where) => new ProtocolError(said(w, where)),
+  },
+  foreign: (w, where) =>
+    new ConclaveError(typeof w.code === 'string' ? w.code : 'ERR_CONCLAVE_REMOTE', said(w, where)),
+  finish(error, w, where) {
+    // The remote words, not the local constructor's rebuilt ones (which could differ).
+    error.message = said(w, where)
+    if (w.name !== undefined) error.name = w.name
+  },
+})
+
+/** An error as a plain object any IPC serialization carries: name, message, code and fields. */
+export function toWire(error: unknown): WireError {
+  return hubErrors.toWire(error)
+}
+
+/** Rebuilds an error the hub sent (see hubErrors); `where` names the hub in the message. */
 export function fromWire(wire: unknown, where: string): Error {
-  const w = (typeof wire === 'object' && wire !== null ? wire : {}) as Partial<WireError>
-  const message = `${typeof w.message === 'string' ? w.message : 'unknown error'} (from ${where})`
-  const code = typeof w.code === 'string' ? w.code : 'ERR_CONCLAVE_REMOTE'
-  let error: ConclaveError
-  switch (code) {
-    case 'ERR_CONCLAVE_TICKETS_MISMATCH':
-      error = new TicketsMismatchError(str(w.resource), num(w.tickets), num(w.held))
-      break
-    case 'ERR_CONCLAVE_OPTIONS':
-      error = new OptionsError(str(w.field, 'unknown'), w.value, str(w.rule))
-      break
-    case 'ERR_CONCLAVE_LEADERSHIP_LOST':
-      error = new LeadershipLostError(
-        str(w.resource),
-        num(w.token),
-        (REASONS.includes(str(w.reason)) ? w.reason : 'lost') as TermEndReason,
-      )
-      break
-    case 'ERR_CONCLAVE_WORK':
-      error = new WorkError(str(w.resource), num(w.token), new Error(str(w.message)))
-      break
-    case 'ERR_CONCLAVE_MISSING_PEER':
-      error = new MissingPeerError(str(w.peer), where)
-      break
-    case 'ERR_CONCLAVE_CLOSED':
-      error =
-        w.name === 'BackendClosedError'
-          ? new BackendClosedError(where)
-          : new ConclaveError(code, message)
-      break
-    case 'ERR_CONCLAVE_BACKEND':
-    case 'ERR_CONCLAVE_TIMEOUT':
-      error = new BackendError(message, { code })
-      break
-    case 'ERR_CONCLAVE_PROTOCOL':
-      error = new ProtocolError(message)
-      break
-    default:
-      error = new ConclaveError(code, message)
-  }
-  // The remote words, not the local constructor's rebuilt ones (which could differ).
-  error.message = message
-  if (typeof w.name === 'string') error.name = w.name
-  return error
+  return hubErrors.fromWire(wire, where)
 }

@@ -16,7 +16,8 @@ import type {
 } from '../../backend.js'
 import { BackendClosedError, BackendError } from '../../errors.js'
 import { CloseGate } from '../kit.js'
-import { envelope, fromWire, isOurs, NAMESPACE, type Op } from './protocol.js'
+import { envelope, isOurs } from '../../ipc/envelope.js'
+import { fromWire, NAMESPACE, type Op } from './protocol.js'
 
 /** A message channel to a Hub: node:cluster IPC, or anything that carries plain objects. */
 export interface Transport {
