@@ -2,7 +2,7 @@
 import { cpSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { join, relative } from 'node:path'
 
-const assets = /\.(lua|sql)$/
+const assets = /\.(lua|sql|cjs)$/
 function walk(dir) {
   for (const name of readdirSync(dir)) {
     const path = join(dir, name)
