@@ -18,7 +18,7 @@ import {
 import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { joinRenewals, type RenewalMember } from './renewer.js'
 import { anySignal } from './signals.js'
-import { type Term, type TermOwner, TermState } from './term.js'
+import { type Term, TermState } from './term.js'
 
 export interface ElectionEvents {
   elected: [term: Term]
@@ -42,7 +42,7 @@ const BACKEND_METHODS = [
   'close',
 ] as const
 
-export class Election extends EventEmitter<ElectionEvents> implements TermOwner, AsyncDisposable {
+export class Election extends EventEmitter<ElectionEvents> implements AsyncDisposable {
   readonly backend: Backend
   readonly resource: string
   /** This candidate's id. */

@@ -2,13 +2,13 @@ import type { Json } from './backend.js'
 import type { Clock, ClockTimer } from './clock.js'
 import { LeadershipLostError, type TermEndReason } from './errors.js'
 
-/** What a term needs from the election that owns it. */
+/** @internal What a term needs from the election that owns it. */
 export interface TermOwner {
   /** Ends the term (idempotent); resolves once the work drained and the grant was released. */
   end(state: TermState, reason: TermEndReason): Promise<void>
 }
 
-/** The election's private view of a term: mutable deadline, timer, controller. */
+/** @internal The election's private view of a term: mutable deadline, timer, controller. */
 export class TermState {
   deadline: number
   endReason: TermEndReason | undefined
