@@ -16,8 +16,6 @@
  *   anything up; after that every call fails with a BackendClosedError (`ERR_CONCLAVE_CLOSED`),
  *   which the core never retries. `CloseGate` in `backends/kit.ts` does this for a backend.
  */
-import { OptionsError } from './errors.js'
-
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
 
 export interface Holder {
@@ -92,128 +90,20 @@ export interface Backend {
   close(): Promise<void>
 }
 
-// Shared input rules, checked by the core at construction and by every backend on each call.
-
-const RESOURCE = /^[A-Za-z0-9_.@=:-]+(\/[A-Za-z0-9_.@=:-]+)*$/
-export const MAX_RESOURCE_LENGTH = 200
-const CANDIDATE = /^[\x21-\x7e]+$/
-export const MAX_CANDIDATE_LENGTH = 200
-export const MAX_METADATA_BYTES = 4096
-export const MAX_TICKETS = 10_000
-
-export function validateResource(resource: unknown, field = 'resource'): string {
-  if (
-    typeof resource !== 'string' ||
-    resource.length === 0 ||
-    resource.length > MAX_RESOURCE_LENGTH ||
-    !RESOURCE.test(resource)
-  ) {
-    throw new OptionsError(
-      field,
-      resource,
-      `A resource name is 1 to ${MAX_RESOURCE_LENGTH} characters of letters, digits and . _ - : @ =, in segments separated by single slashes (e.g. "reports/nightly").`,
-    )
-  }
-  return resource
-}
-
-export function validateCandidate(candidate: unknown, field = 'candidate'): string {
-  if (
-    typeof candidate !== 'string' ||
-    candidate.length === 0 ||
-    candidate.length > MAX_CANDIDATE_LENGTH ||
-    !CANDIDATE.test(candidate)
-  ) {
-    throw new OptionsError(
-      field,
-      candidate,
-      `A candidate id is 1 to ${MAX_CANDIDATE_LENGTH} printable ASCII characters without spaces.`,
-    )
-  }
-  return candidate
-}
-
-export function validateTickets(tickets: unknown, field = 'tickets'): number {
-  if (!Number.isInteger(tickets) || (tickets as number) < 1 || (tickets as number) > MAX_TICKETS) {
-    throw new OptionsError(field, tickets, `tickets must be an integer from 1 to ${MAX_TICKETS}.`)
-  }
-  return tickets as number
-}
-
-export function validateLeaseMs(leaseMs: unknown, field = 'leaseMs'): number {
-  if (!Number.isInteger(leaseMs) || (leaseMs as number) < 10 || (leaseMs as number) > 2 ** 31 - 1) {
-    throw new OptionsError(
-      field,
-      leaseMs,
-      'leaseMs must be an integer number of milliseconds from 10 to 2147483647.',
-    )
-  }
-  return leaseMs as number
-}
-
-export function validateToken(token: unknown, field = 'token'): number {
-  if (!Number.isSafeInteger(token) || (token as number) < 1) {
-    throw new OptionsError(field, token, 'A token is a positive safe integer.')
-  }
-  return token as number
-}
-
-/** Metadata must be plain JSON (what every backend can store) and small. */
-export function validateMetadata(metadata: unknown, field = 'metadata'): Json {
-  if (metadata === undefined) return null
-  let text: string | undefined
-  try {
-    text = JSON.stringify(metadata)
-  } catch {
-    text = undefined
-  }
-  if (text === undefined || !isPlainJson(metadata)) {
-    throw new OptionsError(
-      field,
-      metadata,
-      'metadata must be a plain JSON value (objects, arrays, strings, finite numbers, booleans, null).',
-    )
-  }
-  if (Buffer.byteLength(text) > MAX_METADATA_BYTES) {
-    throw new OptionsError(
-      field,
-      metadata,
-      `metadata must serialise to at most ${MAX_METADATA_BYTES} bytes of JSON (it is ${Buffer.byteLength(text)}).`,
-    )
-  }
-  return metadata as Json
-}
-
-function isPlainJson(value: unknown, depth = 0): boolean {
-  if (depth > 32) return false
-  if (value === null || typeof value === 'string' || typeof value === 'boolean') return true
-  if (typeof value === 'number') return Number.isFinite(value)
-  if (Array.isArray(value)) return value.every((v) => isPlainJson(v, depth + 1))
-  if (typeof value === 'object') {
-    const proto = Object.getPrototypeOf(value) as unknown
-    if (proto !== Object.prototype && proto !== null) return false
-    return Object.values(value).every((v) => isPlainJson(v, depth + 1))
-  }
-  return false
-}
-
-export function validateAcquire(request: AcquireRequest): void {
-  validateResource(request.resource)
-  validateCandidate(request.candidate)
-  validateTickets(request.tickets)
-  validateLeaseMs(request.leaseMs)
-  validateMetadata(request.metadata)
-}
-
-export function validateRenew(request: RenewRequest): void {
-  validateResource(request.resource)
-  validateCandidate(request.candidate)
-  validateToken(request.token)
-  validateLeaseMs(request.leaseMs)
-}
-
-export function validateRelease(request: ReleaseRequest): void {
-  validateResource(request.resource)
-  validateCandidate(request.candidate)
-  if (request.token !== undefined) validateToken(request.token)
-}
+// The input rules every backend checks on each call live in validate.ts; re-exported here for
+// backends written against this file.
+export {
+  MAX_CANDIDATE_LENGTH,
+  MAX_METADATA_BYTES,
+  MAX_RESOURCE_LENGTH,
+  MAX_TICKETS,
+  validateAcquire,
+  validateCandidate,
+  validateLeaseMs,
+  validateMetadata,
+  validateRelease,
+  validateRenew,
+  validateResource,
+  validateTickets,
+  validateToken,
+} from './validate.js'

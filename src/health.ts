@@ -13,8 +13,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Election } from './election.js'
-import { OptionsError } from './errors.js'
 import type { Term } from './term.js'
+import { checkOptions, milliseconds } from './validate.js'
 
 export interface HealthOptions {
   /** How long backend errors may go on, with no success, before the check fails. Default 30000. */
@@ -65,15 +65,7 @@ const OPTION_NAMES = ['unreachableMs', 'toleranceMs', 'rememberMs', 'probeMs']
 
 function optionalMs(options: HealthOptions, name: keyof HealthOptions, fallback?: number) {
   const value = options[name] ?? fallback
-  if (value === undefined) return undefined
-  if (!Number.isInteger(value) || value < 0 || value > 2 ** 31 - 1) {
-    throw new OptionsError(
-      name,
-      value,
-      `${name} must be an integer number of milliseconds from 0 to 2147483647.`,
-    )
-  }
-  return value
+  return value === undefined ? undefined : milliseconds(name, value, 0)
 }
 
 export class HealthCheck {
@@ -84,16 +76,7 @@ export class HealthCheck {
   readonly #probeMs: number
 
   constructor(options: HealthOptions = {}) {
-    if (typeof options !== 'object' || options === null)
-      throw new OptionsError('options', options, 'Health options must be an object.')
-    for (const key of Object.keys(options)) {
-      if (!OPTION_NAMES.includes(key))
-        throw new OptionsError(
-          key,
-          (options as Record<string, unknown>)[key],
-          `"${key}" is not a health option (known: ${OPTION_NAMES.join(', ')}).`,
-        )
-    }
+    checkOptions(options, OPTION_NAMES, 'health')
     this.#unreachableMs = optionalMs(options, 'unreachableMs', 30_000)!
     this.#toleranceMs = optionalMs(options, 'toleranceMs')
     this.#rememberMs = optionalMs(options, 'rememberMs', 60_000)!

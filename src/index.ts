@@ -18,7 +18,7 @@ export {
   validateRelease,
   validateRenew,
   validateResource,
-} from './backend.js'
+} from './validate.js'
 export { type Clock, systemClock } from './clock.js'
 export {
   BackendError,

@@ -6,6 +6,7 @@
  */
 import { constants } from 'node:os'
 import { OptionsError } from './errors.js'
+import { checkOptions, optionalMilliseconds } from './validate.js'
 
 /** An Election, a Singleton, a backend: anything closed on shutdown. */
 export interface Closable {
@@ -42,15 +43,7 @@ export class Shutdown {
 
   /** @internal Use closeOnSignals(). */
   constructor(options: ShutdownOptions) {
-    const known = new Set(['signals', 'timeoutMs', 'exit', 'onError'])
-    for (const key of Object.keys(options)) {
-      if (!known.has(key))
-        throw new OptionsError(
-          key,
-          (options as Record<string, unknown>)[key],
-          `"${key}" is not a shutdown option (known: ${[...known].join(', ')}).`,
-        )
-    }
+    checkOptions(options, ['signals', 'timeoutMs', 'exit', 'onError'], 'shutdown')
     const signals = options.signals ?? ['SIGTERM', 'SIGINT']
     if (
       !Array.isArray(signals) ||
@@ -66,14 +59,7 @@ export class Shutdown {
         'signals must be a non-empty list of catchable signal names, e.g. ["SIGTERM", "SIGINT"].',
       )
     }
-    const timeoutMs = options.timeoutMs ?? 10_000
-    if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 2 ** 31 - 1) {
-      throw new OptionsError(
-        'timeoutMs',
-        timeoutMs,
-        'timeoutMs must be an integer number of milliseconds from 0 to 2147483647.',
-      )
-    }
+    const timeoutMs = optionalMilliseconds('timeoutMs', options.timeoutMs, 10_000, 0)
     const exit = options.exit ?? true
     if (typeof exit !== 'boolean' && typeof exit !== 'function')
       throw new OptionsError('exit', exit, 'exit is true, false or a function(code).')

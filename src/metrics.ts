@@ -26,6 +26,7 @@ import { ConclaveError, OptionsError, WorkError } from './errors.js'
 import { onElectionError } from './health.js'
 
 import type { Counter, Histogram, Registry } from 'prom-client'
+import { checkOptions } from './validate.js'
 
 type PromClient = typeof import('prom-client')
 
@@ -74,14 +75,7 @@ export class ElectionMetrics {
   constructor(options: ElectionMetricsOptions) {
     if (typeof options !== 'object' || options === null)
       throw new OptionsError('options', options, 'electionMetrics() takes { registry }.')
-    for (const key of Object.keys(options)) {
-      if (!['registry', 'prefix', 'buckets', 'client'].includes(key))
-        throw new OptionsError(
-          key,
-          (options as unknown as Record<string, unknown>)[key],
-          `"${key}" is not a metrics option (known: registry, prefix, buckets, client).`,
-        )
-    }
+    checkOptions(options, ['registry', 'prefix', 'buckets', 'client'], 'metrics')
     const { registry } = options
     if (
       typeof registry?.registerMetric !== 'function' ||

@@ -1,14 +1,16 @@
 import { hostname } from 'node:os'
 import { randomBytes } from 'node:crypto'
+import type { Json } from './backend.js'
+import { type Clock, systemClock } from './clock.js'
+import { OptionsError } from './errors.js'
 import {
-  type Json,
+  checkOptions,
+  milliseconds,
   validateCandidate,
   validateLeaseMs,
   validateMetadata,
   validateTickets,
-} from './backend.js'
-import { type Clock, systemClock } from './clock.js'
-import { OptionsError } from './errors.js'
+} from './validate.js'
 
 export interface ElectionOptions {
   /** How long a grant lives on the backend without renewal. Default 15000. */
@@ -43,7 +45,7 @@ export interface ResolvedOptions {
   clock: Clock
 }
 
-const KNOWN = new Set<string>([
+const KNOWN = [
   'leaseMs',
   'renewMs',
   'retryMs',
@@ -53,52 +55,30 @@ const KNOWN = new Set<string>([
   'id',
   'metadata',
   'clock',
-])
+]
 
 export function defaultCandidateId(): string {
   return `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`
 }
 
-function integer(field: string, value: unknown, min: number): number {
-  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 2 ** 31 - 1) {
-    throw new OptionsError(
-      field,
-      value,
-      `${field} must be an integer number of milliseconds from ${min} to 2147483647.`,
-    )
-  }
-  return value as number
-}
-
 /** Applies defaults and checks every rule; throws an OptionsError naming the first broken one. */
 export function resolveOptions(options: ElectionOptions = {}): ResolvedOptions {
-  if (typeof options !== 'object' || options === null) {
-    throw new OptionsError('options', options, 'Election options must be an object.')
-  }
-  for (const key of Object.keys(options)) {
-    if (!KNOWN.has(key)) {
-      throw new OptionsError(
-        key,
-        (options as Record<string, unknown>)[key],
-        `"${key}" is not an election option.`,
-        `Known options: ${[...KNOWN].join(', ')}.`,
-      )
-    }
-  }
+  checkOptions(options, KNOWN, 'election')
   const leaseMs = options.leaseMs === undefined ? 15_000 : validateLeaseMs(options.leaseMs)
   const marginMs =
     options.marginMs === undefined
       ? Math.max(1, Math.round(leaseMs / 20))
-      : integer('marginMs', options.marginMs, 0)
+      : milliseconds('marginMs', options.marginMs, 0)
   const renewMs =
     options.renewMs === undefined
       ? Math.max(1, Math.floor(leaseMs / 3))
-      : integer('renewMs', options.renewMs, 1)
+      : milliseconds('renewMs', options.renewMs, 1)
   const retryMs =
     options.retryMs === undefined
       ? Math.min(renewMs, Math.max(10, Math.round(leaseMs / 30)))
-      : integer('retryMs', options.retryMs, 1)
-  const drainMs = options.drainMs === undefined ? 5_000 : integer('drainMs', options.drainMs, 0)
+      : milliseconds('retryMs', options.retryMs, 1)
+  const drainMs =
+    options.drainMs === undefined ? 5_000 : milliseconds('drainMs', options.drainMs, 0)
   if (leaseMs <= renewMs + marginMs) {
     throw new OptionsError(
       options.renewMs !== undefined ? 'renewMs' : 'marginMs',

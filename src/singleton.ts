@@ -20,6 +20,7 @@ import {
 } from './errors.js'
 import { backoff, type ElectionOptions } from './options.js'
 import type { Term } from './term.js'
+import { milliseconds } from './validate.js'
 
 /**
  * - `pending`: not running here; campaigning for the resource (or not started yet).
@@ -328,13 +329,7 @@ export async function every(
 ): Promise<void> {
   if (!(election instanceof Election))
     throw new OptionsError('election', election, 'every() takes an Election first.')
-  if (!Number.isInteger(intervalMs) || intervalMs < 1 || intervalMs > 2 ** 31 - 1) {
-    throw new OptionsError(
-      'intervalMs',
-      intervalMs,
-      'intervalMs must be an integer number of milliseconds from 1 to 2147483647.',
-    )
-  }
+  milliseconds('intervalMs', intervalMs, 1)
   if (typeof fn !== 'function')
     throw new OptionsError('fn', fn, 'every() takes a function to run on the holder.')
   const clock = election.options.clock

@@ -1,0 +1,204 @@
+/**
+ * Every input rule in one place (pg-boss's attorney.ts is the model): option objects and their
+ * known keys, milliseconds, resource and candidate names, tickets, tokens, metadata, and the
+ * requests a backend receives. Each rule throws an OptionsError naming the field, the value
+ * and the rule.
+ */
+import type { AcquireRequest, Json, ReleaseRequest, RenewRequest } from './backend.js'
+import { OptionsError } from './errors.js'
+
+/** The largest delay a Node timer takes. */
+export const MAX_MS = 2 ** 31 - 1
+
+/** Checks that `options` is an object (or undefined) whose keys are all in `known`. */
+export function checkOptions<T extends object>(
+  options: T | undefined,
+  known: readonly string[],
+  what: string,
+): T {
+  if (options === undefined) return {} as T
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new OptionsError('options', options, `${what} options must be an object.`)
+  }
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      throw new OptionsError(
+        key,
+        (options as Record<string, unknown>)[key],
+        `"${key}" is not ${article(what)} ${what} option.`,
+        `Known options: ${known.join(', ')}.`,
+      )
+    }
+  }
+  return options
+}
+
+/** Refuses an old option name, pointing to the one that replaced it. */
+export function renamedOption(options: object, old: string, now: string): void {
+  if (Object.hasOwn(options, old)) {
+    throw new OptionsError(
+      old,
+      (options as Record<string, unknown>)[old],
+      `"${old}" was renamed.`,
+      `Use ${now}.`,
+    )
+  }
+}
+
+function article(word: string): string {
+  return /^[aeiou]/i.test(word) ? 'an' : 'a'
+}
+
+/** An integer number of milliseconds from `min` to `max` (default MAX_MS). */
+export function milliseconds(field: string, value: unknown, min: number, max = MAX_MS): number {
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > max) {
+    throw new OptionsError(
+      field,
+      value,
+      `${field} must be an integer number of milliseconds from ${min} to ${max}.`,
+    )
+  }
+  return value as number
+}
+
+/** `value` if given, else `fallback`, checked as milliseconds. */
+export function optionalMilliseconds(
+  field: string,
+  value: unknown,
+  fallback: number,
+  min: number,
+  max = MAX_MS,
+): number {
+  return value === undefined ? fallback : milliseconds(field, value, min, max)
+}
+
+// The rules the core checks at construction and every backend on each call.
+
+const RESOURCE = /^[A-Za-z0-9_.@=:-]+(\/[A-Za-z0-9_.@=:-]+)*$/
+/** The longest resource name. */
+export const MAX_RESOURCE_LENGTH = 200
+const CANDIDATE = /^[\x21-\x7e]+$/
+/** The longest candidate id. */
+export const MAX_CANDIDATE_LENGTH = 200
+/** The largest metadata, as JSON bytes. */
+export const MAX_METADATA_BYTES = 4096
+/** The most tickets a resource may have. */
+export const MAX_TICKETS = 10_000
+
+/** A resource name: 1 to 200 characters of letters, digits and `. _ - : @ =`, slash-separated segments. */
+export function validateResource(resource: unknown, field = 'resource'): string {
+  if (
+    typeof resource !== 'string' ||
+    resource.length === 0 ||
+    resource.length > MAX_RESOURCE_LENGTH ||
+    !RESOURCE.test(resource)
+  ) {
+    throw new OptionsError(
+      field,
+      resource,
+      `A resource name is 1 to ${MAX_RESOURCE_LENGTH} characters of letters, digits and . _ - : @ =, in segments separated by single slashes (e.g. "reports/nightly").`,
+    )
+  }
+  return resource
+}
+
+/** A candidate id: 1 to 200 printable ASCII characters without spaces. */
+export function validateCandidate(candidate: unknown, field = 'candidate'): string {
+  if (
+    typeof candidate !== 'string' ||
+    candidate.length === 0 ||
+    candidate.length > MAX_CANDIDATE_LENGTH ||
+    !CANDIDATE.test(candidate)
+  ) {
+    throw new OptionsError(
+      field,
+      candidate,
+      `A candidate id is 1 to ${MAX_CANDIDATE_LENGTH} printable ASCII characters without spaces.`,
+    )
+  }
+  return candidate
+}
+
+/** How many may hold at once: an integer from 1 to MAX_TICKETS. */
+export function validateTickets(tickets: unknown, field = 'tickets'): number {
+  if (!Number.isInteger(tickets) || (tickets as number) < 1 || (tickets as number) > MAX_TICKETS) {
+    throw new OptionsError(field, tickets, `tickets must be an integer from 1 to ${MAX_TICKETS}.`)
+  }
+  return tickets as number
+}
+
+/** A lease: an integer number of milliseconds from 10. */
+export function validateLeaseMs(leaseMs: unknown, field = 'leaseMs'): number {
+  return milliseconds(field, leaseMs, 10)
+}
+
+/** A fencing token: a positive safe integer. */
+export function validateToken(token: unknown, field = 'token'): number {
+  if (!Number.isSafeInteger(token) || (token as number) < 1) {
+    throw new OptionsError(field, token, 'A token is a positive safe integer.')
+  }
+  return token as number
+}
+
+/** Metadata must be plain JSON (what every backend can store) and small. */
+export function validateMetadata(metadata: unknown, field = 'metadata'): Json {
+  if (metadata === undefined) return null
+  let text: string | undefined
+  try {
+    text = JSON.stringify(metadata)
+  } catch {
+    text = undefined
+  }
+  if (text === undefined || !isPlainJson(metadata)) {
+    throw new OptionsError(
+      field,
+      metadata,
+      'metadata must be a plain JSON value (objects, arrays, strings, finite numbers, booleans, null).',
+    )
+  }
+  if (Buffer.byteLength(text) > MAX_METADATA_BYTES) {
+    throw new OptionsError(
+      field,
+      metadata,
+      `metadata must serialise to at most ${MAX_METADATA_BYTES} bytes of JSON (it is ${Buffer.byteLength(text)}).`,
+    )
+  }
+  return metadata as Json
+}
+
+function isPlainJson(value: unknown, depth = 0): boolean {
+  if (depth > 32) return false
+  if (value === null || typeof value === 'string' || typeof value === 'boolean') return true
+  if (typeof value === 'number') return Number.isFinite(value)
+  if (Array.isArray(value)) return value.every((v) => isPlainJson(v, depth + 1))
+  if (typeof value === 'object') {
+    const proto = Object.getPrototypeOf(value) as unknown
+    if (proto !== Object.prototype && proto !== null) return false
+    return Object.values(value).every((v) => isPlainJson(v, depth + 1))
+  }
+  return false
+}
+
+/** Every field of an acquire request, as a backend receives it. */
+export function validateAcquire(request: AcquireRequest): void {
+  validateResource(request.resource)
+  validateCandidate(request.candidate)
+  validateTickets(request.tickets)
+  validateLeaseMs(request.leaseMs)
+  validateMetadata(request.metadata)
+}
+
+/** Every field of a renew request, as a backend receives it. */
+export function validateRenew(request: RenewRequest): void {
+  validateResource(request.resource)
+  validateCandidate(request.candidate)
+  validateToken(request.token)
+  validateLeaseMs(request.leaseMs)
+}
+
+/** Every field of a release request, as a backend receives it. */
+export function validateRelease(request: ReleaseRequest): void {
+  validateResource(request.resource)
+  validateCandidate(request.candidate)
+  if (request.token !== undefined) validateToken(request.token)
+}
