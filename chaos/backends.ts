@@ -96,7 +96,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
       const { startEtcd } = await import('../test/servers/index.js')
       return serverOf(await startEtcd(), (h, p) => `etcd://${h}:${p}`, this.connect)
     },
-    connect: async (url) => (await import('../src/backends/etcd.js')).backendFromUrl(url),
+    connect: async (url) => (await import('../src/backends/etcd/index.js')).backendFromUrl(url),
   },
   postgres: {
     mode: 'fork',

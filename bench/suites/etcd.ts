@@ -8,7 +8,11 @@ import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { Etcd3 } from 'etcd3'
-import { ETCD_CLIENT_DEFAULTS, etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
+import {
+  ETCD_CLIENT_DEFAULTS,
+  etcdBackend,
+  type EtcdBackend,
+} from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 import { startEtcd, type EtcdServer } from '../../test/servers/index.js'
 import { type BenchRow, type BenchSuite, summarize } from '../stats.js'

@@ -21,7 +21,7 @@ const SCHEMES: Record<string, Factory> = {
   'rediss:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
   'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
-  'etcd:': async (url) => (await import('../backends/etcd.js')).backendFromUrl(url),
+  'etcd:': async (url) => (await import('../backends/etcd/index.js')).backendFromUrl(url),
 }
 
 export const BACKEND_SCHEMES = Object.keys(SCHEMES)

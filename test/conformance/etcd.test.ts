@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { Etcd3 } from 'etcd3'
 import { afterAll } from 'vitest'
-import { etcdBackend } from '../../src/backends/etcd.js'
+import { etcdBackend } from '../../src/backends/etcd/index.js'
 import { startEtcd } from '../servers/index.js'
 import { runConformance } from './suite.js'
 

@@ -2,7 +2,7 @@
 // resource given in argv through etcd and reports its terms to the parent over IPC.
 //   argv: endpoint prefix resource leaseMs
 //   sends: { type: 'elected', token, candidate } and { type: 'revoked', token, reason }
-import { etcdBackend } from '../../src/backends/etcd.js'
+import { etcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 
 const [endpoint, prefix, resource, lease] = process.argv.slice(2)

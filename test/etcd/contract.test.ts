@@ -6,7 +6,7 @@ import { type AddressInfo, createServer } from 'node:net'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import type { AcquireRequest } from '../../src/backend.js'
-import { backendFromUrl, etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
+import { backendFromUrl, etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 import {
   BackendClosedError,
@@ -358,7 +358,7 @@ describe('errors', () => {
       const seen = (e) => ({ name: e?.name, code: e?.code, peer: e?.peer, message: e?.message })
       const out = {}
       out.etcd3 = await import('etcd3').then(() => 'resolvable', () => 'missing')
-      const { etcdBackend, backendFromUrl } = await import('./src/backends/etcd.js')
+      const { etcdBackend, backendFromUrl } = await import('./src/backends/etcd/index.js')
       try { etcdBackend({ hosts: '127.0.0.1:1' }); out.factory = 'made' } catch (e) { out.factory = seen(e) }
       out.url = await backendFromUrl('etcd://127.0.0.1:1').then(() => 'made', seen)
       console.log(JSON.stringify(out))

@@ -1,7 +1,7 @@
 // Small helpers for the etcd backend's own tests (and its benchmark): a backend with its own
 // client, waiting, and counting what etcd served from its /metrics endpoint.
 import { Etcd3 } from 'etcd3'
-import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
+import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
 
 export { sleep, until } from '../helpers/wait.js'
 

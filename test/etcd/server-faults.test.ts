@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
-import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd.js'
+import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 import type { TermEndReason } from '../../src/errors.js'
 import type { Term } from '../../src/term.js'

@@ -36,14 +36,15 @@ import {
   validateRelease,
   validateRenew,
   validateResource,
-} from '../backend.js'
+} from '../../backend.js'
 import {
   BackendClosedError,
   BackendError,
   ConclaveError,
   MissingPeerError,
   TicketsMismatchError,
-} from '../errors.js'
+} from '../../errors.js'
+import { CloseGate } from '../kit.js'
 import {
   decodeValue,
   encodeValue,
@@ -54,17 +55,14 @@ import {
   rank,
   recordedTickets,
   type Stored,
-} from './etcd/layout.js'
+} from './layout.js'
 import {
+  ETCD_CLIENT_DEFAULTS,
   type EtcdBackendOptions,
-  optionsFromUrl,
   resolveEtcdOptions,
   type ResolvedEtcdOptions,
-} from './etcd/options.js'
-import { Watches } from './etcd/watches.js'
-import { CloseGate } from './kit.js'
-
-export type { EtcdBackendOptions } from './etcd/options.js'
+} from './options.js'
+import { Watches } from './wakeups.js'
 
 /** One etcd lease of this backend. */
 interface Lease {
@@ -100,43 +98,6 @@ interface Ranked {
 type LeaseTtls = Map<string, number | undefined>
 
 const now = () => performance.now()
-
-/**
- * etcd3 fault handling for a client the backend makes: no retries and no circuit breaker, since
- * the election core retries with its own backoff, and a breaker left open for 5 s after a blip
- * would outlast a short lease.
- */
-const PASS_THROUGH = {
-  execute: <T>(fn: (context: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T) =>
-    Promise.resolve().then(() => fn({ signal: new AbortController().signal, attempt: 1 })),
-  onSuccess: () => ({ dispose() {} }),
-  onFailure: () => ({ dispose() {} }),
-} as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>
-
-type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>
-
-/**
- * Watch reconnects for a client the backend makes: 100 ms doubling up to 1 s, jittered (etcd3's
- * default grows to 30 s, so a waiter could sleep through many leases after an outage).
- */
-function watchBackoff(attempt = 0): WatchBackoff {
-  return {
-    duration: Math.min(1_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2),
-    next: () => watchBackoff(Math.min(attempt + 1, 10)),
-  }
-}
-
-/**
- * What a client made from `hosts` starts with, and what to give your own client for the same
- * fast recovery: `new Etcd3({ hosts, ...ETCD_CLIENT_DEFAULTS })`.
- */
-export const ETCD_CLIENT_DEFAULTS: Readonly<Pick<IOptions, 'faultHandling'>> = Object.freeze({
-  faultHandling: Object.freeze({
-    global: PASS_THROUGH,
-    host: () => PASS_THROUGH,
-    watchBackoff: watchBackoff(),
-  }),
-})
 
 export class EtcdBackend implements Backend {
   readonly name: string = 'etcd'
@@ -479,7 +440,7 @@ export class EtcdBackend implements Backend {
   }
 
   /**
-   * Holders: the resource's keys ranked by create revision (see `rank` in etcd/layout.ts), i.e.
+   * Holders: the resource's keys ranked by create revision (see `rank` in layout.ts), i.e.
    * the candidates whose own acquire grants them. remainingMs comes from etcd's lease TTL,
    * whole seconds rounded down, so it is reported as the upper bound: the key is gone by then (a
    * release or expiry is pushed by the watch anyway). It is also capped at the holder's leaseMs,
@@ -800,16 +761,4 @@ function endpoints(hosts: string | string[] | undefined): string {
   const list =
     hosts === undefined ? ['127.0.0.1:2379'] : typeof hosts === 'string' ? [hosts] : hosts
   return list.map((h) => h.replace(/^https?:\/\//, '').replace(/^[^@/]*@/, '')).join(',')
-}
-
-export function etcdBackend(options: EtcdBackendOptions): EtcdBackend {
-  return new EtcdBackend(options)
-}
-
-/**
- * `etcd://host:port[,host:port...][?prefix=...&timeoutMs=...]`; the backend owns its client.
- * Fails at once with a MissingPeerError when etcd3 is not installed.
- */
-export async function backendFromUrl(url: string): Promise<EtcdBackend> {
-  return new EtcdBackend(optionsFromUrl(url))
 }
