@@ -34,8 +34,8 @@ export function checkOptions<T extends object>(
 }
 
 /** Refuses an old option name, pointing to the one that replaced it. */
-export function renamedOption(options: object, old: string, now: string): void {
-  if (Object.hasOwn(options, old)) {
+export function renamedOption(options: unknown, old: string, now: string): void {
+  if (typeof options === 'object' && options !== null && Object.hasOwn(options, old)) {
     throw new OptionsError(
       old,
       (options as Record<string, unknown>)[old],

@@ -4,7 +4,7 @@
 import { clusterBackend } from '../../src/backends/cluster/index.js'
 import { Hub } from '../../src/backends/cluster/hub.js'
 
-const backend = clusterBackend({ requestTimeoutMs: 3_000 })
+const backend = clusterBackend({ timeoutMs: 3_000 })
 const driver = new Hub(backend, { namespace: 'conclave-driver' }).connect((message) => {
   if (process.connected) process.send!(message)
 })

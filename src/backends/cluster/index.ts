@@ -18,6 +18,7 @@ import cluster, { type Worker } from 'node:cluster'
 import type { Backend } from '../../backend.js'
 import type { Clock } from '../../clock.js'
 import { ConclaveError, OptionsError } from '../../errors.js'
+import { checkOptions, optionalMilliseconds, renamedOption } from '../../validate.js'
 import { MemoryBackend } from '../memory.js'
 import { Hub, type HubConnection } from './hub.js'
 import { RemoteBackend, type Transport } from './remote.js'
@@ -28,7 +29,7 @@ export { RemoteBackend, type RemoteBackendOptions, type Transport } from './remo
 /** Options of `clusterBackend()` and `serveCluster()`. */
 export interface ClusterBackendOptions {
   /** Workers: how long a call may wait for the primary's answer. Default 5000. */
-  requestTimeoutMs?: number
+  timeoutMs?: number
   /** Primary: the clock the shared state expires on (tests). Only the first call's counts. */
   clock?: Clock
   /** Primary: told about malformed IPC messages and failed sends. */
@@ -172,19 +173,9 @@ function checkStandalone(state: PrimaryState): void {
  * workers of one primary.
  */
 export function clusterBackend(options: ClusterBackendOptions = {}): Backend {
-  if (typeof options !== 'object' || options === null) {
-    throw new OptionsError('options', options, 'clusterBackend() options must be an object.')
-  }
-  if (
-    options.requestTimeoutMs !== undefined &&
-    (!Number.isInteger(options.requestTimeoutMs) || options.requestTimeoutMs < 1)
-  ) {
-    throw new OptionsError(
-      'requestTimeoutMs',
-      options.requestTimeoutMs,
-      'requestTimeoutMs must be a positive integer number of milliseconds.',
-    )
-  }
+  renamedOption(options, 'requestTimeoutMs', 'timeoutMs')
+  checkOptions(options, ['timeoutMs', 'clock', 'onError', 'allowPm2'], 'cluster backend')
+  const timeoutMs = optionalMilliseconds('timeoutMs', options.timeoutMs, 5_000, 1)
   if (options.allowPm2 !== undefined && typeof options.allowPm2 !== 'boolean') {
     throw new OptionsError('allowPm2', options.allowPm2, 'allowPm2 must be true or false.')
   }
@@ -210,7 +201,7 @@ export function clusterBackend(options: ClusterBackendOptions = {}): Backend {
   }
   return new RemoteBackend(processTransport(), {
     name: 'cluster',
-    requestTimeoutMs: options.requestTimeoutMs ?? 5_000,
+    requestTimeoutMs: timeoutMs,
     hint: 'Is clusterBackend() or serveCluster() called in the primary before forking?',
   })
 }
