@@ -24,6 +24,7 @@ const SCHEMES: Record<string, Factory> = {
   'etcd:': async (url) => (await import('../backends/etcd/index.js')).backendFromUrl(url),
 }
 
+/** The URL schemes `backendFromUrl` knows. */
 export const BACKEND_SCHEMES = Object.keys(SCHEMES)
 
 /**

@@ -7,6 +7,7 @@ import cluster, { type Worker } from 'node:cluster'
 import { clusterBackend, serveCluster } from '../backends/cluster/index.js'
 import { Election } from '../election.js'
 
+/** The parsed flags of `conclave demo`. */
 export interface DemoOptions {
   workers: number
   leaseMs: number
@@ -55,10 +56,12 @@ export async function demoWorker(
   })
 }
 
+/** True in a worker the demo forked (the CLI then runs the worker half). */
 export function isDemoWorker(): boolean {
   return cluster.isWorker && process.argv.includes(WORKER_FLAG)
 }
 
+/** Runs the demo; resolves true when never more than `tickets` held at once. */
 export async function runDemo(options: DemoOptions): Promise<boolean> {
   const { out } = options
   const started = performance.now()

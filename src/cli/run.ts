@@ -27,6 +27,7 @@ import type { Term } from '../term.js'
 import { backendFromUrl } from './backends.js'
 import { describeError, redact } from './report.js'
 
+/** The parsed flags of `conclave run`. */
 export interface RunOptions {
   backend: string
   name: string
@@ -64,6 +65,7 @@ interface ExitReport {
   watchdog: boolean
 }
 
+/** How CMD ended, as `conclave run` passes it on. */
 export interface CommandResult {
   /** The exit code to pass on: the command's, or 128 + its signal's number. */
   code: number

@@ -6,9 +6,11 @@
 import { validateToken } from '../backend.js'
 import { StaleTokenError } from './errors.js'
 
+/** What a fenced write returned: written, or refused as stale with the newest token seen. */
 export type FenceResult<T> =
   { accepted: true; highest: number } | { accepted: false; highest: number; value: T | undefined }
 
+/** An in-process fenced register: refuses writes with a token older than the newest seen (tests, examples). */
 export class MemoryFence<T = unknown> {
   readonly #cells = new Map<string, { highest: number; value: T | undefined }>()
 

@@ -20,6 +20,7 @@ export interface PgQueryable {
   ): Promise<{ rowCount: number | null; rows: Record<string, unknown>[] }>
 }
 
+/** What `fencedUpdate` updates: the table, the row id, the token, the columns to set. */
 export interface FencedUpdateOptions {
   /** The table, optionally schema-qualified: `jobs` or `app.jobs`. */
   table: string

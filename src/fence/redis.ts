@@ -18,6 +18,7 @@ export interface RedisScriptClient {
   eval(script: string, numKeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>
 }
 
+/** Options of `fencedWrite`. */
 export interface FencedWriteOptions {
   /** Expire the data key after this many ms (the fence key itself never expires). */
   pxMs?: number

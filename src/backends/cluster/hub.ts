@@ -15,6 +15,7 @@ import { ConclaveError, ProtocolError } from '../../errors.js'
 import { envelope, isId, isOurs } from '../../ipc/envelope.js'
 import { NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
 
+/** One peer (a worker, a socket) as the hub sees it: hand it messages, close it when it leaves. */
 export interface HubConnection {
   /** Hand every message that arrived on the transport; messages that are not ours are ignored. */
   receive(message: unknown): void
@@ -22,6 +23,7 @@ export interface HubConnection {
   close(): Promise<void>
 }
 
+/** Options of a Hub. */
 export interface HubOptions {
   /** The message key marking this hub's traffic. Default `conclave`. */
   namespace?: string
@@ -31,6 +33,7 @@ export interface HubOptions {
 
 const MAX_WATCHES_PER_CONNECTION = 100_000
 
+/** Serves a backend to peers over any message transport; drops a peer's grants when it leaves. */
 export class Hub {
   readonly backend: Backend
   readonly namespace: string
