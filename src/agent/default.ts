@@ -4,13 +4,9 @@
  * default options; call `startAgent(options)` first (in every process) to choose them.
  */
 import { ConclaveError } from '../errors.js'
-import {
-  type AgentOptions,
-  type CallOptions,
-  type GatherEntry,
-  type Handler,
-  ProcessAgent,
-} from './agent.js'
+import { type GatherEntry, ProcessAgent } from './agent.js'
+import type { Handler } from './handlers.js'
+import type { AgentOptions, CallOptions } from './options.js'
 
 let current: ProcessAgent | undefined
 

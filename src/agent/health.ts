@@ -4,7 +4,9 @@
  * answer in time makes the whole report unhealthy.
  */
 import { OptionsError } from '../errors.js'
-import { HEALTH_HANDLER, type CallOptions, type ProcessAgent } from './agent.js'
+import type { ProcessAgent } from './agent.js'
+import { HEALTH_HANDLER } from './handlers.js'
+import type { CallOptions } from './options.js'
 import { getAgent } from './default.js'
 
 /** What a health check returns: a boolean, or an object with `ok` and any JSON details. */

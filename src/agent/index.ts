@@ -2,18 +2,9 @@
  * `conclave/agent`: run code in one designated process of a node:cluster app, ask every
  * worker, tell every worker; cluster-wide Prometheus metrics and health on top. See docs/agent.md.
  */
-export {
-  type AgentEvents,
-  type AgentOptions,
-  type CallContext,
-  type CallOptions,
-  currentCall,
-  DESIGNATED_RESOURCE,
-  type GatherEntry,
-  type Handler,
-  HEALTH_HANDLER,
-  ProcessAgent,
-} from './agent.js'
+export { type AgentEvents, type GatherEntry, ProcessAgent } from './agent.js'
+export { type AgentOptions, type CallOptions, DESIGNATED_RESOURCE } from './options.js'
+export { type CallContext, currentCall, type Handler, HEALTH_HANDLER } from './handlers.js'
 export {
   broadcast,
   call,

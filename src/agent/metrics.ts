@@ -11,7 +11,8 @@
  * format is delegated to prom-client, loaded when needed.
  */
 import { OptionsError } from '../errors.js'
-import type { CallOptions, GatherEntry, ProcessAgent } from './agent.js'
+import type { GatherEntry, ProcessAgent } from './agent.js'
+import type { CallOptions } from './options.js'
 import { getAgent } from './default.js'
 
 export const METRICS_HANDLER = 'conclave/metrics'
