@@ -54,8 +54,11 @@ export interface AgentEvents {
 export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisposable {
   /** Which half this process runs, fixed at construction by `cluster.isPrimary`. */
   readonly role: 'primary' | 'worker'
+  /** This process as messages name it (workerId 0: the primary). */
   readonly self: Peer
+  /** The key marking this agent's IPC messages. */
   readonly namespace: string
+  /** The resource whose holder is the designated process. */
   readonly resource: string
   readonly #settings: AgentSettings
   readonly #handlers: Handlers

@@ -29,7 +29,9 @@ export interface AgentOptions {
 
 /** Per-call options of `call`, `gather` and the helpers built on them. */
 export interface CallOptions {
+  /** Give up after this long, ms (default: the agent's timeoutMs or gatherTimeoutMs). */
   timeoutMs?: number
+  /** Give up when it aborts; the handler's own signal aborts in the remote process too. */
   signal?: AbortSignal
 }
 

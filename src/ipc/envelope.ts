@@ -153,7 +153,7 @@ function readWireError(wire: unknown): ReceivedError {
   }
 }
 
-/** `value` if it survives JSON unchanged in meaning (so both serializations carry it), else undefined. */
+/** `value` if JSON keeps its meaning (so both serializations carry it), else undefined. */
 function plainJson(value: unknown): unknown {
   if (value === undefined) return undefined
   if (value === null || typeof value === 'string' || typeof value === 'boolean') return value

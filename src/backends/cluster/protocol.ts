@@ -7,7 +7,7 @@
  *
  *   request  { [ns]: 1, type: 'request', id, op, args }
  *   response { [ns]: 1, type: 'response', id, ok: true, value }
- *            { [ns]: 1, type: 'response', id, ok: false, error: { name, message, code, own, fields } }
+ *            { [ns]: 1, type: 'response', id, ok: false, error: WireError }
  *   event    { [ns]: 1, type: 'event', watch }          (the holders of a watched resource changed)
  */
 import {
