@@ -1,0 +1,275 @@
+/**
+ * The PostgreSQL backend: grants in a table written only with the database clock
+ * (`clock_timestamp()`), tokens that never go back, acquires serialised per resource by a row
+ * lock, LISTEN/NOTIFY on one dedicated connection to wake waiters, and versioned migrations
+ * under a transaction advisory lock. Every operation is one statement, so any pool (and
+ * PgBouncer in transaction mode) works: no session state, no session advisory locks.
+ *
+ * `pg` is an optional peer dependency: imported only for its types, or at run time when the
+ * backend has to make a pool or a client of its own.
+ */
+import type { ClientConfig, Pool, QueryResultRow } from 'pg'
+import {
+  type AcquireRequest,
+  type AcquireResult,
+  type Backend,
+  type Holder,
+  type Json,
+  type ReleaseRequest,
+  type RenewRequest,
+  type Unwatch,
+  validateAcquire,
+  validateRelease,
+  validateRenew,
+  validateResource,
+} from '../../backend.js'
+import { BackendError, OptionsError, TicketsMismatchError, describe } from '../../errors.js'
+import { CloseGate, unwatchOnce } from '../kit.js'
+import { channel, type Statements, statements } from './layout.js'
+import { prepareSchema } from './migrate.js'
+import {
+  DEFAULT_SCHEMA,
+  type PostgresBackendOptions,
+  resolveTimings,
+  validateSchema,
+} from './options.js'
+import { type ClientClass, poolQuery, serverAddress } from './pool.js'
+import { Listener } from './wakeups.js'
+
+/** The row acquire.sql returns. */
+interface AcquireRow {
+  granted: boolean
+  grant_token: string | null
+  holder_list: { candidate: string; token: number; metadata: Json; remainingMs: number }[]
+  retry_ms: string | null
+  /** Set when the resource's live grants were made with other tickets (nothing was granted). */
+  held_tickets: number | null
+}
+
+/** A row holders.sql returns. */
+interface HolderRow {
+  candidate: string
+  token: string
+  metadata: Json
+  remaining_ms: string
+}
+
+/** The PostgreSQL backend: one statement per operation through a pool, LISTEN/NOTIFY wake-ups. */
+export class PostgresBackend implements Backend {
+  readonly name = 'postgres'
+  readonly schema: string
+  readonly #pool: Pool
+  readonly #ownsPool: boolean
+  readonly #timeoutMs: number
+  readonly #autoMigrate: boolean
+  readonly #listener: Listener
+  readonly #sql: Statements
+  readonly #gate = new CloseGate('postgres')
+  #migrated: Promise<void> | undefined
+
+  /** Use postgresBackend(options). `pool` is made by the factory when a connectionString is given. */
+  constructor(
+    options: PostgresBackendOptions,
+    pool: Pool,
+    ownsPool: boolean,
+    ClientCtor: () => Promise<ClientClass>,
+  ) {
+    this.schema = validateSchema(options.schema ?? DEFAULT_SCHEMA)
+    const { queryTimeoutMs: timeoutMs, pollMs, heartbeatMs } = resolveTimings(options)
+    this.#timeoutMs = timeoutMs
+    this.#autoMigrate = options.migrate ?? true
+    this.#pool = pool
+    this.#ownsPool = ownsPool
+    this.#sql = statements(this.schema)
+    const listenConfig: ClientConfig = {
+      ...(options.listen ?? (pool as unknown as { options?: ClientConfig }).options ?? {}),
+    }
+    listenConfig.connectionTimeoutMillis ??= Math.min(timeoutMs, 10_000)
+    listenConfig.keepAlive ??= true
+    this.#listener = new Listener(
+      async () => new (await ClientCtor())(listenConfig),
+      serverAddress(listenConfig),
+      channel(this.schema),
+      timeoutMs,
+      pollMs,
+      heartbeatMs,
+    )
+  }
+
+  /** Whether the LISTEN connection is up (for tests and health checks). */
+  get listening(): boolean {
+    return this.#listener.listening
+  }
+
+  /** How many times the LISTEN connection was (re)made. */
+  get listenerConnects(): number {
+    return this.#listener.connects
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    this.#checkOpen()
+    validateAcquire(request)
+    const [row] = await this.#query<AcquireRow>(
+      this.#sql.acquire,
+      [
+        request.resource,
+        request.candidate,
+        request.tickets,
+        request.leaseMs,
+        JSON.stringify(request.metadata ?? null),
+      ],
+      `acquire of "${request.resource}"`,
+    )
+    if (!row) throw new BackendError('postgres: acquire returned no row')
+    if (row.held_tickets !== null && row.held_tickets !== undefined) {
+      throw new TicketsMismatchError(request.resource, request.tickets, Number(row.held_tickets))
+    }
+    const holders: Holder[] = row.holder_list.map((h) => ({
+      candidate: h.candidate,
+      token: toToken(h.token, 'acquire'),
+      metadata: h.metadata,
+      remainingMs: Number(h.remainingMs),
+    }))
+    if (row.granted) return { acquired: true, token: toToken(row.grant_token, 'acquire'), holders }
+    return { acquired: false, holders, retryInMs: Number(row.retry_ms ?? 0) }
+  }
+
+  async renew(requests: RenewRequest[]): Promise<boolean[]> {
+    this.#checkOpen()
+    if (!Array.isArray(requests)) {
+      throw new OptionsError('requests', requests, 'renew() takes an array of renew requests.')
+    }
+    requests.forEach(validateRenew)
+    if (requests.length === 0) return []
+    // One row per grant: the same grant asked twice in a batch gets one update, both answers.
+    const slotOf = new Map<string, number>()
+    const unique: RenewRequest[] = []
+    const slots = requests.map((r) => {
+      const key = `${r.resource}\n${r.candidate}\n${r.token}`
+      let slot = slotOf.get(key)
+      if (slot === undefined) {
+        slot = unique.push(r) - 1
+        slotOf.set(key, slot)
+      } else if (unique[slot]!.leaseMs < r.leaseMs) {
+        unique[slot] = r
+      }
+      return slot
+    })
+    const rows = await this.#query<{ i: string }>(
+      this.#sql.renew,
+      [
+        unique.map((r) => r.resource),
+        unique.map((r) => r.candidate),
+        unique.map((r) => r.token),
+        unique.map((r) => r.leaseMs),
+      ],
+      `renewal of ${unique.length} grants`,
+    )
+    const renewed = new Set(rows.map((r) => Number(r.i) - 1))
+    return slots.map((slot) => renewed.has(slot))
+  }
+
+  async release(request: ReleaseRequest): Promise<void> {
+    this.#checkOpen()
+    validateRelease(request)
+    await this.#query(
+      this.#sql.release,
+      [request.resource, request.candidate, request.token ?? null],
+      `release of "${request.resource}"`,
+    )
+  }
+
+  async holders(resource: string): Promise<Holder[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const rows = await this.#query<HolderRow>(
+      this.#sql.holders,
+      [resource],
+      `holders of "${resource}"`,
+    )
+    return rows.map((r) => ({
+      candidate: r.candidate,
+      token: toToken(r.token, 'holders'),
+      metadata: r.metadata,
+      remainingMs: Number(r.remaining_ms),
+    }))
+  }
+
+  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+    this.#checkOpen()
+    validateResource(resource)
+    if (typeof onChange !== 'function') {
+      throw new OptionsError('onChange', onChange, 'watch() takes a function to call on changes.')
+    }
+    // Registered before LISTEN completes, so nothing pushed after that point is missed.
+    const remove = this.#listener.add(resource, () => onChange())
+    try {
+      await this.#listener.ready()
+    } catch (error) {
+      remove()
+      this.#gate.check() // cut by close(): say so, finally
+      throw error
+    }
+    return unwatchOnce(remove)
+  }
+
+  /** Registers a hook close() runs and awaits before it gives anything up (the Backend contract). */
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
+  }
+
+  /**
+   * Runs the onClose hooks first (the core ends its terms and releases their grants through
+   * this backend, which still works), then stops LISTEN and ends the pool if it made it.
+   */
+  close(): Promise<void> {
+    return this.#gate.close(async () => {
+      await this.#listener.close()
+      if (this.#ownsPool) await this.#pool.end().catch(() => undefined)
+    })
+  }
+
+  #checkOpen(): void {
+    this.#gate.check()
+  }
+
+  /** One statement through the pool (after the migrations); a call cut by close() says closed. */
+  async #query<R extends QueryResultRow>(
+    text: string,
+    values: unknown[],
+    what: string,
+  ): Promise<R[]> {
+    try {
+      await this.#ready()
+      return await poolQuery<R>(this.#pool, text, values, this.#timeoutMs, what)
+    } catch (error) {
+      this.#gate.check()
+      throw error
+    }
+  }
+
+  /** Migrations run once per backend instance, on first use; a failure is retried on the next call. */
+  #ready(): Promise<void> {
+    this.#migrated ??= prepareSchema(
+      this.#pool,
+      this.schema,
+      this.#timeoutMs,
+      this.#autoMigrate,
+    ).catch((error: unknown) => {
+      this.#migrated = undefined
+      throw error
+    })
+    return this.#migrated
+  }
+}
+
+/** A token as pg returns it (bigint: a string) as a number, refusing one that is not safe. */
+function toToken(value: unknown, what: string): number {
+  const token = typeof value === 'number' ? value : Number(value)
+  if (!Number.isSafeInteger(token) || token < 1) {
+    throw new BackendError(
+      `postgres: ${what} returned a token that is not a safe integer: ${describe(value)}`,
+    )
+  }
+  return token
+}

@@ -1,0 +1,272 @@
+/**
+ * Options of the PostgreSQL backend and of migrate(): what they are, their defaults, the rules
+ * they must follow (checked up front, so a typo never falls back to a default), and the backend
+ * URL, which is parsed here into the same options.
+ */
+import type { ClientConfig, Pool } from 'pg'
+import { OptionsError } from '../../errors.js'
+import { redactUrl, shownValue } from '../kit.js'
+
+/** What postgresBackend() takes: where the pool comes from, the schema, and the timings. */
+export interface PostgresBackendOptions {
+  /** Your `pg` Pool. The backend uses it and never ends it. Give this or `connectionString`. */
+  pool?: Pool
+  /** Or a connection string: the backend makes its own pool (and ends it on close()). */
+  connectionString?: string
+  /** The schema holding conclave's tables (made by the migrations). Default `conclave`. */
+  schema?: string
+  /**
+   * Connection settings of the one dedicated LISTEN connection. Default: the pool's own
+   * settings. Point it at the server directly when the pool goes through PgBouncer in
+   * transaction mode (which cannot carry LISTEN).
+   */
+  listen?: ClientConfig
+  /**
+   * A call that has no answer after this many ms fails (and its connection is dropped), so a
+   * dead connection fails the call instead of hanging it. Default 10000.
+   */
+  queryTimeoutMs?: number
+  /** While the LISTEN connection is down, watchers are woken this often. Default 3000. */
+  pollMs?: number
+  /** How often the LISTEN connection is checked with `SELECT 1` (finds a hung path). Default 10000. */
+  heartbeatMs?: number
+  /** Run pending migrations on first use (default true). With false, an old schema is an error. */
+  migrate?: boolean
+}
+
+/** What migrate() takes: the same pool or connection string and schema as the backend. */
+export interface MigrateOptions {
+  pool?: Pool
+  connectionString?: string
+  schema?: string
+  /** Default 30000: the whole migration (including waiting for another process's) fails after it. */
+  timeoutMs?: number
+}
+
+/** The schema conclave's tables live in when none is given. */
+export const DEFAULT_SCHEMA = 'conclave'
+const SCHEMA_RULE =
+  'A schema name is 1 to 50 characters of lower-case letters, digits and _, starting with a letter or _ and not with pg_ (e.g. "conclave").'
+const KNOWN_OPTIONS = new Set([
+  'pool',
+  'connectionString',
+  'schema',
+  'listen',
+  'queryTimeoutMs',
+  'pollMs',
+  'heartbeatMs',
+  'migrate',
+])
+const KNOWN_MIGRATE_OPTIONS = ['pool', 'connectionString', 'schema', 'timeoutMs']
+
+/**
+ * A schema name, checked: it is put into SQL as a quoted identifier and into the NOTIFY channel
+ * as a literal, so only lower-case letters, digits and _ are allowed (nothing to escape).
+ */
+export function validateSchema(schema: unknown, field = 'schema'): string {
+  if (
+    typeof schema !== 'string' ||
+    !/^[a-z_][a-z0-9_]{0,49}$/.test(schema) ||
+    schema.startsWith('pg_')
+  ) {
+    throw new OptionsError(field, schema, SCHEMA_RULE)
+  }
+  return schema
+}
+
+/** The backend's timings, checked: the call deadline, the polling fallback, the LISTEN heartbeat. */
+export interface Timings {
+  queryTimeoutMs: number
+  pollMs: number
+  heartbeatMs: number
+}
+
+/** The timings of `options` with their defaults (10 s, 3 s, 10 s). */
+export function resolveTimings(options: PostgresBackendOptions): Timings {
+  return {
+    queryTimeoutMs: intOption('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100),
+    pollMs: intOption('pollMs', options.pollMs, 3_000, 10),
+    heartbeatMs: intOption('heartbeatMs', options.heartbeatMs, 10_000, 100),
+  }
+}
+
+/**
+ * Checks what postgresBackend() was given before it makes a pool (so a bad option never leaves
+ * one behind); returns the call deadline the pool it makes is set up with.
+ */
+export function checkBackendOptions(options: PostgresBackendOptions): number {
+  if (typeof options !== 'object' || options === null) {
+    throw new OptionsError(
+      'options',
+      options,
+      'postgresBackend() takes { pool } or { connectionString }, and optionally schema.',
+    )
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN_OPTIONS.has(key)) {
+      throw new OptionsError(
+        key,
+        shownValue(key, (options as Record<string, unknown>)[key]),
+        `Unknown postgresBackend option; known: ${[...KNOWN_OPTIONS].join(', ')}.`,
+      )
+    }
+  }
+  checkPoolSource(options)
+  if (
+    options.listen !== undefined &&
+    (typeof options.listen !== 'object' || options.listen === null)
+  ) {
+    throw new OptionsError(
+      'listen',
+      options.listen,
+      'listen must be pg Client settings, e.g. { connectionString }.',
+    )
+  }
+  if (options.migrate !== undefined && typeof options.migrate !== 'boolean') {
+    throw new OptionsError('migrate', options.migrate, 'migrate must be true or false.')
+  }
+  validateSchema(options.schema ?? DEFAULT_SCHEMA)
+  return intOption('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100)
+}
+
+/** What migrate() was given, checked: the schema and the whole migration's deadline. */
+export function checkMigrateOptions(options: MigrateOptions): {
+  schema: string
+  timeoutMs: number
+} {
+  if (typeof options !== 'object' || options === null) {
+    throw new OptionsError(
+      'options',
+      options,
+      'migrate() takes { pool | connectionString, schema }.',
+    )
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN_MIGRATE_OPTIONS.includes(key)) {
+      throw new OptionsError(
+        key,
+        shownValue(key, (options as Record<string, unknown>)[key]),
+        `Unknown migrate() option; known: ${KNOWN_MIGRATE_OPTIONS.join(', ')}.`,
+      )
+    }
+  }
+  checkPoolSource(options)
+  const schema = validateSchema(options.schema ?? DEFAULT_SCHEMA)
+  const timeoutMs = intOption('timeoutMs', options.timeoutMs, 30_000, 100)
+  return { schema, timeoutMs }
+}
+
+function isPool(value: unknown): value is Pool {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as Pool).query === 'function' &&
+    typeof (value as Pool).connect === 'function'
+  )
+}
+
+function intOption(field: string, value: unknown, fallback: number, min: number): number {
+  if (value === undefined) return fallback
+  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 2 ** 31 - 1) {
+    throw new OptionsError(
+      field,
+      value,
+      `${field} must be an integer number of milliseconds from ${min} to 2147483647.`,
+    )
+  }
+  return value as number
+}
+
+/** Exactly one of pool and connectionString, each of the right kind. */
+function checkPoolSource(options: { pool?: unknown; connectionString?: unknown }): void {
+  if (options.pool !== undefined && options.connectionString !== undefined) {
+    // Not the values themselves: a connection string (or a pool's options) may hold a password.
+    throw new OptionsError(
+      'pool',
+      'both pool and connectionString',
+      'Give either pool or connectionString, not both.',
+    )
+  }
+  if (options.pool !== undefined) {
+    if (!isPool(options.pool)) {
+      throw new OptionsError(
+        'pool',
+        options.pool,
+        'pool must be a pg Pool (an object with query() and connect()), e.g. new pg.Pool({ connectionString }).',
+      )
+    }
+    return
+  }
+  if (typeof options.connectionString !== 'string' || options.connectionString.length === 0) {
+    throw new OptionsError(
+      'connectionString',
+      options.connectionString,
+      'Give a pg Pool as pool, or a connection string such as postgres://user@host:5432/db.',
+    )
+  }
+}
+
+/** The query parameters pg reads from a connection string (others it would silently ignore). */
+const PG_URL_PARAMS = [
+  'host',
+  'port',
+  'user',
+  'password',
+  'options',
+  'application_name',
+  'fallback_application_name',
+  'client_encoding',
+  'replication',
+  'binary',
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+  'ssl',
+  'sslmode',
+  'sslcert',
+  'sslkey',
+  'sslrootcert',
+  'sslnegotiation',
+  'uselibpqcompat',
+]
+const URL_RULE =
+  'A PostgreSQL backend URL looks like postgres://user:password@host:5432/db?schema=conclave.'
+
+/**
+ * `postgres://user@host:5432/db?schema=name` (or `postgresql://`) to options. `schema` is
+ * conclave's; the parameters pg reads stay in the connection string; any other is refused (pg
+ * would ignore it). A password never appears in an error.
+ */
+export function optionsFromUrl(url: string): PostgresBackendOptions {
+  const shown = typeof url === 'string' ? redactUrl(url) : url
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    throw new OptionsError('backend', shown, URL_RULE)
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    throw new OptionsError(
+      'backend',
+      shown,
+      'A PostgreSQL backend URL starts with postgres:// or postgresql://.',
+    )
+  }
+  for (const [name, value] of parsed.searchParams) {
+    if (name !== 'schema' && !PG_URL_PARAMS.includes(name)) {
+      throw new OptionsError(
+        name,
+        shownValue(name, value),
+        `"${name}" is not a parameter of PostgreSQL backend URLs.`,
+        `Known: schema (conclave's), and pg's ${PG_URL_PARAMS.join(', ')}.`,
+      )
+    }
+  }
+  const schemas = parsed.searchParams.getAll('schema')
+  if (schemas.length > 1) {
+    throw new OptionsError('schema', schemas, 'Give the schema parameter once.')
+  }
+  parsed.searchParams.delete('schema')
+  const schema = schemas[0] === undefined ? undefined : validateSchema(schemas[0], 'schema')
+  return { connectionString: parsed.toString(), ...(schema ? { schema } : {}) }
+}
