@@ -149,7 +149,7 @@ export function requirePeer<T>(name: string, neededBy: string): T {
   }
 }
 
-/** A name that may label a secret (`password`, `sslkey`, `apiToken`...): its value is never shown. */
+/** A name that may label a secret (`password`, `sslkey`, `apiToken`...): never show its value. */
 export function isSecretName(name: string): boolean {
   return /pass|secret|token|key/i.test(name)
 }

@@ -15,7 +15,6 @@
  *
  * etcd3 is an optional peer dependency: only types are imported statically; `{ hosts }` loads it.
  */
-import { createRequire } from 'node:module'
 import type {
   Etcd3,
   IKeyValue,
@@ -37,14 +36,15 @@ import {
   validateRenew,
   validateResource,
 } from '../../backend.js'
+import { BackendClosedError, BackendError, TicketsMismatchError } from '../../errors.js'
 import {
-  BackendClosedError,
-  BackendError,
-  ConclaveError,
-  MissingPeerError,
-  TicketsMismatchError,
-} from '../../errors.js'
-import { CloseGate } from '../kit.js'
+  backendError,
+  CloseGate,
+  requirePeer,
+  serverLabel,
+  timeoutError,
+  withDeadline,
+} from '../kit.js'
 import {
   decodeValue,
   encodeValue,
@@ -99,6 +99,7 @@ type LeaseTtls = Map<string, number | undefined>
 
 const now = () => performance.now()
 
+/** The etcd backend: a key per candidate on one shared lease, ranked by create revision. */
 export class EtcdBackend implements Backend {
   readonly name: string = 'etcd'
   readonly #options: ResolvedEtcdOptions
@@ -118,15 +119,18 @@ export class EtcdBackend implements Backend {
   readonly #gate = new CloseGate('etcd')
   /** Set when close()'s teardown begins (after the onClose hooks): background work stops. */
   #down = false
-  /** The endpoints, `host:port[,host:port]`, for messages. */
-  readonly #where: string
+  /** `etcd at host:port[,host:port]`, for messages. */
+  readonly #label: string
 
   constructor(options: EtcdBackendOptions) {
     this.#options = resolveEtcdOptions(options)
     if (this.#options.client) {
       this.#client = this.#options.client
     } else {
-      const { Etcd3: Client } = loadEtcd3()
+      const { Etcd3: Client } = requirePeer<typeof import('etcd3')>(
+        'etcd3',
+        'etcdBackend({ hosts }) (and an etcd:// URL)',
+      )
       this.#owned = new Client({
         ...ETCD_CLIENT_DEFAULTS,
         ...this.#options.clientOptions,
@@ -135,14 +139,15 @@ export class EtcdBackend implements Backend {
       this.#client = this.#owned
     }
     this.#layout = new Layout(this.#client.prefix.toString(KEY_ENCODING), this.#options.prefix)
-    this.#where = endpoints(
+    const where = endpoints(
       this.#options.hosts ?? (this.#client as unknown as { options?: IOptions }).options?.hosts,
     )
+    this.#label = serverLabel('etcd', where)
     this.#watches = new Watches(
       this.#client,
       this.#options.timeoutMs,
       (resource) => this.#layout.watchPrefix(resource),
-      this.#where,
+      this.#label,
     )
   }
 
@@ -702,31 +707,16 @@ export class EtcdBackend implements Backend {
     fn: (options: { deadline: Date }) => Promise<T>,
     timeoutMs = this.#options.timeoutMs,
   ): Promise<T> {
-    let timer: NodeJS.Timeout | undefined
     const call = fn({ deadline: new Date(Date.now() + timeoutMs) })
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () =>
-          reject(
-            new BackendError(`etcd at ${this.#where}: ${what} got no answer in ${timeoutMs} ms`),
-          ),
-        timeoutMs + 50,
-      )
-      timer.unref()
-    })
     try {
-      return await Promise.race([call, timeout])
+      // A little later than gRPC's own deadline, whose error says more when it comes in time.
+      return await withDeadline(call, timeoutMs + 50, () =>
+        timeoutError(this.#label, what, timeoutMs),
+      )
     } catch (error) {
       // A call cut by close()'s teardown (revoked lease, closed client) says closed, finally.
       if (this.#down && what !== 'revoke') throw new BackendClosedError('etcd')
-      if (error instanceof ConclaveError) throw error
-      const message = error instanceof Error ? error.message : String(error)
-      throw new BackendError(`etcd at ${this.#where}: ${what} failed: ${message}`, {
-        cause: error,
-      })
-    } finally {
-      clearTimeout(timer)
-      call.catch(() => {}) // a late failure after the timeout is already reported
+      throw backendError(this.#label, what, error)
     }
   }
 
@@ -742,18 +732,6 @@ function isLeaseNotFound(error: unknown): boolean {
     cause instanceof Error &&
     (cause.constructor.name === 'EtcdLeaseInvalidError' || /lease not found/i.test(cause.message))
   )
-}
-
-function loadEtcd3(): typeof import('etcd3') {
-  try {
-    return createRequire(import.meta.url)('etcd3') as typeof import('etcd3')
-  } catch (error) {
-    const code = (error as { code?: unknown } | null)?.code
-    if (code !== 'MODULE_NOT_FOUND' || !(error as Error).message.includes("'etcd3'")) throw error
-    throw new MissingPeerError('etcd3', 'etcdBackend({ hosts }) (and an etcd:// URL)', {
-      cause: error,
-    })
-  }
 }
 
 /** Endpoints as `host:port[,host:port]` (without http://), for messages. */

@@ -13,6 +13,7 @@
  */
 import type { Json } from '../../backend.js'
 
+/** What a candidate's key holds: the acquire's tickets, lease and metadata. */
 export interface Stored {
   tickets: number
   leaseMs: number
@@ -24,6 +25,7 @@ export interface Decoded extends Stored {
   foreign: boolean
 }
 
+/** A key's value as written (only the known fields, in a fixed order). */
 export function encodeValue(stored: Stored): Buffer {
   return Buffer.from(
     JSON.stringify({ tickets: stored.tickets, leaseMs: stored.leaseMs, metadata: stored.metadata }),
@@ -105,14 +107,17 @@ export function recordedTickets<K extends { value: Buffer }>(
 /** Keys are handled as latin1 strings: one char per byte, so any namespace bytes survive. */
 export const KEY_ENCODING = 'latin1'
 
+/** A key as etcd takes it. */
 export function keyBuffer(key: string): Buffer {
   return Buffer.from(key, KEY_ENCODING)
 }
 
+/** A key as etcd returns it, as this backend handles it. */
 export function keyString(key: Buffer): string {
   return key.toString(KEY_ENCODING)
 }
 
+/** The keys and ranges of one backend: its client's namespace and its prefix. */
 export class Layout {
   /** The client's namespace plus the backend's prefix. */
   readonly base: string

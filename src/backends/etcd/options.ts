@@ -1,7 +1,9 @@
 /** Options of the etcd backend: what they are, their defaults, and the rules they must follow. */
 import type { IOptions, Namespace } from 'etcd3'
 import { describe, OptionsError } from '../../errors.js'
+import { redactUrl, shownValue } from '../kit.js'
 
+/** What etcdBackend() takes: your client or the endpoints, and the key prefix and call deadline. */
 export interface EtcdBackendOptions {
   /**
    * Your etcd3 client (an `Etcd3`, or a namespace of one: keys then live under its namespace
@@ -24,6 +26,7 @@ export interface EtcdBackendOptions {
   timeoutMs?: number
 }
 
+/** The options checked, with the defaults filled in and hosts as URLs. */
 export interface ResolvedEtcdOptions {
   client: Namespace | undefined
   hosts: string[] | undefined
@@ -34,12 +37,15 @@ export interface ResolvedEtcdOptions {
 
 const KNOWN = ['client', 'hosts', 'clientOptions', 'prefix', 'timeoutMs']
 
+/** Where keys live when no prefix is given. */
 export const DEFAULT_PREFIX = 'conclave/'
+/** The call deadline when none is given. */
 export const DEFAULT_TIMEOUT_MS = 5_000
 
 const PREFIX = /^[\x21-\x7e]{0,100}$/
 const HOST = /^(https?:\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/
 
+/** Checks every option (unknown ones too, never echoing a secret) and fills in the defaults. */
 export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw new OptionsError(
@@ -53,7 +59,7 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
     if (!KNOWN.includes(key)) {
       throw new OptionsError(
         key,
-        /pass|secret|token|key/i.test(key) ? '***' : o[key],
+        shownValue(key, o[key]),
         `"${key}" is not an etcd backend option.`,
         `Known options: ${KNOWN.join(', ')}.`,
       )
@@ -188,14 +194,6 @@ function redactHosts(hosts: unknown): unknown {
   return Array.isArray(hosts) ? hosts.map(one) : one(hosts)
 }
 
-/** An etcd URL as it may appear in a message: a password in it replaced by `***`. */
-export function redactEtcdUrl(url: string): string {
-  return url.replace(
-    /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)@/i,
-    (_, scheme: string, userinfo: string) => `${scheme}${userinfo.replace(/:.*$/s, ':***')}@`,
-  )
-}
-
 /**
  * `etcd://host:port[,host:port...][/][?prefix=...&timeoutMs=...]` to options. Written by hand:
  * WHATWG URL parsing rejects the comma-separated host list.
@@ -204,7 +202,7 @@ export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOpti
   const rule =
     'An etcd backend URL is etcd://host:port[,host:port...][?prefix=...&timeoutMs=...] (e.g. etcd://127.0.0.1:2379).'
   if (typeof url !== 'string') throw new OptionsError(field, url, rule)
-  const shown = redactEtcdUrl(url)
+  const shown = redactUrl(url)
   const match = /^etcd:\/\/([^/?#]+)\/?(\?[^#]*)?$/i.exec(url)
   if (!match) throw new OptionsError(field, shown, rule)
   if (match[1]!.includes('@')) {
@@ -230,7 +228,7 @@ export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOpti
     if (!URL_PARAMS.includes(key)) {
       throw new OptionsError(
         key,
-        /pass|secret|token|key/i.test(key) ? '***' : values.length > 1 ? values : values[0],
+        shownValue(key, values.length > 1 ? values : values[0]),
         `"${key}" is not a parameter of etcd backend URLs.`,
         `Known: ${URL_PARAMS.join(', ')}.`,
       )

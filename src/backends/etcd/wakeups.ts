@@ -7,6 +7,7 @@
  */
 import type { Namespace, Watcher } from 'etcd3'
 import { BackendError } from '../../errors.js'
+import { backendError, fanOut, timeoutError, unwatchOnce, withDeadline } from '../kit.js'
 
 interface SharedWatch {
   readonly listeners: Set<() => void>
@@ -17,6 +18,7 @@ interface SharedWatch {
   cancelling?: Promise<void>
 }
 
+/** The etcd watches of one backend, one per watched resource, and the listeners they wake. */
 export class Watches {
   readonly #client: Namespace
   readonly #timeoutMs: number
@@ -28,13 +30,13 @@ export class Watches {
 
   /**
    * @param prefixOf the key prefix of a resource, without the client's namespace
-   * @param where the endpoints, for messages
+   * @param label `etcd at <endpoints>`, for messages
    */
   constructor(
     client: Namespace,
     timeoutMs: number,
     readonly prefixOf: (resource: string) => string,
-    readonly where: string,
+    readonly label: string,
   ) {
     this.#client = client
     this.#timeoutMs = timeoutMs
@@ -57,14 +59,9 @@ export class Watches {
       this.#drop(resource, watch, listener)
       throw error
     }
-    let done = false
     // The listener is gone at once; etcd's cancel goes on in the background, so a candidate
     // that just won does not wait another round trip for it.
-    return async () => {
-      if (done) return
-      done = true
-      this.#drop(resource, watch, listener)
-    }
+    return unwatchOnce(() => this.#drop(resource, watch, listener))
   }
 
   /** Cancels every watch (bounded by the timeout: a dead connection does not hold close() up). */
@@ -85,30 +82,23 @@ export class Watches {
       const timer = setTimeout(() => {
         reject(
           new BackendError(
-            `etcd at ${this.where}: watch of "${resource}" not established in ${this.#timeoutMs} ms`,
+            `${this.label}: watch of "${resource}" not established in ${this.#timeoutMs} ms`,
           ),
         )
       }, this.#timeoutMs)
       timer.unref()
       watcher.on('connected', () => {
         clearTimeout(timer)
-        if (connected) notify(listeners) // a reconnect: something may have changed meanwhile
+        if (connected) fanOut(listeners) // a reconnect: something may have changed meanwhile
         connected = true
         resolve()
       })
       watcher.on('error', (error: Error) => {
         clearTimeout(timer)
         shared.broken = true
-        reject(
-          new BackendError(
-            `etcd at ${this.where}: watch of "${resource}" failed: ${error.message}`,
-            {
-              cause: error,
-            },
-          ),
-        )
+        reject(backendError(this.label, `watch of "${resource}"`, error))
         if (connected) {
-          notify(listeners)
+          fanOut(listeners)
           this.#replace(resource, shared)
         }
       })
@@ -116,7 +106,7 @@ export class Watches {
     // Nobody may be awaiting `ready` when it fails late; the rejection is still observed here.
     ready.catch(() => {})
     watcher.on('data', (response) => {
-      if (response.events.length > 0) notify(listeners)
+      if (response.events.length > 0) fanOut(listeners)
     })
     const shared: SharedWatch = { listeners, ready, watcher, broken: false }
     return shared
@@ -136,7 +126,7 @@ export class Watches {
       for (const listener of old.listeners) fresh.listeners.add(listener)
       const target = fresh
       target.ready.then(
-        () => notify(target.listeners),
+        () => fanOut(target.listeners),
         () => this.#replace(resource, target),
       )
       old.listeners.clear()
@@ -161,29 +151,10 @@ export class Watches {
   }
 
   #cancel(watch: SharedWatch): Promise<void> {
-    watch.cancelling ??= (async () => {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        watch.watcher.cancel().catch(() => {}),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, this.#timeoutMs)
-          timer.unref()
-        }),
-      ])
-      clearTimeout(timer)
-    })()
+    // Bounded by the timeout, and quiet: a dead connection must not hold close() up.
+    watch.cancelling ??= withDeadline(watch.watcher.cancel(), this.#timeoutMs, () =>
+      timeoutError(this.label, 'cancelling a watch', this.#timeoutMs),
+    ).catch(() => {})
     return watch.cancelling
-  }
-}
-
-function notify(listeners: Set<() => void>): void {
-  for (const listener of [...listeners]) {
-    queueMicrotask(() => {
-      try {
-        listener()
-      } catch {
-        // A listener's own failure is its business; the others still hear of the change.
-      }
-    })
   }
 }

@@ -74,7 +74,7 @@ export function validateSchema(schema: unknown, field = 'schema'): string {
   return schema
 }
 
-/** The backend's timings, checked: the call deadline, the polling fallback, the LISTEN heartbeat. */
+/** The backend's timings: the call deadline, the polling fallback, the LISTEN heartbeat. */
 export interface Timings {
   queryTimeoutMs: number
   pollMs: number

@@ -80,7 +80,7 @@ export function poolAddress(pool: Pool): string {
   return where
 }
 
-/** One statement through the pool under `timeoutMs`; failures are BackendErrors naming the server. */
+/** One statement through the pool under `timeoutMs`; failures are BackendErrors naming where. */
 export async function poolQuery<R extends QueryResultRow>(
   pool: Pool,
   text: string,
