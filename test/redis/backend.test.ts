@@ -190,26 +190,31 @@ describe('key layout', () => {
     expect(got.acquired).toBe(true)
     const keys = (await admin.keys(`${prefix}*`)).sort()
     const expected = resourceKeys(prefix, resource)
-    expect(keys).toEqual([expected.grants, expected.holders, expected.token].sort())
+    expect(keys).toEqual([expected.grants, expected.holders, expected.token, expected.guard].sort())
     for (const key of keys) {
       // Redis Cluster hashes only what is between the first { and the next }.
       const tag = /\{([^}]*)\}/.exec(key)?.[1]
       expect(tag).toBe(resource)
     }
     expect(expected.channel).toContain(`{${resource}}`)
-    for (const key of [expected.holders, expected.grants]) {
+    for (const key of [expected.holders, expected.grants, expected.guard]) {
       const ttl = await admin.pttl(key)
       expect(ttl).toBeGreaterThan(0)
       expect(ttl).toBeGreaterThanOrEqual(lease - 1_000) // outlives the grant
       expect(ttl).toBeLessThanOrEqual(2 * lease) // and not much more
     }
+    // The guard never expires before the holders key (it is set from its TTL).
+    expect(await admin.pttl(expected.guard)).toBeGreaterThanOrEqual(
+      (await admin.pttl(expected.holders)) - 5,
+    )
     expect(await admin.pttl(expected.token)).toBeGreaterThan(lease)
-    // Released: only the token counter stays (so tokens keep growing), and it expires too.
+    // Released: only the token counter stays (so tokens keep growing), and it expires too; the
+    // guard went with the last grant.
     await b.release({ resource, candidate: 'a' })
     expect(await admin.keys(`${prefix}*`)).toEqual([expected.token])
     // Keys of different resources land under different tags; no key outside the prefix.
     await acquire(b, 'other', 'a')
-    expect((await admin.keys(`${prefix}*`)).filter((k) => k.includes('{other}'))).toHaveLength(3)
+    expect((await admin.keys(`${prefix}*`)).filter((k) => k.includes('{other}'))).toHaveLength(4)
     await b.release({ resource: 'other', candidate: 'a' })
   })
 })

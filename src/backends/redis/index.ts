@@ -1,7 +1,9 @@
 /**
  * The Redis backend: one Lua script per operation (expiry and tokens on the server's TIME),
  * keys hash-tagged per resource (one slot per script call, Redis Cluster safe), pub/sub on a
- * per-resource channel to wake waiters through one shared subscriber connection.
+ * per-resource channel to wake waiters through one shared subscriber connection. The same
+ * connection listens to the keys' keyspace notifications, when the server sends them, so a
+ * grant deleted by hand (a raw DEL, which publishes nothing) wakes the watchers too.
  *
  * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
  * it when the backend is made (and fails at once with a MissingPeerError without it).
@@ -134,6 +136,34 @@ function isNoScript(error: unknown): boolean {
   return error instanceof Error && error.message.startsWith('NOSCRIPT')
 }
 
+/**
+ * The keyspace events our own renewals cause on a resource's keys: a ZADD of the holder's expiry
+ * (with `z`) and, about once per lease, a PEXPIRE raising the keys' TTL (with `g`). Neither can
+ * take a grant away (a key whose TTL an operator cut short is heard when it expires, `x`), so
+ * they wake nobody: otherwise every renewal would wake every watcher of the resource.
+ */
+const QUIET_KEYSPACE_EVENTS: ReadonlySet<string> = new Set(['zadd', 'expire'])
+
+/**
+ * The notify-keyspace-events classes the backend needs to hear a grant deleted by hand: `K`
+ * (keyspace channels), `g` (DEL, UNLINK, RENAME, EXPIRE in the past), `h` (HDEL of a grant, the
+ * grants key is a hash), `x` (a key expired after an operator cut its TTL short).
+ */
+export const KEYSPACE_FLAGS = 'Kghx'
+
+/** The stable code of the warning that keyspace notifications are off (or unreadable). */
+export const KEYSPACE_WARNING = 'CONCLAVE_REDIS_KEYSPACE'
+
+/** The letters of KEYSPACE_FLAGS that a notify-keyspace-events value lacks (`A` has g, h, x). */
+export function missingKeyspaceFlags(flags: string): string {
+  return [...KEYSPACE_FLAGS]
+    .filter((flag) => !flags.includes(flag) && !(flag !== 'K' && flags.includes('A')))
+    .join('')
+}
+
+/** Servers (host:port) already warned about, so a process says it once per server. */
+const keyspaceWarned = new Set<string>()
+
 /** The keys and channel of one resource; all share the hash tag `{resource}`. */
 export function resourceKeys(prefix: string, resource: string) {
   const base = `${prefix}{${resource}}`
@@ -141,12 +171,27 @@ export function resourceKeys(prefix: string, resource: string) {
     holders: `${base}:holders`,
     grants: `${base}:grants`,
     token: `${base}:token`,
+    /** Expires with the holders key; alone, it says the keys were deleted by hand. */
+    guard: `${base}:guard`,
     channel: `${base}:changed`,
   }
 }
 
+/**
+ * The keyspace-notification channels of a resource's grant keys (holders and grants) in
+ * database `db`: where the server reports a DEL, HDEL, expiry... of them, if configured to.
+ */
+export function keyspaceChannels(prefix: string, resource: string, db = 0): string[] {
+  const keys = resourceKeys(prefix, resource)
+  return [keys.holders, keys.grants].map((key) => `__keyspace@${db}__:${key}`)
+}
+
 interface Channel {
   readonly listeners: Set<() => void>
+  /** The pub/sub channels it listens to: the resource's own, then its keys' keyspace ones. */
+  readonly names: readonly string[]
+  /** A wake-up of the listeners is queued: messages arriving meanwhile need no other. */
+  pending: boolean
   /** Settles when the server confirmed our SUBSCRIBE (undefined: not subscribed). */
   subscribed: Promise<void> | undefined
   /** The last SUBSCRIBE/UNSUBSCRIBE sent, so they reach the server in order. */
@@ -171,7 +216,12 @@ export class RedisBackend implements Backend {
   readonly #scripts = loadScripts()
   #subscriber: Redis | undefined
   #heartbeat: NodeJS.Timeout | undefined
+  /** Per watched resource, by its own channel's name. */
   readonly #channels = new Map<string, Channel>()
+  /** Every subscribed pub/sub channel name (own and keyspace) to its resource's Channel. */
+  readonly #routes = new Map<string, Channel>()
+  /** notify-keyspace-events was read (or refused): it is not asked again. */
+  #keyspaceChecked = false
   readonly #gate = new CloseGate('redis')
 
   constructor(options: RedisBackendOptions) {
@@ -292,7 +342,7 @@ export class RedisBackend implements Backend {
     validateAcquire(request)
     const keys = resourceKeys(this.prefix, request.resource)
     const reply = await this.#run('acquire', this.#scripts.acquire, [
-      [keys.holders, keys.grants, keys.token],
+      [keys.holders, keys.grants, keys.token, keys.guard],
       [
         request.candidate,
         String(request.tickets),
@@ -309,7 +359,8 @@ export class RedisBackend implements Backend {
     }
     const holders = parseHolders(list, 2)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
-    // A free ticket the server may not grant yet: it started less than a lease ago.
+    // A free ticket the server may not grant yet: it started less than a lease ago, or the
+    // keys were deleted by hand while their grants may live (until the guard runs out).
     const graceMs = Number(list[1])
     if (graceMs > 0) return { acquired: false, holders, retryInMs: graceMs }
     return {
@@ -333,7 +384,7 @@ export class RedisBackend implements Backend {
       const args: string[] = []
       for (const request of requests.slice(i, i + RENEW_BATCH)) {
         const k = resourceKeys(this.prefix, request.resource)
-        keys.push(k.holders, k.grants)
+        keys.push(k.holders, k.grants, k.guard)
         args.push(request.candidate, String(request.token), String(request.leaseMs))
       }
       calls.push([keys, args])
@@ -364,7 +415,7 @@ export class RedisBackend implements Backend {
     validateRelease(request)
     const keys = resourceKeys(this.prefix, request.resource)
     await this.#run('release', this.#scripts.release, [
-      [keys.holders, keys.grants],
+      [keys.holders, keys.grants, keys.guard],
       [request.candidate, request.token === undefined ? '' : String(request.token), keys.channel],
     ])
   }
@@ -374,7 +425,7 @@ export class RedisBackend implements Backend {
     validateResource(resource)
     const keys = resourceKeys(this.prefix, resource)
     const reply = await this.#run('holders', this.#scripts.holders, [
-      [keys.holders, keys.grants],
+      [keys.holders, keys.grants, keys.guard],
       [keys.channel],
     ])
     return parseHolders(asArray(reply, 'holders'), 0)
@@ -385,15 +436,22 @@ export class RedisBackend implements Backend {
     validateResource(resource)
     const name = resourceKeys(this.prefix, resource).channel
     const subscriber = this.#subscriberConnection()
+    void this.#checkKeyspaceEvents()
     let channel = this.#channels.get(name)
     if (!channel) {
+      // The keys' keyspace channels are subscribed whatever the server's setting says (it may
+      // be unreadable, or changed later): with notifications off they are merely silent.
+      const db = Number(this.#client.options?.db ?? 0)
       channel = {
         listeners: new Set(),
+        names: [name, ...keyspaceChannels(this.prefix, resource, db)],
+        pending: false,
         subscribed: undefined,
         queue: Promise.resolve(),
         linger: undefined,
       }
       this.#channels.set(name, channel)
+      for (const n of channel.names) this.#routes.set(n, channel)
     }
     const ch = channel
     clearTimeout(ch.linger)
@@ -407,7 +465,7 @@ export class RedisBackend implements Backend {
       ch.linger.unref()
     }
     try {
-      ch.subscribed ??= this.#subscribe(subscriber, ch, name)
+      ch.subscribed ??= this.#subscribe(subscriber, ch)
       await this.#timed('watch', () => ch.subscribed!, 'subscriber')
     } catch (error) {
       await stop(0)
@@ -430,6 +488,7 @@ export class RedisBackend implements Backend {
     return this.#gate.close(async () => {
       for (const ch of this.#channels.values()) clearTimeout(ch.linger)
       this.#channels.clear()
+      this.#routes.clear()
       clearInterval(this.#heartbeat)
       this.#subscriber?.disconnect()
       if (this.#owned) this.#client.disconnect()
@@ -459,9 +518,19 @@ export class RedisBackend implements Backend {
     this.#heartbeat.unref()
     // Reported through failed watches, as their cause; ioredis reconnects.
     subscriber.on('error', (error: Error) => (this.#subscriberError = error))
-    subscriber.on('message', (channel: string) => {
-      const listeners = this.#channels.get(channel)?.listeners
-      if (listeners) notify(listeners)
+    subscriber.on('message', (channel: string, message: string) => {
+      const ch = this.#routes.get(channel)
+      if (!ch) return
+      // On a keyspace channel the message is the event's name (del, hdel, expired, ...).
+      if (channel !== ch.names[0] && QUIET_KEYSPACE_EVENTS.has(message)) return
+      // One wake-up for the messages of one read: a release alone is a PUBLISH, an HDEL, a
+      // ZREM and the keys' DEL.
+      if (ch.pending) return
+      ch.pending = true
+      queueMicrotask(() => {
+        ch.pending = false
+        notify(ch.listeners)
+      })
     })
     let connectedBefore = false
     subscriber.on('ready', () => {
@@ -480,12 +549,10 @@ export class RedisBackend implements Backend {
     for (const [name, ch] of this.#channels) {
       if (ch.listeners.size > 0) continue
       clearTimeout(ch.linger)
-      this.#channels.delete(name)
+      this.#forget(name, ch)
     }
     const channels = [...this.#channels]
-    const again = channels.map(
-      ([name, ch]) => (ch.subscribed = this.#subscribe(subscriber, ch, name)),
-    )
+    const again = channels.map(([, ch]) => (ch.subscribed = this.#subscribe(subscriber, ch)))
     // Wake everyone once the subscriptions are back (or failed: their own timers still run).
     await Promise.allSettled(again)
     if (this.#gate.closing) return
@@ -501,16 +568,21 @@ export class RedisBackend implements Backend {
     ch.linger = undefined
     if (ch.listeners.size > 0 || this.#gate.closing) return
     ch.subscribed = undefined
-    const op = ch.queue.then(() => subscriber.unsubscribe(name)).then(noop, noop)
+    const op = ch.queue.then(() => subscriber.unsubscribe(...ch.names)).then(noop, noop)
     ch.queue = op
     await op
-    if (ch.queue === op && !ch.subscribed && this.#channels.get(name) === ch)
-      this.#channels.delete(name)
+    if (ch.queue === op && !ch.subscribed && this.#channels.get(name) === ch) this.#forget(name, ch)
   }
 
-  #subscribe(subscriber: Redis, ch: Channel, name: string): Promise<void> {
+  #forget(name: string, ch: Channel): void {
+    this.#channels.delete(name)
+    for (const n of ch.names) if (this.#routes.get(n) === ch) this.#routes.delete(n)
+  }
+
+  /** One SUBSCRIBE for the resource's own channel and its keys' keyspace channels. */
+  #subscribe(subscriber: Redis, ch: Channel): Promise<void> {
     const done = ch.queue.then(async () => {
-      await subscriber.subscribe(name)
+      await subscriber.subscribe(...ch.names)
     })
     ch.queue = done.catch(noop)
     // A failed subscribe is retried by the next watch.
@@ -518,6 +590,46 @@ export class RedisBackend implements Backend {
       if (ch.subscribed === done) ch.subscribed = undefined
     })
     return done
+  }
+
+  /**
+   * Reads notify-keyspace-events once (at the first watch) and warns, once per server and
+   * process, when it lacks what the backend needs to hear a grant deleted by hand. Never sets
+   * it (managed Redis refuses CONFIG SET, and it is the operator's server). A refused CONFIG
+   * GET counts as off; a failed connection is asked again at the next watch.
+   */
+  async #checkKeyspaceEvents(): Promise<void> {
+    if (this.#keyspaceChecked) return
+    this.#keyspaceChecked = true
+    const where = endpoint(this.#client)
+    let flags: string | undefined
+    let unreadable: string | undefined
+    try {
+      const reply = await this.#timed('config get', () =>
+        this.#client.config('GET', 'notify-keyspace-events'),
+      )
+      if (Array.isArray(reply) && reply.length >= 2) flags = String(reply[1])
+      else unreadable = 'no such setting in the answer'
+    } catch (error) {
+      const cause = (error as { cause?: unknown }).cause
+      if (!(cause instanceof Error) || cause.name !== 'ReplyError') {
+        // No answer (down, closing): unknown, not refused.
+        this.#keyspaceChecked = false
+        return
+      }
+      unreadable = cause.message
+    }
+    const missing = flags === undefined ? KEYSPACE_FLAGS : missingKeyspaceFlags(flags)
+    if (missing === '' || keyspaceWarned.has(where)) return
+    keyspaceWarned.add(where)
+    const setting =
+      flags === undefined
+        ? `conclave could not read notify-keyspace-events on the redis at ${where} (CONFIG GET: ${unreadable}), so it assumes keyspace notifications are off.`
+        : `The redis at ${where} has notify-keyspace-events "${flags}", without ${[...missing].join(', ')}.`
+    process.emitWarning(
+      `${setting} A grant deleted by hand (a DEL, UNLINK, HDEL or EXPIRE of conclave's keys) is then heard by nobody: its holder goes on until its next renewal (up to renewMs later), while nobody else may win until the old grant could have expired. For its holder to step down within a round trip, set notify-keyspace-events ${KEYSPACE_FLAGS} (or add ${missing} to the flags already set); see docs/redis.md.`,
+      { type: 'ConclaveWarning', code: KEYSPACE_WARNING },
+    )
   }
 
   async #run(what: string, script: Script, [keys, args]: Call): Promise<Reply> {

@@ -5,6 +5,9 @@
 -- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"; and " tickets" (a space first:
 --                  no candidate id has one) -> the tickets the live grants were made with
 -- KEYS[3] token:   string, the last token granted on this resource
+-- KEYS[4] guard:   string that expires with the holders key (never before it), deleted when our
+--                  own scripts remove the last grant. Found without the holders key, it says the
+--                  keys were deleted by hand while grants may live on in their holders' minds.
 -- ARGV[1] candidate
 -- ARGV[2] tickets
 -- ARGV[3] leaseMs
@@ -16,12 +19,13 @@
 --
 -- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
 -- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
--- waitMs > 0 says the server is in its startup grace for that many more ms; {2, heldTickets}
--- when unexpired grants live that were made with another number of tickets (nothing granted).
+-- waitMs > 0 says no ticket may be granted for that many more ms (the server's startup grace, or
+-- the guard of keys deleted by hand); {2, heldTickets} when unexpired grants live that were made
+-- with another number of tickets (nothing granted).
 if redis.replicate_commands then redis.replicate_commands() end
 
 local TICKETS = ' tickets'
-local holders, grants, tokenKey = KEYS[1], KEYS[2], KEYS[3]
+local holders, grants, tokenKey, guard = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local startupGrace = ARGV[7] == '1'
@@ -31,11 +35,22 @@ local nowUs = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local now = math.floor(nowUs / 1000)
 local changed = false
 
+-- The holders key deleted by hand (a raw DEL, UNLINK, RENAME...) while the guard says grants may
+-- still live: their holders may not know yet (they hear it at once only through keyspace
+-- notifications, else at their next renewal), so nobody gets a ticket until the guard runs out,
+-- which is never before those grants would have expired.
+if redis.call('EXISTS', holders) == 0 then
+  local guarded = redis.call('PTTL', guard)
+  if guarded > 0 then return {0, guarded} end
+end
+
 -- Expired holders go first, so they neither count nor show.
 local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
 for _, c in ipairs(gone) do redis.call('HDEL', grants, c) end
 if #gone > 0 then
   redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+  -- The last grant expired (the holders key is gone now): so is the guard.
+  if redis.call('ZCARD', holders) == 0 then redis.call('DEL', guard) end
   changed = true
 end
 
@@ -109,10 +124,15 @@ end
 if result[1] == 1 and held ~= tickets then redis.call('HSET', grants, TICKETS, tickets) end
 
 -- Keys outlive every grant in them (their TTL is raised, never lowered, when it falls short),
--- and no longer than twice the longest lease: an abandoned resource leaves nothing behind.
-if result[1] == 1 and redis.call('PTTL', holders) < leaseMs then
-  redis.call('PEXPIRE', holders, 2 * leaseMs)
-  redis.call('PEXPIRE', grants, 2 * leaseMs)
+-- and no longer than twice the longest lease: an abandoned resource leaves nothing behind. The
+-- guard expires with the holders key (raised when it falls short of it: rarely written).
+if result[1] == 1 then
+  if redis.call('PTTL', holders) < leaseMs then
+    redis.call('PEXPIRE', holders, 2 * leaseMs)
+    redis.call('PEXPIRE', grants, 2 * leaseMs)
+  end
+  local ttl = redis.call('PTTL', holders)
+  if redis.call('PTTL', guard) < ttl then redis.call('SET', guard, '1', 'PX', ttl) end
 end
 
 local all = redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES')

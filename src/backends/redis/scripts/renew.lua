@@ -2,10 +2,11 @@
 -- many grants at once (one call per batch, not per grant), so it does the least it can: no
 -- pruning of others, no publishing.
 --
--- For each grant i = 1..n (n = #KEYS / 2):
--- KEYS[2i-1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
--- KEYS[2i]   grants:  hash, candidate -> "<token>:<metadata JSON>"; " tickets" -> the live
+-- For each grant i = 1..n (n = #KEYS / 3):
+-- KEYS[3i-2] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
+-- KEYS[3i-1] grants:  hash, candidate -> "<token>:<metadata JSON>"; " tickets" -> the live
 --                    grants' tickets (removed with the last grant)
+-- KEYS[3i]   guard:   string that expires with the holders key; removed with the last grant
 -- ARGV[3i-2] candidate
 -- ARGV[3i-1] token of the grant to renew
 -- ARGV[3i]   leaseMs
@@ -18,14 +19,17 @@ if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = math.floor((tonumber(time[1]) * 1000000 + tonumber(time[2])) / 1000)
 
-local function renew(holders, grants, candidate, token, leaseMs)
+local function renew(holders, grants, guard, candidate, token, leaseMs)
   local expiry = redis.call('ZSCORE', holders, candidate)
   if not expiry then return 0 end
   if tonumber(expiry) <= now then
     -- Expired: it stays gone (the next acquire or holders call tells the watchers).
     redis.call('ZREM', holders, candidate)
     redis.call('HDEL', grants, candidate)
-    if redis.call('ZCARD', holders) == 0 then redis.call('HDEL', grants, ' tickets') end
+    if redis.call('ZCARD', holders) == 0 then
+      redis.call('HDEL', grants, ' tickets')
+      redis.call('DEL', guard)
+    end
     return 0
   end
   local value = redis.call('HGET', grants, candidate)
@@ -33,17 +37,21 @@ local function renew(holders, grants, candidate, token, leaseMs)
     return 0
   end
   redis.call('ZADD', holders, now + leaseMs, candidate)
-  -- Keys outlive every grant in them: raise their TTL (never lower it) when it falls short.
-  if redis.call('PTTL', holders) < leaseMs then
+  -- Keys outlive every grant in them: raise their TTL (never lower it) when it falls short,
+  -- and the guard's with them (so it is written about once per lease, not per renewal).
+  local ttl = redis.call('PTTL', holders)
+  if ttl < leaseMs then
     redis.call('PEXPIRE', holders, 2 * leaseMs)
     redis.call('PEXPIRE', grants, 2 * leaseMs)
+    ttl = 2 * leaseMs
   end
+  if redis.call('PTTL', guard) < ttl then redis.call('SET', guard, '1', 'PX', ttl) end
   return 1
 end
 
 local results = {}
-for i = 1, #KEYS / 2 do
-  results[i] = renew(KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 * i - 2], ARGV[3 * i - 1],
-    tonumber(ARGV[3 * i]))
+for i = 1, #KEYS / 3 do
+  results[i] = renew(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[3 * i - 2],
+    ARGV[3 * i - 1], tonumber(ARGV[3 * i]))
 end
 return results
