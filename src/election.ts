@@ -4,7 +4,8 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'node:events'
-import { type Backend, type Holder, type Unwatch, validateResource } from './backend.js'
+import type { Backend, Holder, Unwatch } from './backend.js'
+import { validateResource } from './validate.js'
 import { type Clock, sleep } from './clock.js'
 import {
   BusyError,

@@ -3,7 +3,7 @@
  * free functions) refuses a bad value the same way, before anything is sent.
  */
 import type { Backend } from '../backend.js'
-import { validateLeaseMs, validateResource } from '../backend.js'
+import { validateLeaseMs, validateResource } from '../validate.js'
 import { OptionsError } from '../errors.js'
 import { AGENT_NAMESPACE, isName, MAX_NAME_LENGTH } from './protocol.js'
 

@@ -3,20 +3,17 @@
  * asynchronously (as a real backend would). One process only; the cluster backend shares it
  * across node:cluster workers.
  */
-import {
-  type AcquireRequest,
-  type AcquireResult,
-  type Backend,
-  type Holder,
-  type Json,
-  type ReleaseRequest,
-  type RenewRequest,
-  type Unwatch,
-  validateAcquire,
-  validateRelease,
-  validateRenew,
-  validateResource,
+import type {
+  AcquireRequest,
+  AcquireResult,
+  Backend,
+  Holder,
+  Json,
+  ReleaseRequest,
+  RenewRequest,
+  Unwatch,
 } from '../backend.js'
+import { validateAcquire, validateRelease, validateRenew, validateResource } from '../validate.js'
 import { type Clock, systemClock } from '../clock.js'
 import { TicketsMismatchError } from '../errors.js'
 import { CloseGate } from './kit.js'

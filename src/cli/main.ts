@@ -9,7 +9,7 @@
 import { parseArgs } from 'node:util'
 import { Election } from '../election.js'
 import { ConclaveError } from '../errors.js'
-import { validateCandidate, validateResource } from '../backend.js'
+import { validateCandidate, validateResource } from '../validate.js'
 import { BACKEND_SCHEMES, backendFromUrl, requireSharedBackend } from './backends.js'
 import { demoWorker, isDemoWorker, runDemo } from './demo.js'
 import { describeError, describeStack, EXIT, exitCodeOf, redact } from './report.js'

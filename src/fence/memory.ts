@@ -3,7 +3,7 @@
  * referee of the chaos harness. A write is applied when its token is >= the highest token the
  * key has seen (a term writes many times with one token), and refused otherwise.
  */
-import { validateToken } from '../backend.js'
+import { validateToken } from '../validate.js'
 import { StaleTokenError } from './errors.js'
 
 /** What a fenced write returned: written, or refused as stale with the newest token seen. */

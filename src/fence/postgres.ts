@@ -8,7 +8,7 @@
  * The row lock the UPDATE takes orders concurrent writers, so the check and the write are one
  * atomic step. Takes any pg Pool, Client or PoolClient (pg is not imported here).
  */
-import { validateToken } from '../backend.js'
+import { validateToken } from '../validate.js'
 import { OptionsError } from '../errors.js'
 import { StaleTokenError } from './errors.js'
 

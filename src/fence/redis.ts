@@ -8,7 +8,7 @@
  */
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { validateToken } from '../backend.js'
+import { validateToken } from '../validate.js'
 import { OptionsError } from '../errors.js'
 import { StaleTokenError } from './errors.js'
 

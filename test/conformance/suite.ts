@@ -482,6 +482,7 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       faulty.failing = true // the old process's release never arrives: its grant lives on
       await before.close()
       faulty.failing = false
+      await faulty.close() // and the old process is gone (a backend that ties grants to it drops them)
       const after = election(await backend(), res, { id })
       const second = await after.campaign()
       expect(second.token).toBeGreaterThan(first.token)
@@ -498,9 +499,9 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
         renewMs: Math.floor(L * 0.8),
         marginMs: Math.floor(L / 20),
       })
+      const other = await backend() // made first: making one may take longer than a renewal
       const term = await a.campaign()
       await sleep(L / 10)
-      const other = await backend()
       await other.release({ resource: res, candidate: a.id, token: term.token })
       const reason = await term.ended
       expect(reason).toBe('lost')
