@@ -1,6 +1,7 @@
 /** Options of the etcd backend: what they are, their defaults, and the rules they must follow. */
 import type { IOptions, Namespace } from 'etcd3'
 import { describe, OptionsError } from '../../errors.js'
+import { milliseconds, optionalMilliseconds } from '../../validate.js'
 import { redactUrl, shownValue } from '../kit.js'
 
 /** What etcdBackend() takes: your client or the endpoints, and the key prefix and call deadline. */
@@ -128,24 +129,13 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
       'prefix must be 0 to 100 printable ASCII characters without spaces.',
     )
   }
-  const timeoutMs = o.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : o.timeoutMs
-  if (
-    !Number.isInteger(timeoutMs) ||
-    (timeoutMs as number) < 10 ||
-    (timeoutMs as number) > 600_000
-  ) {
-    throw new OptionsError(
-      'timeoutMs',
-      o.timeoutMs,
-      'timeoutMs must be an integer number of milliseconds from 10 to 600000.',
-    )
-  }
+  const timeoutMs = optionalMilliseconds('timeoutMs', o.timeoutMs, DEFAULT_TIMEOUT_MS, 10, 600_000)
   return {
     client,
     hosts,
     clientOptions: o.clientOptions ?? {},
     prefix,
-    timeoutMs: timeoutMs as number,
+    timeoutMs,
   }
 }
 
@@ -239,14 +229,10 @@ export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOpti
     const value = values[0]!
     if (key === 'prefix') options.prefix = value
     if (key === 'timeoutMs') {
-      if (!/^\d+$/.test(value)) {
-        throw new OptionsError(
-          key,
-          value,
-          'timeoutMs must be an integer number of milliseconds from 10 to 600000.',
-        )
-      }
-      options.timeoutMs = Number(value)
+      // Digits only (Number() would take "1e3" or " 5"); anything else fails with the rule.
+      options.timeoutMs = /^\d+$/.test(value)
+        ? Number(value)
+        : milliseconds(key, value, 10, 600_000)
     }
   }
   return options

@@ -5,6 +5,7 @@
  */
 import type { ClientConfig, Pool } from 'pg'
 import { OptionsError } from '../../errors.js'
+import { optionalMilliseconds } from '../../validate.js'
 import { redactUrl, shownValue } from '../kit.js'
 
 /** What postgresBackend() takes: where the pool comes from, the schema, and the timings. */
@@ -47,7 +48,7 @@ export interface MigrateOptions {
 export const DEFAULT_SCHEMA = 'conclave'
 const SCHEMA_RULE =
   'A schema name is 1 to 50 characters of lower-case letters, digits and _, starting with a letter or _ and not with pg_ (e.g. "conclave").'
-const KNOWN_OPTIONS = new Set([
+const KNOWN_OPTIONS = [
   'pool',
   'connectionString',
   'schema',
@@ -56,7 +57,7 @@ const KNOWN_OPTIONS = new Set([
   'pollMs',
   'heartbeatMs',
   'migrate',
-])
+]
 const KNOWN_MIGRATE_OPTIONS = ['pool', 'connectionString', 'schema', 'timeoutMs']
 
 /**
@@ -84,9 +85,9 @@ export interface Timings {
 /** The timings of `options` with their defaults (10 s, 3 s, 10 s). */
 export function resolveTimings(options: PostgresBackendOptions): Timings {
   return {
-    queryTimeoutMs: intOption('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100),
-    pollMs: intOption('pollMs', options.pollMs, 3_000, 10),
-    heartbeatMs: intOption('heartbeatMs', options.heartbeatMs, 10_000, 100),
+    queryTimeoutMs: queryTimeoutMs(options),
+    pollMs: optionalMilliseconds('pollMs', options.pollMs, 3_000, 10),
+    heartbeatMs: optionalMilliseconds('heartbeatMs', options.heartbeatMs, 10_000, 100),
   }
 }
 
@@ -95,22 +96,12 @@ export function resolveTimings(options: PostgresBackendOptions): Timings {
  * one behind); returns the call deadline the pool it makes is set up with.
  */
 export function checkBackendOptions(options: PostgresBackendOptions): number {
-  if (typeof options !== 'object' || options === null) {
-    throw new OptionsError(
-      'options',
-      options,
-      'postgresBackend() takes { pool } or { connectionString }, and optionally schema.',
-    )
-  }
-  for (const key of Object.keys(options)) {
-    if (!KNOWN_OPTIONS.has(key)) {
-      throw new OptionsError(
-        key,
-        shownValue(key, (options as Record<string, unknown>)[key]),
-        `Unknown postgresBackend option; known: ${[...KNOWN_OPTIONS].join(', ')}.`,
-      )
-    }
-  }
+  checkKeys(
+    options,
+    KNOWN_OPTIONS,
+    'postgresBackend',
+    'postgresBackend() takes { pool } or { connectionString }, and optionally schema.',
+  )
   checkPoolSource(options)
   if (
     options.listen !== undefined &&
@@ -126,7 +117,7 @@ export function checkBackendOptions(options: PostgresBackendOptions): number {
     throw new OptionsError('migrate', options.migrate, 'migrate must be true or false.')
   }
   validateSchema(options.schema ?? DEFAULT_SCHEMA)
-  return intOption('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100)
+  return queryTimeoutMs(options)
 }
 
 /** What migrate() was given, checked: the schema and the whole migration's deadline. */
@@ -134,26 +125,37 @@ export function checkMigrateOptions(options: MigrateOptions): {
   schema: string
   timeoutMs: number
 } {
+  checkKeys(
+    options,
+    KNOWN_MIGRATE_OPTIONS,
+    'migrate()',
+    'migrate() takes { pool | connectionString, schema }.',
+  )
+  checkPoolSource(options)
+  const schema = validateSchema(options.schema ?? DEFAULT_SCHEMA)
+  const timeoutMs = optionalMilliseconds('timeoutMs', options.timeoutMs, 30_000, 100)
+  return { schema, timeoutMs }
+}
+
+/** The call deadline (default 10 s): the pool the backend makes is set up with it too. */
+function queryTimeoutMs(options: PostgresBackendOptions): number {
+  return optionalMilliseconds('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100)
+}
+
+/** An options object with only `known` keys; an unknown key's value is shown only if no secret. */
+function checkKeys(options: unknown, known: string[], name: string, takes: string): void {
   if (typeof options !== 'object' || options === null) {
-    throw new OptionsError(
-      'options',
-      options,
-      'migrate() takes { pool | connectionString, schema }.',
-    )
+    throw new OptionsError('options', options, takes)
   }
   for (const key of Object.keys(options)) {
-    if (!KNOWN_MIGRATE_OPTIONS.includes(key)) {
+    if (!known.includes(key)) {
       throw new OptionsError(
         key,
         shownValue(key, (options as Record<string, unknown>)[key]),
-        `Unknown migrate() option; known: ${KNOWN_MIGRATE_OPTIONS.join(', ')}.`,
+        `Unknown ${name} option; known: ${known.join(', ')}.`,
       )
     }
   }
-  checkPoolSource(options)
-  const schema = validateSchema(options.schema ?? DEFAULT_SCHEMA)
-  const timeoutMs = intOption('timeoutMs', options.timeoutMs, 30_000, 100)
-  return { schema, timeoutMs }
 }
 
 function isPool(value: unknown): value is Pool {
@@ -163,18 +165,6 @@ function isPool(value: unknown): value is Pool {
     typeof (value as Pool).query === 'function' &&
     typeof (value as Pool).connect === 'function'
   )
-}
-
-function intOption(field: string, value: unknown, fallback: number, min: number): number {
-  if (value === undefined) return fallback
-  if (!Number.isInteger(value) || (value as number) < min || (value as number) > 2 ** 31 - 1) {
-    throw new OptionsError(
-      field,
-      value,
-      `${field} must be an integer number of milliseconds from ${min} to 2147483647.`,
-    )
-  }
-  return value as number
 }
 
 /** Exactly one of pool and connectionString, each of the right kind. */
