@@ -79,7 +79,9 @@ export function backendError(label: string, what: string, error: unknown): Error
 
 /** The BackendError of a call that got no answer in time, naming the server. */
 export function timeoutError(label: string, what: string, ms: number): BackendError {
-  return new BackendError(`${label}: ${what} got no answer in ${ms} ms`)
+  return new BackendError(`${label}: ${what} got no answer in ${ms} ms`, {
+    code: 'ERR_CONCLAVE_TIMEOUT',
+  })
 }
 
 /**

@@ -142,7 +142,7 @@ describe('faults', () => {
     const proxy = await startProxy({ targetPort: server.port })
     try {
       const proxyUrl = `postgres://${server.user}@127.0.0.1:${proxy.port}/${server.database}`
-      const a = open({ connectionString: proxyUrl, queryTimeoutMs: 500, heartbeatMs: 500 })
+      const a = open({ connectionString: proxyUrl, timeoutMs: 500, heartbeatMs: 500 })
       const ea = elect(a, resource, { leaseMs: 2_000 })
       const eb = elect(open(), resource, { leaseMs: 60_000 })
       const ta: Term = await ea.campaign()
@@ -176,13 +176,13 @@ describe('faults', () => {
     const proxy = await startProxy({ targetPort: server.port })
     try {
       const url = `postgres://${server.user}@127.0.0.1:${proxy.port}/${server.database}`
-      const b = open({ connectionString: url, queryTimeoutMs: 300, pollMs: 100, heartbeatMs: 200 })
+      const b = open({ connectionString: url, timeoutMs: 300, pollMs: 100, heartbeatMs: 200 })
       let wakes = 0
       const unwatch = await b.watch('faults/poll', () => wakes++)
       expect(await b.holders('faults/poll')).toEqual([])
       proxy.cut({ mode: 'blackhole' })
       const t0 = performance.now()
-      await expect(b.holders('faults/poll')).rejects.toMatchObject({ code: 'ERR_CONCLAVE_BACKEND' })
+      await expect(b.holders('faults/poll')).rejects.toMatchObject({ code: 'ERR_CONCLAVE_TIMEOUT' })
       // Bounded by the timeout (300 ms), not by TCP: a huge margin still tells the two apart.
       expect(performance.now() - t0).toBeLessThan(10_000)
       // The heartbeat finds the hung LISTEN connection; reconnecting fails while the path is

@@ -75,7 +75,7 @@ export class PostgresBackend implements Backend {
     ClientCtor: () => Promise<ClientClass>,
   ) {
     this.schema = validateSchema(options.schema ?? DEFAULT_SCHEMA)
-    const { queryTimeoutMs: timeoutMs, pollMs, heartbeatMs } = resolveTimings(options)
+    const { timeoutMs, pollMs, heartbeatMs } = resolveTimings(options)
     this.#timeoutMs = timeoutMs
     this.#autoMigrate = options.migrate ?? true
     this.#pool = pool

@@ -5,7 +5,7 @@
  */
 import type { ClientConfig, Pool } from 'pg'
 import { OptionsError } from '../../errors.js'
-import { optionalMilliseconds } from '../../validate.js'
+import { optionalMilliseconds, renamedOption } from '../../validate.js'
 import { redactUrl, shownValue } from '../kit.js'
 
 /** What postgresBackend() takes: where the pool comes from, the schema, and the timings. */
@@ -26,7 +26,7 @@ export interface PostgresBackendOptions {
    * A call that has no answer after this many ms fails (and its connection is dropped), so a
    * dead connection fails the call instead of hanging it. Default 10000.
    */
-  queryTimeoutMs?: number
+  timeoutMs?: number
   /** While the LISTEN connection is down, watchers are woken this often. Default 3000. */
   pollMs?: number
   /** How often the LISTEN connection is checked with `SELECT 1` (finds a hung path). Default 10000. */
@@ -53,7 +53,7 @@ const KNOWN_OPTIONS = [
   'connectionString',
   'schema',
   'listen',
-  'queryTimeoutMs',
+  'timeoutMs',
   'pollMs',
   'heartbeatMs',
   'migrate',
@@ -77,7 +77,7 @@ export function validateSchema(schema: unknown, field = 'schema'): string {
 
 /** The backend's timings: the call deadline, the polling fallback, the LISTEN heartbeat. */
 export interface Timings {
-  queryTimeoutMs: number
+  timeoutMs: number
   pollMs: number
   heartbeatMs: number
 }
@@ -85,7 +85,7 @@ export interface Timings {
 /** The timings of `options` with their defaults (10 s, 3 s, 10 s). */
 export function resolveTimings(options: PostgresBackendOptions): Timings {
   return {
-    queryTimeoutMs: queryTimeoutMs(options),
+    timeoutMs: callTimeoutMs(options),
     pollMs: optionalMilliseconds('pollMs', options.pollMs, 3_000, 10),
     heartbeatMs: optionalMilliseconds('heartbeatMs', options.heartbeatMs, 10_000, 100),
   }
@@ -96,6 +96,7 @@ export function resolveTimings(options: PostgresBackendOptions): Timings {
  * one behind); returns the call deadline the pool it makes is set up with.
  */
 export function checkBackendOptions(options: PostgresBackendOptions): number {
+  renamedOption(options, 'queryTimeoutMs', 'timeoutMs')
   checkKeys(
     options,
     KNOWN_OPTIONS,
@@ -117,7 +118,7 @@ export function checkBackendOptions(options: PostgresBackendOptions): number {
     throw new OptionsError('migrate', options.migrate, 'migrate must be true or false.')
   }
   validateSchema(options.schema ?? DEFAULT_SCHEMA)
-  return queryTimeoutMs(options)
+  return callTimeoutMs(options)
 }
 
 /** What migrate() was given, checked: the schema and the whole migration's deadline. */
@@ -138,8 +139,8 @@ export function checkMigrateOptions(options: MigrateOptions): {
 }
 
 /** The call deadline (default 10 s): the pool the backend makes is set up with it too. */
-function queryTimeoutMs(options: PostgresBackendOptions): number {
-  return optionalMilliseconds('queryTimeoutMs', options.queryTimeoutMs, 10_000, 100)
+function callTimeoutMs(options: PostgresBackendOptions): number {
+  return optionalMilliseconds('timeoutMs', options.timeoutMs, 10_000, 100)
 }
 
 /** An options object with only `known` keys; an unknown key's value is shown only if no secret. */
