@@ -74,6 +74,40 @@ function urlOf(server: ChaosServer): string {
   return server.target ? server.url(server.target.host, server.target.port) : server.url('', 0)
 }
 
+/**
+ * Waits until the fresh server grants at all: Redis grants nothing new while its startup grace
+ * lasts (its first lease + 1 s of uptime), and cycles that all give up within 30 ms would
+ * otherwise never acquire.
+ */
+async function firstGrant(
+  connect: (url: string) => Promise<Backend>,
+  url: string,
+  leaseMs: number,
+): Promise<void> {
+  const probe = await connect(url)
+  const request = {
+    resource: 'cycles/probe',
+    candidate: 'probe',
+    tickets: 1,
+    leaseMs,
+    metadata: null,
+  }
+  try {
+    const end = performance.now() + 30_000
+    for (;;) {
+      const result = await probe.acquire(request)
+      if (result.acquired) {
+        await probe.release({ ...request, token: result.token })
+        return
+      }
+      if (performance.now() > end) throw new Error(`${url} granted nothing for 30 s`)
+      await sleep(Math.min(Math.max(result.retryInMs, 10), 500))
+    }
+  } finally {
+    await probe.close()
+  }
+}
+
 export async function runCycles(options: CyclesOptions): Promise<CyclesResult> {
   const entry = chaosBackend(options.backend)
   if (!entry) throw new Error(`unknown backend ${options.backend}`)
@@ -90,6 +124,7 @@ export async function runCycles(options: CyclesOptions): Promise<CyclesResult> {
   const started = performance.now()
   const server = await entry.start()
   const url = urlOf(server)
+  await firstGrant(entry.connect, url, leaseMs)
   let next = 0
   try {
     const loops = Array.from({ length: concurrency }, async (_, loop) => {
