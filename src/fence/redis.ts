@@ -6,17 +6,19 @@
  * Takes any client with ioredis' `evalsha`/`eval` (a `Redis` or a `Cluster`); ioredis is not
  * imported here.
  */
-import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import {
+  defineScript,
+  runScript,
+  type Script,
+  type ScriptClient,
+} from '../backends/redis/scripts.js'
 import { validateToken } from '../validate.js'
 import { OptionsError } from '../errors.js'
 import { StaleTokenError } from './errors.js'
 
 /** The part of an ioredis client (Redis or Cluster) the fence uses. */
-export interface RedisScriptClient {
-  evalsha(sha: string, numKeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>
-  eval(script: string, numKeys: number, ...args: (string | number | Buffer)[]): Promise<unknown>
-}
+export type RedisScriptClient = ScriptClient
 
 /** Options of `fencedWrite`. */
 export interface FencedWriteOptions {
@@ -26,13 +28,13 @@ export interface FencedWriteOptions {
   fenceKey?: string
 }
 
-let script: { source: string; sha: string } | undefined
+let script: Script | undefined
 
-function loadScript(): { source: string; sha: string } {
-  if (!script) {
-    const source = readFileSync(new URL('./fenced-write.lua', import.meta.url), 'utf8')
-    script = { source, sha: createHash('sha1').update(source).digest('hex') }
-  }
+function loadScript(): Script {
+  script ??= defineScript(
+    'fenced-write',
+    readFileSync(new URL('./fenced-write.lua', import.meta.url), 'utf8'),
+  )
   return script
 }
 
@@ -73,15 +75,12 @@ export async function fencedWrite(
   if (!Number.isInteger(px) || px < 0) {
     throw new OptionsError('pxMs', options.pxMs, 'pxMs must be a non-negative integer of ms.')
   }
-  const { source, sha } = loadScript()
-  const args = [key, fenceKey, String(token), value, String(px)]
-  let reply: unknown
-  try {
-    reply = await client.evalsha(sha, 2, ...args)
-  } catch (error) {
-    if (!(error instanceof Error && error.message.startsWith('NOSCRIPT'))) throw error
-    reply = await client.eval(source, 2, ...args)
-  }
+  const reply = await runScript(
+    client,
+    loadScript(),
+    [key, fenceKey],
+    [String(token), value, String(px)],
+  )
   const [applied, highest] = reply as [number, string]
   if (applied !== 1) throw new StaleTokenError(`Redis key "${key}"`, token, Number(highest))
 }

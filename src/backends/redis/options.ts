@@ -1,0 +1,332 @@
+/**
+ * Options of the Redis backend: what they are, their defaults, the rules they must follow
+ * (checked up front, so a typo never falls back to a default), and the backend URL, parsed here
+ * into the same options. A password in a URL never reaches a message.
+ */
+import type { Redis, RedisOptions } from 'ioredis'
+import { OptionsError } from '../../errors.js'
+import { checkOptions, optionalMilliseconds } from '../../validate.js'
+
+/** What redisBackend() takes: your client or a URL, the key prefix, and the timings. */
+export interface RedisBackendOptions {
+  /**
+   * Your ioredis client (left open by close()). Give it `commandTimeout` (and, to notice a
+   * hung path sooner, `socketTimeout`) so a command fails instead of waiting forever.
+   */
+  client?: Redis
+  /**
+   * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
+   * query may set `prefix` and `startupGrace`, and ioredis' `db`, `family`, `username`,
+   * `password`, `connectionName`; any other parameter is refused.
+   */
+  url?: string
+  /** ioredis options for the client made from `url` (merged over the backend's defaults). */
+  clientOptions?: RedisOptions
+  /** Prepended to every key and channel. Default `conclave:`. */
+  prefix?: string
+  /**
+   * Each operation fails after this many ms without an answer, whatever the client's own
+   * settings (the command may still run later; every operation is safe to retry). Default 5000.
+   */
+  timeoutMs?: number
+  /**
+   * How long a resource's channel stays subscribed after its last watch ends, so a candidate
+   * that campaigns again soon need not wait for a SUBSCRIBE. Default 10000; 0 unsubscribes at once.
+   */
+  lingerMs?: number
+  /**
+   * The subscriber connection sends PING this often, and is replaced when an answer takes
+   * longer than this, so a hung path (no RST, no FIN) is found and the waiters it serves are
+   * woken after reconnecting. Default 5000.
+   */
+  heartbeatMs?: number
+  /**
+   * A redis-server that may have been up for less than one lease grants no new ticket
+   * (renewals of the grants it holds go on), because a restart may have lost grants whose
+   * holders still believe in their terms: it waits until its whole-second uptime reaches the
+   * lease + 1 s (more than one lease of real uptime, and at most 2 s more). Default true. Turn it off only
+   * for a Redis that cannot lose an acknowledged write (`appendonly yes` + `appendfsync
+   * always`), or one you just started yourself with nothing in it. See docs/redis.md.
+   */
+  startupGrace?: boolean
+}
+
+/** The options checked, with the defaults filled in. */
+export interface ResolvedRedisOptions {
+  prefix: string
+  timeoutMs: number
+  lingerMs: number
+  heartbeatMs: number
+  startupGrace: boolean
+  /** Your client, or undefined when the backend makes its own from `url`. */
+  client: Redis | undefined
+  /** Without your client: the URL for ioredis (conclave's parameters cut out). */
+  url: string | undefined
+  /** Without your client: the options it is made with (merged over the defaults later). */
+  clientOptions: RedisOptions | undefined
+}
+
+/** Defaults for a client the backend makes: fail fast instead of queueing while disconnected. */
+export const OWNED_CLIENT_DEFAULTS: Readonly<RedisOptions> = Object.freeze({
+  commandTimeout: 2_000,
+  socketTimeout: 3_000,
+  connectTimeout: 2_000,
+  maxRetriesPerRequest: 1,
+  retryStrategy: (times: number) => Math.min(times * 100, 1_000),
+})
+
+/** Where keys and channels live when no prefix is given. */
+export const DEFAULT_PREFIX = 'conclave:'
+/** The call deadline when none is given. */
+export const DEFAULT_TIMEOUT_MS = 5_000
+/** How long an unwatched channel stays subscribed when no lingerMs is given. */
+export const DEFAULT_LINGER_MS = 10_000
+/** The subscriber's PING interval (and answer deadline) when no heartbeatMs is given. */
+export const DEFAULT_HEARTBEAT_MS = 5_000
+
+const OPTION_NAMES = [
+  'client',
+  'url',
+  'clientOptions',
+  'prefix',
+  'timeoutMs',
+  'lingerMs',
+  'heartbeatMs',
+  'startupGrace',
+] as const
+
+const PREFIX_RULE =
+  'prefix must be 0 to 100 printable ASCII characters without spaces or braces ({ } would break the hash tag).'
+
+/**
+ * Checks every option and fills in the defaults, in the order a user fixes them: the shape, the
+ * option names, where the client comes from, the URL, then each value, then the client itself.
+ * Loads nothing: a client made from the URL is made by the backend once all of this passed.
+ */
+export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedisOptions {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new OptionsError(
+      'options',
+      options,
+      'redisBackend takes an object: { client } (an ioredis client) or { url }.',
+    )
+  }
+  checkOptions(options, OPTION_NAMES, 'redisBackend')
+  const { client, url, clientOptions } = options
+  if (client !== undefined && url !== undefined) {
+    throw new OptionsError(
+      'url',
+      typeof url === 'string' ? redactUrl(url) : url,
+      'Give either { client } or { url }, not both.',
+      'With your own client, the backend uses it as is.',
+    )
+  }
+  // The URL's own settings (?prefix=, ?startupGrace=) count as options, given once.
+  const fromUrl = url === undefined ? undefined : parseRedisUrl(url, 'url')
+  for (const name of URL_SETTINGS) {
+    if (fromUrl?.[name] !== undefined && options[name] !== undefined) {
+      throw new OptionsError(
+        name,
+        options[name],
+        `${name} is given both as an option and in the URL (?${name}=...): give it once.`,
+      )
+    }
+  }
+  // `=== undefined`, not `??`: a null is a value given, and refused by the rule.
+  const prefix = options.prefix === undefined ? (fromUrl?.prefix ?? DEFAULT_PREFIX) : options.prefix
+  if (typeof prefix !== 'string' || prefix.length > 100 || !/^[\x21-\x7a|~]*$/.test(prefix)) {
+    throw new OptionsError('prefix', prefix, PREFIX_RULE)
+  }
+  const timeoutMs = optionalMilliseconds('timeoutMs', options.timeoutMs, DEFAULT_TIMEOUT_MS, 1)
+  const lingerMs = optionalMilliseconds('lingerMs', options.lingerMs, DEFAULT_LINGER_MS, 0)
+  const heartbeatMs = optionalMilliseconds(
+    'heartbeatMs',
+    options.heartbeatMs,
+    DEFAULT_HEARTBEAT_MS,
+    100,
+  )
+  const startupGrace =
+    options.startupGrace === undefined ? (fromUrl?.startupGrace ?? true) : options.startupGrace
+  if (typeof startupGrace !== 'boolean') {
+    throw new OptionsError('startupGrace', startupGrace, 'startupGrace must be true or false.')
+  }
+  if (clientOptions !== undefined && (typeof clientOptions !== 'object' || !url)) {
+    throw new OptionsError(
+      'clientOptions',
+      clientOptions,
+      'clientOptions is an object of ioredis options, and only goes with { url }.',
+    )
+  }
+  if (client !== undefined && !looksLikeIoredis(client)) {
+    throw new OptionsError(
+      'client',
+      client,
+      'client must be an ioredis Redis instance (new Redis(...)); a Cluster client is not supported yet.',
+    )
+  }
+  if (client === undefined && fromUrl === undefined) {
+    throw new OptionsError(
+      'client',
+      client,
+      'redisBackend needs { client } (an ioredis client) or { url } (redis:// or rediss://).',
+    )
+  }
+  return {
+    prefix,
+    timeoutMs,
+    lingerMs,
+    heartbeatMs,
+    startupGrace,
+    client,
+    url: fromUrl?.url,
+    clientOptions,
+  }
+}
+
+/** A standalone ioredis client, by the methods the backend calls (ioredis is not imported here). */
+function looksLikeIoredis(client: unknown): client is Redis {
+  if (typeof client !== 'object' || client === null) return false
+  const c = client as Record<string, unknown>
+  return (
+    !c.isCluster &&
+    ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every((m) => typeof c[m] === 'function')
+  )
+}
+
+/** Where a client connects, for messages: host:port or the socket path (never a password). */
+export function endpoint(client: Redis): string {
+  const { host, port, path, sentinels, name } = client.options ?? {}
+  if (path) return path
+  if (sentinels?.length)
+    return `the master "${name}" of sentinels ${sentinels.map((s) => `${s.host ?? 'localhost'}:${s.port ?? 26379}`).join(',')}`
+  const h = host ?? 'localhost'
+  return `${h.includes(':') ? `[${h}]` : h}:${port ?? 6379}`
+}
+
+// --- URLs ------------------------------------------------------------------------------------
+
+/** Query parameters of a Redis URL that conclave reads itself (ioredis never sees them). */
+const URL_SETTINGS = ['startupGrace', 'prefix'] as const
+
+/** Query parameters ioredis reads from a URL as plain text: passed on untouched. */
+const IOREDIS_URL_PARAMS = ['db', 'family', 'username', 'password', 'connectionName'] as const
+
+/**
+ * A query parameter whose value must not be echoed. Wider than kit.ts's isSecretName (`auth`
+ * too): an unknown Redis URL parameter is shown in the error that refuses it.
+ */
+const SECRET_NAME = /pass|secret|auth|token|key/i
+
+const URL_RULE = 'A Redis URL is redis://[user:password@]host[:port][/db] or rediss://... for TLS.'
+
+/** The settings a Redis URL carries, and the URL to give ioredis. */
+export interface RedisUrlSettings {
+  /** The URL without conclave's parameters: exactly as given when it had none. */
+  url: string
+  /** `?startupGrace=true|false`, when given. */
+  startupGrace?: boolean
+  /** `?prefix=...`, when given (checked by the backend's prefix rule). */
+  prefix?: string
+}
+
+/**
+ * Checks a `redis://` / `rediss://` URL and takes conclave's parameters (`startupGrace`,
+ * `prefix`) out of it; any other parameter but those ioredis reads as text (`db`, `family`,
+ * `username`, `password`, `connectionName`) is refused with an OptionsError naming it.
+ */
+export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
+  let parsed: URL | undefined
+  try {
+    parsed = typeof url === 'string' ? new URL(url) : undefined
+  } catch {
+    parsed = undefined
+  }
+  if (
+    typeof url !== 'string' ||
+    !parsed ||
+    (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') ||
+    !parsed.hostname
+  ) {
+    throw new OptionsError(field, typeof url === 'string' ? redactUrl(url) : url, URL_RULE)
+  }
+  const settings: Omit<RedisUrlSettings, 'url'> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of parsed.searchParams) {
+    if ((URL_SETTINGS as readonly string[]).includes(name)) {
+      if (seen.has(name)) {
+        throw new OptionsError(name, value, `${name} is given twice in the Redis URL.`)
+      }
+      seen.add(name)
+      if (name === 'prefix') settings.prefix = value
+      else if (value === 'true' || value === 'false') settings.startupGrace = value === 'true'
+      else {
+        throw new OptionsError(
+          name,
+          value,
+          'startupGrace in a Redis URL is true or false (e.g. redis://host:6379?startupGrace=false).',
+        )
+      }
+    } else if (!(IOREDIS_URL_PARAMS as readonly string[]).includes(name)) {
+      throw new OptionsError(
+        name,
+        SECRET_NAME.test(name) ? '***' : value,
+        `Unknown Redis URL parameter. Known: ${URL_SETTINGS.join(', ')} (conclave's) and ${IOREDIS_URL_PARAMS.join(', ')} (passed to ioredis).`,
+      )
+    }
+  }
+  if (seen.size === 0) return { url }
+  // Only conclave's parameters are cut out of the text; the rest reaches ioredis as written.
+  const query = url.indexOf('?')
+  const hash = url.indexOf('#', query)
+  const end = hash < 0 ? url.length : hash
+  const kept = url
+    .slice(query + 1, end)
+    .split('&')
+    .filter((piece) => !seen.has(decodeQueryPart(piece.split('=')[0]!)))
+  return {
+    url: `${url.slice(0, query)}${kept.length > 0 ? `?${kept.join('&')}` : ''}${url.slice(end)}`,
+    ...settings,
+  }
+}
+
+/** A query key or value as URLSearchParams reads it. */
+function decodeQueryPart(text: string): string {
+  try {
+    return decodeURIComponent(text.replace(/\+/g, ' '))
+  } catch {
+    return text
+  }
+}
+
+/**
+ * A URL fit for messages: its password replaced with `***` (`redis://user:***@host:6379`), and
+ * so is the value of a query parameter named like a secret (`?password=***`). A URL that does
+ * not parse loses everything up to its last `@`, whatever it was.
+ *
+ * Stricter than kit.ts's redactUrl, on purpose: a Redis URL is checked only after it is shown,
+ * so a malformed one (`redis://u:pa#ss@h`, where WHATWG parsing ends the authority at `#`) and
+ * a secret-looking parameter of any name must not leak either.
+ */
+export function redactUrl(url: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0]
+  if (scheme === undefined) return url
+  let rest = url.slice(scheme.length)
+  let parses = true
+  try {
+    new URL(url)
+  } catch {
+    parses = false
+  }
+  // The userinfo ends at the last @ of the authority (which ends at the first / ? #).
+  const authority = parses ? rest.slice(0, rest.search(/[/?#]|$/)) : rest
+  const at = authority.lastIndexOf('@')
+  if (at >= 0) {
+    const colon = authority.indexOf(':')
+    // A user name alone stays (ioredis reads it as one), unless the URL is malformed.
+    if (colon >= 0 && colon < at) rest = `${authority.slice(0, colon)}:***${rest.slice(at)}`
+    else if (!parses) rest = `***${rest.slice(at)}`
+  }
+  return (
+    scheme + rest.replace(/([?&][^=&#]*(?:pass|secret|auth|token|key)[^=&#]*=)[^&#]*/gi, '$1***')
+  )
+}
