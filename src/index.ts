@@ -20,15 +20,46 @@ export {
   validateResource,
 } from './validate.js'
 export { type Clock, systemClock } from './clock.js'
+// Every error class of the package (the catalogue, src/errors.ts); the agent's and the fence's
+// are also exported from conclave/agent and conclave/fence.
 export {
+  AgentClosedError,
+  AgentDisconnectedError,
+  AgentError,
+  AgentStartedError,
+  AgentTimeoutError,
+  BackendClosedError,
   BackendError,
+  BackendTimeoutError,
   BusyError,
+  CandidateInUseError,
+  ClosedError,
   ConclaveError,
+  DesignatedLostError,
   ElectionClosedError,
+  type ErrorCode,
   LeadershipLostError,
+  MissingPeerError,
+  NoHandlerError,
+  NoIpcError,
+  NotDesignatedError,
+  NotPrimaryError,
+  NotSerializableError,
   OptionsError,
+  Pm2Error,
   ProtocolError,
+  REDIS_KEYSPACE_WARNING,
+  RemoteError,
+  RemoteHubError,
+  SchemaOldError,
+  SchemaTooNewError,
+  STANDALONE_CLUSTER_WARNING,
+  StaleTokenError,
   type TermEndReason,
+  TicketsMismatchError,
+  UsageError,
+  WorkError,
+  WorkerLostError,
 } from './errors.js'
 export { MemoryBackend, memoryBackend, type MemoryBackendOptions } from './backends/memory.js'
 export {

@@ -22,7 +22,7 @@
 import { createRequire } from 'node:module'
 import type { Backend, RenewRequest } from './backend.js'
 import type { Election } from './election.js'
-import { ConclaveError, OptionsError, WorkError } from './errors.js'
+import { MissingPeerError, OptionsError, WorkError } from './errors.js'
 import { onElectionError } from './health.js'
 
 import type { Counter, Histogram, Registry } from 'prom-client'
@@ -55,11 +55,11 @@ function loadPromClient(): PromClient {
   try {
     return createRequire(import.meta.url)('prom-client') as PromClient
   } catch (error) {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_MISSING_PEER',
-      'electionMetrics() needs the prom-client package: npm install prom-client (or pass { client }).',
-      { cause: error },
-    )
+    throw new MissingPeerError('prom-client', 'electionMetrics()', {
+      cause: error,
+      message:
+        'electionMetrics() needs the prom-client package: npm install prom-client (or pass { client }).',
+    })
   }
 }
 

@@ -17,9 +17,8 @@ import { EventEmitter } from 'node:events'
 import { clusterBackend } from '../backends/cluster/index.js'
 import type { Backend } from '../backend.js'
 import { Election } from '../election.js'
-import { OptionsError } from '../errors.js'
+import { AgentClosedError, NoIpcError, OptionsError } from '../errors.js'
 import type { Term } from '../term.js'
-import { AgentClosedError, AgentError } from './errors.js'
 import { type Handler, Handlers, raceAbort } from './handlers.js'
 import {
   type AgentOptions,
@@ -80,11 +79,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
     this.role = cluster.isPrimary ? 'primary' : 'worker'
     this.self = { workerId: cluster.isPrimary ? 0 : (cluster.worker?.id ?? -1), pid: process.pid }
     if (this.role === 'worker' && typeof process.send !== 'function') {
-      throw new AgentError(
-        'ERR_CONCLAVE_NO_IPC',
-        'This cluster worker has no IPC channel to the primary.',
-        false,
-      )
+      throw new NoIpcError()
     }
     this.#ownsBackend = settings.backend === undefined
     this.#backend = settings.backend ?? clusterBackend()

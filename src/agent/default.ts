@@ -3,7 +3,7 @@
  * `runInPrimary(name, fn)` without passing an agent around. The first use creates it with
  * default options; call `startAgent(options)` first (in every process) to choose them.
  */
-import { ConclaveError } from '../errors.js'
+import { AgentStartedError } from '../errors.js'
 import { type GatherEntry, ProcessAgent } from './agent.js'
 import type { Handler } from './handlers.js'
 import type { AgentOptions, CallOptions } from './options.js'
@@ -16,10 +16,7 @@ let current: ProcessAgent | undefined
  */
 export function startAgent(options?: AgentOptions): ProcessAgent {
   if (current && options !== undefined) {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_AGENT_STARTED',
-      'The default agent is already started; startAgent(options) must come before any other agent call.',
-    )
+    throw new AgentStartedError()
   }
   current ??= new ProcessAgent(options)
   return current

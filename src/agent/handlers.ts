@@ -5,10 +5,15 @@
  * (worker link, primary router) and the agent's own local calls run handlers through this.
  */
 import { AsyncLocalStorage } from 'node:async_hooks'
-import { OptionsError } from '../errors.js'
+import {
+  AgentTimeoutError,
+  DesignatedLostError,
+  NoHandlerError,
+  NotDesignatedError,
+  OptionsError,
+} from '../errors.js'
 import type { Term } from '../term.js'
-import { AgentTimeoutError, DesignatedLostError, NoHandlerError } from './errors.js'
-import { errorFromWire, errorToWire, NOT_DESIGNATED, type Outcome, type Peer } from './protocol.js'
+import { errorFromWire, errorToWire, type Outcome, type Peer } from './protocol.js'
 import { assertCarriable, copyValue, type Serialization } from './serialize.js'
 
 /** A function registered under a name; it may return a promise. */
@@ -136,12 +141,9 @@ export class Handlers {
       if (kind === 'designated' && !term?.active) {
         return {
           ok: false,
-          error: {
-            name: 'AgentError',
-            message: `${describePeer(by)} is not the designated process.`,
-            code: NOT_DESIGNATED,
-            own: true,
-          },
+          error: errorToWire(
+            new NotDesignatedError(`${describePeer(by)} is not the designated process.`),
+          ),
           by,
         }
       }

@@ -18,14 +18,18 @@ export {
 export { RunInPrimary, type RunInPrimaryOptions } from './decorator.js'
 export {
   AgentClosedError,
+  AgentDisconnectedError,
   AgentError,
+  AgentStartedError,
   AgentTimeoutError,
   DesignatedLostError,
   NoHandlerError,
+  NoIpcError,
+  NotDesignatedError,
   NotSerializableError,
   RemoteError,
   WorkerLostError,
-} from './errors.js'
+} from '../errors.js'
 export {
   clusterMetrics,
   type ClusterMetricsOptions,

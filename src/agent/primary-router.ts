@@ -8,9 +8,13 @@
  */
 import cluster, { type Worker } from 'node:cluster'
 import type { Holder } from '../backend.js'
-import { ProtocolError } from '../errors.js'
+import {
+  AgentTimeoutError,
+  DesignatedLostError,
+  ProtocolError,
+  WorkerLostError,
+} from '../errors.js'
 import { envelope, isId, isOurs } from '../ipc/envelope.js'
-import { AgentTimeoutError, DesignatedLostError, WorkerLostError } from './errors.js'
 import {
   errorToWire,
   type FromPrimary,

@@ -19,18 +19,8 @@
  *   result    { id, ok, value | error, by }        answer to `call`
  *   gathered  { id, entries }                      answer to `gather`
  */
-import { ProtocolError } from '../errors.js'
+import { AgentError, type ErrorCode, ProtocolError, RemoteError } from '../errors.js'
 import { isId, MAX_ID_LENGTH, type WireError, wireErrors } from '../ipc/envelope.js'
-import {
-  AgentClosedError,
-  AgentError,
-  AgentTimeoutError,
-  DesignatedLostError,
-  NoHandlerError,
-  NotSerializableError,
-  RemoteError,
-  WorkerLostError,
-} from './errors.js'
 import type { Serialization } from './serialize.js'
 
 /** The agent's message key; not the hub's `conclave`, so both share the channel. */
@@ -39,10 +29,10 @@ export const AGENT_NAMESPACE = 'conclave-agent'
 export const MAX_NAME_LENGTH = 200
 const MAX_TIMEOUT_MS = 2 ** 31 - 1
 /**
- * A holder's refusal of a `run` it received before its term started or after it ended; the
- * primary routes the call again (it never reaches a caller).
+ * The code of a holder's refusal (NotDesignatedError) of a `run` it received before its term
+ * started or after it ended; the primary routes the call again (it never reaches a caller).
  */
-export const NOT_DESIGNATED = 'ERR_CONCLAVE_AGENT_NOT_DESIGNATED'
+export const NOT_DESIGNATED = 'ERR_CONCLAVE_AGENT_NOT_DESIGNATED' satisfies ErrorCode
 
 /** A process of the cluster, as messages name it. */
 export interface Peer {
@@ -171,30 +161,13 @@ export function parseFromWorker(m: Record<string, unknown>): FromWorker {
 
 /**
  * The agent's errors on the wire: its own classes (AgentError and kin, never a handler's
- * error) are rebuilt as themselves with the remote stack; anything a handler threw arrives as
- * a RemoteError with the remote name, message, code and stack, and where it came from.
+ * error) are rebuilt as themselves from the catalogue (CODES) with the remote message and
+ * stack; anything a handler threw arrives as a RemoteError with the remote name, message, code
+ * and stack, and where it came from.
  */
 const agentErrors = wireErrors<Peer>({
   own: (error) => error instanceof AgentError,
-  fields: ['path', 'serialization'],
   stack: true,
-  classes: {
-    ERR_CONCLAVE_AGENT_DESIGNATED_LOST: (w) => new DesignatedLostError(w.message),
-    ERR_CONCLAVE_AGENT_WORKER_LOST: (w) => new WorkerLostError(w.message),
-    ERR_CONCLAVE_AGENT_TIMEOUT: (w) => new AgentTimeoutError(w.message),
-    ERR_CONCLAVE_AGENT_NO_HANDLER: (w) => new NoHandlerError(w.message),
-    ERR_CONCLAVE_AGENT_CLOSED: (w) => new AgentClosedError(w.message),
-    ERR_CONCLAVE_AGENT_NOT_SERIALIZABLE: ({ fields: f, message }) => {
-      const path = typeof f.path === 'string' ? f.path : 'a value'
-      const error = new NotSerializableError(
-        path,
-        f.serialization === 'advanced' ? 'advanced' : 'json',
-        '',
-      )
-      error.message = message
-      return error
-    },
-  },
   foreign: (w, remote) =>
     new RemoteError(
       {

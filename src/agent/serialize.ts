@@ -4,7 +4,7 @@
  * a Map into `{}`, a Date into a string, NaN into null) or killing the channel.
  */
 import cluster from 'node:cluster'
-import { NotSerializableError } from './errors.js'
+import { NotSerializableError } from '../errors.js'
 
 /** The cluster's IPC serialization: what a value must survive to cross. */
 export type Serialization = 'json' | 'advanced'

@@ -4,9 +4,8 @@
  * campaigns), sends calls and gathers and waits for their answers, and serves the runs and
  * invokes the primary hands it, replying with their outcomes.
  */
-import { ProtocolError } from '../errors.js'
+import { AgentDisconnectedError, AgentTimeoutError, ProtocolError } from '../errors.js'
 import { envelope, isId, isOurs } from '../ipc/envelope.js'
-import { AgentError, AgentTimeoutError } from './errors.js'
 import { raceAbort } from './handlers.js'
 import {
   type FromPrimary,
@@ -53,11 +52,7 @@ export class WorkerLink implements AgentRole {
     }
     process.on('message', onMessage)
     const onDisconnect = () => {
-      const error = new AgentError(
-        'ERR_CONCLAVE_AGENT_DISCONNECTED',
-        'The IPC channel to the primary closed.',
-        true,
-      )
+      const error = new AgentDisconnectedError('The IPC channel to the primary closed.')
       for (const pending of [...this.#pending.values()]) pending.fail(error)
     }
     process.on('disconnect', onDisconnect)
@@ -266,11 +261,7 @@ export class WorkerLink implements AgentRole {
 
   #send(body: FromWorker | { type: 'cancel'; id: string }): void {
     if (!process.connected) {
-      throw new AgentError(
-        'ERR_CONCLAVE_AGENT_DISCONNECTED',
-        'The IPC channel to the primary is closed.',
-        true,
-      )
+      throw new AgentDisconnectedError('The IPC channel to the primary is closed.')
     }
     process.send!(
       envelope(this.#core.settings.namespace, body),

@@ -6,7 +6,13 @@
  * optional peer dependency, and keeping passwords out of messages.
  */
 import { createRequire } from 'node:module'
-import { BackendClosedError, BackendError, ConclaveError, MissingPeerError } from '../errors.js'
+import {
+  BackendClosedError,
+  BackendError,
+  BackendTimeoutError,
+  ConclaveError,
+  MissingPeerError,
+} from '../errors.js'
 
 /** Runs a backend's close in the contract's order: hooks (terms end, grants released), then teardown. */
 export class CloseGate {
@@ -77,11 +83,9 @@ export function backendError(label: string, what: string, error: unknown): Error
   return new BackendError(`${label}: ${what} failed: ${errorText(error)}`, { cause: error })
 }
 
-/** The BackendError of a call that got no answer in time, naming the server. */
-export function timeoutError(label: string, what: string, ms: number): BackendError {
-  return new BackendError(`${label}: ${what} got no answer in ${ms} ms`, {
-    code: 'ERR_CONCLAVE_TIMEOUT',
-  })
+/** The BackendTimeoutError of a call that got no answer in time, naming the server. */
+export function timeoutError(label: string, what: string, ms: number): BackendTimeoutError {
+  return new BackendTimeoutError(`${label}: ${what} got no answer in ${ms} ms`)
 }
 
 /**

@@ -8,7 +8,7 @@
  */
 import { parseArgs } from 'node:util'
 import { Election } from '../election.js'
-import { ConclaveError } from '../errors.js'
+import { UsageError } from '../errors.js'
 import { validateCandidate, validateResource } from '../validate.js'
 import { BACKEND_SCHEMES, backendFromUrl, requireSharedBackend } from './backends.js'
 import { demoWorker, isDemoWorker, runDemo } from './demo.js'
@@ -80,12 +80,6 @@ Options:
   --debug          print the stack of an error
 
 ${EXIT_CODES}`,
-}
-
-class UsageError extends ConclaveError {
-  constructor(message: string) {
-    super('ERR_CONCLAVE_USAGE', message)
-  }
 }
 
 /** The flags that take a value, per command, with an example for "needs a value". */

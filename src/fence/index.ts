@@ -3,7 +3,7 @@
  * exclusion (a paused process wakes up believing it still leads); every term carries a fencing
  * token, and these guards refuse a write whose token is smaller than the largest they have seen.
  */
-export { StaleTokenError } from './errors.js'
+export { StaleTokenError } from '../errors.js'
 export { MemoryFence, type FenceResult } from './memory.js'
 export {
   fencedWrite,

@@ -4,7 +4,7 @@
  * key has seen (a term writes many times with one token), and refused otherwise.
  */
 import { validateToken } from '../validate.js'
-import { StaleTokenError } from './errors.js'
+import { StaleTokenError } from '../errors.js'
 
 /** What a fenced write returned: written, or refused as stale with the newest token seen. */
 export type FenceResult<T> =

@@ -9,8 +9,7 @@
  * atomic step. Takes any pg Pool, Client or PoolClient (pg is not imported here).
  */
 import { validateToken } from '../validate.js'
-import { OptionsError } from '../errors.js'
-import { StaleTokenError } from './errors.js'
+import { OptionsError, StaleTokenError } from '../errors.js'
 
 /** The part of a pg Pool / Client the fence uses. */
 export interface PgQueryable {

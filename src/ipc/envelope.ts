@@ -5,9 +5,11 @@
  * Every message carries `[namespace]: 1`; a message without it belongs to someone else and is
  * ignored. Errors cross as a WireError: name, message, code (and, where the receiver shows it,
  * the stack); an error of one of the sender's own classes is marked `own` and carries that
- * class's fields, so the receiver rebuilds the same class by its code (`wireErrors`). Both ends
- * run the same package version, so the format only has to agree with itself.
+ * class's fields, so the receiver rebuilds the same class by its code from the one catalogue,
+ * CODES in src/errors.ts (`wireErrors`). Both ends run the same package version, so the format
+ * only has to agree with itself.
  */
+import { codeEntry, type WireForm } from '../errors.js'
 
 /** The longest id either protocol accepts: bounds what a peer can make the other side keep. */
 export const MAX_ID_LENGTH = 128
@@ -46,7 +48,7 @@ export interface WireError {
 }
 
 /** A wire error read defensively (the peer may send anything): each part checked. */
-export interface ReceivedError {
+export interface ReceivedError extends WireForm {
   /** The remote `name`, if it sent a string. */
   name: string | undefined
   /** The remote message, `unknown error` when it sent none. */
@@ -58,17 +60,17 @@ export interface ReceivedError {
   fields: Record<string, unknown>
 }
 
-/** One protocol's rules for its errors on the wire (the hub's and the agent's differ). */
+/**
+ * One protocol's rules for its errors on the wire (the hub's and the agent's differ in which
+ * errors are their own, whether stacks cross, and what foreign errors become). The classes, and
+ * the fields each carries, come from the catalogue (CODES) for both.
+ */
 export interface WireErrorRules<Where> {
   /** Errors rebuilt as their class on the other side; all others arrive as foreign errors. */
   own(error: Error): boolean
-  /** The fields of own errors to carry (values that are not plain JSON are left out). */
-  fields: readonly string[]
   /** Whether stacks cross (and a class rebuilt by code takes the remote one). */
   stack: boolean
-  /** Rebuilds of own errors, by code. */
-  classes: Readonly<Record<string, (wire: ReceivedError, where: Where) => Error>>
-  /** Everything else: a foreign error, or an own code this side does not know. */
+  /** Everything else: a foreign error, or an own code that is not in CODES. */
   foreign(wire: ReceivedError, where: Where): Error
   /** Applied to every rebuilt error (the hub's errors say where they came from). */
   finish?(error: Error, wire: ReceivedError, where: Where): void
@@ -80,21 +82,21 @@ export interface WireErrors<Where> {
   fromWire(wire: unknown, where: Where): Error
 }
 
-/** Builds a protocol's error codec from its rules. */
+/**
+ * Builds a protocol's error codec from its rules. An own error is rebuilt by its code's
+ * `fromWire` in CODES, then given the remote message (and stack, where stacks cross), so it
+ * arrives as the same class with the same code, fields and words.
+ */
 export function wireErrors<Where>(rules: WireErrorRules<Where>): WireErrors<Where> {
   return {
     toWire: (error) => errorToWire(error, rules),
     fromWire(wire, where) {
       const received = readWireError(wire)
-      const code = received.code
-      // Object.hasOwn: a code such as "constructor" must not reach Object.prototype.
-      const rebuild =
-        received.own && typeof code === 'string' && Object.hasOwn(rules.classes, code)
-          ? rules.classes[code]
-          : undefined
+      const entry = received.own ? codeEntry(received.code) : undefined
       let error: Error
-      if (rebuild) {
-        error = rebuild(received, where)
+      if (entry) {
+        error = entry.fromWire(received)
+        error.message = received.message
         if (rules.stack && received.stack !== undefined) error.stack = received.stack
       } else {
         error = rules.foreign(received, where)
@@ -107,7 +109,7 @@ export function wireErrors<Where>(rules: WireErrorRules<Where>): WireErrors<Wher
 
 function errorToWire(
   error: unknown,
-  rules: Pick<WireErrorRules<never>, 'own' | 'fields' | 'stack'>,
+  rules: Pick<WireErrorRules<never>, 'own' | 'stack'>,
 ): WireError {
   if (!(error instanceof Error)) {
     return { name: 'Error', message: typeof error === 'string' ? error : safeString(error) }
@@ -125,7 +127,7 @@ function errorToWire(
     const own = error as unknown as Record<string, unknown>
     const fields: Record<string, unknown> = {}
     let any = false
-    for (const key of rules.fields) {
+    for (const key of codeEntry(code)?.fields ?? []) {
       const value = plainJson(own[key])
       if (value !== undefined) {
         fields[key] = value

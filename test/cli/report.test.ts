@@ -3,10 +3,12 @@ import { describe, expect, it } from 'vitest'
 import { describeError, EXIT, exitCodeOf, redact } from '../../src/cli/report.js'
 import {
   BackendError,
-  ConclaveError,
+  BackendTimeoutError,
+  CandidateInUseError,
   MissingPeerError,
   OptionsError,
   TicketsMismatchError,
+  UsageError,
 } from '../../src/errors.js'
 
 describe('CLI failure reports', () => {
@@ -44,15 +46,16 @@ describe('CLI failure reports', () => {
     })
     expect(exitCodeOf(new OptionsError('--lease', '-5s', 'rule'))).toBe(EXIT.usage)
     expect(exitCodeOf(new BackendError('down', { cause: refused }))).toBe(EXIT.backend)
+    expect(exitCodeOf(new BackendTimeoutError('slow'))).toBe(EXIT.backend)
+    // The redis backend still builds its timeouts this way.
     expect(exitCodeOf(new BackendError('slow', { code: 'ERR_CONCLAVE_TIMEOUT' }))).toBe(
       EXIT.backend,
     )
     expect(exitCodeOf(new Error('wrapped', { cause: refused }))).toBe(EXIT.backend)
     expect(exitCodeOf(new MissingPeerError('ioredis', 'redis://'))).toBe(EXIT.backend)
     expect(exitCodeOf(new TicketsMismatchError('a/b', 2, 1))).toBe(EXIT.conflict)
-    expect(exitCodeOf(new ConclaveError('ERR_CONCLAVE_CANDIDATE_IN_USE', 'in use'))).toBe(
-      EXIT.conflict,
-    )
+    expect(exitCodeOf(new CandidateInUseError('a/b', 'c1'))).toBe(EXIT.conflict)
+    expect(exitCodeOf(new UsageError('--lease is given twice.'))).toBe(EXIT.usage)
     expect(exitCodeOf(new TypeError('x is undefined'))).toBe(EXIT.unexpected)
   })
 })

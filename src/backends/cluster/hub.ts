@@ -11,7 +11,7 @@ import type {
   RenewRequest,
   Unwatch,
 } from '../../backend.js'
-import { ConclaveError, ProtocolError } from '../../errors.js'
+import { CandidateInUseError, ProtocolError } from '../../errors.js'
 import { envelope, isId, isOurs } from '../../ipc/envelope.js'
 import { NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
 
@@ -90,10 +90,7 @@ export class Hub {
           const owner = owners.get(key)
           if (owner !== undefined && owner !== self) {
             // Two processes using one candidate id would both be told they hold the grant.
-            throw new ConclaveError(
-              'ERR_CONCLAVE_CANDIDATE_IN_USE',
-              `Candidate id ${JSON.stringify(req.candidate)} already holds "${String(req.resource)}" from another process. Candidate ids must be unique per process (the default hostname:pid:random is).`,
-            )
+            throw new CandidateInUseError(String(req.resource), req.candidate)
           }
           owners.set(key, self) // reserved now, so a concurrent acquire cannot slip in
           let result: Awaited<ReturnType<Backend['acquire']>>

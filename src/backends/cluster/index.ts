@@ -17,7 +17,14 @@
 import cluster, { type Worker } from 'node:cluster'
 import type { Backend } from '../../backend.js'
 import type { Clock } from '../../clock.js'
-import { ConclaveError, OptionsError } from '../../errors.js'
+import {
+  type ErrorCode,
+  NoIpcError,
+  NotPrimaryError,
+  OptionsError,
+  Pm2Error,
+  STANDALONE_CLUSTER_WARNING,
+} from '../../errors.js'
 import { checkOptions, optionalMilliseconds, renamedOption } from '../../validate.js'
 import { MemoryBackend } from '../memory.js'
 import { Hub, type HubConnection } from './hub.js'
@@ -43,9 +50,9 @@ export interface ClusterBackendOptions {
 }
 
 /** The warning code of a cluster backend that elects in one process only. */
-export const STANDALONE_WARNING_CODE = 'CONCLAVE_STANDALONE_CLUSTER'
+export const STANDALONE_WARNING_CODE = STANDALONE_CLUSTER_WARNING
 /** The error code of `clusterBackend()` refusing to run under PM2. */
-export const PM2_ERROR_CODE = 'ERR_CONCLAVE_PM2'
+export const PM2_ERROR_CODE = 'ERR_CONCLAVE_PM2' satisfies ErrorCode
 /** How long after the first grant the standalone warning waits for a worker to be forked. */
 const STANDALONE_GRACE_MS = 1_000
 
@@ -83,15 +90,15 @@ function checkPm2(options: ClusterBackendOptions): void {
   // Fork mode: PM2 starts every instance as its own process (with an IPC channel to PM2, not a
   // node:cluster primary), so each one would host a hub of its own and elect itself.
   if (mode === 'fork' && cluster.isPrimary && typeof process.send === 'function') {
-    throw new ConclaveError(
-      PM2_ERROR_CODE,
+    throw new Pm2Error(
+      'fork',
       `clusterBackend() runs under PM2 fork mode (${where}): PM2 starts each instance as a separate process, not as node:cluster workers of one primary, so every instance would get a hub of its own and lead at once (with -i 4, four leaders). ${SHARED_BACKENDS} If this PM2 app runs exactly one instance that forks its own node:cluster workers, pass { allowPm2: true }.`,
     )
   }
   // Cluster mode: the primary is PM2's daemon, which runs no conclave hub: calls would only time out.
   if (mode === 'cluster' && cluster.isWorker) {
-    throw new ConclaveError(
-      PM2_ERROR_CODE,
+    throw new Pm2Error(
+      'cluster',
       `clusterBackend() runs under PM2 cluster mode (${where}): the node:cluster primary is PM2's own daemon, which runs no conclave hub, so no call would ever be answered. ${SHARED_BACKENDS} If this worker's primary is your own process running clusterBackend(), pass { allowPm2: true }.`,
     )
   }
@@ -100,10 +107,7 @@ function checkPm2(options: ClusterBackendOptions): void {
 /** Installs the hub in the primary (idempotent) and returns it. */
 export function serveCluster(options: ClusterBackendOptions = {}): Hub {
   if (!cluster.isPrimary) {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_NOT_PRIMARY',
-      'serveCluster() runs in the cluster primary; workers call clusterBackend().',
-    )
+    throw new NotPrimaryError()
   }
   checkPm2(options)
   if (primary) return primary.hub
@@ -194,10 +198,7 @@ export function clusterBackend(options: ClusterBackendOptions = {}): Backend {
   }
   checkPm2(options)
   if (typeof process.send !== 'function') {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_NO_IPC',
-      'This cluster worker has no IPC channel to the primary.',
-    )
+    throw new NoIpcError()
   }
   return new RemoteBackend(processTransport(), {
     name: 'cluster',

@@ -10,18 +10,7 @@
  *            { [ns]: 1, type: 'response', id, ok: false, error: WireError }
  *   event    { [ns]: 1, type: 'event', watch }          (the holders of a watched resource changed)
  */
-import {
-  BackendClosedError,
-  BackendError,
-  ConclaveError,
-  LeadershipLostError,
-  MissingPeerError,
-  OptionsError,
-  ProtocolError,
-  type TermEndReason,
-  TicketsMismatchError,
-  WorkError,
-} from '../../errors.js'
+import { ProtocolError, RemoteHubError } from '../../errors.js'
 import {
   isId,
   MAX_ID_LENGTH,
@@ -78,54 +67,24 @@ export function parseRequest(message: Record<string, unknown>): RequestMessage {
   return { type: 'request', id: message.id, op: message.op as Op, args: message.args }
 }
 
-const str = (v: unknown, fallback = ''): string => (typeof v === 'string' ? v : fallback)
-const num = (v: unknown): number => (typeof v === 'number' ? v : Number.NaN)
-const REASONS: readonly string[] = ['resigned', 'expired', 'lost', 'closed']
 /** The remote message plus where it came from, as every rebuilt hub error says. */
 const said = (w: ReceivedError, where: string) => `${w.message} (from ${where})`
 
 /**
- * The hub's errors: every `ERR_CONCLAVE_*` error is its own and carries the fields of
- * conclave's classes, so TicketsMismatchError, OptionsError, LeadershipLostError, WorkError,
- * MissingPeerError, BackendClosedError, BackendError and ProtocolError are rebuilt as their
- * classes; anything else becomes a ConclaveError with the remote name and code
- * (`ERR_CONCLAVE_REMOTE` without one). The message is the remote one plus where it came from;
- * the `code` is always the remote one, so a final error stays final. No stacks: the hub's
- * internals mean nothing to the worker.
+ * The hub's errors: every `ERR_CONCLAVE_*` error is its own, so each code in the catalogue
+ * (CODES in src/errors.ts) is rebuilt as its class with its fields; anything else becomes a
+ * RemoteHubError with the remote name and code (`ERR_CONCLAVE_REMOTE` without a string one).
+ * The message is the remote one plus where it came from; the `code` is always the remote one,
+ * so a final error stays final. No stacks: the hub's internals mean nothing to the worker.
  */
 const hubErrors = wireErrors<string>({
   own: (error) => {
     const code = (error as { code?: unknown }).code
     return typeof code === 'string' && code.startsWith('ERR_CONCLAVE_')
   },
-  fields: ['field', 'value', 'rule', 'resource', 'tickets', 'held', 'token', 'reason', 'peer'],
   stack: false,
-  classes: {
-    ERR_CONCLAVE_TICKETS_MISMATCH: ({ fields: f }) =>
-      new TicketsMismatchError(str(f.resource), num(f.tickets), num(f.held)),
-    ERR_CONCLAVE_OPTIONS: ({ fields: f }) =>
-      new OptionsError(str(f.field, 'unknown'), f.value, str(f.rule)),
-    ERR_CONCLAVE_LEADERSHIP_LOST: ({ fields: f }) =>
-      new LeadershipLostError(
-        str(f.resource),
-        num(f.token),
-        (REASONS.includes(str(f.reason)) ? f.reason : 'lost') as TermEndReason,
-      ),
-    ERR_CONCLAVE_WORK: (w) =>
-      new WorkError(str(w.fields.resource), num(w.fields.token), new Error(w.message)),
-    ERR_CONCLAVE_MISSING_PEER: (w, where) => new MissingPeerError(str(w.fields.peer), where),
-    ERR_CONCLAVE_CLOSED: (w, where) =>
-      w.name === 'BackendClosedError'
-        ? new BackendClosedError(where)
-        : new ConclaveError('ERR_CONCLAVE_CLOSED', said(w, where)),
-    ERR_CONCLAVE_BACKEND: (w, where) =>
-      new BackendError(said(w, where), { code: 'ERR_CONCLAVE_BACKEND' }),
-    ERR_CONCLAVE_TIMEOUT: (w, where) =>
-      new BackendError(said(w, where), { code: 'ERR_CONCLAVE_TIMEOUT' }),
-    ERR_CONCLAVE_PROTOCOL: (w, where) => new ProtocolError(said(w, where)),
-  },
   foreign: (w, where) =>
-    new ConclaveError(typeof w.code === 'string' ? w.code : 'ERR_CONCLAVE_REMOTE', said(w, where)),
+    new RemoteHubError(said(w, where), typeof w.code === 'string' ? w.code : undefined),
   finish(error, w, where) {
     // The remote words, not the local constructor's rebuilt ones (which could differ).
     error.message = said(w, where)

@@ -14,7 +14,7 @@ import type {
   RenewRequest,
   Unwatch,
 } from '../../backend.js'
-import { BackendClosedError, BackendError } from '../../errors.js'
+import { BackendClosedError, BackendError, BackendTimeoutError } from '../../errors.js'
 import { CloseGate } from '../kit.js'
 import { envelope, isOurs } from '../../ipc/envelope.js'
 import { fromWire, NAMESPACE, type Op } from './protocol.js'
@@ -141,9 +141,8 @@ export class RemoteBackend implements Backend {
       const timer = setTimeout(() => {
         this.#pending.delete(id)
         reject(
-          new BackendError(
+          new BackendTimeoutError(
             `${this.name}: no answer to ${op} within ${this.#timeoutMs} ms.${this.#hint ? ` ${this.#hint}` : ''}`,
-            { code: 'ERR_CONCLAVE_TIMEOUT' },
           ),
         )
       }, this.#timeoutMs)

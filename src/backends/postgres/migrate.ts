@@ -5,7 +5,7 @@
  * version table. A schema newer than this library is never touched.
  */
 import type { Pool } from 'pg'
-import { ConclaveError } from '../../errors.js'
+import { SchemaOldError, SchemaTooNewError } from '../../errors.js'
 import { backendError, timeoutError, withDeadline } from '../kit.js'
 import { migrations, render, sqlFile } from './layout.js'
 import { checkMigrateOptions, type MigrateOptions } from './options.js'
@@ -45,10 +45,7 @@ export async function prepareSchema(
   const version = (await readVersion(pool, schema, timeoutMs)) ?? 0
   if (version > latestSchemaVersion()) throw tooNew(schema, version)
   if (version < latestSchemaVersion()) {
-    throw new ConclaveError(
-      'ERR_CONCLAVE_SCHEMA_OLD',
-      `postgres: schema "${schema}" is at version ${version}, this conclave needs ${latestSchemaVersion()}, and migrate is false. Run migrate({ connectionString, schema: "${schema}" }) first.`,
-    )
+    throw new SchemaOldError(schema, version, latestSchemaVersion())
   }
 }
 
@@ -68,11 +65,8 @@ export async function migrate(options: MigrateOptions): Promise<MigrateResult> {
   }
 }
 
-function tooNew(schema: string, version: number): ConclaveError {
-  return new ConclaveError(
-    'ERR_CONCLAVE_SCHEMA_TOO_NEW',
-    `postgres: schema "${schema}" is at version ${version}, newer than this conclave knows (${latestSchemaVersion()}). Upgrade conclave in this process, or give it another schema.`,
-  )
+function tooNew(schema: string, version: number): SchemaTooNewError {
+  return new SchemaTooNewError(schema, version, latestSchemaVersion())
 }
 
 /** The schema's version without a lock: undefined when it has no version table yet. */
