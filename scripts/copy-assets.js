@@ -1,8 +1,11 @@
-// tsc compiles only TypeScript: copy the Lua and SQL files the backends load at run time.
-import { cpSync, existsSync, readdirSync, statSync } from 'node:fs'
+// tsc compiles only TypeScript: copy the SQL and .cjs files the code loads at run time. The Lua
+// scripts are not copied: they ship as generated modules (scripts/gen-assets.js), regenerated
+// here so that a .lua edited without regenerating never ships stale.
+import { cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
+import { generate } from './gen-assets.js'
 
-const assets = /\.(lua|sql|cjs)$/
+const assets = /\.(sql|cjs)$/
 function walk(dir) {
   for (const name of readdirSync(dir)) {
     const path = join(dir, name)
@@ -10,4 +13,13 @@ function walk(dir) {
     else if (assets.test(name)) cpSync(path, join('dist', relative('src', path)))
   }
 }
-if (existsSync('src')) walk('src')
+if (existsSync('src')) {
+  walk('src')
+  // tsc ran first and compiled the modules as they were: a module written now replaces its
+  // compiled twin too (a generated module is plain JavaScript already).
+  for (const file of generate().stale) {
+    console.log(`copy-assets: regenerated ${file} (commit it)`)
+    const twin = join('dist', relative('src', file)).replace(/\.ts$/, '.js')
+    if (existsSync('dist')) writeFileSync(twin, readFileSync(file, 'utf8'))
+  }
+}

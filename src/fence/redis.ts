@@ -6,13 +6,8 @@
  * Takes any client with ioredis' `evalsha`/`eval` (a `Redis` or a `Cluster`); ioredis is not
  * imported here.
  */
-import { readFileSync } from 'node:fs'
-import {
-  defineScript,
-  runScript,
-  type Script,
-  type ScriptClient,
-} from '../backends/redis/scripts.js'
+import { defineScript, runScript, type ScriptClient } from '../backends/redis/scripts.js'
+import fencedWriteLua from '../backends/redis/scripts/fenced-write.lua.js'
 import { validateToken } from '../validate.js'
 import { OptionsError } from '../errors.js'
 import { StaleTokenError } from './errors.js'
@@ -28,15 +23,8 @@ export interface FencedWriteOptions {
   fenceKey?: string
 }
 
-let script: Script | undefined
-
-function loadScript(): Script {
-  script ??= defineScript(
-    'fenced-write',
-    readFileSync(new URL('./fenced-write.lua', import.meta.url), 'utf8'),
-  )
-  return script
-}
+/** The script (src/backends/redis/scripts/fenced-write.lua, built into a module with the rest). */
+const FENCED_WRITE = defineScript('fenced-write', fencedWriteLua)
 
 /**
  * The key holding `key`'s highest token: `key:conclave-fence` when the key has a hash tag (the
@@ -77,7 +65,7 @@ export async function fencedWrite(
   }
   const reply = await runScript(
     client,
-    loadScript(),
+    FENCED_WRITE,
     [key, fenceKey],
     [String(token), value, String(px)],
   )

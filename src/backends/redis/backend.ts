@@ -8,7 +8,6 @@
  * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
  * it when the backend is made (and fails at once with a MissingPeerError without it).
  */
-import { readFileSync } from 'node:fs'
 import type { Redis } from 'ioredis'
 import type {
   AcquireRequest,
@@ -36,26 +35,24 @@ import {
   resolveRedisOptions,
 } from './options.js'
 import { defineScript, runPipelined, runScript, type Script, type ScriptCall } from './scripts.js'
+import acquireLua from './scripts/acquire.lua.js'
+import holdersLua from './scripts/holders.lua.js'
+import releaseLua from './scripts/release.lua.js'
+import renewLua from './scripts/renew.lua.js'
 import { Wakeups } from './wakeups.js'
 
 /** Grants renewed by one script call (a call runs alone on the server: keep each one short). */
 const RENEW_BATCH = 1_000
 
-type ScriptName = 'acquire' | 'renew' | 'release' | 'holders'
-
-let scripts: Record<ScriptName, Script> | undefined
-
-/** The Lua files next to this module (copied to dist by scripts/copy-assets.js). */
-function loadScripts(): Record<ScriptName, Script> {
-  const load = (name: string): Script =>
-    defineScript(name, readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8'))
-  scripts ??= {
-    acquire: load('acquire'),
-    renew: load('renew'),
-    release: load('release'),
-    holders: load('holders'),
-  }
-  return scripts
+/**
+ * One script per operation: scripts/*.lua, built into modules (scripts/gen-assets.js), so that
+ * nothing is read from disk at run time and a bundle carries them along.
+ */
+const SCRIPTS = {
+  acquire: defineScript('acquire', acquireLua),
+  renew: defineScript('renew', renewLua),
+  release: defineScript('release', releaseLua),
+  holders: defineScript('holders', holdersLua),
 }
 
 /** The Redis backend: one Lua script per operation, pub/sub wake-ups. */
@@ -75,7 +72,6 @@ export class RedisBackend implements Backend {
   readonly #client: Redis
   /** The last connection error of a client the backend made, until it is ready again. */
   #clientError: Error | undefined
-  readonly #scripts = loadScripts()
   readonly #gate = new CloseGate('redis')
   readonly #wakeups: Wakeups
 
@@ -121,7 +117,7 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     validateAcquire(request)
     const keys = resourceKeys(this.prefix, request.resource)
-    const reply = await this.#run('acquire', this.#scripts.acquire, [
+    const reply = await this.#run('acquire', SCRIPTS.acquire, [
       [keys.holders, keys.grants, keys.token, keys.guard],
       [
         request.candidate,
@@ -155,7 +151,7 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     requests.forEach(validateRenew)
     if (requests.length === 0) return []
-    const script = this.#scripts.renew
+    const script = SCRIPTS.renew
     // One script call per batch of grants: 10,000 renewals are 10 commands, not 10,000, and no
     // single call holds the server for long.
     const calls: ScriptCall[] = []
@@ -188,7 +184,7 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     validateRelease(request)
     const keys = resourceKeys(this.prefix, request.resource)
-    await this.#run('release', this.#scripts.release, [
+    await this.#run('release', SCRIPTS.release, [
       [keys.holders, keys.grants, keys.guard],
       [request.candidate, request.token === undefined ? '' : String(request.token), keys.channel],
     ])
@@ -198,7 +194,7 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     validateResource(resource)
     const keys = resourceKeys(this.prefix, resource)
-    const reply = await this.#run('holders', this.#scripts.holders, [
+    const reply = await this.#run('holders', SCRIPTS.holders, [
       [keys.holders, keys.grants, keys.guard],
       [keys.channel],
     ])

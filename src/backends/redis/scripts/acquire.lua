@@ -22,17 +22,14 @@
 -- waitMs > 0 says no ticket may be granted for that many more ms (the server's startup grace, or
 -- the guard of keys deleted by hand); {2, heldTickets} when unexpired grants live that were made
 -- with another number of tickets (nothing granted).
-if redis.replicate_commands then redis.replicate_commands() end
+--@include "lib/grants.lua"
 
-local TICKETS = ' tickets'
 local holders, grants, tokenKey, guard = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local startupGrace = ARGV[7] == '1'
 
-local time = redis.call('TIME')
-local nowUs = tonumber(time[1]) * 1000000 + tonumber(time[2])
-local now = math.floor(nowUs / 1000)
+local now, nowUs, micros = serverTime()
 local changed = false
 
 -- The holders key deleted by hand (a raw DEL, UNLINK, RENAME...) while the guard says grants may
@@ -45,10 +42,7 @@ if redis.call('EXISTS', holders) == 0 then
 end
 
 -- Expired holders go first, so they neither count nor show.
-local gone = redis.call('ZRANGEBYSCORE', holders, '-inf', now)
-for _, c in ipairs(gone) do redis.call('HDEL', grants, c) end
-if #gone > 0 then
-  redis.call('ZREMRANGEBYSCORE', holders, '-inf', now)
+if pruneExpired(holders, grants, now) then
   -- The last grant expired (the holders key is gone now): so is the guard.
   if redis.call('ZCARD', holders) == 0 then redis.call('DEL', guard) end
   changed = true
@@ -74,8 +68,7 @@ if mine and not redis.call('ZSCORE', holders, candidate) then
 end
 
 if mine then
-  local sep = string.find(mine, ':', 1, true)
-  local token = string.sub(mine, 1, sep - 1)
+  local token = splitGrant(mine)
   local value = token .. ':' .. metadata
   if value ~= mine then
     redis.call('HSET', grants, candidate, value)
@@ -101,7 +94,7 @@ elseif redis.call('ZCARD', holders) < tickets then
       if uptime < needed then
         -- The field grows by 1 at each whole second of server time: it reaches `needed` in
         -- (needed - uptime) seconds less the part of the current second already gone (>= 1 ms).
-        waitMs = (needed - uptime) * 1000 - math.floor(tonumber(time[2]) / 1000)
+        waitMs = (needed - uptime) * 1000 - math.floor(micros / 1000)
         if waitMs < 1 then waitMs = 1 end
       end
     end
@@ -123,29 +116,10 @@ end
 
 if result[1] == 1 and held ~= tickets then redis.call('HSET', grants, TICKETS, tickets) end
 
--- Keys outlive every grant in them (their TTL is raised, never lowered, when it falls short),
--- and no longer than twice the longest lease: an abandoned resource leaves nothing behind. The
--- guard expires with the holders key (raised when it falls short of it: rarely written).
-if result[1] == 1 then
-  if redis.call('PTTL', holders) < leaseMs then
-    redis.call('PEXPIRE', holders, 2 * leaseMs)
-    redis.call('PEXPIRE', grants, 2 * leaseMs)
-  end
-  local ttl = redis.call('PTTL', holders)
-  if redis.call('PTTL', guard) < ttl then redis.call('SET', guard, '1', 'PX', ttl) end
-end
+-- A grant's keys outlive it (lib/grants.lua).
+if result[1] == 1 then keepKeysAlive(holders, grants, guard, leaseMs) end
 
-local all = redis.call('ZRANGE', holders, 0, -1, 'WITHSCORES')
-for i = 1, #all, 2 do
-  local value = redis.call('HGET', grants, all[i])
-  if value then
-    local sep = string.find(value, ':', 1, true)
-    result[#result + 1] = all[i]
-    result[#result + 1] = string.sub(value, 1, sep - 1)
-    result[#result + 1] = string.sub(value, sep + 1)
-    result[#result + 1] = tonumber(all[i + 1]) - now
-  end
-end
+listHolders(holders, grants, now, result)
 
 if changed then redis.call('PUBLISH', channel, '1') end
 return result

@@ -10,33 +10,23 @@
 -- ARGV[3] channel to PUBLISH on when the holders change
 --
 -- Returns 1 when a grant was removed, 0 when there was none to remove (idempotent).
-local TICKETS = ' tickets'
+--@include "lib/grants.lua"
+
 local holders, grants, guard = KEYS[1], KEYS[2], KEYS[3]
 local candidate, token, channel = ARGV[1], ARGV[2], ARGV[3]
-local existed = redis.call('EXISTS', holders) == 1
-
--- The resource's tickets are remembered only while a grant lives (then the keys go away too).
-local function forgetTicketsWhenEmpty()
-  if redis.call('ZCARD', holders) == 0 then
-    redis.call('HDEL', grants, TICKETS)
-    -- A withdrawal after the keys were deleted by hand must not lift the guard.
-    if existed then redis.call('DEL', guard) end
-  end
-end
+-- Keys deleted by hand: a withdrawal then must not lift the guard.
+local keepGuard = redis.call('EXISTS', holders) == 0
 
 local value = redis.call('HGET', grants, candidate)
 if not value then
   redis.call('ZREM', holders, candidate)
-  forgetTicketsWhenEmpty()
+  forgetWhenEmpty(holders, grants, guard, keepGuard)
   return 0
 end
-if token ~= '' then
-  local sep = string.find(value, ':', 1, true)
-  if string.sub(value, 1, sep - 1) ~= token then return 0 end
-end
+if token ~= '' and splitGrant(value) ~= token then return 0 end
 
 redis.call('HDEL', grants, candidate)
 redis.call('ZREM', holders, candidate)
-forgetTicketsWhenEmpty()
+forgetWhenEmpty(holders, grants, guard, keepGuard)
 redis.call('PUBLISH', channel, '1')
 return 1

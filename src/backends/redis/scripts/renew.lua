@@ -14,10 +14,9 @@
 -- Returns a list of n numbers: 1 when that grant existed with that token and now runs a fresh
 -- lease, 0 when it is gone. The keys of one batch may be in different slots: a standalone
 -- server allows that (a Redis Cluster client would have to batch per slot).
-if redis.replicate_commands then redis.replicate_commands() end
+--@include "lib/grants.lua"
 
-local time = redis.call('TIME')
-local now = math.floor((tonumber(time[1]) * 1000000 + tonumber(time[2])) / 1000)
+local now = serverTime()
 
 local function renew(holders, grants, guard, candidate, token, leaseMs)
   local expiry = redis.call('ZSCORE', holders, candidate)
@@ -26,26 +25,16 @@ local function renew(holders, grants, guard, candidate, token, leaseMs)
     -- Expired: it stays gone (the next acquire or holders call tells the watchers).
     redis.call('ZREM', holders, candidate)
     redis.call('HDEL', grants, candidate)
-    if redis.call('ZCARD', holders) == 0 then
-      redis.call('HDEL', grants, ' tickets')
-      redis.call('DEL', guard)
-    end
+    forgetWhenEmpty(holders, grants, guard)
     return 0
   end
   local value = redis.call('HGET', grants, candidate)
-  if not value or string.sub(value, 1, string.find(value, ':', 1, true) - 1) ~= token then
+  if not value or splitGrant(value) ~= token then
     return 0
   end
   redis.call('ZADD', holders, now + leaseMs, candidate)
-  -- Keys outlive every grant in them: raise their TTL (never lower it) when it falls short,
-  -- and the guard's with them (so it is written about once per lease, not per renewal).
-  local ttl = redis.call('PTTL', holders)
-  if ttl < leaseMs then
-    redis.call('PEXPIRE', holders, 2 * leaseMs)
-    redis.call('PEXPIRE', grants, 2 * leaseMs)
-    ttl = 2 * leaseMs
-  end
-  if redis.call('PTTL', guard) < ttl then redis.call('SET', guard, '1', 'PX', ttl) end
+  -- Keys outlive every grant in them (lib/grants.lua).
+  keepKeysAlive(holders, grants, guard, leaseMs)
   return 1
 end
 
