@@ -9,8 +9,7 @@
 import { defineScript, runScript, type ScriptClient } from '../backends/redis/scripts.js'
 import fencedWriteLua from '../backends/redis/scripts/fenced-write.lua.js'
 import { validateToken } from '../validate.js'
-import { OptionsError } from '../errors.js'
-import { StaleTokenError } from './errors.js'
+import { OptionsError, StaleTokenError } from '../errors.js'
 
 /** The part of an ioredis client (Redis or Cluster) the fence uses. */
 export type RedisScriptClient = ScriptClient

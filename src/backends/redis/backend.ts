@@ -19,7 +19,12 @@ import type {
   RenewRequest,
   Unwatch,
 } from '../../backend.js'
-import { BackendError, ConclaveError, TicketsMismatchError } from '../../errors.js'
+import {
+  BackendError,
+  BackendTimeoutError,
+  ConclaveError,
+  TicketsMismatchError,
+} from '../../errors.js'
 import {
   validateAcquire,
   validateRelease,
@@ -57,6 +62,7 @@ const SCRIPTS = {
 
 /** The Redis backend: one Lua script per operation, pub/sub wake-ups. */
 export class RedisBackend implements Backend {
+  /** The Backend contract's name. */
   readonly name = 'redis'
   /** Prepended to every key and channel. */
   readonly prefix: string
@@ -113,6 +119,10 @@ export class RedisBackend implements Backend {
     })
   }
 
+  /**
+   * One acquire.lua call: extends the candidate's grant, or grants a free ticket (unless the
+   * startup grace or the guard of hand-deleted keys says to wait: `retryInMs`), or says who holds.
+   */
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#gate.check()
     validateAcquire(request)
@@ -147,6 +157,7 @@ export class RedisBackend implements Backend {
     }
   }
 
+  /** Every grant of one renewal tick in one pipelined round trip, batched per script call. */
   async renew(requests: RenewRequest[]): Promise<boolean[]> {
     this.#gate.check()
     requests.forEach(validateRenew)
@@ -180,6 +191,7 @@ export class RedisBackend implements Backend {
     return replies.map((reply) => Number(reply) === 1)
   }
 
+  /** One release.lua call: removes the grant (only with its token, if given) and publishes. */
   async release(request: ReleaseRequest): Promise<void> {
     this.#gate.check()
     validateRelease(request)
@@ -190,6 +202,7 @@ export class RedisBackend implements Backend {
     ])
   }
 
+  /** One holders.lua call, which also removes (and publishes) holders that expired. */
   async holders(resource: string): Promise<Holder[]> {
     this.#gate.check()
     validateResource(resource)
@@ -201,12 +214,14 @@ export class RedisBackend implements Backend {
     return parseHolders(asArray(reply, 'holders'), 0)
   }
 
+  /** Through the backend's one subscriber connection (wakeups.ts). */
   async watch(resource: string, onChange: () => void): Promise<Unwatch> {
     this.#gate.check()
     validateResource(resource)
     return this.#wakeups.watch(resource, onChange)
   }
 
+  /** The contract's onClose: `hook` runs first thing in close(), while calls still work. */
   onClose(hook: () => Promise<void>): () => void {
     return this.#gate.onClose(hook)
   }
@@ -252,9 +267,9 @@ export class RedisBackend implements Backend {
             ? this.#clientError
             : this.#wakeups.connectionError
       if (error instanceof TimedOut) {
-        throw new BackendError(
+        throw new BackendTimeoutError(
           `redis ${what} on ${where}: no answer within ${this.timeoutMs} ms${down ? ` (the connection: ${down.message})` : ''}`,
-          { code: 'ERR_CONCLAVE_TIMEOUT', ...(down && { cause: down }) },
+          down && { cause: down },
         )
       }
       const cause = down ?? error
@@ -264,8 +279,8 @@ export class RedisBackend implements Backend {
 }
 
 /**
- * What #timed's deadline rejects with (replaced by a BackendError naming the server, the
- * connection's error and the stable timeout code, which kit.ts's timeoutError has not).
+ * What #timed's deadline rejects with, replaced by a BackendTimeoutError naming the server and,
+ * as its cause, the connection's error (which kit.ts's timeoutError has no room for).
  */
 class TimedOut extends Error {}
 

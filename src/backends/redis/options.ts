@@ -51,7 +51,7 @@ export interface RedisBackendOptions {
   startupGrace?: boolean
 }
 
-/** The options checked, with the defaults filled in. */
+/** The options checked, with the defaults filled in (each as its option says). */
 export interface ResolvedRedisOptions {
   prefix: string
   timeoutMs: number

@@ -56,8 +56,11 @@ export type TimedCall = <T>(
 export interface WakeupSettings {
   /** The backend's client: duplicated for the subscriber, asked for notify-keyspace-events. */
   client: Redis
+  /** The backend's prefix, for the channel names. */
   prefix: string
+  /** How long a channel stays subscribed after its last watch ends. */
   lingerMs: number
+  /** The subscriber's PING interval, and how long an answer may take before it reconnects. */
   heartbeatMs: number
   /** The backend's close gate: no (re)subscribing once close() began. */
   gate: CloseGate
