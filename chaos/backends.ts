@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Backend } from '../src/backend.js'
 import type { ServerHandle } from '../test/servers/index.js'
 import type { FaultKind } from './records.js'
+import { forwardingBackend } from '../src/backends/kit.js'
 
 /** A running backend server, as the harness sees it. */
 export interface ChaosServer {
@@ -124,16 +125,10 @@ export const SELF_TEST_BACKENDS: Record<string, ChaosBackend> = {
     ...CHAOS_BACKENDS.cluster!,
     async connect() {
       const inner = await CHAOS_BACKENDS.cluster!.connect('cluster:')
-      return {
+      return forwardingBackend(inner, {
         name: 'cluster-unsafe',
         acquire: (request) => inner.acquire({ ...request, tickets: request.tickets + 1 }),
-        renew: (requests) => inner.renew(requests),
-        release: (request) => inner.release(request),
-        holders: (resource) => inner.holders(resource),
-        watch: (resource, onChange) => inner.watch(resource, onChange),
-        onClose: (hook) => inner.onClose(hook),
-        close: () => inner.close(),
-      }
+      })
     },
   },
 }

@@ -27,6 +27,7 @@ import { onElectionError } from './health.js'
 
 import type { Counter, Histogram, Registry } from 'prom-client'
 import { checkOptions } from './validate.js'
+import { forwardingBackend } from './backends/kit.js'
 
 type PromClient = typeof import('prom-client')
 
@@ -223,11 +224,7 @@ export class ElectionMetrics {
    */
   instrument(backend: Backend): Backend {
     const histogram = this.#renewDuration
-    return {
-      get name() {
-        return backend.name
-      },
-      acquire: (request) => backend.acquire(request),
+    return forwardingBackend(backend, {
       async renew(requests: RenewRequest[]) {
         const started = performance.now()
         const results = await backend.renew(requests)
@@ -237,12 +234,7 @@ export class ElectionMetrics {
         }
         return results
       },
-      release: (request) => backend.release(request),
-      holders: (resource) => backend.holders(resource),
-      watch: (resource, onChange) => backend.watch(resource, onChange),
-      onClose: (hook) => backend.onClose(hook),
-      close: () => backend.close(),
-    }
+    })
   }
 
   /** Stops tracking every election (the metrics stay registered). */

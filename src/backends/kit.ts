@@ -6,6 +6,7 @@
  * optional peer dependency, and keeping passwords out of messages.
  */
 import { createRequire } from 'node:module'
+import type { Backend } from '../backend.js'
 import {
   BackendClosedError,
   BackendError,
@@ -182,4 +183,22 @@ export function redactUrl(url: string): string {
   }
   rest = rest.replace(/([?&](?:ssl)?password=)[^&#]*/gi, '$1***')
   return scheme + authority + rest
+}
+
+/**
+ * A backend that forwards every call to `inner` except the ones `overrides` replaces: the one
+ * way to wrap a backend (metrics, tests, a guard), so a method added to the contract is never
+ * silently dropped by a hand-written wrapper.
+ */
+export function forwardingBackend(inner: Backend, overrides: Partial<Backend> = {}): Backend {
+  return {
+    name: overrides.name ?? inner.name,
+    acquire: overrides.acquire ?? ((request) => inner.acquire(request)),
+    renew: overrides.renew ?? ((requests) => inner.renew(requests)),
+    release: overrides.release ?? ((request) => inner.release(request)),
+    holders: overrides.holders ?? ((resource) => inner.holders(resource)),
+    watch: overrides.watch ?? ((resource, onChange) => inner.watch(resource, onChange)),
+    onClose: overrides.onClose ?? ((hook) => inner.onClose(hook)),
+    close: overrides.close ?? (() => inner.close()),
+  }
 }

@@ -29,6 +29,7 @@ import { checkOptions, optionalMilliseconds, renamedOption } from '../../validat
 import { MemoryBackend } from '../memory.js'
 import { Hub, type HubConnection } from './hub.js'
 import { RemoteBackend, type Transport } from './remote.js'
+import { forwardingBackend } from '../kit.js'
 
 export { Hub, type HubConnection, type HubOptions } from './hub.js'
 export { RemoteBackend, type RemoteBackendOptions, type Transport } from './remote.js'
@@ -187,14 +188,13 @@ export function clusterBackend(options: ClusterBackendOptions = {}): Backend {
     serveCluster(options)
     const state = primary!
     const handle = state.memory.handle('cluster')
-    return {
-      ...handle,
+    return forwardingBackend(handle, {
       async acquire(request) {
         const result = await handle.acquire(request)
         if (result.acquired) checkStandalone(state)
         return result
       },
-    }
+    })
   }
   checkPm2(options)
   if (typeof process.send !== 'function') {
