@@ -104,7 +104,8 @@ const PREFIX_RULE =
  * Loads nothing: a client made from the URL is made by the backend once all of this passed.
  */
 export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedisOptions {
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+  // Said here first, with what to give; checkOptions then refuses an array and unknown names.
+  if (typeof options !== 'object' || options === null) {
     throw new OptionsError(
       'options',
       options,
