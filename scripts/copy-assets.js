@@ -1,7 +1,7 @@
 // tsc compiles only TypeScript: copy the SQL and .cjs files the code loads at run time. The Lua
 // scripts are not copied: they ship as generated modules (scripts/gen-assets.js), regenerated
 // here so that a .lua edited without regenerating never ships stale.
-import { cpSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { generate } from './gen-assets.js'
 
@@ -15,11 +15,8 @@ function walk(dir) {
 }
 if (existsSync('src')) {
   walk('src')
-  // tsc ran first and compiled the modules as they were: a module written now replaces its
-  // compiled twin too (a generated module is plain JavaScript already).
-  for (const file of generate().stale) {
+  // tsc ran first and compiled the modules as they were: one written now gets its twin in dist/.
+  for (const file of generate({ dist: 'dist' }).stale) {
     console.log(`copy-assets: regenerated ${file} (commit it)`)
-    const twin = join('dist', relative('src', file)).replace(/\.ts$/, '.js')
-    if (existsSync('dist')) writeFileSync(twin, readFileSync(file, 'utf8'))
   }
 }

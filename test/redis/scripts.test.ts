@@ -9,7 +9,10 @@ import { afterAll, describe, expect, it } from 'vitest'
 interface GenAssets {
   SCRIPT_DIRS: string[]
   expandIncludes(file: string): string
-  generate(options: { root?: string; check?: boolean }): { stale: string[]; orphans: string[] }
+  generate(options: { root?: string; check?: boolean; dist?: string }): {
+    stale: string[]
+    orphans: string[]
+  }
 }
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
@@ -93,18 +96,24 @@ describe('@include', () => {
     )
   })
 
-  it('finds a stale module and an orphan, and writes and removes them', () => {
+  it('finds a stale module and an orphan, writes (with its built twin) and removes them', async () => {
     const dir = tree({
       'src/backends/redis/scripts/one.lua': '-- one\n--@include "lib/l.lua"\n',
       'src/backends/redis/scripts/lib/l.lua': 'return 1\n',
       'src/backends/redis/scripts/gone.lua.ts': 'export default ""\n',
+      'dist/backends/redis/scripts/one.lua.js': 'compiled from the stale text\n',
     })
     const found = {
       stale: ['src/backends/redis/scripts/one.lua.ts'],
       orphans: ['src/backends/redis/scripts/gone.lua.ts'],
     }
     expect(gen.generate({ root: dir, check: true })).toEqual(found)
-    expect(gen.generate({ root: dir })).toEqual(found)
+    expect(gen.generate({ root: dir, dist: 'dist' })).toEqual(found)
+    // The build's twin is JavaScript with the new text (tsc compiled the stale one before).
+    const twin = (await import(join(dir, 'dist/backends/redis/scripts/one.lua.js'))) as {
+      default: string
+    }
+    expect(twin.default).toBe('-- one\nreturn 1\n')
     expect(readdirSync(join(dir, 'src/backends/redis/scripts')).sort()).toEqual([
       'lib',
       'one.lua',
