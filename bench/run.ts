@@ -1,13 +1,14 @@
 /**
- * `npm run bench [-- --only NAME[,NAME]] [--quick]`: runs every suite in bench/suites/
- * (each measures conclave and, where a peer exists, the peer in the same run), prints a
- * markdown table per suite with each row's ratio to conclave's row for the same metric, and
- * writes bench/results/latest.json.
+ * `npm run bench [-- --only NAME[,NAME]] [--quick]`: runs every suite in bench/suites/ (each a
+ * list of subjects × the scenarios of bench/scenarios.ts), prints a markdown table per suite
+ * with each row's ratio to conclave's row of the same scenario and metric, and writes
+ * bench/results/latest.json.
  */
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
-import type { BenchRow, BenchSuite } from './stats.js'
+import { runSuite, type Suite } from './suite.js'
+import type { BenchRow } from './stats.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const args = process.argv.slice(2)
@@ -18,26 +19,53 @@ const only = onlyIndex >= 0 ? (args[onlyIndex + 1] ?? '').split(',').filter(Bool
 const fmt = (n: number | undefined) =>
   n === undefined || Number.isNaN(n)
     ? ''
-    : n >= 100
+    : Math.abs(n) >= 100
       ? n.toFixed(0)
-      : n >= 10
+      : Math.abs(n) >= 10
         ? n.toFixed(1)
-        : n.toFixed(2)
+        : Math.abs(n) >= 0.1 || n === 0
+          ? n.toFixed(2)
+          : n.toPrecision(2)
 
+const figure = (row: BenchRow) => row.p50 ?? row.value
+
+/** The suite's rows as a markdown table; a scenario and a metric are named on their first row. */
 function table(rows: BenchRow[]): string {
   const lines = [
-    '| metric | subject | p50 | p99 | value | unit | vs conclave | samples | note |',
-    '|---|---|---|---|---|---|---|---|---|',
+    '| scenario | metric | subject | p50 | p99 | value | unit | vs conclave | samples | note |',
+    '|---|---|---|--:|--:|--:|---|--:|--:|---|',
   ]
+  let lastScenario = ''
+  let lastMetric = ''
   for (const row of rows) {
-    const ours = rows.find((r) => r.metric === row.metric && r.subject.startsWith('conclave'))
-    const mine = row.p50 ?? row.value
-    const base = ours ? (ours.p50 ?? ours.value) : undefined
+    const same = (r: BenchRow) =>
+      r.scenario === row.scenario && r.metric === row.metric && r.unit === row.unit
+    const base = rows.find((r) => same(r) && r.subject.startsWith('conclave') && !r.na)
+    const mine = figure(row)
     const ratio =
-      ours && ours !== row && mine !== undefined && base ? `${(mine / base).toFixed(2)}x` : ''
-    lines.push(
-      `| ${row.metric} | ${row.subject} | ${fmt(row.p50)} | ${fmt(row.p99)} | ${fmt(row.value)} | ${row.unit} | ${ratio} | ${row.samples} | ${row.note ?? ''} |`,
-    )
+      base && base !== row && !row.na && mine !== undefined && figure(base)
+        ? `${fmt(mine / figure(base)!)}x`
+        : ''
+    const scenario = row.scenario === lastScenario ? '' : row.scenario
+    // A scenario-wide n/a row has no metric of its own.
+    const metric = row.metric ? (scenario || row.metric !== lastMetric ? row.metric : '') : 'all'
+    lastScenario = row.scenario
+    lastMetric = row.metric
+    const cells = row.na
+      ? [scenario, metric, row.subject, 'n/a', '', '', row.unit, '', '', row.na]
+      : [
+          scenario,
+          metric,
+          row.subject,
+          fmt(row.p50),
+          fmt(row.p99),
+          fmt(row.value),
+          row.unit,
+          ratio,
+          String(row.samples),
+          row.note ?? '',
+        ]
+    lines.push(`| ${cells.map((c) => c.replaceAll('|', '\\|')).join(' | ')} |`)
   }
   return lines.join('\n')
 }
@@ -49,12 +77,12 @@ const results: Record<string, BenchRow[]> = {}
 let failed = 0
 for (const file of files) {
   const suite = (
-    (await import(pathToFileURL(join(here, 'suites', file)).href)) as { default: BenchSuite }
+    (await import(pathToFileURL(join(here, 'suites', file)).href)) as { default: Suite }
   ).default
   if (only.length && !only.includes(suite.name)) continue
   console.log(`\n## ${suite.name}\n`)
   try {
-    const rows = await suite.run({ quick, log: (line) => console.log(`  ${line}`) })
+    const rows = await runSuite(suite, { quick, log: (line) => console.log(`  ${line}`) })
     results[suite.name] = rows
     console.log(`\n${table(rows)}`)
   } catch (error) {
@@ -65,7 +93,7 @@ for (const file of files) {
 mkdirSync(join(here, 'results'), { recursive: true })
 writeFileSync(
   join(here, 'results', 'latest.json'),
-  JSON.stringify({ at: new Date().toISOString(), node: process.version, results }, null, 2),
+  JSON.stringify({ at: new Date().toISOString(), node: process.version, quick, results }, null, 2),
 )
 console.log(`\nwrote bench/results/latest.json`)
 process.exitCode = failed ? 1 : 0

@@ -1,0 +1,119 @@
+/**
+ * The PostgreSQL subjects, on one private server with pg_stat_statements loaded: conclave/postgres
+ * and the `advisory-lock` package (session advisory locks, a new connection per lock). Both
+ * connect as one role, so a request is one statement that role ran (pg_stat_statements calls).
+ */
+import advisory from 'advisory-lock'
+import type pg from 'pg'
+import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
+import { type HoldInChild, type HolderConfig, processCpuMs, spawnHolder } from '../probes.js'
+import type { Candidate, Subject } from '../scenarios.js'
+import { conclaveSubject, expiryFromHolders, holderId, holdWithElection } from './conclave.js'
+
+const createMutex = advisory.default
+
+/** The server the subjects share. */
+export interface PostgresTarget {
+  host: string
+  port: number
+  /** The postmaster: its backends are its children. */
+  pid: number
+  database: string
+  /** The role every subject connects as (its statements are the ones counted). */
+  role: string
+  /** The bench's own connections (another role). */
+  admin: pg.Pool
+  /** The bench's own connection string (the expiry probe). */
+  adminUrl: string
+  /** conclave's schema. */
+  schema: string
+}
+
+const url = (t: { role: string; host: string; port: number; database: string }) =>
+  `postgres://${t.role}@${t.host}:${t.port}/${t.database}`
+
+/** The subject names of this module, as the suite lists them. */
+export const POSTGRES_SUBJECTS = ['conclave/postgres', 'advisory-lock'] as const
+
+/** One of the PostgreSQL subjects on `target`. */
+export function postgresSubject(
+  name: (typeof POSTGRES_SUBJECTS)[number],
+  target: PostgresTarget,
+): Subject {
+  const ids = new Map<string, string>()
+  const common = {
+    name,
+    async requests() {
+      const result = await target.admin.query<{ n: string }>(
+        `SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements s
+           JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1`,
+        [target.role],
+      )
+      return Number(result.rows[0]!.n)
+    },
+    serverCpuMs: async () => processCpuMs(target.pid, true),
+    serverPort: target.port,
+    spawnHolder(resource: string, leaseMs: number, via?: { port: number }) {
+      const id = holderId()
+      ids.set(resource, id)
+      const config: HolderConfig = {
+        subject: name,
+        resource,
+        leaseMs,
+        id,
+        url: url({ ...target, port: via?.port ?? target.port }),
+        schema: target.schema,
+      }
+      return spawnHolder('postgres', config)
+    },
+  }
+  if (name === 'conclave/postgres') {
+    let probe: PostgresBackend | undefined
+    return conclaveSubject({
+      ...common,
+      open() {
+        const backend = postgresBackend({ connectionString: url(target), schema: target.schema })
+        return { backend, close: () => backend.close() }
+      },
+      expiry: expiryFromHolders(
+        () =>
+          (probe ??= postgresBackend({ connectionString: target.adminUrl, schema: target.schema })),
+        ids,
+      ),
+      close: async () => probe?.close(),
+    })
+  }
+  return {
+    ...common,
+    async candidate(): Promise<Candidate> {
+      const mutexes = createMutex(url(target))
+      return {
+        // pg_advisory_lock blocks in the server: a wait cannot be given up (the signal is not used).
+        async acquire(resource) {
+          return mutexes(resource).lock()
+        },
+        close: async () => {},
+      }
+    },
+    cannot: {
+      takeover: 'a session lock has no lease to expire: it is freed when its connection closes',
+      'renew-many':
+        'no renewal (session locks), but a server connection per held lock: 10,000 locks need 10,000 connections',
+    },
+    notes: {
+      'idle-waiter.requests per waiter':
+        'but each waiter holds a server connection (a backend process) blocked in pg_advisory_lock',
+    },
+  }
+}
+
+/** In a holder process: the subject named in `config`, holding `config.resource`. */
+export const holdInChild: HoldInChild = async (config, onLost) => {
+  const connectionString = String(config.url)
+  if (config.subject === 'conclave/postgres') {
+    const backend = postgresBackend({ connectionString, schema: String(config.schema) })
+    return holdWithElection(backend, config, onLost)
+  }
+  // A session lock is held as long as its connection: nothing tells the holder it lost.
+  await createMutex(connectionString)(config.resource).lock()
+}
