@@ -1,11 +1,11 @@
-// tsc compiles only TypeScript: copy the SQL and .cjs files the code loads at run time. The Lua
-// scripts are not copied: they ship as generated modules (scripts/gen-assets.js), regenerated
-// here so that a .lua edited without regenerating never ships stale.
+// tsc compiles only TypeScript: copy the .cjs files the code loads at run time. The Lua scripts
+// and the SQL are not copied: they ship as generated modules (scripts/gen-assets.js),
+// regenerated here so that a .lua or .sql edited without regenerating never ships stale.
 import { cpSync, existsSync, readdirSync, statSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { generate } from './gen-assets.js'
 
-const assets = /\.(sql|cjs)$/
+const assets = /\.cjs$/
 function walk(dir) {
   for (const name of readdirSync(dir)) {
     const path = join(dir, name)

@@ -1,40 +1,49 @@
 /**
- * Where the PostgreSQL backend keeps things: the SQL lives in real files under `sql/` (next to
- * this module in src/ and, copied by the build, in dist/), each read once and rendered for one
+ * Where the PostgreSQL backend keeps things: the SQL lives in real files under `sql/`, each
+ * shipped as a generated module beside it (`<name>.sql.ts`, made by scripts/gen-assets.js, so a
+ * bundler carries it along and nothing is read from disk at run time), and rendered for one
  * schema. A statement names the schema as `{schema}` and the NOTIFY channel as `{channel}`.
  */
-import { readdirSync, readFileSync } from 'node:fs'
+import acquireSql from './sql/acquire.sql.js'
+import holdersSql from './sql/holders.sql.js'
+import migrateExistsSql from './sql/migrate-exists.sql.js'
+import migrateLockSql from './sql/migrate-lock.sql.js'
+import migratePrepareSql from './sql/migrate-prepare.sql.js'
+import migrateRecordSql from './sql/migrate-record.sql.js'
+import migrateVersionSql from './sql/migrate-version.sql.js'
+import migrationIndex from './sql/migrations/index.js'
+import releaseSql from './sql/release.sql.js'
+import renewSql from './sql/renew.sql.js'
 
-const sqlCache = new Map<string, string>()
+/** The statements under `sql/` (migrations apart), by file name. */
+const SQL = {
+  'acquire.sql': acquireSql,
+  'holders.sql': holdersSql,
+  'migrate-exists.sql': migrateExistsSql,
+  'migrate-lock.sql': migrateLockSql,
+  'migrate-prepare.sql': migratePrepareSql,
+  'migrate-record.sql': migrateRecordSql,
+  'migrate-version.sql': migrateVersionSql,
+  'release.sql': releaseSql,
+  'renew.sql': renewSql,
+} as const
 
-/** The text of `sql/<name>`, read once per process. */
-export function sqlFile(name: string): string {
-  let text = sqlCache.get(name)
-  if (text === undefined) {
-    text = readFileSync(new URL(`./sql/${name}`, import.meta.url), 'utf8')
-    sqlCache.set(name, text)
-  }
-  return text
+/** The text of `sql/<name>`. */
+export function sqlFile(name: keyof typeof SQL): string {
+  return SQL[name]
 }
 
 /** One versioned migration: `sql/migrations/NNN_name.sql`. */
 export interface Migration {
   version: number
   name: string
-  /** Its path under `sql/`, for sqlFile(). */
-  file: string
+  /** Its SQL, before render(). */
+  text: string
 }
 
-let migrationList: Migration[] | undefined
-
-/** sql/migrations/NNN_name.sql, in version order (listed once per process). */
-export function migrations(): Migration[] {
-  migrationList ??= readdirSync(new URL('./sql/migrations/', import.meta.url))
-    .map((file) => /^(\d+)_([a-z0-9_]+)\.sql$/.exec(file))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => ({ version: Number(m[1]), name: m[2]!, file: `migrations/${m[0]}` }))
-    .sort((a, b) => a.version - b.version)
-  return migrationList
+/** sql/migrations/NNN_name.sql, in version order (the generated sql/migrations/index.ts). */
+export function migrations(): readonly Migration[] {
+  return migrationIndex
 }
 
 /** A statement with the schema (quoted identifier) and the NOTIFY channel (literal) filled in. */

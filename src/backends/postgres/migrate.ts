@@ -1,6 +1,7 @@
 /**
- * Versioned migrations of the PostgreSQL backend's schema: `sql/migrations/NNN_name.sql`, run in
- * one transaction under a transaction advisory lock (so concurrent first uses serialise, and no
+ * Versioned migrations of the PostgreSQL backend's schema: `sql/migrations/NNN_name.sql`
+ * (shipped as generated modules, listed in version order by sql/migrations/index.ts), run in one
+ * transaction under a transaction advisory lock (so concurrent first uses serialise, and no
  * session state is needed: PgBouncer in transaction mode works), each recorded in the schema's
  * version table. A schema newer than this library is never touched.
  */
@@ -119,7 +120,7 @@ async function runMigrations(
       if (from > latest) throw tooNew(schema, from)
       for (const migration of migrations()) {
         if (migration.version <= from) continue
-        await q(render(sqlFile(migration.file), schema))
+        await q(render(migration.text, schema))
         await q(render(sqlFile('migrate-record.sql'), schema), [migration.version, migration.name])
       }
       await q('COMMIT')

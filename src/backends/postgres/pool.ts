@@ -17,8 +17,24 @@ let pgModule: PgModule | undefined
 
 /** `pg`, loaded on first need (it is CommonJS, so synchronously): a MissingPeerError without it. */
 export function loadPg(): PgModule {
-  pgModule ??= requirePeer<PgModule>('pg', 'conclave/postgres with a connection string or URL')
+  pgModule ??=
+    bundledPg() ?? requirePeer<PgModule>('pg', 'conclave/postgres with a connection string or URL')
   return pgModule
+}
+
+/**
+ * pg as a bundler carried it along: a bundler sees a literal `require('pg')` (not requirePeer's
+ * computed one) and bundles pg, and a bundle defines `require`; Node's ES modules do not, so
+ * unbundled this is undefined and requirePeer loads pg (or says it is missing).
+ */
+function bundledPg(): PgModule | undefined {
+  if (typeof require !== 'function') return undefined
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return require('pg') as PgModule
+  } catch {
+    return undefined
+  }
 }
 
 /**
