@@ -10,7 +10,7 @@
  * Agent scenarios (AgentSubject): call latency, call throughput, cluster metrics scrape (from the
  * primary, from a worker), metrics merge.
  */
-import { startProxy } from '../test/helpers/proxy.js'
+import { startProxy } from '../testkit/proxy.js'
 import { type HolderProcess, now, ownCpuMs, pool, sleep, uniqueKey, within } from './probes.js'
 import { type BenchRow, type Measurement, notAvailable, single, summarize } from './stats.js'
 

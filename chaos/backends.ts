@@ -1,12 +1,12 @@
 /**
  * The chaos harness's backends: ONE entry per backend, and a backend still to come adds itself
  * here with one entry. An entry says how to start its server (the private instances of
- * test/servers), how a candidate process makes its backend from a URL, and which faults apply.
+ * testkit/), how a candidate process makes its backend from a URL, and which faults apply.
  * Modules are loaded lazily, so a candidate loads only its own backend's client library.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Backend } from '../src/backend.js'
-import type { ServerHandle } from '../test/servers/index.js'
+import type { ServerHandle } from '../testkit/index.js'
 import type { FaultKind } from './records.js'
 import { forwardingBackend } from '../src/backends/kit.js'
 
@@ -36,7 +36,7 @@ export interface ChaosBackend {
 
 const NETWORKED: readonly FaultKind[] = ['kill', 'pause', 'stall', 'partition', 'restart']
 
-/** A private server from test/servers as a ChaosServer; `connect` is the entry's own. */
+/** A private server from testkit/ as a ChaosServer; `connect` is the entry's own. */
 function serverOf(
   handle: ServerHandle & { host: string; port: number },
   url: (host: string, port: number) => string,
@@ -82,7 +82,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     mode: 'fork',
     faults: NETWORKED,
     async start() {
-      const { startRedis } = await import('../test/servers/index.js')
+      const { startRedis } = await import('../testkit/index.js')
       // No persistence, the hardest case: a restart forgets every grant, and the server's
       // startup grace must keep a second holder out while the first still believes.
       const server = await startRedis()
@@ -94,7 +94,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     mode: 'fork',
     faults: NETWORKED,
     async start() {
-      const { startEtcd } = await import('../test/servers/index.js')
+      const { startEtcd } = await import('../testkit/index.js')
       return serverOf(await startEtcd(), (h, p) => `etcd://${h}:${p}`, this.connect)
     },
     connect: async (url) => (await import('../src/backends/etcd/index.js')).backendFromUrl(url),
@@ -103,7 +103,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     mode: 'fork',
     faults: NETWORKED,
     async start() {
-      const { startPostgres } = await import('../test/servers/index.js')
+      const { startPostgres } = await import('../testkit/index.js')
       return serverOf(
         await startPostgres(),
         (h, p) => `postgres://postgres@${h}:${p}/postgres`,

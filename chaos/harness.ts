@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { MemoryFence } from '../src/fence/memory.js'
-import { startProxy, type FaultProxy } from '../test/helpers/proxy.js'
+import { startProxy, type FaultProxy } from '../testkit/proxy.js'
 import { CHAOS_BACKENDS, chaosBackend, type ChaosServer } from './backends.js'
 import { Prng } from './prng.js'
 import {

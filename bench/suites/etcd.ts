@@ -1,7 +1,7 @@
 // conclave/etcd against the etcd3 package's own Election, one after another on one private etcd.
 import { randomBytes } from 'node:crypto'
 import { Etcd3 } from 'etcd3'
-import { startEtcd } from '../../test/servers/index.js'
+import { startEtcd } from '../../testkit/index.js'
 import { electionScenarios, type Subject } from '../scenarios.js'
 import { defineSuite } from '../suite.js'
 import { ETCD_SUBJECTS, etcdSubject, type EtcdTarget } from '../subjects/etcd.js'

@@ -1,7 +1,7 @@
 // conclave/postgres against the advisory-lock package, one after another on one private
 // PostgreSQL (pg_stat_statements loaded: statement counts come from the server itself).
 import pg from 'pg'
-import { startPostgres } from '../../test/servers/index.js'
+import { startPostgres } from '../../testkit/index.js'
 import { electionScenarios, type Subject } from '../scenarios.js'
 import { defineSuite } from '../suite.js'
 import { POSTGRES_SUBJECTS, postgresSubject, type PostgresTarget } from '../subjects/postgres.js'

@@ -1,7 +1,7 @@
 // conclave/redis against redis-semaphore (Mutex, Semaphore) and redlock, one after another on one
 // private redis-server.
 import { Redis } from 'ioredis'
-import { startRedis } from '../../test/servers/index.js'
+import { startRedis } from '../../testkit/index.js'
 import { electionScenarios, type Subject } from '../scenarios.js'
 import { defineSuite } from '../suite.js'
 import { REDIS_SUBJECTS, redisSubject, type RedisTarget } from '../subjects/redis.js'

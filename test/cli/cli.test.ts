@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
-import { freePort } from '../servers/index.js'
+import { freePort } from '../../testkit/index.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 

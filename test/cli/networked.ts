@@ -1,9 +1,9 @@
 // The networked backends the CLI knows (their schemes registered in src/cli/backends.ts), each
-// with a way to start its private server from test/servers. Cross-process tests run once per
+// with a way to start its private server from testkit/. Cross-process tests run once per
 // family listed here, so a backend that lands later is tested with no change to the tests.
 import { randomBytes } from 'node:crypto'
 import { BACKEND_SCHEMES } from '../../src/cli/backends.js'
-import { startEtcd, startPostgres, startRedis } from '../servers/index.js'
+import { startEtcd, startPostgres, startRedis } from '../../testkit/index.js'
 
 export interface NetworkedServer {
   family: string

@@ -9,8 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { startProxy, type FaultProxy } from '../helpers/proxy.js'
-import { processAlive } from '../servers/index.js'
+import { startProxy, type FaultProxy } from '../../testkit/proxy.js'
+import { processAlive } from '../../testkit/index.js'
 import { firstFamily, registeredFamilies, startServer, type NetworkedServer } from './networked.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))

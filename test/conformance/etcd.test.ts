@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { Etcd3 } from 'etcd3'
 import { afterAll } from 'vitest'
 import { etcdBackend } from '../../src/backends/etcd/index.js'
-import { startEtcd } from '../servers/index.js'
+import { startEtcd } from '../../testkit/index.js'
 import { runConformance } from './suite.js'
 
 // A private etcd for this file; every backend gets its own client, as another process would.

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { afterAll } from 'vitest'
 import { postgresBackend } from '../../src/backends/postgres/index.js'
-import { startPostgres } from '../servers/index.js'
+import { startPostgres } from '../../testkit/index.js'
 import { runConformance } from './suite.js'
 
 const server = await startPostgres()

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll } from 'vitest'
 import { redisBackend } from '../../src/backends/redis/index.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { runConformance } from './suite.js'
 
 let server: RedisServer

@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { backendFromUrl, etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 import { OptionsError } from '../../src/errors.js'
-import { startEtcd, type EtcdServer } from '../servers/index.js'
+import { startEtcd, type EtcdServer } from '../../testkit/index.js'
 import { backendWithClient, difference, grpcHandled, queuedKeys, sleep, until } from './helpers.js'
 
 let server: EtcdServer

@@ -14,9 +14,9 @@ import {
   OptionsError,
   TicketsMismatchError,
 } from '../../src/errors.js'
-import { startProxy, type FaultProxy } from '../helpers/proxy.js'
+import { startProxy, type FaultProxy } from '../../testkit/proxy.js'
 import { runWithoutPeers } from '../postgres/helpers.js'
-import { freePort, startEtcd, type EtcdServer } from '../servers/index.js'
+import { freePort, startEtcd, type EtcdServer } from '../../testkit/index.js'
 import { backendWithClient, queuedKeys, sleep, until } from './helpers.js'
 
 let server: EtcdServer

@@ -7,8 +7,8 @@ import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 import type { TermEndReason } from '../../src/errors.js'
 import type { Term } from '../../src/term.js'
-import { startProxy, type FaultProxy } from '../helpers/proxy.js'
-import { startEtcd, type EtcdServer } from '../servers/index.js'
+import { startProxy, type FaultProxy } from '../../testkit/proxy.js'
+import { startEtcd, type EtcdServer } from '../../testkit/index.js'
 import { backendWithClient, queuedKeys, sleep, until } from './helpers.js'
 
 let server: EtcdServer

@@ -2,7 +2,7 @@ import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { OptionsError } from '../../src/errors.js'
 import { fencedUpdate, fencedUpdateSql, StaleTokenError } from '../../src/fence/index.js'
-import { startPostgres, type PostgresServer } from '../servers/index.js'
+import { startPostgres, type PostgresServer } from '../../testkit/index.js'
 
 let server: PostgresServer
 let pool: pg.Pool

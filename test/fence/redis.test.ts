@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fenceKeyFor, fencedWrite, highestToken, StaleTokenError } from '../../src/fence/index.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 
 let server: RedisServer
 let client: Redis

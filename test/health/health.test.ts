@@ -10,7 +10,7 @@ import { Election } from '../../src/election.js'
 import { OptionsError, WorkError } from '../../src/errors.js'
 import { healthCheck, HealthCheck, type HealthReport } from '../../src/health.js'
 import { every } from '../../src/singleton.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 

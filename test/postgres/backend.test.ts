@@ -11,7 +11,7 @@ import {
 } from '../../src/backends/postgres/index.js'
 import { backendFromUrl as cliBackendFromUrl } from '../../src/cli/backends.js'
 import { OptionsError } from '../../src/errors.js'
-import { startPostgres } from '../servers/index.js'
+import { startPostgres } from '../../testkit/index.js'
 import {
   exited,
   forkTs,

@@ -19,7 +19,7 @@ import {
   OptionsError,
   TicketsMismatchError,
 } from '../../src/errors.js'
-import { freePort, startPostgres } from '../servers/index.js'
+import { freePort, startPostgres } from '../../testkit/index.js'
 import { runWithoutPeers, sleep, uniqueSchema, until, withParam } from './helpers.js'
 
 const server = await startPostgres()

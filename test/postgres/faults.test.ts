@@ -5,8 +5,8 @@ import pg from 'pg'
 import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
 import { Election } from '../../src/election.js'
 import type { Term } from '../../src/term.js'
-import { startProxy } from '../helpers/proxy.js'
-import { startPostgres } from '../servers/index.js'
+import { startProxy } from '../../testkit/proxy.js'
+import { startPostgres } from '../../testkit/index.js'
 import { exited, forkTs, nextMessage, sleep, uniqueSchema, until, withParam } from './helpers.js'
 
 const server = await startPostgres()

@@ -8,8 +8,8 @@ import { redisBackend, RedisBackend, resourceKeys } from '../../src/backends/red
 import { backendFromUrl, BACKEND_SCHEMES } from '../../src/cli/backends.js'
 import { Election } from '../../src/election.js'
 import { BackendClosedError, OptionsError, TicketsMismatchError } from '../../src/errors.js'
-import { startProxy } from '../helpers/proxy.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startProxy } from '../../testkit/proxy.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { commandCalls, fastFailingClient, sleep, until } from './helpers.js'
 
 let server: RedisServer

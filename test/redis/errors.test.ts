@@ -18,7 +18,7 @@ import {
 } from '../../src/backends/redis/index.js'
 import { backendFromUrl } from '../../src/cli/backends.js'
 import { BackendError, OptionsError } from '../../src/errors.js'
-import { freePort, startRedis, type RedisServer } from '../servers/index.js'
+import { freePort, startRedis, type RedisServer } from '../../testkit/index.js'
 import { fastFailingClient } from './helpers.js'
 
 let server: RedisServer

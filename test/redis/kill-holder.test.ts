@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { fastFailingClient } from './helpers.js'
 
 let server: RedisServer

@@ -12,7 +12,7 @@ import type { Backend } from '../../src/backend.js'
 import { missingKeyspaceFlags, redisBackend, resourceKeys } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
 import type { TermEndReason } from '../../src/errors.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { fastFailingClient, sleep, until } from './helpers.js'
 
 const WARNING = 'CONCLAVE_REDIS_KEYSPACE'

@@ -7,8 +7,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
 import type { Term } from '../../src/term.js'
-import { startProxy, type CutMode, type FaultProxy } from '../helpers/proxy.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startProxy, type CutMode, type FaultProxy } from '../../testkit/proxy.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { fastFailingClient, until } from './helpers.js'
 
 let server: RedisServer

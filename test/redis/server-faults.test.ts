@@ -7,8 +7,8 @@ import type { Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
 import type { Term } from '../../src/term.js'
-import { startProxy } from '../helpers/proxy.js'
-import { startRedis, type RedisServer } from '../servers/index.js'
+import { startProxy } from '../../testkit/proxy.js'
+import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { fastFailingClient, sleep, until } from './helpers.js'
 
 let server: RedisServer

@@ -1,5 +1,6 @@
-// Private redis-server, etcd and PostgreSQL instances on loopback ephemeral ports, for tests,
-// benchmarks and chaos scripts. Install the binaries with scripts/ensure-servers.sh.
+// The test kit that tests, benchmarks and chaos runs share: private redis-server, etcd and
+// PostgreSQL instances on loopback ephemeral ports (install the binaries with
+// scripts/ensure-servers.sh), and the TCP fault proxy that cuts or delays a path.
 export { freePort } from './ports.js'
 export { startRedis, redisPing, redisServerPid, redisServerBinary } from './redis.js'
 export type { RedisServer, StartRedisOptions } from './redis.js'
@@ -9,3 +10,4 @@ export { startPostgres, postgresReady, postgresBinDir } from './postgres.js'
 export type { PostgresServer, StartPostgresOptions } from './postgres.js'
 export { ServerStartError, processAlive } from './process.js'
 export type { RestartOptions, ServerHandle } from './process.js'
+export { startProxy, type CutMode, type FaultProxy, type StartProxyOptions } from './proxy.js'

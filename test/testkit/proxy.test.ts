@@ -3,9 +3,9 @@
 import { connect, type Socket } from 'node:net'
 import { Redis } from 'ioredis'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { freePort } from '../servers/ports.js'
-import { startRedis, type RedisServer } from '../servers/redis.js'
-import { startProxy, type FaultProxy } from './proxy.js'
+import { freePort } from '../../testkit/ports.js'
+import { startRedis, type RedisServer } from '../../testkit/redis.js'
+import { startProxy, type FaultProxy } from '../../testkit/proxy.js'
 
 /** A raw client: collects what it receives and how it ended. */
 class Raw {

@@ -10,11 +10,11 @@ import { Etcd3 } from 'etcd3'
 import { Redis } from 'ioredis'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startEtcd, type EtcdServer } from './etcd.js'
-import { freePort } from './ports.js'
-import { startPostgres, type PostgresServer } from './postgres.js'
-import { findBinary, processAlive, ServerStartError } from './process.js'
-import { redisPing, startRedis, type RedisServer } from './redis.js'
+import { startEtcd, type EtcdServer } from '../../testkit/etcd.js'
+import { freePort } from '../../testkit/ports.js'
+import { startPostgres, type PostgresServer } from '../../testkit/postgres.js'
+import { findBinary, processAlive, ServerStartError } from '../../testkit/process.js'
+import { redisPing, startRedis, type RedisServer } from '../../testkit/redis.js'
 
 /** Resolves 'pending' if `promise` has not settled after ms (the promise keeps running). */
 async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<'settled' | 'pending'> {
@@ -165,7 +165,7 @@ describe('redis-server', () => {
       const scratch = mkdtempSync(join(tmpdir(), 'conclave-orphan-'))
       try {
         const script = join(scratch, 'orphan.ts')
-        const module = resolve(import.meta.dirname, 'redis.ts')
+        const module = resolve(import.meta.dirname, '../../testkit/redis.ts')
         writeFileSync(
           script,
           [
