@@ -167,7 +167,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         const state = this.#states.get(term)!
         // The term may have ended between the win and this line (close(), resign(), an abort
         // a microtask after 'elected'): its work must never start then.
-        if (state.endReason === undefined && !stop.aborted) {
+        if (state.isActive() && !stop.aborted) {
           const work = workContext.run(this, async () => {
             try {
               await fn(term)
@@ -287,6 +287,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       if (work && !fromWork) await this.#drain(work)
       // 'lost' means the backend already dropped the grant; anything else is released here.
       if (reason !== 'lost') await this.#release(state.term.token)
+      // A loss the backend did not write (a watch's read, a final error) may leave the grant
+      // alive: withdraw it before the next ask, or that ask would continue its token.
+      else this.#mustWithdraw = true
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
@@ -426,8 +429,14 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         this.#safeEmit('renewed', state.term, { sentAt, roundTripMs: this.#clock.now() - sentAt })
       },
       lost: () => void this.end(state, 'lost'),
-      // A closed backend will never renew it: end the term now rather than at its deadline.
-      failed: (error) => (isFinal(error) ? void this.end(state, 'lost') : this.#report(error)),
+      failed: (error) => {
+        if (!isFinal(error)) return this.#report(error)
+        // A closed backend will never renew it: end the term now, not at its deadline. A term
+        // that already ended (closing the backend ends its terms first) has nothing to say.
+        if (state.endReason) return
+        this.#report(error)
+        void this.end(state, 'lost')
+      },
     }
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
     state.controller.signal.addEventListener('abort', leave, { once: true })

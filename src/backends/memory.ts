@@ -153,6 +153,9 @@ export class MemoryBackend implements Backend {
     const unwatches = new Set<Unwatch>()
     const gate = new CloseGate(name)
     const check = () => gate.check()
+    const teardown = async () => void (await Promise.all([...unwatches].map((u) => u())))
+    // Closing the store closes its handles first, so their elections end 'closed' too.
+    const offStore = this.#gate.onClose(() => gate.close(teardown))
     return {
       name,
       acquire: async (request) => (check(), store.acquire(request)),
@@ -169,7 +172,10 @@ export class MemoryBackend implements Backend {
         return once
       },
       onClose: (hook) => gate.onClose(hook),
-      close: () => gate.close(async () => void (await Promise.all([...unwatches].map((u) => u())))),
+      close: () => {
+        offStore()
+        return gate.close(teardown)
+      },
     }
   }
 

@@ -2,6 +2,7 @@
 // timer offset around a win: the work is never handed an ended term, close() waits for it,
 // and nobody else is granted while it runs.
 import { describe, expect, it } from 'vitest'
+import { forwardingBackend } from '../../src/backends/kit.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
 import type { Term } from '../../src/term.js'
@@ -116,5 +117,55 @@ describe('an abort while a won campaign unwinds', () => {
     await waiting
     expect(overlaps).toEqual([])
     await Promise.all([holder.close(), a.close(), b.close()])
+  })
+})
+
+describe('the review’s cases', () => {
+  it('never hands fn a term whose deadline passed before it could start (a stalled loop)', async () => {
+    const clock = new ManualClock()
+    const store = new MemoryBackend({ clock })
+    const a = new Election(store, 'review/stall', { ...OPTIONS, clock })
+    a.once('elected', () => clock.jump(OPTIONS.leaseMs * 2)) // the loop stalls right after the win
+    const handed: string[] = []
+    void a.run((term) => {
+      if (clock.now() >= term.deadline) handed.push(`term ${term.token} past its deadline`)
+    })
+    await clock.advance(50)
+    expect(handed).toEqual([])
+    await a.close()
+  })
+
+  it('withdraws before asking again after a loss the backend did not write, so the token grows', async () => {
+    const clock = new ManualClock()
+    const store = new MemoryBackend({ clock })
+    // A backend whose holders() once answers from a stale replica: the watch ends the term.
+    let stale = false
+    let poke: (() => void) | undefined
+    const backend = forwardingBackend(store, {
+      holders: async (resource) => (stale ? ((stale = false), []) : store.holders(resource)),
+      watch: async (resource, onChange) => ((poke = onChange), store.watch(resource, onChange)),
+    })
+    const a = new Election(backend, 'review/lost', { ...OPTIONS, clock })
+    const tokens: number[] = []
+    void a.run(async (term) => {
+      tokens.push(term.token)
+      await new Promise((resolve) => term.signal.addEventListener('abort', resolve))
+    })
+    await clock.advance(10)
+    stale = true
+    poke!()
+    await clock.advance(100)
+    expect(tokens.length).toBe(2)
+    expect(tokens[1]).toBeGreaterThan(tokens[0]!)
+    await a.close()
+  })
+
+  it('ends terms held through a memory handle as closed when the store closes', async () => {
+    const clock = new ManualClock()
+    const store = new MemoryBackend({ clock })
+    const a = new Election(store.handle(), 'review/handle', { ...OPTIONS, clock })
+    const term = await a.campaign()
+    await store.close()
+    expect(await term.ended).toBe('closed')
   })
 })
