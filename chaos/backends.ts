@@ -1,14 +1,18 @@
 /**
  * The chaos harness's backends: ONE entry per backend, and a backend still to come adds itself
  * here with one entry. An entry says how to start its server (the private instances of
- * testkit/), how a candidate process makes its backend from a URL, and which faults apply.
- * Modules are loaded lazily, so a candidate loads only its own backend's client library.
+ * testkit/), what URL reaches it, and which faults apply. A candidate makes its backend from
+ * that URL through src/cli/backends.ts, the one scheme -> factory table (each backend module,
+ * and so its client library, loaded only when its scheme is named); only the self-test
+ * backends below, which no URL scheme names, bring a `connect` of their own.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
 import type { Backend } from '../src/backend.js'
 import type { ServerHandle } from '../testkit/index.js'
 import type { FaultKind } from './records.js'
 import { forwardingBackend } from '../src/backends/kit.js'
+import { backendFromUrl } from '../src/cli/backends.js'
 
 /** A running backend server, as the harness sees it. */
 export interface ChaosServer {
@@ -68,15 +72,17 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     // No server to restart, no TCP path to cut: the state lives in the harness (the primary).
     faults: ['kill', 'pause', 'stall'],
     async start() {
-      const { clusterBackend } = await import('../src/backends/cluster/index.js')
-      const backend = clusterBackend()
+      // In the primary, the backend installs the hub the workers' backends talk to.
+      const backend = await backendFromUrl('cluster:')
       return {
         url: () => 'cluster:',
         holders: (resource) => backend.holders(resource),
         stop: () => backend.close(),
       }
     },
-    connect: async () => (await import('../src/backends/cluster/index.js')).clusterBackend(),
+    // cluster: is in the table (only the CLI's separate-process commands refuse it, with
+    // requireSharedBackend): a worker's backendFromUrl('cluster:') joins the harness's hub.
+    connect: (url) => backendFromUrl(url),
   },
   redis: {
     mode: 'fork',
@@ -88,7 +94,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
       const server = await startRedis()
       return serverOf(server, (h, p) => `redis://${h}:${p}`, this.connect)
     },
-    connect: async (url) => (await import('../src/backends/redis/index.js')).backendFromUrl(url),
+    connect: (url) => backendFromUrl(url),
   },
   etcd: {
     mode: 'fork',
@@ -97,7 +103,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
       const { startEtcd } = await import('../testkit/index.js')
       return serverOf(await startEtcd(), (h, p) => `etcd://${h}:${p}`, this.connect)
     },
-    connect: async (url) => (await import('../src/backends/etcd/index.js')).backendFromUrl(url),
+    connect: (url) => backendFromUrl(url),
   },
   postgres: {
     mode: 'fork',
@@ -110,7 +116,7 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
         this.connect,
       )
     },
-    connect: async (url) => (await import('../src/backends/postgres/index.js')).backendFromUrl(url),
+    connect: (url) => backendFromUrl(url),
   },
 }
 
@@ -132,6 +138,19 @@ export const SELF_TEST_BACKENDS: Record<string, ChaosBackend> = {
     },
   },
 }
+
+/**
+ * What testkit/candidate.ts calls (its `connect` program option names this module): the backend
+ * of entry `name` for `url`.
+ */
+export async function connect(name: string, url: string): Promise<Backend> {
+  const entry = chaosBackend(name)
+  if (!entry) throw new Error(`chaos: unknown backend ${name}`)
+  return entry.connect(url)
+}
+
+/** This module's path, for the candidate's `connect` program option. */
+export const CHAOS_BACKENDS_FILE = fileURLToPath(import.meta.url)
 
 /** The entry for a name: the registry first, then the self-test backends. */
 export function chaosBackend(name: string): ChaosBackend | undefined {

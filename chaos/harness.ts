@@ -7,10 +7,10 @@ import { type ChildProcess, fork } from 'node:child_process'
 import cluster from 'node:cluster'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { fileURLToPath } from 'node:url'
 import { MemoryFence } from '../src/fence/memory.js'
+import { CANDIDATE_FILE, candidateArgs } from '../testkit/candidate.js'
 import { startProxy, type FaultProxy } from '../testkit/proxy.js'
-import { CHAOS_BACKENDS, chaosBackend, type ChaosServer } from './backends.js'
+import { CHAOS_BACKENDS, CHAOS_BACKENDS_FILE, chaosBackend, type ChaosServer } from './backends.js'
 import { Prng } from './prng.js'
 import {
   type ChaosRecords,
@@ -39,8 +39,6 @@ export interface ChaosOptions {
   /** Progress lines. */
   log?: (line: string) => void
 }
-
-const CANDIDATE_FILE = fileURLToPath(new URL('./candidate.ts', import.meta.url))
 
 interface Candidate {
   id: string
@@ -190,42 +188,45 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosRecords> {
 
   const spawn = async (): Promise<Candidate> => {
     const id = `c${++spawned}`
-    const env: Record<string, string> = {
-      CHAOS_BACKEND: options.backend,
-      CHAOS_RESOURCE: config.resource,
-      CHAOS_ID: id,
-      CHAOS_LEASE_MS: String(leaseMs),
-      CHAOS_TICKETS: String(tickets),
-      CHAOS_WORK_MS: String(config.workMs),
-    }
     let proxy: FaultProxy | undefined
+    let url: string
     if (server.target) {
       proxy = await startProxy({ targetHost: server.target.host, targetPort: server.target.port })
       proxies.push(proxy)
-      env.CHAOS_URL = server.url(proxy.host, proxy.port)
+      url = server.url(proxy.host, proxy.port)
     } else {
-      env.CHAOS_URL = server.url('', 0)
+      url = server.url('', 0)
     }
+    const args = candidateArgs(
+      url,
+      config.resource,
+      { id, leaseMs, tickets, drainMs: leaseMs },
+      {
+        workMs: config.workMs,
+        // The entry's own connect (a self-test backend is no URL scheme).
+        connect: { module: CHAOS_BACKENDS_FILE, name: options.backend },
+      },
+    )
     let child: ChildProcess
     let send: (message: HarnessMessage) => void
     let listen: (fn: (message: unknown) => void) => void
     if (entry.mode === 'cluster') {
       cluster.setupPrimary({
         exec: CANDIDATE_FILE,
+        args,
         execArgv: ['--import', 'tsx'],
         serialization: 'json',
         silent: false,
       })
-      const worker = cluster.fork(env)
+      const worker = cluster.fork()
       child = worker.process
       send = (message) => {
         if (worker.isConnected()) worker.send(message, undefined, () => {})
       }
       listen = (fn) => worker.on('message', fn)
     } else {
-      child = fork(CANDIDATE_FILE, [], {
+      child = fork(CANDIDATE_FILE, args, {
         execArgv: ['--import', 'tsx'],
-        env: { ...process.env, ...env },
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       })
       send = (message) => {
@@ -307,7 +308,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosRecords> {
         break
       case 'stall': {
         const reported = new Promise<void>((resolve) => (target.onStall = resolve))
-        target.send({ chaos: 1, type: 'stall', ms: Math.round(leases * leaseMs) })
+        target.send({ kit: 1, type: 'stall', ms: Math.round(leases * leaseMs) })
         await Promise.race([reported, target.exited, idle(leases * leaseMs + 10_000)])
         target.onStall = undefined
         fault.end = now()
@@ -366,7 +367,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosRecords> {
       candidates
         .filter((c) => c.alive)
         .map(async (c) => {
-          c.send({ chaos: 1, type: 'close' })
+          c.send({ kit: 1, type: 'close' })
           await Promise.race([c.exited, idle(leaseMs + 10_000)])
           if (c.alive) {
             records.harnessErrors.push(

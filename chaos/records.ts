@@ -107,24 +107,6 @@ export interface ChaosRecords {
   harnessErrors: string[]
 }
 
-/** Messages from a candidate to the harness. */
-export type CandidateMessage =
-  | { chaos: 1; type: 'ready'; at: number }
-  | { chaos: 1; type: 'elected'; token: number; at: number; deadline: number }
-  | { chaos: 1; type: 'revoked'; token: number; at: number; deadline: number; reason: string }
-  | { chaos: 1; type: 'write'; token: number; checkedAt: number }
-  | { chaos: 1; type: 'stall'; start: number; end: number }
-  | { chaos: 1; type: 'error'; message: string }
-  | { chaos: 1; type: 'closed'; at: number }
-
-/** Messages from the harness to a candidate. */
-export type HarnessMessage = { chaos: 1; type: 'stall'; ms: number } | { chaos: 1; type: 'close' }
-
-export function isChaosMessage(message: unknown): message is { chaos: 1; type: string } {
-  return (
-    typeof message === 'object' &&
-    message !== null &&
-    (message as { chaos?: unknown }).chaos === 1 &&
-    typeof (message as { type?: unknown }).type === 'string'
-  )
-}
+// The candidates speak testkit/candidate.ts's protocol (IPC messages marked `kit: 1`).
+export type { CandidateMessage, ParentMessage as HarnessMessage } from '../testkit/candidate.js'
+export { isKitMessage as isChaosMessage } from '../testkit/candidate.js'

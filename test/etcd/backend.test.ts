@@ -3,12 +3,12 @@
 // many grants, a lost lease, another process's key under the same candidate id, and bad input.
 import { fork, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { fileURLToPath } from 'node:url'
 import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { backendFromUrl, etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
 import { OptionsError } from '../../src/errors.js'
+import { CANDIDATE_FILE, candidateArgs } from '../../testkit/candidate.js'
 import { startEtcd, type EtcdServer } from '../../testkit/index.js'
 import { backendWithClient, difference, grpcHandled, queuedKeys, sleep, until } from './helpers.js'
 
@@ -90,11 +90,12 @@ it('never has two leaders when the middle of three queued candidates withdraws (
 it('fails over from a SIGKILLed holder process after about one lease', async () => {
   const lease = 2_000
   const res = resource('kill')
-  const child = fork(
-    fileURLToPath(new URL('./candidate.ts', import.meta.url)),
-    [server.endpoint, prefix, res, String(lease)],
-    { execArgv: ['--import', 'tsx'], stdio: 'inherit' },
-  )
+  // etcd://host:port, the endpoint without its http://
+  const url = `etcd://${new URL(server.endpoint).host}?prefix=${encodeURIComponent(prefix)}`
+  const child = fork(CANDIDATE_FILE, candidateArgs(url, res, { leaseMs: lease }), {
+    execArgv: ['--import', 'tsx'],
+    stdio: 'inherit',
+  })
   children.push(child)
   const elected = await new Promise<{ token: number; candidate: string }>((resolve, reject) => {
     child.on('message', (m: { type: string; token: number; candidate: string }) => {

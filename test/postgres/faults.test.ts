@@ -5,6 +5,7 @@ import pg from 'pg'
 import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
 import { Election } from '../../src/election.js'
 import type { Term } from '../../src/term.js'
+import { CANDIDATE_FILE, candidateArgs } from '../../testkit/candidate.js'
 import { startProxy } from '../../testkit/proxy.js'
 import { startPostgres } from '../../testkit/index.js'
 import { exited, forkTs, nextMessage, sleep, uniqueSchema, until, withParam } from './helpers.js'
@@ -44,16 +45,16 @@ describe('faults', () => {
   it('fails over about one lease after the holder process is SIGKILLed', async () => {
     const resource = 'faults/sigkill'
     const leaseMs = 2_000
-    const child = forkTs('./candidate.ts', {
-      PG_URL: server.connectionString,
-      PG_SCHEMA: schema,
-      PG_RESOURCE: resource,
-      PG_LEASE_MS: String(leaseMs),
-    })
+    const url = withParam(server.connectionString, 'schema', schema)
+    const child = forkTs(
+      CANDIDATE_FILE,
+      {},
+      candidateArgs(url, resource, { leaseMs }, { manual: true }),
+    )
     try {
       await nextMessage(child, 'ready')
       const elected = nextMessage(child, 'elected')
-      child.send({ type: 'campaign' })
+      child.send({ kit: 1, type: 'campaign' })
       const held = (await elected).token as number
       // The waiter's own lease is far longer than the test: only the backend's remaining time
       // (or a push) can wake it.

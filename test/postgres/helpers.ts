@@ -15,8 +15,13 @@ export interface Message {
   [key: string]: unknown
 }
 
-export function forkTs(file: string, env: Record<string, string>): ChildProcess {
-  const child = fork(fileURLToPath(new URL(file, import.meta.url)), {
+/** Forks a TypeScript file: a path relative to this file, or an absolute one. */
+export function forkTs(
+  file: string,
+  env: Record<string, string>,
+  args: string[] = [],
+): ChildProcess {
+  const child = fork(fileURLToPath(new URL(file, import.meta.url)), args, {
     execArgv: ['--import', 'tsx'],
     env: { ...process.env, ...env },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

@@ -2,10 +2,10 @@
 // has run out on the server, and without polling (its own lease is far longer than the test).
 import { fork, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
+import { CANDIDATE_FILE, candidateArgs } from '../../testkit/candidate.js'
 import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { fastFailingClient } from './helpers.js'
 
@@ -23,11 +23,10 @@ afterAll(async () => {
 it('fails over from a SIGKILLed holder process after its lease, not before', async () => {
   const lease = 1_500
   const resource = `kill/${randomBytes(4).toString('hex')}`
-  const child = fork(
-    fileURLToPath(new URL('./candidate.ts', import.meta.url)),
-    [server.url, resource, String(lease)],
-    { execArgv: ['--import', 'tsx'], stdio: 'inherit' },
-  )
+  const child = fork(CANDIDATE_FILE, candidateArgs(server.url, resource, { leaseMs: lease }), {
+    execArgv: ['--import', 'tsx'],
+    stdio: 'inherit',
+  })
   children.push(child)
   const elected = await new Promise<{ token: number; candidate: string }>((resolve, reject) => {
     child.on('message', (m: { type: string; token: number; candidate: string }) => {
