@@ -10,21 +10,36 @@ import { OptionsError } from './errors.js'
 /** The largest delay a Node timer takes. */
 export const MAX_MS = 2 ** 31 - 1
 
-/** Checks that `options` is an object (or undefined) whose keys are all in `known`. */
+/** True for a name that may hold a secret (`password`, `token`, `apiKey`...). */
+export function isSecretName(name: string): boolean {
+  return /pass|secret|token|key/i.test(name)
+}
+
+/** An option's or parameter's value as an error may show it: `***` for what may be a secret. */
+export function shownValue(name: string, value: unknown): unknown {
+  return isSecretName(name) ? '***' : value
+}
+
+/**
+ * Checks that `options` is an object (or undefined) whose keys are all in `known`; an unknown
+ * key's value is shown only if its name does not look like a secret's. `notObject` is the rule
+ * for a value that is not an options object.
+ */
 export function checkOptions<T extends object>(
   options: T | undefined,
   known: readonly string[],
   what: string,
+  notObject = `${what} options must be an object.`,
 ): T {
   if (options === undefined) return {} as T
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new OptionsError('options', options, `${what} options must be an object.`)
+    throw new OptionsError('options', options, notObject)
   }
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) {
       throw new OptionsError(
         key,
-        (options as Record<string, unknown>)[key],
+        shownValue(key, (options as Record<string, unknown>)[key]),
         `"${key}" is not ${article(what)} ${what} option.`,
         `Known options: ${known.join(', ')}.`,
       )

@@ -3,7 +3,7 @@
  * free functions) refuses a bad value the same way, before anything is sent.
  */
 import type { Backend } from '../backend.js'
-import { validateLeaseMs, validateResource } from '../validate.js'
+import { checkOptions, validateLeaseMs, validateResource } from '../validate.js'
 import { OptionsError } from '../errors.js'
 import { AGENT_NAMESPACE, isName, MAX_NAME_LENGTH } from './protocol.js'
 
@@ -64,19 +64,9 @@ const KNOWN_OPTIONS = new Set([
 
 /** Checks AgentOptions (unknown keys included: a typo must not silently use a default). */
 export function resolveOptions(options: AgentOptions): AgentSettings {
-  if (typeof options !== 'object' || options === null) {
+  if (options === undefined)
     throw new OptionsError('options', options, 'Agent options must be an object.')
-  }
-  for (const key of Object.keys(options)) {
-    if (!KNOWN_OPTIONS.has(key)) {
-      throw new OptionsError(
-        key,
-        (options as Record<string, unknown>)[key],
-        `"${key}" is not an agent option.`,
-        `Known options: ${[...KNOWN_OPTIONS].join(', ')}.`,
-      )
-    }
-  }
+  checkOptions(options, [...KNOWN_OPTIONS], 'agent', 'Agent options must be an object.')
   if (
     options.designated !== undefined &&
     options.designated !== 'worker' &&

@@ -156,16 +156,6 @@ export function requirePeer<T>(name: string, neededBy: string): T {
   }
 }
 
-/** A name that may label a secret (`password`, `sslkey`, `apiToken`...): never show its value. */
-export function isSecretName(name: string): boolean {
-  return /pass|secret|token|key/i.test(name)
-}
-
-/** An option's or parameter's value as an error may show it: `***` for what may be a secret. */
-export function shownValue(name: string, value: unknown): unknown {
-  return isSecretName(name) ? '***' : value
-}
-
 /**
  * A URL as it may appear in a message: the password of its user info (which ends at the last
  * `@` of the authority) and of a `password` or `sslpassword` parameter replaced by `***`.

@@ -62,7 +62,11 @@ describe('options', () => {
       [{ connectionString: cs, queryTimeoutMs: 500 }, 'queryTimeoutMs', /Use timeoutMs/],
       [{ connectionString: cs, pollMs: 1.5 }, 'pollMs', /integer/],
       [{ connectionString: cs, migrate: 'yes' }, 'migrate', /true or false/],
-      [{ connectionString: cs, schemas: 'x' }, 'schemas', /Unknown postgresBackend option/],
+      [
+        { connectionString: cs, schemas: 'x' },
+        'schemas',
+        /"schemas" is not a postgresBackend option\. Known options: pool/,
+      ],
       [null, 'options', /takes \{ pool \} or \{ connectionString \}/],
     ]
     for (const [options, field, message] of cases) {

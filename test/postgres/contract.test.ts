@@ -297,7 +297,7 @@ describe('errors', () => {
       [
         async () =>
           postgresBackend({ connectionString: 'postgres://db/x', password: 's3cret' } as never),
-        /Invalid password: "\*\*\*". Unknown postgresBackend option/,
+        /Invalid password: "\*\*\*"\. "password" is not a postgresBackend option/,
       ],
     ]
     for (const [make, message] of cases) {

@@ -14,6 +14,12 @@ describe('validate.ts', () => {
     )
   })
 
+  it('never shows the value of an unknown key named like a secret', () => {
+    expect(() => checkOptions({ apiToken: 'hunter2' }, ['url'], 'redisBackend')).toThrow(
+      /Invalid apiToken: "\*\*\*"\. "apiToken" is not a redisBackend option\./,
+    )
+  })
+
   it('names milliseconds out of range, NaN included', () => {
     expect(() => milliseconds('drainMs', NaN, 0)).toThrow(
       /Invalid drainMs: NaN\. drainMs must be an integer number of milliseconds from 0 to 2147483647\./,

@@ -1,8 +1,8 @@
 /** Options of the etcd backend: what they are, their defaults, and the rules they must follow. */
 import type { IOptions, Namespace } from 'etcd3'
 import { describe, OptionsError } from '../../errors.js'
-import { milliseconds, optionalMilliseconds } from '../../validate.js'
-import { redactUrl, shownValue } from '../kit.js'
+import { checkOptions, milliseconds, optionalMilliseconds, shownValue } from '../../validate.js'
+import { redactUrl } from '../kit.js'
 
 /** What etcdBackend() takes: your client or the endpoints, and the key prefix and call deadline. */
 export interface EtcdBackendOptions {
@@ -48,24 +48,7 @@ const HOST = /^(https?:\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/
 
 /** Checks every option (unknown ones too, never echoing a secret) and fills in the defaults. */
 export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new OptionsError(
-      'options',
-      options,
-      'etcdBackend takes an options object: { client } (your etcd3 client) or { hosts }.',
-    )
-  }
-  const o = options as Record<string, unknown>
-  for (const key of Object.keys(o)) {
-    if (!KNOWN.includes(key)) {
-      throw new OptionsError(
-        key,
-        shownValue(key, o[key]),
-        `"${key}" is not an etcd backend option.`,
-        `Known options: ${KNOWN.join(', ')}.`,
-      )
-    }
-  }
+  const o = checkOptions(options as Record<string, unknown>, KNOWN, 'etcd backend', ETCD_TAKES)
   if ((o.client === undefined) === (o.hosts === undefined)) {
     throw new OptionsError(
       o.client === undefined ? 'client' : 'hosts',
@@ -177,6 +160,8 @@ export const ETCD_CLIENT_DEFAULTS: Readonly<Pick<IOptions, 'faultHandling'>> = O
 })
 
 const URL_PARAMS = ['prefix', 'timeoutMs']
+const ETCD_TAKES =
+  'etcdBackend takes an options object: { client } (your etcd3 client) or { hosts }.'
 
 function redactHosts(hosts: unknown): unknown {
   const one = (h: unknown) =>

@@ -5,8 +5,8 @@
  */
 import type { ClientConfig, Pool } from 'pg'
 import { OptionsError } from '../../errors.js'
-import { optionalMilliseconds, renamedOption } from '../../validate.js'
-import { redactUrl, shownValue } from '../kit.js'
+import { checkOptions, optionalMilliseconds, renamedOption, shownValue } from '../../validate.js'
+import { redactUrl } from '../kit.js'
 
 /** What postgresBackend() takes: where the pool comes from, the schema, and the timings. */
 export interface PostgresBackendOptions {
@@ -145,18 +145,8 @@ function callTimeoutMs(options: PostgresBackendOptions): number {
 
 /** An options object with only `known` keys; an unknown key's value is shown only if no secret. */
 function checkKeys(options: unknown, known: string[], name: string, takes: string): void {
-  if (typeof options !== 'object' || options === null) {
-    throw new OptionsError('options', options, takes)
-  }
-  for (const key of Object.keys(options)) {
-    if (!known.includes(key)) {
-      throw new OptionsError(
-        key,
-        shownValue(key, (options as Record<string, unknown>)[key]),
-        `Unknown ${name} option; known: ${known.join(', ')}.`,
-      )
-    }
-  }
+  if (options === undefined) throw new OptionsError('options', options, takes)
+  checkOptions(options as object, known, name, takes)
 }
 
 function isPool(value: unknown): value is Pool {
