@@ -2,14 +2,12 @@
 // esbuild (pg included) into an empty temporary folder and run there against a private
 // PostgreSQL, under Node's permission model allowing it to read the bundle alone. SQL read from
 // disk next to the module (the old way: ENOENT on sql/migrations/) would fail it.
-import { execFile } from 'node:child_process'
-import { mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, realpathSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, expect, it } from 'vitest'
+import { bundleAndRun } from '../../testkit/bundle.js'
 import { startPostgres, type PostgresServer } from '../../testkit/index.js'
 
 const src = (path: string) => fileURLToPath(new URL(`../../src/${path}`, import.meta.url))
@@ -50,39 +48,15 @@ afterAll(async () => {
 })
 
 it('runs from an esbuild bundle that reads no file at run time', async () => {
-  const entry = join(dir, 'program.mjs')
-  const outfile = join(dir, 'out', 'bundle.mjs')
-  writeFileSync(entry, PROGRAM)
-  await build({
-    entryPoints: [entry],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    logLevel: 'silent',
-    // The program lives outside the repository: pg is found in the repository's modules.
-    nodePaths: [fileURLToPath(new URL('../../node_modules', import.meta.url))],
-    // pg-native is pg's optional native binding, required only when asked for.
-    external: ['pg-native'],
-    // pg is CommonJS and requires Node's modules: an ESM bundle needs a require for it (and the
-    // backend loads pg, an optional peer, through one).
-    banner: {
-      js: "import { createRequire as bannerRequire } from 'node:module'; const require = bannerRequire(import.meta.url);",
-    },
-  })
-  rmSync(entry)
-  // The bundle alone: no .sql, no node_modules beside it.
-  expect(readdirSync(join(dir, 'out'))).toEqual(['bundle.mjs'])
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ['--experimental-permission', `--allow-fs-read=${outfile}`, outfile],
-    {
-      cwd: join(dir, 'out'),
-      env: { ...process.env, DATABASE_URL: server.connectionString },
-      timeout: 30_000,
-    },
+  // pg-native is pg's optional native binding, required only when asked for.
+  const { stdout, files } = await bundleAndRun(
+    dir,
+    PROGRAM,
+    { DATABASE_URL: server.connectionString },
+    ['pg-native'],
   )
+  // The bundle alone: no .sql, no node_modules beside it.
+  expect(files).toEqual(['bundle.mjs'])
   expect(JSON.parse(stdout)).toEqual({
     migrated: [0, true],
     acquired: true,

@@ -2,14 +2,12 @@
 // bundled with esbuild (ioredis included) into an empty temporary folder and run there against a
 // real redis-server, under Node's permission model allowing it to read the bundle alone. Scripts
 // read from disk next to the module (the old way: ENOENT on acquire.lua) would fail it.
-import { execFile } from 'node:child_process'
-import { mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, realpathSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
-import { build } from 'esbuild'
 import { afterAll, beforeAll, expect, it } from 'vitest'
+import { bundleAndRun } from '../../testkit/bundle.js'
 import { startRedis, type RedisServer } from '../../testkit/index.js'
 
 const src = (path: string) => fileURLToPath(new URL(`../../src/${path}`, import.meta.url))
@@ -54,32 +52,9 @@ afterAll(async () => {
 })
 
 it('runs from an esbuild bundle that reads no file at run time', async () => {
-  const entry = join(dir, 'program.mjs')
-  const outfile = join(dir, 'out', 'bundle.mjs')
-  writeFileSync(entry, PROGRAM)
-  await build({
-    entryPoints: [entry],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    logLevel: 'silent',
-    // The program lives outside the repository: ioredis is found in the repository's modules.
-    nodePaths: [fileURLToPath(new URL('../../node_modules', import.meta.url))],
-    // ioredis is CommonJS and requires Node's modules: an ESM bundle needs a require for it.
-    banner: {
-      js: "import { createRequire as bannerRequire } from 'node:module'; const require = bannerRequire(import.meta.url);",
-    },
-  })
-  rmSync(entry)
+  const { stdout, files } = await bundleAndRun(dir, PROGRAM, { REDIS_URL: server.url })
   // The bundle alone: no .lua, no node_modules beside it.
-  expect(readdirSync(join(dir, 'out'))).toEqual(['bundle.mjs'])
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ['--experimental-permission', `--allow-fs-read=${outfile}`, outfile],
-    { cwd: join(dir, 'out'), env: { ...process.env, REDIS_URL: server.url }, timeout: 30_000 },
-  )
+  expect(files).toEqual(['bundle.mjs'])
   expect(JSON.parse(stdout)).toEqual({
     acquired: true,
     holders: [['a', { n: 1 }]],
