@@ -32,14 +32,18 @@ export function toCjsDeclaration(text) {
 if (existsSync('dist')) {
   for (const file of walk('dist')) {
     if (file.endsWith('.d.ts')) {
-      writeFileSync(file.replace(/\.d\.ts$/, '.d.cts'), toCjsDeclaration(readFileSync(file, 'utf8')))
+      writeFileSync(
+        file.replace(/\.d\.ts$/, '.d.cts'),
+        toCjsDeclaration(readFileSync(file, 'utf8')),
+      )
     }
   }
   for (const [subpath, target] of Object.entries(pkg.exports)) {
     const cjs = typeof target === 'object' ? target.require?.default : undefined
     if (!cjs) continue
     const esm = target.import.default
-    if (!existsSync(esm)) throw new Error(`cjs-entries: ${subpath}: ${esm} is missing (build first)`)
+    if (!existsSync(esm))
+      throw new Error(`cjs-entries: ${subpath}: ${esm} is missing (build first)`)
     writeFileSync(
       cjs,
       `'use strict'\n// CommonJS door to the ES module beside it (require(esm), Node 20.19+).\nmodule.exports = require('./${basename(esm)}')\n`,
