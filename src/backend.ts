@@ -18,6 +18,7 @@
  */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
 
+/** A grant that holds a resource, as a backend reports it. */
 export interface Holder {
   candidate: string
   token: number
@@ -26,6 +27,7 @@ export interface Holder {
   remainingMs: number
 }
 
+/** What a candidate asks for: a grant on `resource` for `leaseMs`, published with `metadata`. */
 export interface AcquireRequest {
   resource: string
   candidate: string
@@ -35,6 +37,7 @@ export interface AcquireRequest {
   metadata: Json
 }
 
+/** The answer to an acquire: the grant and its fencing token, or the holders and when to retry. */
 export type AcquireResult =
   | { acquired: true; token: number; holders: Holder[] }
   | {
@@ -44,6 +47,7 @@ export type AcquireResult =
       retryInMs: number
     }
 
+/** Extends the grant `candidate` holds with `token` by a fresh `leaseMs`. */
 export interface RenewRequest {
   resource: string
   candidate: string
@@ -51,6 +55,7 @@ export interface RenewRequest {
   leaseMs: number
 }
 
+/** Gives a grant back (or withdraws a queued candidate). */
 export interface ReleaseRequest {
   resource: string
   candidate: string
@@ -61,9 +66,17 @@ export interface ReleaseRequest {
 /** Stops a watch. */
 export type Unwatch = () => Promise<void>
 
+/**
+ * Where grants live: Redis, PostgreSQL, etcd, node:cluster IPC, memory. The rules every
+ * implementation keeps are at the top of this file, and test/conformance checks them.
+ */
 export interface Backend {
   /** A short name for messages: `memory`, `cluster`, `redis`, ... */
   readonly name: string
+  /**
+   * Grants the resource if fewer than `tickets` hold it (or extends the candidate's own grant,
+   * keeping its token); otherwise reports the holders and when to ask again.
+   */
   acquire(request: AcquireRequest): Promise<AcquireResult>
   /**
    * Renew many grants in one round trip. One boolean per request, in order: `true` when the
@@ -71,6 +84,7 @@ export interface Backend {
    * A rejection means "unknown": the election keeps its deadline and retries.
    */
   renew(requests: RenewRequest[]): Promise<boolean[]>
+  /** Removes the grant with that token (idempotent), so a waiter can win at once. */
   release(request: ReleaseRequest): Promise<void>
   /** The unexpired holders of a resource, ordered by token. */
   holders(resource: string): Promise<Holder[]>

@@ -3,14 +3,18 @@
  * in milliseconds. Timers created through a clock never keep the process alive on their own.
  */
 export interface Clock {
+  /** Milliseconds on a monotonic clock. */
   now(): number
+  /** Calls `fn` once after `ms` milliseconds of this clock. */
   setTimeout(fn: () => void, ms: number): ClockTimer
+  /** Cancels a timer `setTimeout` returned. */
   clearTimeout(timer: ClockTimer): void
 }
 
 /** Whatever the clock's setTimeout returns; only handed back to its clearTimeout. */
 export type ClockTimer = object | number
 
+/** The real clock: `performance.now()` and Node's timers (the default of every election). */
 export const systemClock: Clock = {
   now: () => performance.now(),
   setTimeout(fn, ms) {

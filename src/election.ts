@@ -21,6 +21,7 @@ import { joinRenewals, type RenewalMember } from './renewer.js'
 import { anySignal } from './signals.js'
 import { type Term, TermState } from './term.js'
 
+/** The events an Election emits, with their arguments. */
 export interface ElectionEvents {
   elected: [term: Term]
   revoked: [term: Term, reason: TermEndReason]
@@ -43,6 +44,10 @@ const BACKEND_METHODS = [
   'close',
 ] as const
 
+/**
+ * One process's candidacy for a resource on a backend: campaign for terms, run work in each,
+ * observe who leads. See the README's API section.
+ */
 export class Election extends EventEmitter<ElectionEvents> implements AsyncDisposable {
   readonly backend: Backend
   readonly resource: string
@@ -268,6 +273,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     return this.#closing
   }
 
+  /** `await using election = new Election(...)`: closes the election. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }

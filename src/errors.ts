@@ -50,6 +50,10 @@ export class OptionsError extends ConclaveError {
   }
 }
 
+/**
+ * Why a term ended: resigned (by this process), expired (its deadline passed unrenewed), lost
+ * (the backend no longer had it), closed (the election or backend closed).
+ */
 export type TermEndReason = 'resigned' | 'expired' | 'lost' | 'closed'
 
 /** Thrown by `term.assertActive()` and used as the reason of an ended term's signal. */

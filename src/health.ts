@@ -16,6 +16,7 @@ import type { Election } from './election.js'
 import type { Term } from './term.js'
 import { checkOptions, milliseconds } from './validate.js'
 
+/** Options of `healthCheck()`. */
 export interface HealthOptions {
   /** How long backend errors may go on, with no success, before the check fails. Default 30000. */
   unreachableMs?: number
@@ -30,6 +31,7 @@ export interface HealthOptions {
   probeMs?: number
 }
 
+/** One election's part of a health report. */
 export interface ElectionHealth {
   resource: string
   candidate: string
@@ -43,6 +45,7 @@ export interface ElectionHealth {
   problems: string[]
 }
 
+/** What a health check answers: healthy or not, why, and each election's state. */
 export interface HealthReport {
   healthy: boolean
   problems: string[]
@@ -68,6 +71,7 @@ function optionalMs(options: HealthOptions, name: keyof HealthOptions, fallback?
   return value === undefined ? undefined : milliseconds(name, value, 0)
 }
 
+/** A health check over elections (see `healthCheck()`): `check()` and an HTTP `handler()`. */
 export class HealthCheck {
   readonly #tracked = new Map<Election, Tracked>()
   readonly #unreachableMs: number

@@ -10,9 +10,11 @@ import { checkOptions, optionalMilliseconds } from './validate.js'
 
 /** An Election, a Singleton, a backend: anything closed on shutdown. */
 export interface Closable {
+  /** Closes it; may return a promise the shutdown awaits. */
   close(): unknown
 }
 
+/** Options of `closeOnSignals()`. */
 export interface ShutdownOptions {
   /** Signals that start the shutdown. Default SIGTERM and SIGINT. */
   signals?: NodeJS.Signals[]
@@ -32,6 +34,9 @@ export interface ShutdownOptions {
   onError?: (error: Error) => void
 }
 
+/**
+ * What `closeOnSignals()` returns: the set of things closed on a signal, and the shutdown itself.
+ */
 export class Shutdown {
   readonly #closables = new Set<Closable>()
   readonly #signals: NodeJS.Signals[]

@@ -33,10 +33,13 @@ type PromClient = typeof import('prom-client')
 
 /** What conclave needs of a prom-client Registry (kept structural: no prom-client types here). */
 export interface MetricsRegistry {
+  /** Registers a metric (prom-client's `Registry.registerMetric`). */
   registerMetric(metric: never): void
+  /** The metric registered under `name`, if any. */
   getSingleMetric(name: string): unknown
 }
 
+/** Options of `electionMetrics()`. */
 export interface ElectionMetricsOptions {
   /** Your prom-client Registry (e.g. `register` from prom-client, or `new Registry()`). */
   registry: MetricsRegistry
@@ -64,6 +67,9 @@ function loadPromClient(): PromClient {
   }
 }
 
+/**
+ * Prometheus metrics of elections (see `electionMetrics()`): `track()` elections, `instrument()` backends.
+ */
 export class ElectionMetrics {
   readonly #tracked = new Map<Election, () => void>()
   readonly #started: Counter<'resource'>

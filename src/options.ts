@@ -12,6 +12,7 @@ import {
   validateTickets,
 } from './validate.js'
 
+/** Options of `new Election(backend, resource, options)`; every one is optional. */
 export interface ElectionOptions {
   /** How long a grant lives on the backend without renewal. Default 15000. */
   leaseMs?: number
@@ -33,6 +34,7 @@ export interface ElectionOptions {
   clock?: Clock
 }
 
+/** The options an election runs with: the given ones checked, the defaults filled in. */
 export interface ResolvedOptions {
   leaseMs: number
   renewMs: number

@@ -34,6 +34,7 @@ export type SingletonState = 'pending' | 'starting' | 'ready' | 'stopping' | 'st
 /** Why `stop` is called: how the term ended, or `failed` when `start` threw. */
 export type SingletonStopReason = TermEndReason | 'failed'
 
+/** How a singleton service starts in a won term and stops when it ends. */
 export interface SingletonHandlers {
   /**
    * Called when this process wins a term. Use `term.signal` (aborts when the term ends) and
@@ -48,6 +49,7 @@ export interface SingletonHandlers {
   stop(reason: SingletonStopReason, term: Term): unknown
 }
 
+/** The events a Singleton emits, with their arguments. */
 export interface SingletonEvents {
   state: [state: SingletonState, previous: SingletonState]
   /**
@@ -171,6 +173,7 @@ export class Singleton extends EventEmitter<SingletonEvents> implements AsyncDis
     return this.#closing
   }
 
+  /** `await using`: closes the singleton. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close()
   }
@@ -293,6 +296,7 @@ export function singletonWorker(
   return new Singleton(new Election(backend, `worker/${serviceName(name)}`, options), handlers)
 }
 
+/** What each run of an `every()` job gets. */
 export interface EveryContext {
   /** The fencing token of the term this run belongs to. */
   token: number
@@ -301,6 +305,7 @@ export interface EveryContext {
   term: Term
 }
 
+/** Options of `every()`. */
 export interface EveryOptions {
   /** Stops the job (resigning the current term, after the running `fn` finished). */
   signal?: AbortSignal

@@ -113,6 +113,7 @@ export class Term implements AsyncDisposable {
     return this.#state.owner.end(this.#state, 'resigned')
   }
 
+  /** `await using term = await election.campaign()`: resigns the term. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.resign()
   }

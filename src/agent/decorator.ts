@@ -13,6 +13,7 @@ import { OptionsError } from '../errors.js'
 import type { ProcessAgent } from './agent.js'
 import { getAgent } from './default.js'
 
+/** Options of the `@RunInPrimary()` decorator. */
 export interface RunInPrimaryOptions {
   /** The handler name, the same in every process. Default `ClassName.method`. */
   name?: string
@@ -23,6 +24,10 @@ export interface RunInPrimaryOptions {
 
 type Method = (this: unknown, ...args: never[]) => unknown
 
+/**
+ * Method decorator: every call of the method runs in the designated process, on its instance
+ * (the method is registered under `name` in every process).
+ */
 export function RunInPrimary(options: RunInPrimaryOptions = {}) {
   if (typeof options !== 'object' || options === null) {
     throw new OptionsError('options', options, 'RunInPrimary() options must be an object.')
@@ -43,6 +48,7 @@ export function RunInPrimary(options: RunInPrimaryOptions = {}) {
   }
 
   // A decorated method returns a promise (its result comes from another process): declare it so.
+  /** @typeParam T - The decorated method, which must return a promise. */
   function decorator<T extends (...args: never[]) => PromiseLike<unknown>>(
     value: T,
     context: ClassMethodDecoratorContext,

@@ -34,6 +34,10 @@ export async function stopAgent(): Promise<void> {
   await agent?.close()
 }
 
+/**
+ * Registers `fn` under `name` in this process and returns a function that calls it in the
+ * designated process (through the default agent).
+ */
 export function runInPrimary<A extends unknown[], R>(
   name: string,
   fn: (...args: A) => R,
@@ -47,6 +51,7 @@ export function handle(name: string, fn: Handler, options?: { replace?: boolean 
   getAgent().register(name, fn, options)
 }
 
+/** Calls the handler `name` in the designated process (through the default agent). */
 export function call<T = unknown>(
   name: string,
   args?: unknown[],
@@ -55,6 +60,7 @@ export function call<T = unknown>(
   return getAgent().call<T>(name, args, options)
 }
 
+/** Calls the handler `name` in every worker and collects each answer or error. */
 export function gather<T = unknown>(
   name: string,
   args?: unknown[],
@@ -63,6 +69,7 @@ export function gather<T = unknown>(
   return getAgent().gather<T>(name, args, options)
 }
 
+/** Calls the handler `name` in every worker, without waiting for answers. */
 export function broadcast(name: string, args?: unknown[]): Promise<void> {
   return getAgent().broadcast(name, args)
 }

@@ -12,6 +12,7 @@ import { getAgent } from './default.js'
 /** What a health check returns: a boolean, or an object with `ok` and any JSON details. */
 export type HealthResult = boolean | { ok: boolean; [detail: string]: unknown }
 
+/** One worker's answer to a cluster health check. */
 export interface WorkerHealth {
   workerId: number
   pid: number
@@ -22,6 +23,7 @@ export interface WorkerHealth {
   error?: Error
 }
 
+/** The health of every worker, as `clusterHealth()` answers. */
 export interface ClusterHealth {
   /** True when there is at least one worker and every worker answered healthy. */
   ok: boolean
@@ -56,6 +58,10 @@ function normalize(result: unknown): { ok: boolean; [detail: string]: unknown } 
   return { ok: false, reason: 'the health check returned neither a boolean nor { ok }' }
 }
 
+/**
+ * Asks every worker's health check (`onHealthCheck`); a worker that does not answer in time is
+ * reported silent.
+ */
 export async function clusterHealth(
   options: CallOptions & { agent?: ProcessAgent } = {},
 ): Promise<ClusterHealth> {

@@ -15,6 +15,7 @@ import type { GatherEntry, ProcessAgent } from './agent.js'
 import type { CallOptions } from './options.js'
 import { getAgent } from './default.js'
 
+/** The handler name each worker answers metrics requests under (`shareMetrics`). */
 export const METRICS_HANDLER = 'conclave/metrics'
 export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8'
 const OPENMETRICS_CONTENT_TYPE = 'application/openmetrics-text; version=1.0.0; charset=utf-8'
@@ -26,12 +27,14 @@ export interface RegistryLike {
   readonly contentType?: string
 }
 
+/** One sample of a metric, as prom-client's `getMetricsAsJSON()` gives it. */
 export interface MetricValue {
   value: number
   labels: Record<string, string | number>
   metricName?: string
 }
 
+/** One metric, as prom-client's `getMetricsAsJSON()` gives it. */
 export interface MetricJson {
   name: string
   help: string
@@ -135,6 +138,7 @@ export function decodeMetrics(data: unknown): MetricJson[] {
   return out
 }
 
+/** The merged metrics of every worker, and which workers answered. */
 export interface ClusterMetricsResult {
   text: string
   contentType: string

@@ -18,6 +18,7 @@ import { type Clock, systemClock } from '../clock.js'
 import { TicketsMismatchError } from '../errors.js'
 import { CloseGate } from './kit.js'
 
+/** Options of `memoryBackend()`. */
 export interface MemoryBackendOptions {
   /** The backend's own clock: expiry is measured on it. */
   clock?: Clock
@@ -36,6 +37,7 @@ interface ResourceState {
   tickets: number
 }
 
+/** The reference backend: grants in this process's memory, on an injectable clock. */
 export class MemoryBackend implements Backend {
   readonly name: string = 'memory'
   readonly #clock: Clock
@@ -228,6 +230,7 @@ export class MemoryBackend implements Backend {
   }
 }
 
+/** A backend for the elections of one process (tests, or one process's workers of its own). */
 export function memoryBackend(options?: MemoryBackendOptions): MemoryBackend {
   return new MemoryBackend(options)
 }

@@ -31,6 +31,7 @@ export class MemoryFence<T = unknown> {
     if (!result.accepted) throw new StaleTokenError(`key "${key}"`, token, result.highest)
   }
 
+  /** The value of `key` and the highest token it has seen, or undefined if never written. */
   read(key: string): { value: T | undefined; highest: number } | undefined {
     const cell = this.#cells.get(key)
     return cell && { value: cell.value, highest: cell.highest }

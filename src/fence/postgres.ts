@@ -13,6 +13,7 @@ import { OptionsError, StaleTokenError } from '../errors.js'
 
 /** The part of a pg Pool / Client the fence uses. */
 export interface PgQueryable {
+  /** Runs `text` with `values` (pg's `query(text, values)`). */
   query(
     text: string,
     values?: unknown[],

@@ -47,6 +47,10 @@ export class Hub {
     this.#onError = options.onError ?? (() => {})
   }
 
+  /**
+   * Opens a connection for one peer: `send` carries the hub's messages to it; feed its messages
+   * to the returned connection, and close it when the peer goes (its grants go with it).
+   */
   connect(send: (message: object) => void): HubConnection {
     const ns = this.namespace
     const backend = this.backend

@@ -21,6 +21,7 @@ import { fromWire, NAMESPACE, type Op } from './protocol.js'
 
 /** A message channel to a Hub: node:cluster IPC, or anything that carries plain objects. */
 export interface Transport {
+  /** Sends one message to the hub. */
   send(message: object): void
   /** Subscribe to incoming messages; returns the unsubscribe function. */
   onMessage(listener: (message: unknown) => void): () => void
