@@ -17,7 +17,7 @@ import {
   runInPrimary,
   shareMetrics,
   startAgent,
-} from '../../src/agent/index.js'
+} from 'conclave/agent'
 
 const PORT = Number(process.env.PORT ?? 3000)
 const WORKERS = Number(process.env.WORKERS ?? 4)
