@@ -49,6 +49,7 @@ export {
   OptionsError,
   Pm2Error,
   ProtocolError,
+  REDIS_EVICTION_WARNING,
   REDIS_KEYSPACE_WARNING,
   RemoteError,
   RemoteHubError,

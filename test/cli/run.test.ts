@@ -301,14 +301,14 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
       'true',
     ]
     const lease =
-      'It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 100ms to 24h.'
+      'It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 100ms to 24h.'
     const cases: [string[], string][] = [
       [flags('--lease', '-5s'), `conclave: Invalid --lease: "-5s". ${lease}`],
       [flags('--lease=-5s'), `conclave: Invalid --lease: "-5s". ${lease}`],
       [flags('--lease', '1e3'), `conclave: Invalid --lease: "1e3". ${lease}`],
       [
         flags('--grace', '-1'),
-        'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 0ms to 1h.',
+        'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 0ms to 1h.',
       ],
       [
         flags('--tickets', '-2'),
