@@ -45,7 +45,21 @@ export type AcquireResult =
       holders: Holder[]
       /** When a grant can next free up (the earliest holder's remaining time), in ms. */
       retryInMs: number
+      /**
+       * Set when a ticket is free but the backend will not grant it yet (a grace after a
+       * restart, a promotion or a failover; keys deleted by hand): why, and `retryInMs` is
+       * when that wait ends. Without it the candidate waits because every ticket is held.
+       */
+      wait?: WaitReason
     }
+
+/** Why a backend grants nothing although a ticket is free (AcquireResult's `wait`). */
+export interface WaitReason {
+  /** A short stable code, kebab-case: `startup-grace`, `failover-grace`, `promotion-grace`... */
+  code: string
+  /** One sentence for people: what the backend waits for and why. */
+  reason: string
+}
 
 /** Extends the grant `candidate` holds with `token` by a fresh `leaseMs`. */
 export interface RenewRequest {

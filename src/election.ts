@@ -4,7 +4,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'node:events'
-import type { Backend, Holder, Unwatch } from './backend.js'
+import type { AcquireResult, Backend, Holder, Unwatch } from './backend.js'
 import { validateResource } from './validate.js'
 import { type Clock, sleep } from './clock.js'
 import {
@@ -20,6 +20,19 @@ import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } f
 import { joinRenewals, type RenewalMember } from './renewer.js'
 import { anySignal } from './signals.js'
 import { type Term, TermState } from './term.js'
+import { publish } from './trace.js'
+
+/** Why a campaign waits (the `waiting` event): every ticket held, or the backend's own wait. */
+export interface WaitingInfo {
+  /** `held` (every ticket is taken), or the backend's code (`startup-grace`, ...). */
+  code: string
+  /** One sentence for people. */
+  reason: string
+  /** When the candidate asks again unless a release wakes it first, in ms. */
+  retryInMs: number
+  /** The holders the backend answered with. */
+  holders: Holder[]
+}
 
 /** The events an Election emits, with their arguments. */
 export interface ElectionEvents {
@@ -28,6 +41,8 @@ export interface ElectionEvents {
   /** A renewal succeeded: the deadline moved to `sentAt + leaseMs - marginMs`. */
   renewed: [term: Term, info: { sentAt: number; roundTripMs: number }]
   leader: [holders: Holder[]]
+  /** A campaign's ask was answered without a grant: why, and when it asks again. */
+  waiting: [info: WaitingInfo]
   error: [error: Error]
 }
 
@@ -284,6 +299,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // A call from inside the work itself must not wait for that work to finish.
     const fromWork = workContext.getStore() === this
     state.endReason = reason
+    const who = { resource: this.resource, candidate: this.id }
     if (state.timer !== undefined) this.#clock.clearTimeout(state.timer)
     // Set before the signal fires: an abort listener that resigns gets this same promise,
     // so the grant is released once.
@@ -292,13 +308,18 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       const work = this.#work
       if (work && !fromWork) await this.#drain(work)
       // 'lost' means the backend already dropped the grant; anything else is released here.
-      if (reason !== 'lost') await this.#release(state.term.token)
+      if (reason !== 'lost') {
+        if (await this.#release(state.term.token))
+          publish('released', { ...who, token: state.term.token, reason })
+      }
       // A loss the backend did not write (a watch's read, a final error) may leave the grant
       // alive: withdraw it before the next ask, or that ask would continue its token.
       else this.#mustWithdraw = true
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
+    if (reason === 'lost' || reason === 'expired')
+      publish('lost', { ...who, token: state.term.token, reason })
     state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
     this.#safeEmit('revoked', state.term, reason)
     return state.endPromise
@@ -327,6 +348,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
     const keepAlive = setInterval(() => {}, 2 ** 30)
+    publish('campaign', { resource: this.resource, candidate: this.id, tickets, leaseMs })
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -373,6 +395,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             continue
           }
           waitMs = Math.min(result.retryInMs + 1, leaseMs)
+          this.#waiting(result)
         } catch (error) {
           if (signal.aborted) throw signal.reason
           // A closed backend, a tickets mismatch, a bad option: asking again cannot help.
@@ -432,7 +455,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       renewed: (sentAt) => {
         if (state.endReason) return
         state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
-        this.#safeEmit('renewed', state.term, { sentAt, roundTripMs: this.#clock.now() - sentAt })
+        const roundTripMs = this.#clock.now() - sentAt
+        publish('renewed', { resource: this.resource, candidate: this.id, token, roundTripMs })
+        this.#safeEmit('renewed', state.term, { sentAt, roundTripMs })
       },
       lost: () => void this.end(state, 'lost'),
       failed: (error) => {
@@ -447,6 +472,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
     state.controller.signal.addEventListener('abort', leave, { once: true })
     void this.#watchGrant(state)
+    publish('elected', { resource: this.resource, candidate: this.id, token, leaseMs })
     this.#safeEmit('elected', state.term)
     return state.term
   }
@@ -491,15 +517,45 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     else state.controller.signal.addEventListener('abort', stop, { once: true })
   }
 
-  async #release(token: number): Promise<void> {
+  /** Releases the grant with `token`; false when that failed (reported). */
+  async #release(token: number): Promise<boolean> {
     try {
       await this.backend.release({ resource: this.resource, candidate: this.id, token })
+      return true
     } catch (error) {
       // The lease expires on its own; a failed release only delays the next holder. The
       // next campaign withdraws first, so a new term never continues this grant.
       this.#mustWithdraw = true
       this.#report(error)
+      return false
     }
+  }
+
+  /** Says why a campaign waits: the `waiting` event and the trace. */
+  #waiting(result: AcquireResult & { acquired: false }): void {
+    const { holders, retryInMs } = result
+    const names = holders.map((h) => h.candidate)
+    const shown =
+      names.length > 3
+        ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`
+        : names.join(', ')
+    const info: WaitingInfo = result.wait
+      ? { ...result.wait, retryInMs, holders }
+      : {
+          code: 'held',
+          reason: `every ticket (${this.options.tickets}) is held${shown ? ` by ${shown}` : ''}`,
+          retryInMs,
+          holders,
+        }
+    publish('waiting', {
+      resource: this.resource,
+      candidate: this.id,
+      code: info.code,
+      reason: info.reason,
+      retryInMs,
+      holders: holders.length,
+    })
+    this.#safeEmit('waiting', info)
   }
 
   #startLeaderWatch(): void {
@@ -526,6 +582,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 
   #report(error: unknown): void {
     const err = error instanceof Error ? error : new Error(String(error))
+    publish('error', { resource: this.resource, candidate: this.id, error: err })
     if (this.listenerCount('error') > 0) {
       this.#safeEmit('error', err)
     } else if (!this.#warned) {

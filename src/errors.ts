@@ -612,8 +612,14 @@ export function isFinal(error: unknown): boolean {
 export const STANDALONE_CLUSTER_WARNING = 'CONCLAVE_STANDALONE_CLUSTER'
 /** The Redis server publishes no keyspace events, so a grant deleted by hand is noticed late. */
 export const REDIS_KEYSPACE_WARNING = 'CONCLAVE_REDIS_KEYSPACE'
+/** The Redis server's maxmemory-policy may evict conclave's keys (a live grant, a token). */
+export const REDIS_EVICTION_WARNING = 'CONCLAVE_REDIS_EVICTION'
 /** The codes of conclave's process warnings (`process.emitWarning`, type ConclaveWarning): not errors. */
-export const WARNING_CODES: readonly string[] = [STANDALONE_CLUSTER_WARNING, REDIS_KEYSPACE_WARNING]
+export const WARNING_CODES: readonly string[] = [
+  STANDALONE_CLUSTER_WARNING,
+  REDIS_KEYSPACE_WARNING,
+  REDIS_EVICTION_WARNING,
+]
 
 // --- messages --------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-export { Election, type ElectionEvents } from './election.js'
+export { Election, type ElectionEvents, type WaitingInfo } from './election.js'
 export { Term } from './term.js'
 export type { ElectionOptions, ResolvedOptions } from './options.js'
 export type {
@@ -10,6 +10,7 @@ export type {
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WaitReason,
 } from './backend.js'
 export {
   validateAcquire,
@@ -48,6 +49,7 @@ export {
   OptionsError,
   Pm2Error,
   ProtocolError,
+  REDIS_EVICTION_WARNING,
   REDIS_KEYSPACE_WARNING,
   RemoteError,
   RemoteHubError,
@@ -88,3 +90,4 @@ export {
   type ElectionMetricsOptions,
   type MetricsRegistry,
 } from './metrics.js'
+export { CHANNELS, type TraceBase, type TraceMessages, type TraceStep } from './trace.js'

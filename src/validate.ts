@@ -217,3 +217,53 @@ export function validateRelease(request: ReleaseRequest): void {
   validateCandidate(request.candidate)
   if (request.token !== undefined) validateToken(request.token)
 }
+
+// Durations as people write them: the one parser of the CLI's flags (and anything else that
+// takes a duration as text).
+
+const DURATION_UNITS: Readonly<Record<string, number>> = {
+  h: 3_600_000,
+  m: 60_000,
+  s: 1_000,
+  ms: 1,
+}
+const DURATION_PART = /(\d+(?:\.\d+)?)(ms|h|m|s)/y
+
+/**
+ * A duration in milliseconds from text: `500ms`, `2s`, `1.5s`, `2m`, `1h`, combined from the
+ * largest unit down (`1m30s`, `1h30m`, `2s500ms`), or a plain whole number of milliseconds (`1500`).
+ * Undefined for anything else (a negative, an empty string, `30s1m`, a unit twice).
+ */
+export function parseDuration(text: string): number | undefined {
+  const value = text.trim()
+  if (value === '') return undefined
+  if (/^\d+$/.test(value)) return Number(value)
+  let total = 0
+  let last = Infinity
+  for (let at = 0; at < value.length;) {
+    DURATION_PART.lastIndex = at
+    const part = DURATION_PART.exec(value)
+    if (!part) return undefined
+    const size = DURATION_UNITS[part[2]!]!
+    if (size >= last) return undefined
+    last = size
+    total += Number(part[1]) * size
+    at = DURATION_PART.lastIndex
+  }
+  return Math.round(total)
+}
+
+/** `90000` -> `1m30s`, `1500` -> `1.5s`, `250` -> `250ms`: what parseDuration reads back. */
+export function formatDuration(ms: number): string {
+  const whole = Math.round(ms)
+  if (whole < 1_000) return `${whole}ms`
+  if (whole < 60_000) return `${whole / 1_000}s`
+  const h = Math.floor(whole / 3_600_000)
+  const m = Math.floor((whole % 3_600_000) / 60_000)
+  const s = (whole % 60_000) / 1_000
+  return `${h ? `${h}h` : ''}${m ? `${m}m` : ''}${s ? `${s}s` : ''}`
+}
+
+/** What a duration flag's error says it takes. */
+export const DURATION_RULE =
+  'a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds)'

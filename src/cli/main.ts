@@ -2,18 +2,32 @@
 /**
  * The `conclave` command line.
  *   conclave demo [--workers N] [--tickets N] [--lease D]
- *   conclave status --backend URL NAME...
- *   conclave watch --backend URL NAME
- *   conclave run --backend URL --name NAME [--tickets N] [--lease 15s] [--grace 10s] [--forever] -- CMD ARGS...
+ *   conclave status [--json] --backend URL NAME...
+ *   conclave watch [--json] --backend URL NAME
+ *   conclave run --backend URL --name NAME [--tickets N] [--lease 15s] [--grace 10s] [--wait D] [--forever] -- CMD ARGS...
+ *   conclave --version
  */
+import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
-import { Election } from '../election.js'
 import { UsageError } from '../errors.js'
-import { validateCandidate, validateResource } from '../validate.js'
+import {
+  DURATION_RULE,
+  formatDuration,
+  parseDuration,
+  validateCandidate,
+  validateResource,
+} from '../validate.js'
 import { BACKEND_SCHEMES, backendFromUrl, requireSharedBackend } from './backends.js'
 import { demoWorker, isDemoWorker, runDemo } from './demo.js'
+import { palette } from './color.js'
 import { describeError, describeStack, EXIT, exitCodeOf, redact } from './report.js'
-import { parseDuration, runCommand } from './run.js'
+import { runCommand } from './run.js'
+import { printStatus, watchHolders } from './status.js'
+
+/** This package's version (package.json sits two folders up, from src/cli and dist/cli). */
+function version(): string {
+  return (createRequire(import.meta.url)('../../package.json') as { version: string }).version
+}
 
 /** Backends separate CLI processes can share (memory: and cluster: live in one process). */
 const SHARED_SCHEMES = BACKEND_SCHEMES.filter((s) => s !== 'memory:' && s !== 'cluster:')
@@ -27,6 +41,8 @@ const EXIT_CODES = `Exit codes:
   3    the backend is unreachable or refused us: connection refused, timeout, DNS, TLS,
        authentication, or its client package (ioredis, pg, etcd3) is not installed
   4    the backend refused for good: NAME is held with another --tickets
+  5    conclave run --wait D: not elected within D (CMD never started)
+  6    conclave run: the term was lost while CMD ran, so CMD was stopped (without --forever)
 Errors are one line with their causes; --debug (any command) adds the stack. Passwords in
 URLs are never printed (redis://user:***@host).`
 
@@ -35,10 +51,14 @@ const HELP: Record<string, string> = {
 
 Usage:
   conclave demo [--workers N] [--tickets N] [--lease D]    a live failover demo, no server needed
-  conclave status --backend URL NAME...                    who holds each resource now
-  conclave watch --backend URL NAME                        one line per change of holders
+  conclave status [--json] --backend URL NAME...           who holds each resource now
+  conclave watch [--json] --backend URL NAME               one line per change of holders
   conclave run --backend URL --name NAME [...] -- CMD...   run CMD only while holding NAME
   conclave <command> --help
+  conclave --version
+
+Durations (--lease, --grace, --wait): 500ms, 2s, 1.5s, 2m, 1m30s, 1h, or a plain number of
+milliseconds. Color only on a terminal, never with NO_COLOR set; FORCE_COLOR=1 forces it.
 
 Backend URLs for run, status and watch: ${SHARED_SCHEMES.map((s) => `${s}//...`).join(' ')}
 (memory: and cluster: keep their state inside one process or one node:cluster app, so
@@ -50,14 +70,21 @@ ${EXIT_CODES}`,
 Forks N workers (default 4) that elect a leader over node:cluster IPC, SIGKILLs a holder,
 closes one gracefully, and shows each failover time and token; then the same with 2 tickets
 (or only the --tickets you give). Stops by itself and prints a summary. --lease D is the
-lease (default 3s, from 100ms to 1m): 500ms, 3s, 1m or a number of milliseconds.`,
-  status: `conclave status --backend URL NAME...
+lease (default 3s, from 100ms to 1m): 500ms, 1.5s, 3s, 1m or a number of milliseconds.`,
+  status: `conclave status [--json] --backend URL NAME...
 
-Prints the holders of each named resource: candidate, token, time left, metadata.
+Prints the holders of each named resource: candidate, token, time left, metadata, and
+what the backend can tell of its waiters. --json: one JSON object on one line,
+{ time, backend, resources: [{ resource, holders: [{ candidate, token, remainingMs,
+metadata }], waiters, waitersNote }] } (waiters is null where the backend cannot list them).
 URL: ${SHARED_SCHEMES.join(' ')} (see conclave --help for exit codes).`,
-  watch: `conclave watch --backend URL NAME
+  watch: `conclave watch [--json] --backend URL NAME
 
 Prints the holders of NAME now and again on every change, until interrupted (Ctrl-C).
+While the backend is unreachable it prints one "unreachable since TIME" line, keeps
+retrying, and prints "reconnected" with the holders when it answers again. --json: one
+JSON object per line, { time, event: "holders" | "unreachable" | "reconnected", resource,
+holders | since, error | downMs }.
 URL: ${SHARED_SCHEMES.join(' ')} (see conclave --help for exit codes).`,
   run: `conclave run --backend URL --name NAME [options] -- CMD [ARGS...]
 
@@ -75,7 +102,8 @@ Options:
   --tickets N      how many may hold NAME at once (default 1; all must agree)
   --lease D        lease length (default 15s); D is 500ms, 15s, 2m or a number of ms
   --grace D        time between SIGTERM and SIGKILL (default 10s)
-  --forever        after a lost term, campaign again and restart CMD
+  --wait D         give up with exit code 5 if not elected within D (each campaign)
+  --forever        after a lost term, campaign again and restart CMD (else exit 6)
   --id ID          this candidate's id (default host:pid:random)
   --debug          print the stack of an error
 
@@ -93,6 +121,7 @@ const VALUE_FLAGS: Record<string, Record<string, string>> = {
     tickets: '1',
     lease: '15s',
     grace: '10s',
+    wait: '30s',
     id: 'worker-1',
   },
 }
@@ -141,19 +170,7 @@ function positiveInt(
   return n
 }
 
-/** `90000` -> `1.5m`: the shortest exact rendering in the units durations accept. */
-function humanMs(ms: number): string {
-  for (const [unit, size] of [
-    ['h', 3_600_000],
-    ['m', 60_000],
-    ['s', 1_000],
-  ] as const) {
-    if (ms >= size && ms % (size / 10) === 0) return `${ms / size}${unit}`
-  }
-  return `${ms}ms`
-}
-
-/** A duration flag: `15s`, `500ms`, `2m`, `1h` or a number of milliseconds, within bounds. */
+/** A duration flag (validate.ts's parseDuration: `15s`, `1m30s`, a number of ms), within bounds. */
 function duration(
   flag: string,
   value: string | undefined,
@@ -165,7 +182,7 @@ function duration(
   const ms = parseDuration(value)
   if (ms === undefined || ms < min || ms > max) {
     throw new UsageError(
-      `Invalid --${flag}: "${value}". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from ${humanMs(min)} to ${humanMs(max)}.`,
+      `Invalid --${flag}: "${value}". It must be ${DURATION_RULE}, from ${formatDuration(min)} to ${formatDuration(max)}.`,
     )
   }
   return ms
@@ -181,6 +198,10 @@ async function main(argv: string[]): Promise<number> {
     return 0
   }
   const [command, ...rest] = argv
+  if (command === '--version' || command === '-V' || command === 'version') {
+    console.log(version())
+    return EXIT.ok
+  }
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     console.log(HELP.main)
     return command === undefined ? EXIT.usage : EXIT.ok
@@ -203,6 +224,7 @@ async function main(argv: string[]): Promise<number> {
         tickets: { type: 'string' },
         lease: { type: 'string' },
         backend: { type: 'string' },
+        json: { type: 'boolean' },
       },
     })
   } catch (error) {
@@ -215,7 +237,7 @@ async function main(argv: string[]): Promise<number> {
     return EXIT.ok
   }
   if (command === 'demo') {
-    for (const flag of ['backend'] as const) {
+    for (const flag of ['backend', 'json'] as const) {
       if (values[flag] !== undefined)
         throw new UsageError(
           `--${flag} does not apply to demo (it always uses the cluster backend).`,
@@ -251,41 +273,20 @@ async function main(argv: string[]): Promise<number> {
   positionals.forEach((name) => validateResource(name, 'NAME'))
   backendInUse = values.backend
   const backend = await backendFromUrl(values.backend, '--backend')
+  const output = {
+    json: values.json ?? false,
+    out: (line: string) => console.log(line),
+    color: palette(process.stdout),
+  }
   try {
     if (command === 'status') {
-      for (const name of positionals) {
-        const holders = await backend.holders(name)
-        console.log(
-          `${name}: ${holders.length === 0 ? 'no holder' : `${holders.length} holder(s)`}`,
-        )
-        for (const h of holders) {
-          console.log(
-            redact(
-              `  ${h.candidate}  token ${h.token}  ${(h.remainingMs / 1000).toFixed(1)}s left${h.metadata === null ? '' : `  ${JSON.stringify(h.metadata)}`}`,
-            ),
-          )
-        }
-      }
+      await printStatus(backend, positionals, output)
       return EXIT.ok
     }
-    const election = new Election(backend, positionals[0]!)
-    election.on('error', (error) =>
-      console.error(`conclave watch: error (retrying): ${describeError(error)}`),
-    )
     const controller = new AbortController()
     process.once('SIGINT', () => controller.abort())
     process.once('SIGTERM', () => controller.abort())
-    for await (const holders of election.observe({ signal: controller.signal })) {
-      const list = holders.map(
-        (h) =>
-          `${h.candidate}#${h.token}${h.metadata === null ? '' : ` ${JSON.stringify(h.metadata)}`}`,
-      )
-      console.log(
-        redact(
-          `${new Date().toISOString()}  ${positionals[0]}: ${list.length ? list.join(', ') : 'no holder'}`,
-        ),
-      )
-    }
+    await watchHolders(backend, positionals[0]!, output, controller.signal)
     return EXIT.ok
   } finally {
     await backend.close()
@@ -308,6 +309,7 @@ async function run(args: string[]): Promise<number> {
         tickets: { type: 'string' },
         lease: { type: 'string' },
         grace: { type: 'string' },
+        wait: { type: 'string' },
         forever: { type: 'boolean' },
         id: { type: 'string' },
       },
@@ -342,13 +344,17 @@ async function run(args: string[]): Promise<number> {
     leaseMs,
     graceMs,
     forever: values.forever ?? false,
+    waitMs:
+      values.wait === undefined ? undefined : duration('wait', values.wait, 0, 0, 86_400_000 * 7),
     id: values.id === undefined ? undefined : validateCandidate(values.id, '--id'),
     command,
-    log: (line) => console.error(redact(`conclave run: ${line}`)),
+    log: (line) => console.error(redact(`${stderrColor.dim('conclave run:')} ${line}`)),
   })
   // Nothing may keep this process around once the command is over and the grant released.
   process.exit(code)
 }
+
+const stderrColor = palette(process.stderr)
 
 /** Prints a failure as one line (the stack too with --debug) and picks its exit code. */
 function fail(error: unknown, debug: boolean): number {
@@ -363,7 +369,7 @@ function fail(error: unknown, debug: boolean): number {
           ? 'unexpected error: '
           : ''
   const tail = code === EXIT.unexpected && !debug ? ' (--debug prints the stack)' : ''
-  console.error(`conclave: ${what}${describeError(error)}${tail}`)
+  console.error(`${stderrColor.red('conclave:')} ${what}${describeError(error)}${tail}`)
   if (debug) console.error(describeStack(error))
   return code
 }

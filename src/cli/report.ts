@@ -15,6 +15,10 @@ export const EXIT = {
   backend: 3,
   /** The backend refused the request for good: the resource is held with another `--tickets`. */
   conflict: 4,
+  /** `conclave run --wait`: not elected in time; CMD never started. */
+  notElected: 5,
+  /** `conclave run`: the term was lost (or expired) while CMD ran, so CMD was stopped. */
+  lost: 6,
 } as const
 
 /** Codes of errors that come from reaching (or failing to reach) the backend. */

@@ -25,7 +25,8 @@ import type { Backend } from '../backend.js'
 import { Election } from '../election.js'
 import type { Term } from '../term.js'
 import { backendFromUrl } from './backends.js'
-import { describeError, redact } from './report.js'
+import { formatDuration } from '../validate.js'
+import { describeError, EXIT, redact } from './report.js'
 
 /** The parsed flags of `conclave run`. */
 export interface RunOptions {
@@ -35,6 +36,8 @@ export interface RunOptions {
   leaseMs: number
   graceMs: number
   forever: boolean
+  /** Give up (EXIT.notElected) when a campaign has not won within this many ms. */
+  waitMs: number | undefined
   id: string | undefined
   command: string[]
   /** Where conclave's own lines go (the command's output is its own). */
@@ -70,6 +73,8 @@ export interface CommandResult {
   /** The exit code to pass on: the command's, or 128 + its signal's number. */
   code: number
   description: string
+  /** The supervisor stopped CMD: conclave run went silent past the term's deadline. */
+  watchdog?: boolean
 }
 
 function signalCode(signal: NodeJS.Signals | null): number {
@@ -123,6 +128,7 @@ class Supervised {
             description: report.watchdog
               ? `${how} (stopped by the supervisor: conclave run went silent past the term's deadline)`
               : how,
+            watchdog: report.watchdog,
           })
         } else if (startError) {
           resolve({
@@ -214,6 +220,17 @@ export async function runCommand(options: RunOptions): Promise<number> {
     throw error
   }
   election.on('error', (error) => log(`backend error (retrying): ${describeError(error)}`))
+  // Why it waits, each time the reason changes (a fresh Redis's startup grace, held by another).
+  let waitingFor: string | undefined
+  election.on('waiting', (info) => {
+    const what = `${info.code}: ${info.reason}`
+    if (what === waitingFor) return
+    waitingFor = what
+    log(
+      `waiting: ${info.reason} (${info.code}; asking again within ${formatDuration(info.retryInMs)})`,
+    )
+  })
+  election.on('elected', () => (waitingFor = undefined))
 
   let stopping: NodeJS.Signals | undefined
   const stopCampaign = new AbortController()
@@ -236,11 +253,21 @@ export async function runCommand(options: RunOptions): Promise<number> {
   try {
     for (;;) {
       let term: Term
-      log(`waiting for ${name} (candidate ${election.id})`)
+      log(
+        `waiting for ${name} (candidate ${election.id}${options.waitMs === undefined ? '' : `, at most ${formatDuration(options.waitMs)}`})`,
+      )
+      const deadline =
+        options.waitMs === undefined ? undefined : AbortSignal.timeout(options.waitMs)
       try {
-        term = await election.campaign({ signal: stopCampaign.signal })
+        term = await election.campaign({
+          signal: deadline ? AbortSignal.any([stopCampaign.signal, deadline]) : stopCampaign.signal,
+        })
       } catch (error) {
         if (stopping) return signalCode(stopping)
+        if (deadline?.aborted) {
+          log(`not elected within ${formatDuration(options.waitMs!)} (--wait): giving up`)
+          return EXIT.notElected
+        }
         throw error
       }
       if (stopping) return signalCode(stopping)
@@ -274,7 +301,16 @@ export async function runCommand(options: RunOptions): Promise<number> {
       clearInterval(pulse)
       current = undefined
       log(`the command ${result.description}`)
-      if (first === 'exited' || stopping || !options.forever) return result.code
+      // The term ended under CMD (not by our own stop): say so with a code of its own.
+      const lost =
+        result.watchdog ||
+        (first === 'ended' && (term.endReason === 'lost' || term.endReason === 'expired'))
+      if (stopping) return result.code
+      if (lost && !options.forever) {
+        log(`exiting with ${EXIT.lost}: the term was lost while the command ran`)
+        return EXIT.lost
+      }
+      if (first === 'exited' || !options.forever) return result.code
       log(`campaigning again for ${name} (--forever)`)
     }
   } finally {
@@ -292,12 +328,4 @@ export async function runCommand(options: RunOptions): Promise<number> {
     ])
     clearTimeout(timer)
   }
-}
-
-/** `15s`, `500ms`, `2m`, `1h`, or a bare number of milliseconds. */
-export function parseDuration(value: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(value.trim())
-  if (!match) return undefined
-  const unit = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000 }[match[2] ?? 'ms']!
-  return Math.round(Number(match[1]) * unit)
 }

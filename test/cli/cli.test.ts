@@ -85,7 +85,7 @@ describe('conclave CLI', () => {
     const lease = await conclave(['demo', '--lease', '-5'])
     expect(lease.code).toBe(2)
     expect(lease.stderr.trim()).toBe(
-      'conclave: Invalid --lease: "-5". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 100ms to 1m.',
+      'conclave: Invalid --lease: "-5". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 100ms to 1m.',
     )
   })
 

@@ -226,8 +226,10 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
     } finally {
       run.proc.kill('SIGCONT')
     }
-    expect((await exitOf(run, 20_000)).code).toBe(5)
+    // The term ended under CMD (CMD's own code was 5): conclave run says so with its code 6.
+    expect((await exitOf(run, 20_000)).code).toBe(6)
     expect(run.output()).toContain('stopped by the supervisor')
+    expect(run.output()).toMatch(/exited with code 5/)
   })
 
   it('exits with 4, in one line, when NAME is held with another --tickets (a final refusal), starting nothing', async () => {
@@ -301,14 +303,14 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
       'true',
     ]
     const lease =
-      'It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 100ms to 24h.'
+      'It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 100ms to 24h.'
     const cases: [string[], string][] = [
       [flags('--lease', '-5s'), `conclave: Invalid --lease: "-5s". ${lease}`],
       [flags('--lease=-5s'), `conclave: Invalid --lease: "-5s". ${lease}`],
       [flags('--lease', '1e3'), `conclave: Invalid --lease: "1e3". ${lease}`],
       [
         flags('--grace', '-1'),
-        'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 15s or 2m (a bare number is milliseconds), from 0ms to 1h.',
+        'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 0ms to 1h.',
       ],
       [
         flags('--tickets', '-2'),

@@ -2,7 +2,13 @@
 import { describe, expect, it } from 'vitest'
 import { clusterBackend } from '../../src/backends/cluster/index.js'
 import { OptionsError } from '../../src/errors.js'
-import { checkOptions, milliseconds, renamedOption } from '../../src/validate.js'
+import {
+  checkOptions,
+  formatDuration,
+  milliseconds,
+  parseDuration,
+  renamedOption,
+} from '../../src/validate.js'
 
 describe('validate.ts', () => {
   it('names an unknown key, its value and the known ones', () => {
@@ -37,5 +43,36 @@ describe('validate.ts', () => {
     expect(() => clusterBackend({ requestTimeoutMs: 5 } as never)).toThrow(/Use timeoutMs/)
     expect(() => clusterBackend({ timeout: 5 } as never)).toThrow(OptionsError)
     expect(() => clusterBackend({ timeoutMs: 0 })).toThrow(/timeoutMs must be an integer/)
+  })
+})
+
+describe('durations (validate.ts parseDuration, the one parser of every duration flag)', () => {
+  it('reads units, combinations from the largest unit down, and plain numbers as ms', () => {
+    const cases: [string, number][] = [
+      ['500ms', 500],
+      ['2s', 2_000],
+      ['1.5s', 1_500],
+      ['2m', 120_000],
+      ['1m30s', 90_000],
+      ['1h30m', 5_400_000],
+      ['2s500ms', 2_500],
+      ['1h', 3_600_000],
+      ['1500', 1_500],
+      [' 15s ', 15_000],
+      ['0', 0],
+    ]
+    for (const [text, ms] of cases) expect(parseDuration(text), text).toBe(ms)
+  })
+
+  it('refuses what is not a duration', () => {
+    for (const text of ['', '-5s', '1e3', '30s1m', '1s1s', '5 s', 's', '1d', '1.5', '1..5s'])
+      expect(parseDuration(text), text).toBeUndefined()
+  })
+
+  it('writes durations back in a form it reads', () => {
+    for (const ms of [0, 250, 1_500, 60_000, 90_000, 3_600_000, 5_400_000, 86_400_000])
+      expect(parseDuration(formatDuration(ms)), String(ms)).toBe(ms)
+    expect(formatDuration(90_000)).toBe('1m30s')
+    expect(formatDuration(86_400_000)).toBe('24h')
   })
 })

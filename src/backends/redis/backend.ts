@@ -18,6 +18,7 @@ import type {
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WaitReason,
 } from '../../backend.js'
 import {
   BackendError,
@@ -44,6 +45,7 @@ import acquireLua from './scripts/acquire.lua.js'
 import holdersLua from './scripts/holders.lua.js'
 import releaseLua from './scripts/release.lua.js'
 import renewLua from './scripts/renew.lua.js'
+import { checkEviction } from './eviction.js'
 import { Wakeups } from './wakeups.js'
 
 /** Grants renewed by one script call (a call runs alone on the server: keep each one short). */
@@ -80,6 +82,8 @@ export class RedisBackend implements Backend {
   #clientError: Error | undefined
   readonly #gate = new CloseGate('redis')
   readonly #wakeups: Wakeups
+  /** maxmemory-policy was read (or refused), or is being read: not asked again. */
+  #evictionChecked = false
 
   /** Checks every option first (see options.ts); makes a client only for `{ url }`. */
   constructor(options: RedisBackendOptions) {
@@ -126,6 +130,7 @@ export class RedisBackend implements Backend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#gate.check()
     validateAcquire(request)
+    this.#checkEviction()
     const keys = resourceKeys(this.prefix, request.resource)
     const reply = await this.#run('acquire', SCRIPTS.acquire, [
       [keys.holders, keys.grants, keys.token, keys.guard],
@@ -143,12 +148,22 @@ export class RedisBackend implements Backend {
     if (Number(list[0]) === 2) {
       throw new TicketsMismatchError(request.resource, request.tickets, Number(list[1]))
     }
+    // The keys were deleted by hand while their grants may live: nothing until the guard runs out.
+    if (Number(list[0]) === 3) {
+      const retryInMs = Number(list[1])
+      return { acquired: false, holders: [], retryInMs, wait: deletedKeysWait(retryInMs) }
+    }
     const holders = parseHolders(list, 2)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
-    // A free ticket the server may not grant yet: it started less than a lease ago, or the
-    // keys were deleted by hand while their grants may live (until the guard runs out).
+    // A free ticket the server may not grant yet: it started less than a lease ago.
     const graceMs = Number(list[1])
-    if (graceMs > 0) return { acquired: false, holders, retryInMs: graceMs }
+    if (graceMs > 0)
+      return {
+        acquired: false,
+        holders,
+        retryInMs: graceMs,
+        wait: startupGraceWait(endpoint(this.#client), request.leaseMs),
+      }
     return {
       acquired: false,
       holders,
@@ -238,6 +253,16 @@ export class RedisBackend implements Backend {
     })
   }
 
+  /** Warns once if the server may evict conclave's keys (eviction.ts); asks again after no answer. */
+  #checkEviction(): void {
+    if (this.#evictionChecked) return
+    this.#evictionChecked = true
+    void checkEviction(this.#client, (what, fn) => this.#timed(what, fn)).then(
+      (settled) => (this.#evictionChecked = settled),
+      () => (this.#evictionChecked = false),
+    )
+  }
+
   async #run(what: string, script: Script, [keys, args]: ScriptCall): Promise<unknown> {
     return this.#timed(what, () => runScript(this.#client, script, keys, args))
   }
@@ -275,6 +300,22 @@ export class RedisBackend implements Backend {
       const cause = down ?? error
       throw new BackendError(`redis ${what} on ${where} failed: ${messageOf(cause)}`, { cause })
     }
+  }
+}
+
+/** Why a fresh server grants nothing yet (AcquireResult's `wait`, the election's `waiting`). */
+function startupGraceWait(where: string, leaseMs: number): WaitReason {
+  return {
+    code: 'startup-grace',
+    reason: `the redis server at ${where} has been up for less than the lease (${leaseMs} ms) plus 1 s, and a restart may have lost grants whose holders still run: no new grant until then (startupGrace; see docs/redis.md)`,
+  }
+}
+
+/** Why nothing is granted after conclave's keys were deleted by hand. */
+function deletedKeysWait(retryInMs: number): WaitReason {
+  return {
+    code: 'deleted-keys-guard',
+    reason: `conclave's keys of this resource were deleted by hand while its grants may live on: no new grant until they could have expired (${retryInMs} ms)`,
   }
 }
 

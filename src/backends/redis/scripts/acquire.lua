@@ -19,9 +19,10 @@
 --
 -- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
 -- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
--- waitMs > 0 says no ticket may be granted for that many more ms (the server's startup grace, or
--- the guard of keys deleted by hand); {2, heldTickets} when unexpired grants live that were made
--- with another number of tickets (nothing granted).
+-- waitMs > 0 says no ticket may be granted for that many more ms (the server's startup grace);
+-- {3, waitMs} when the keys were deleted by hand while their grants may live (the guard: nothing
+-- granted for waitMs); {2, heldTickets} when unexpired grants live that were made with another
+-- number of tickets (nothing granted).
 --@include "lib/grants.lua"
 
 local holders, grants, tokenKey, guard = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -38,7 +39,7 @@ local changed = false
 -- which is never before those grants would have expired.
 if redis.call('EXISTS', holders) == 0 then
   local guarded = redis.call('PTTL', guard)
-  if guarded > 0 then return {0, guarded} end
+  if guarded > 0 then return {3, guarded} end
 end
 
 -- Expired holders go first, so they neither count nor show.

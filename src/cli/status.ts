@@ -1,0 +1,164 @@
+/**
+ * `conclave status` and `conclave watch`: who holds a resource, once or on every change, as
+ * lines for people or (`--json`) one JSON object per line for scripts. `watch` says when the
+ * backend becomes unreachable and when it is back, with timestamps, and keeps watching.
+ */
+import type { Backend, Holder } from '../backend.js'
+import { Election } from '../election.js'
+import { formatDuration } from '../validate.js'
+import type { Palette } from './color.js'
+import { describeError, redact } from './report.js'
+
+/** Where the lines go, and how. */
+export interface Output {
+  json: boolean
+  out: (line: string) => void
+  color: Palette
+}
+
+/** How often `watch` asks an unreachable backend whether it is back. */
+const PROBE_MS = 1_000
+
+/** A holder as `--json` prints it. */
+function holderJson(h: Holder) {
+  return {
+    candidate: h.candidate,
+    token: h.token,
+    remainingMs: h.remainingMs,
+    metadata: h.metadata,
+  }
+}
+
+/**
+ * What the backend can tell of the candidates waiting for a resource. The Backend contract
+ * lists holders only (a waiting candidate is known to itself, not to the others), so status
+ * says so rather than inventing a list.
+ */
+function waitersNote(backend: Backend): string {
+  return `not visible: the ${backend.name} backend lists holders only (a waiting candidate is known only to itself)`
+}
+
+/** `conclave status`: the holders of each resource now. */
+export async function printStatus(backend: Backend, names: string[], o: Output): Promise<void> {
+  const resources = []
+  for (const name of names) resources.push({ resource: name, holders: await backend.holders(name) })
+  if (o.json) {
+    o.out(
+      redact(
+        JSON.stringify({
+          time: new Date().toISOString(),
+          backend: backend.name,
+          resources: resources.map((r) => ({
+            resource: r.resource,
+            holders: r.holders.map(holderJson),
+            waiters: null,
+            waitersNote: waitersNote(backend),
+          })),
+        }),
+      ),
+    )
+    return
+  }
+  const { bold, dim, green } = o.color
+  for (const { resource, holders } of resources) {
+    o.out(
+      `${bold(resource)}: ${holders.length === 0 ? dim('no holder') : `${holders.length} holder(s)`}`,
+    )
+    for (const h of holders) {
+      o.out(
+        redact(
+          `  ${green(h.candidate)}  token ${h.token}  ${(h.remainingMs / 1000).toFixed(1)}s left${h.metadata === null ? '' : `  ${dim(JSON.stringify(h.metadata))}`}`,
+        ),
+      )
+    }
+    o.out(dim(`  waiters: ${waitersNote(backend)}`))
+  }
+}
+
+/**
+ * `conclave watch`: the holders now and on every change, until `signal` aborts. A backend
+ * error is never the end: the first one prints "unreachable since", a probe every second asks
+ * again, and the first answer prints "reconnected" with the holders then.
+ */
+export async function watchHolders(
+  backend: Backend,
+  name: string,
+  o: Output,
+  signal: AbortSignal,
+): Promise<void> {
+  const { bold, dim, green, red, yellow } = o.color
+  const stamp = () => new Date().toISOString()
+  const holdersLine = (holders: Holder[]) => {
+    if (o.json)
+      return JSON.stringify({
+        time: stamp(),
+        event: 'holders',
+        resource: name,
+        holders: holders.map(holderJson),
+      })
+    const list = holders.map(
+      (h) =>
+        `${green(h.candidate)}#${h.token}${h.metadata === null ? '' : ` ${dim(JSON.stringify(h.metadata))}`}`,
+    )
+    return `${dim(stamp())}  ${bold(name)}: ${list.length ? list.join(', ') : dim('no holder')}`
+  }
+  let downSince: number | undefined
+  let probing = false
+  const probe = async () => {
+    if (probing) return
+    probing = true
+    try {
+      while (downSince !== undefined && !signal.aborted) {
+        await new Promise((resolve) => setTimeout(resolve, PROBE_MS))
+        if (signal.aborted) return
+        let holders: Holder[]
+        try {
+          holders = await backend.holders(name)
+        } catch {
+          continue
+        }
+        const downMs = Date.now() - downSince
+        downSince = undefined
+        o.out(
+          redact(
+            o.json
+              ? JSON.stringify({ time: stamp(), event: 'reconnected', resource: name, downMs })
+              : `${dim(stamp())}  ${bold(name)}: ${green('reconnected')} after ${formatDuration(downMs)}`,
+          ),
+        )
+        o.out(redact(holdersLine(holders)))
+      }
+    } finally {
+      probing = false
+    }
+  }
+  // An Election used only to observe: it never campaigns.
+  const election = new Election(backend, name)
+  election.on('error', (error) => {
+    if (downSince !== undefined) return
+    downSince = Date.now()
+    const since = new Date(downSince).toISOString()
+    o.out(
+      redact(
+        o.json
+          ? JSON.stringify({
+              time: since,
+              event: 'unreachable',
+              resource: name,
+              since,
+              error: describeError(error),
+            })
+          : `${dim(since)}  ${bold(name)}: ${red('unreachable')} since ${since} (${yellow('retrying')}): ${describeError(error)}`,
+      ),
+    )
+    void probe()
+  })
+  try {
+    for await (const holders of election.observe({ signal })) {
+      if (downSince !== undefined) continue // the probe says it first, with these holders
+      o.out(redact(holdersLine(holders)))
+    }
+  } finally {
+    await election.close()
+  }
+}
