@@ -34,7 +34,7 @@ function conclave(
 
 describe('conclave CLI', () => {
   it('runs the demo: a crash failover and a graceful handoff per phase, never too many holders', async () => {
-    const { code, stdout } = await conclave(['demo', '--lease', '1000'])
+    const { code, stdout } = await conclave(['demo', '--lease', '1s'])
     expect(code, stdout).toBe(0)
     const rows = stdout.split('\n').filter((l) => /^\| [12] \|/.test(l))
     expect(rows).toHaveLength(2)
