@@ -118,6 +118,83 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     },
     connect: (url) => backendFromUrl(url),
   },
+  // A 3-member etcd cluster: candidates reach the first member through their own fault proxy
+  // (a partition cuts that member off from them, not the cluster) and the other two directly;
+  // a restart is a SIGKILL of the etcd leader, down for the time asked, then restarted.
+  'etcd-cluster': {
+    mode: 'fork',
+    faults: NETWORKED,
+    async start() {
+      const { startEtcdCluster } = await import('../testkit/index.js')
+      const cluster = await startEtcdCluster()
+      const [first, ...rest] = cluster.members
+      const others = rest.map((m) => `${m.server.host}:${m.server.port}`)
+      const url = (h: string, p: number) => `etcd://${[`${h}:${p}`, ...others].join(',')}`
+      return {
+        target: { host: first!.server.host, port: first!.server.port },
+        url,
+        async restart(downMs) {
+          const leader = await cluster.leader()
+          await leader.server.kill()
+          await sleep(downMs)
+          await leader.server.restart()
+        },
+        async holders(resource) {
+          const backend = await backendFromUrl(url(first!.server.host, first!.server.port))
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => cluster.stop(),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
+  // A PostgreSQL primary with a streaming standby, candidates through the switchable path (the
+  // VIP stand-in). The first restart is a failover: replication frozen (the standby misses
+  // what follows), SIGKILL of the primary, down for the time asked, the standby promoted and the
+  // path moved to it; later ones SIGKILL and restart the promoted one in place.
+  'postgres-standby': {
+    mode: 'fork',
+    faults: NETWORKED,
+    async start() {
+      const { startPostgresStandby } = await import('../testkit/index.js')
+      const pair = await startPostgresStandby()
+      let current = pair.primary
+      const url = (h: string, p: number) => `postgres://postgres@${h}:${p}/postgres`
+      return {
+        target: { host: '127.0.0.1', port: pair.vip.port },
+        url,
+        async restart(downMs) {
+          if (current === pair.primary) {
+            pair.replication.cut({ mode: 'blackhole' })
+            await sleep(Math.min(downMs, 200))
+            await pair.primary.kill()
+            await sleep(downMs)
+            await pair.promote()
+            current = pair.standby
+            pair.vip.switchTo(pair.standby.port)
+          } else {
+            await current.kill()
+            await sleep(downMs)
+            await current.restart()
+          }
+        },
+        async holders(resource) {
+          const backend = await backendFromUrl(url('127.0.0.1', pair.vip.port))
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => pair.stop(),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
 }
 
 /**

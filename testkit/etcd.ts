@@ -64,7 +64,16 @@ function etcdEnv(): NodeJS.ProcessEnv {
   return env
 }
 
-class EtcdServerImpl extends BaseServer implements EtcdServer {
+/** A member of a multi-member cluster (testkit/etcd-cluster.ts): its name and the whole cluster. */
+export interface EtcdMemberSpec {
+  name: string
+  /** --initial-cluster: name=http://127.0.0.1:peerPort for every member. */
+  initialCluster: string
+  token: string
+}
+
+/** One etcd process (exported for testkit/etcd-cluster.ts; tests use startEtcd). */
+export class EtcdServerImpl extends BaseServer implements EtcdServer {
   readonly host = '127.0.0.1'
   readonly port: number
   readonly peerPort: number
@@ -78,12 +87,13 @@ class EtcdServerImpl extends BaseServer implements EtcdServer {
     peerPort: number,
     private readonly extraArgs: string[],
     startTimeoutMs: number,
+    private readonly member?: EtcdMemberSpec,
   ) {
     super(dir, join(dir, 'etcd.log'), startTimeoutMs)
     this.port = port
     this.peerPort = peerPort
     this.dataDir = join(dir, 'data')
-    this.what = `etcd on port ${port}`
+    this.what = member ? `etcd member ${member.name} on port ${port}` : `etcd on port ${port}`
   }
 
   get endpoint(): string {
@@ -93,11 +103,12 @@ class EtcdServerImpl extends BaseServer implements EtcdServer {
   protected async spawnAndWait(): Promise<ManagedProcess> {
     const client = `http://${this.host}:${this.port}`
     const peer = `http://${this.host}:${this.peerPort}`
+    const name = this.member?.name ?? 'conclave-test'
     const proc = await ManagedProcess.launch({
       command: this.binary,
       args: [
         '--name',
-        'conclave-test',
+        name,
         '--data-dir',
         this.dataDir,
         '--listen-client-urls',
@@ -109,17 +120,15 @@ class EtcdServerImpl extends BaseServer implements EtcdServer {
         '--initial-advertise-peer-urls',
         peer,
         '--initial-cluster',
-        `conclave-test=${peer}`,
+        this.member?.initialCluster ?? `${name}=${peer}`,
         '--initial-cluster-state',
         'new',
         '--initial-cluster-token',
-        `conclave-test-${this.port}`,
+        this.member?.token ?? `conclave-test-${this.port}`,
         // A single member has nobody to lose an election to: short timeouts make start and
-        // restart fast (~0.1 s / ~0.5 s instead of ~1 s / ~1.5 s with the defaults).
-        '--heartbeat-interval',
-        '50',
-        '--election-timeout',
-        '300',
+        // restart fast (~0.1 s / ~0.5 s instead of ~1 s / ~1.5 s with the defaults). A cluster
+        // member keeps etcd's defaults (100 ms / 1 s), the leader elections tests must survive.
+        ...(this.member ? [] : ['--heartbeat-interval', '50', '--election-timeout', '300']),
         '--logger',
         'zap',
         '--log-outputs',

@@ -92,7 +92,7 @@ export function postgresBinDir(): string {
   return dirname(findBinary('postgres', 'postgresql'))
 }
 
-const DEFAULT_SETTINGS: Record<string, string | number | boolean> = {
+export const DEFAULT_SETTINGS: Record<string, string | number | boolean> = {
   listen_addresses: '127.0.0.1',
   fsync: 'off',
   full_page_writes: 'off',
@@ -101,7 +101,8 @@ const DEFAULT_SETTINGS: Record<string, string | number | boolean> = {
   max_connections: 200,
 }
 
-class PostgresServerImpl extends BaseServer implements PostgresServer {
+/** One postmaster (exported for testkit/postgres-standby.ts; tests use startPostgres). */
+export class PostgresServerImpl extends BaseServer implements PostgresServer {
   readonly host = '127.0.0.1'
   readonly port: number
   readonly user = 'postgres'
@@ -112,10 +113,10 @@ class PostgresServerImpl extends BaseServer implements PostgresServer {
   protected readonly what: string
 
   constructor(
-    private readonly binDir: string,
+    readonly binDir: string,
     dir: string,
     port: number,
-    private readonly runAs: RunAs | undefined,
+    readonly runAs: RunAs | undefined,
     private readonly settings: Record<string, string | number | boolean>,
     startTimeoutMs: number,
   ) {

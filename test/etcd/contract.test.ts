@@ -320,7 +320,7 @@ describe('errors', () => {
       [
         'etcd://127.0.0.1:2379?prefix=a/&prefx=b/',
         { field: 'prefx', value: 'b/' },
-        /^Invalid prefx: "b\/". "prefx" is not a parameter of etcd backend URLs. Known: prefix, timeoutMs\.$/,
+        /^Invalid prefx: "b\/". "prefx" is not a parameter of etcd backend URLs. Known: prefix, timeoutMs, memberTimeoutMs\.$/,
       ],
       ['etcd://127.0.0.1:2379?password=s3cret', { field: 'password', value: '***' }, /Known:/],
       ['etcd://127.0.0.1:2379?timeoutMs=abc', { field: 'timeoutMs', value: 'abc' }, /integer/],

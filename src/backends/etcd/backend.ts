@@ -36,10 +36,16 @@ import {
   validateRenew,
   validateResource,
 } from '../../backend.js'
-import { BackendClosedError, BackendError, TicketsMismatchError } from '../../errors.js'
+import {
+  BackendClosedError,
+  BackendError,
+  BackendTimeoutError,
+  TicketsMismatchError,
+} from '../../errors.js'
 import {
   backendError,
   CloseGate,
+  errorText,
   requirePeer,
   serverLabel,
   timeoutError,
@@ -58,6 +64,7 @@ import {
 } from './layout.js'
 import {
   ETCD_CLIENT_DEFAULTS,
+  ETCD_GRPC_KEEPALIVE,
   type EtcdBackendOptions,
   resolveEtcdOptions,
   type ResolvedEtcdOptions,
@@ -105,6 +112,14 @@ export class EtcdBackend implements Backend {
   readonly #options: ResolvedEtcdOptions
   readonly #client: Namespace
   readonly #owned: Etcd3 | undefined
+  /**
+   * The clients calls go to: one single-host client per member when the backend made them from
+   * several hosts (so a call can be sent to a chosen member and retried on another), else the
+   * one client.
+   */
+  readonly #members!: { client: Namespace; where: string }[]
+  /** The member calls go to first: the last one that answered, or the next after a failure. */
+  #preferred = 0
   readonly #layout: Layout
   readonly #watches: Watches
   /** The current lease per requested TTL in seconds (a grant may still be in flight). */
@@ -117,6 +132,8 @@ export class EtcdBackend implements Backend {
   /** Per-key queue: acquire, release and self-expiry of one key never interleave. */
   readonly #locks = new Map<string, Promise<void>>()
   readonly #gate = new CloseGate('etcd')
+  /** The single-host clients this backend made (closed by close()). */
+  #memberClients: Etcd3[] = []
   /** Set when close()'s teardown begins (after the onClose hooks): background work stops. */
   #down = false
   /** `etcd at host:port[,host:port]`, for messages. */
@@ -131,13 +148,26 @@ export class EtcdBackend implements Backend {
         'etcd3',
         'etcdBackend({ hosts }) (and an etcd:// URL)',
       )
-      this.#owned = new Client({
-        ...ETCD_CLIENT_DEFAULTS,
-        ...this.#options.clientOptions,
-        hosts: this.#options.hosts!,
-      })
+      const make = (hosts: string | string[]) =>
+        new Client({
+          ...ETCD_CLIENT_DEFAULTS,
+          ...this.#options.clientOptions,
+          grpcOptions: { ...ETCD_GRPC_KEEPALIVE, ...this.#options.clientOptions.grpcOptions },
+          hosts,
+        })
+      const hosts = this.#options.hosts!
+      // The client of every host serves the watches (etcd3 moves a broken watch to another).
+      this.#owned = make(hosts)
       this.#client = this.#owned
+      if (hosts.length > 1) {
+        this.#memberClients = hosts.map((h) => make(h))
+        this.#members = this.#memberClients.map((client, i) => ({
+          client,
+          where: endpoints(hosts[i]),
+        }))
+      }
     }
+    this.#members ??= [{ client: this.#client, where: '' }]
     this.#layout = new Layout(this.#client.prefix.toString(KEY_ENCODING), this.#options.prefix)
     const where = endpoints(
       this.#options.hosts ?? (this.#client as unknown as { options?: IOptions }).options?.hosts,
@@ -183,13 +213,23 @@ export class EtcdBackend implements Backend {
     if (byLease.size === 0) return results
     const leaseMs = Math.min(...requests.map((r) => r.leaseMs))
     const timeoutMs = Math.min(this.#options.timeoutMs, Math.max(leaseMs, 100))
+    // Each member gets a tenth of the lease (at least 250 ms): a hung member costs a fraction of
+    // the renewal's slack (lease - renewMs - marginMs), and the others are tried within it.
+    const tryMs = Math.min(this.#options.memberTimeoutMs, Math.max(250, Math.floor(leaseMs / 10)))
     await Promise.all(
       [...byLease].map(async ([lease, items]) => {
-        // One keepalive (extends every key on the lease) and one read of the keys on it.
-        const [ttl, info] = await Promise.all([
-          this.#keepalive(lease, timeoutMs),
-          this.#timeToLive(lease.id, true, timeoutMs),
-        ])
+        // One keepalive (extends every key on the lease) and one read of the keys on it, both
+        // from the same member, so they see the same lease.
+        const [ttl, info] = await this.#call(
+          'renewal',
+          (client, options) =>
+            Promise.all([
+              keepalive(client, lease, options),
+              client.leaseClient.leaseTimeToLive({ ID: lease.id, keys: true }, options),
+            ]),
+          timeoutMs,
+          tryMs,
+        )
         if (ttl <= 0 || Number(info.TTL) < 0) {
           this.#leaseGone(lease)
           return
@@ -228,8 +268,8 @@ export class EtcdBackend implements Backend {
       }
       // Without a token: whatever this candidate has here, queued or held, if it is ours (a key
       // on another process's lease belongs to another process that uses the same candidate id).
-      const response = await this.#call('read', (options) =>
-        this.#client.kv.range({ key: keyBuffer(key) }, options),
+      const response = await this.#call('read', (client, options) =>
+        client.kv.range({ key: keyBuffer(key) }, options),
       )
       const kv = response.kvs[0]
       if (kv && (this.#everLeased.has(kv.lease) || entry?.token === Number(kv.create_revision))) {
@@ -242,8 +282,8 @@ export class EtcdBackend implements Backend {
   async holders(resource: string): Promise<Holder[]> {
     this.#checkOpen()
     validateResource(resource)
-    const range = await this.#call('read', (options) =>
-      this.#client.kv.range(this.#rangeRequest(resource), options),
+    const range = await this.#call('read', (client, options) =>
+      client.kv.range(this.#rangeRequest(resource), options),
     )
     return (await this.#rank(resource, range.kvs, new Map())).holders
   }
@@ -277,12 +317,13 @@ export class EtcdBackend implements Backend {
       await this.#watches.close()
       await Promise.all(
         leases.map((lease) =>
-          this.#call('revoke', (options) =>
-            this.#client.leaseClient.leaseRevoke({ ID: lease.id }, options),
+          this.#call('revoke', (client, options) =>
+            client.leaseClient.leaseRevoke({ ID: lease.id }, options),
           ).catch(() => {}),
         ),
       )
       this.#owned?.close()
+      for (const client of this.#memberClients) client.close()
     })
   }
 
@@ -296,7 +337,6 @@ export class EtcdBackend implements Backend {
       metadata: request.metadata,
     }
     const value = encodeValue(stored)
-    const timeoutMs = this.#options.timeoutMs
     const stale = this.#entries.get(key)
     if (stale && (stale.doomed || issuedAt >= stale.expiresAt)) {
       // Its term is over (the core's deadline passed before this expiry did), though the key
@@ -320,39 +360,38 @@ export class EtcdBackend implements Backend {
         throw new BackendError(`etcd granted a ${lease.ttlSec} s lease for ${request.leaseMs} ms`)
       }
       // A lease granted before this request was sent may have little time left: refresh it in
-      // the same round trip as the transaction.
-      const keepalive =
-        refreshed || grantedAt >= issuedAt
-          ? Promise.resolve(lease.ttlSec)
-          : this.#keepalive(lease, timeoutMs)
+      // the same round trip as the transaction, on the same member.
+      const refresh = !refreshed && grantedAt < issuedAt
       const range = this.#rangeRequest(request.resource)
       const { key: start, range_end } = this.#layout.range(request.resource)
-      const txn = this.#call('acquire', (options) =>
-        this.#client.kv.txn(
-          {
-            compare: [
-              { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: 0 },
-              {
-                key: start,
-                range_end,
-                target: 'Create',
-                result: 'Less',
-                create_revision: readAt + 1,
-              },
-            ],
-            success: [
-              { request_put: { key: keyBuffer(key), value, lease: lease.id } },
-              { request_range: range },
-            ],
-            failure: [{ request_range: range }],
-          },
-          options,
-        ),
-      )
       let ttl: number
-      let response: Awaited<typeof txn>
+      let response: Awaited<ReturnType<Namespace['kv']['txn']>>
       try {
-        ;[ttl, response] = await Promise.all([keepalive, txn])
+        ;[ttl, response] = await this.#call('acquire', (client, options) =>
+          Promise.all([
+            refresh ? keepalive(client, lease, options) : Promise.resolve(lease.ttlSec),
+            client.kv.txn(
+              {
+                compare: [
+                  { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: 0 },
+                  {
+                    key: start,
+                    range_end,
+                    target: 'Create',
+                    result: 'Less',
+                    create_revision: readAt + 1,
+                  },
+                ],
+                success: [
+                  { request_put: { key: keyBuffer(key), value, lease: lease.id } },
+                  { request_range: range },
+                ],
+                failure: [{ request_range: range }],
+              },
+              options,
+            ),
+          ]),
+        )
       } catch (error) {
         if (!isLeaseNotFound(error)) throw error
         this.#leaseGone(lease)
@@ -490,8 +529,8 @@ export class EtcdBackend implements Backend {
 
   /** Puts `value` on an existing key with this lease, if it still has create revision `token`. */
   async #rewrite(key: string, token: number, value: Buffer, lease: Lease): Promise<boolean> {
-    const response = await this.#call('acquire', (options) =>
-      this.#client.kv.txn(
+    const response = await this.#call('acquire', (client, options) =>
+      client.kv.txn(
         {
           compare: [
             { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
@@ -506,8 +545,8 @@ export class EtcdBackend implements Backend {
   }
 
   async #deleteIfToken(key: string, token: number): Promise<void> {
-    await this.#call('release', (options) =>
-      this.#client.kv.txn(
+    await this.#call('release', (client, options) =>
+      client.kv.txn(
         {
           compare: [
             { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
@@ -537,15 +576,15 @@ export class EtcdBackend implements Backend {
     }
     this.#checkOpen()
     const issuedAt = now()
-    const granting = this.#call('lease grant', (options) =>
-      this.#client.leaseClient.leaseGrant({ TTL: ttlSec, ID: 0 }, options),
+    const granting = this.#call('lease grant', (client, options) =>
+      client.leaseClient.leaseGrant({ TTL: ttlSec, ID: 0 }, options),
     ).then((response) => {
       const lease: Lease = { id: response.ID, ttlSec: Number(response.TTL), dead: false }
       this.#everLeased.add(lease.id)
       if (this.#down) {
         // Granted while closing: give it straight back.
-        void this.#call('revoke', (o) =>
-          this.#client.leaseClient.leaseRevoke({ ID: lease.id }, o),
+        void this.#call('revoke', (client, o) =>
+          client.leaseClient.leaseRevoke({ ID: lease.id }, o),
         ).catch(() => {})
         throw new BackendClosedError('etcd')
       }
@@ -567,32 +606,10 @@ export class EtcdBackend implements Backend {
     for (const entry of [...this.#entries.values()]) if (entry.lease === lease) this.#forget(entry)
   }
 
-  /** One keepalive on a short-lived stream; resolves with the TTL etcd answered (0: gone). */
-  async #keepalive(lease: Lease, timeoutMs: number): Promise<number> {
-    return this.#call(
-      'keepalive',
-      async (options) => {
-        const stream = await this.#client.leaseClient.leaseKeepAlive(options)
-        return new Promise<number>((resolve, reject) => {
-          // Stays attached: a late error on this stream must never go unhandled.
-          stream.on('error', (error: Error) => reject(error))
-          stream.on('end', () => reject(new Error('the keepalive stream ended without an answer')))
-          stream.on('data', (response) => {
-            resolve(Number(response.TTL))
-            // A half-close ends the call cleanly (a cancel would make etcd3 reset the channel).
-            stream.end()
-          })
-          stream.write({ ID: lease.id })
-        })
-      },
-      timeoutMs,
-    )
-  }
-
   #timeToLive(id: string, keys: boolean, timeoutMs: number): Promise<ILeaseTimeToLiveResponse> {
     return this.#call(
       'lease read',
-      (options) => this.#client.leaseClient.leaseTimeToLive({ ID: id, keys }, options),
+      (client, options) => client.leaseClient.leaseTimeToLive({ ID: id, keys }, options),
       timeoutMs,
     )
   }
@@ -701,23 +718,56 @@ export class EtcdBackend implements Backend {
   /**
    * Runs one etcd call with a deadline (passed to gRPC, so the call is cancelled, and enforced
    * here too, since etcd3 may wait before the call starts); failures become BackendErrors.
+   * With several members (a client per member), the call goes to the preferred member with
+   * at most `tryMs`, and on a failure to the next member, round and round while the deadline
+   * lasts (a member whose forwarded request hangs on a dead leader answers the next try once
+   * a new leader is elected). Every call is safe to repeat:
+   * a write that landed on a member whose answer was lost is found by the retry (a create
+   * compares create_revision 0, a delete compares the token), and a keepalive or a read changes
+   * nothing; a lease granted twice leaves the extra one to expire unused.
    */
   async #call<T>(
     what: string,
-    fn: (options: { deadline: Date }) => Promise<T>,
+    fn: (client: Namespace, options: { deadline: Date }) => Promise<T>,
     timeoutMs = this.#options.timeoutMs,
+    tryMs = this.#options.memberTimeoutMs,
   ): Promise<T> {
-    const call = fn({ deadline: new Date(Date.now() + timeoutMs) })
-    try {
-      // A little later than gRPC's own deadline, whose error says more when it comes in time.
-      return await withDeadline(call, timeoutMs + 50, () =>
-        timeoutError(this.#label, what, timeoutMs),
-      )
-    } catch (error) {
-      // A call cut by close()'s teardown (revoked lease, closed client) says closed, finally.
-      if (this.#down && what !== 'revoke') throw new BackendClosedError('etcd')
-      throw backendError(this.#label, what, error)
+    const members = this.#members
+    const until = now() + timeoutMs
+    // The last failure per member, for the message.
+    const failures = new Map<string, { error: unknown; timedOut: boolean }>()
+    for (let i = 0; ; i++) {
+      const index = (this.#preferred + i) % members.length
+      const left = Math.floor(until - now())
+      if (i > 0 && (members.length === 1 || left < 10)) break
+      const budget = members.length === 1 ? timeoutMs : Math.min(tryMs, Math.max(left, 1))
+      const member = members[index]!
+      const label = members.length === 1 ? this.#label : serverLabel('etcd', member.where)
+      try {
+        const call = fn(member.client, { deadline: new Date(Date.now() + budget) })
+        // A little later than gRPC's own deadline, whose error says more when it comes in time.
+        const result = await withDeadline(call, budget + 50, () =>
+          timeoutError(label, what, budget),
+        )
+        this.#preferred = index
+        return result
+      } catch (error) {
+        // A call cut by close()'s teardown (revoked lease, closed client) says closed, finally.
+        if (this.#down && what !== 'revoke') throw new BackendClosedError('etcd')
+        // Calls go elsewhere first from now on; this member is tried again after the others.
+        if (this.#preferred === index) this.#preferred = (index + 1) % members.length
+        // An answer (the lease is gone) is the same on every member: not retried.
+        if (members.length === 1 || isLeaseNotFound(error)) throw backendError(label, what, error)
+        failures.delete(member.where)
+        failures.set(member.where, { error, timedOut: isTimeout(error) })
+      }
     }
+    const list = [...failures]
+    const detail = list.map(([where, f]) => `${where}: ${errorText(f.error)}`).join('; ')
+    const message = `${this.#label}: ${what} failed on ${list.length} of ${members.length} members within ${timeoutMs} ms (${detail})`
+    const cause = list[list.length - 1]?.[1].error
+    if (list.every(([, f]) => f.timedOut)) throw new BackendTimeoutError(message, { cause })
+    throw new BackendError(message, { cause })
   }
 
   #checkOpen(): void {
@@ -732,6 +782,36 @@ function isLeaseNotFound(error: unknown): boolean {
     cause instanceof Error &&
     (cause.constructor.name === 'EtcdLeaseInvalidError' || /lease not found/i.test(cause.message))
   )
+}
+
+/** A call that got no answer in time (ours, or gRPC's DEADLINE_EXCEEDED). */
+function isTimeout(error: unknown): boolean {
+  if (error instanceof BackendTimeoutError) return true
+  const cause = error instanceof BackendError ? error.cause : error
+  return (
+    cause instanceof Error &&
+    ((cause as { code?: unknown }).code === 4 || /deadline exceeded/i.test(cause.message))
+  )
+}
+
+/** One keepalive on a short-lived stream; resolves with the TTL etcd answered (0: gone). */
+async function keepalive(
+  client: Namespace,
+  lease: Lease,
+  options: { deadline: Date },
+): Promise<number> {
+  const stream = await client.leaseClient.leaseKeepAlive(options)
+  return new Promise<number>((resolve, reject) => {
+    // Stays attached: a late error on this stream must never go unhandled.
+    stream.on('error', (error: Error) => reject(error))
+    stream.on('end', () => reject(new Error('the keepalive stream ended without an answer')))
+    stream.on('data', (response) => {
+      resolve(Number(response.TTL))
+      // A half-close ends the call cleanly (a cancel would make etcd3 reset the channel).
+      stream.end()
+    })
+    stream.write({ ID: lease.id })
+  })
 }
 
 /** Endpoints as `host:port[,host:port]` (without http://), for messages. */

@@ -14,7 +14,7 @@ export function etcdBackend(options: EtcdBackendOptions): EtcdBackend {
 }
 
 /**
- * `etcd://host:port[,host:port...][?prefix=...&timeoutMs=...]`; the backend owns its client.
+ * `etcd://host:port[,host:port...][?prefix=...&timeoutMs=...&memberTimeoutMs=...]`; the backend owns its client.
  * Fails at once with a MissingPeerError when etcd3 is not installed.
  */
 export async function backendFromUrl(url: string): Promise<EtcdBackend> {

@@ -25,6 +25,13 @@ export interface EtcdBackendOptions {
    * whatever the client's own settings; every operation is safe to retry. Default 5000.
    */
   timeoutMs?: number
+  /**
+   * With several `hosts`: each call goes to one member (the last that answered) and, after
+   * this many ms without an answer or on an error, to the next, each member once, within
+   * `timeoutMs`. A renewal gives each member a tenth of the lease (at least 250 ms) when that
+   * is less, so one hung or dead member never costs a term. Default 1000 (capped at timeoutMs).
+   */
+  memberTimeoutMs?: number
 }
 
 /** The options checked, with the defaults filled in and hosts as URLs. */
@@ -34,14 +41,17 @@ export interface ResolvedEtcdOptions {
   clientOptions: Omit<IOptions, 'hosts'>
   prefix: string
   timeoutMs: number
+  memberTimeoutMs: number
 }
 
-const KNOWN = ['client', 'hosts', 'clientOptions', 'prefix', 'timeoutMs']
+const KNOWN = ['client', 'hosts', 'clientOptions', 'prefix', 'timeoutMs', 'memberTimeoutMs']
 
 /** Where keys live when no prefix is given. */
 export const DEFAULT_PREFIX = 'conclave/'
 /** The call deadline when none is given. */
 export const DEFAULT_TIMEOUT_MS = 5_000
+/** How long one member gets before a call moves to the next, when none is given. */
+export const DEFAULT_MEMBER_TIMEOUT_MS = 1_000
 
 const PREFIX = /^[\x21-\x7e]{0,100}$/
 const HOST = /^(https?:\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/
@@ -113,12 +123,23 @@ export function resolveEtcdOptions(options: unknown): ResolvedEtcdOptions {
     )
   }
   const timeoutMs = optionalMilliseconds('timeoutMs', o.timeoutMs, DEFAULT_TIMEOUT_MS, 10, 600_000)
+  const memberTimeoutMs = Math.min(
+    timeoutMs,
+    optionalMilliseconds(
+      'memberTimeoutMs',
+      o.memberTimeoutMs,
+      DEFAULT_MEMBER_TIMEOUT_MS,
+      10,
+      600_000,
+    ),
+  )
   return {
     client,
     hosts,
     clientOptions: o.clientOptions ?? {},
     prefix,
     timeoutMs,
+    memberTimeoutMs,
   }
 }
 
@@ -159,7 +180,18 @@ export const ETCD_CLIENT_DEFAULTS: Readonly<Pick<IOptions, 'faultHandling'>> = O
   }),
 })
 
-const URL_PARAMS = ['prefix', 'timeoutMs']
+/**
+ * gRPC keepalive for the clients the backend makes: a connection to a member that stopped
+ * answering (a hung process, a dead host, a half-open path) is found and dropped within ~12 s,
+ * so a watch on it moves to another member. etcd refuses pings more often than every 5 s
+ * (its --grpc-keepalive-min-time), so 10 s it is; calls are guarded by their own deadlines.
+ */
+export const ETCD_GRPC_KEEPALIVE: Readonly<Record<string, number>> = Object.freeze({
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 2_000,
+})
+
+const URL_PARAMS = ['prefix', 'timeoutMs', 'memberTimeoutMs']
 const ETCD_TAKES =
   'etcdBackend takes an options object: { client } (your etcd3 client) or { hosts }.'
 
@@ -175,7 +207,7 @@ function redactHosts(hosts: unknown): unknown {
  */
 export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOptions {
   const rule =
-    'An etcd backend URL is etcd://host:port[,host:port...][?prefix=...&timeoutMs=...] (e.g. etcd://127.0.0.1:2379).'
+    'An etcd backend URL is etcd://host:port[,host:port...][?prefix=...&timeoutMs=...&memberTimeoutMs=...] (e.g. etcd://127.0.0.1:2379).'
   if (typeof url !== 'string') throw new OptionsError(field, url, rule)
   const shown = redactUrl(url)
   const match = /^etcd:\/\/([^/?#]+)\/?(\?[^#]*)?$/i.exec(url)
@@ -213,11 +245,9 @@ export function optionsFromUrl(url: unknown, field = 'backend'): EtcdBackendOpti
     }
     const value = values[0]!
     if (key === 'prefix') options.prefix = value
-    if (key === 'timeoutMs') {
+    if (key === 'timeoutMs' || key === 'memberTimeoutMs') {
       // Digits only (Number() would take "1e3" or " 5"); anything else fails with the rule.
-      options.timeoutMs = /^\d+$/.test(value)
-        ? Number(value)
-        : milliseconds(key, value, 10, 600_000)
+      options[key] = /^\d+$/.test(value) ? Number(value) : milliseconds(key, value, 10, 600_000)
     }
   }
   return options

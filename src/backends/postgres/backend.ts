@@ -31,7 +31,9 @@ import {
   DEFAULT_SCHEMA,
   type PostgresBackendOptions,
   resolveTimings,
+  type SynchronousCommit,
   validateSchema,
+  validateSynchronousCommit,
 } from './options.js'
 import { type ClientClass, poolQuery, serverAddress } from './pool.js'
 import { Listener } from './wakeups.js'
@@ -62,6 +64,8 @@ export class PostgresBackend implements Backend {
   readonly #ownsPool: boolean
   readonly #timeoutMs: number
   readonly #autoMigrate: boolean
+  /** synchronous_commit for grants and renewals (null: the session's). */
+  readonly #synchronousCommit: SynchronousCommit | null
   readonly #listener: Listener
   readonly #sql: Statements
   readonly #gate = new CloseGate('postgres')
@@ -78,6 +82,7 @@ export class PostgresBackend implements Backend {
     const { timeoutMs, pollMs, heartbeatMs } = resolveTimings(options)
     this.#timeoutMs = timeoutMs
     this.#autoMigrate = options.migrate ?? true
+    this.#synchronousCommit = validateSynchronousCommit(options.synchronousCommit) ?? null
     this.#pool = pool
     this.#ownsPool = ownsPool
     this.#sql = statements(this.schema)
@@ -117,6 +122,7 @@ export class PostgresBackend implements Backend {
         request.tickets,
         request.leaseMs,
         JSON.stringify(request.metadata ?? null),
+        this.#synchronousCommit,
       ],
       `acquire of "${request.resource}"`,
     )
@@ -162,6 +168,7 @@ export class PostgresBackend implements Backend {
         unique.map((r) => r.candidate),
         unique.map((r) => r.token),
         unique.map((r) => r.leaseMs),
+        this.#synchronousCommit,
       ],
       `renewal of ${unique.length} grants`,
     )

@@ -33,6 +33,40 @@ export interface PostgresBackendOptions {
   heartbeatMs?: number
   /** Run pending migrations on first use (default true). With false, an old schema is an error. */
   migrate?: boolean
+  /**
+   * `synchronous_commit` for the commits of grants and renewals (set per statement, so any
+   * pool works): `'remote_apply'` makes each wait until a synchronous standby (the server's
+   * `synchronous_standby_names`) has applied it, so a promoted standby has every grant and
+   * renewal a holder was told about. With no standby answering, the call fails after
+   * `timeoutMs` (the grant may then stand on the primary, like any call whose answer was lost).
+   * Default: the session's setting.
+   */
+  synchronousCommit?: SynchronousCommit
+}
+
+/** PostgreSQL's synchronous_commit levels. */
+export type SynchronousCommit = 'remote_apply' | 'on' | 'remote_write' | 'local' | 'off'
+
+/** The levels synchronousCommit takes. */
+export const SYNCHRONOUS_COMMIT_LEVELS: readonly SynchronousCommit[] = [
+  'remote_apply',
+  'on',
+  'remote_write',
+  'local',
+  'off',
+]
+
+/** synchronousCommit checked: a level, or undefined for the session's own. */
+export function validateSynchronousCommit(value: unknown): SynchronousCommit | undefined {
+  if (value === undefined) return undefined
+  if (typeof value !== 'string' || !(SYNCHRONOUS_COMMIT_LEVELS as string[]).includes(value)) {
+    throw new OptionsError(
+      'synchronousCommit',
+      value,
+      `synchronousCommit is one of ${SYNCHRONOUS_COMMIT_LEVELS.join(', ')} (PostgreSQL's synchronous_commit levels).`,
+    )
+  }
+  return value as SynchronousCommit
 }
 
 /** What migrate() takes: the same pool or connection string and schema as the backend. */
@@ -57,6 +91,7 @@ const KNOWN_OPTIONS = [
   'pollMs',
   'heartbeatMs',
   'migrate',
+  'synchronousCommit',
 ]
 const KNOWN_MIGRATE_OPTIONS = ['pool', 'connectionString', 'schema', 'timeoutMs']
 
@@ -118,6 +153,7 @@ export function checkBackendOptions(options: PostgresBackendOptions): number {
     throw new OptionsError('migrate', options.migrate, 'migrate must be true or false.')
   }
   validateSchema(options.schema ?? DEFAULT_SCHEMA)
+  validateSynchronousCommit(options.synchronousCommit)
   return callTimeoutMs(options)
 }
 

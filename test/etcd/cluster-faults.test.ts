@@ -1,0 +1,155 @@
+// A 3-member etcd cluster and one member's fault at a time: SIGKILL or a 10 s SIGSTOP of the
+// leader, of a follower, of the member the holder talks to (first in its hosts), and a member's
+// restart. With a 5 s lease the holder keeps its one term through each, a second candidate never
+// holds, and tokens grow after a handover. Each case prints its longest renewal gap.
+import { randomBytes } from 'node:crypto'
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
+import { etcdBackend, type EtcdBackend } from '../../src/backends/etcd/index.js'
+import { Election } from '../../src/election.js'
+import { startEtcdCluster, type EtcdCluster, type EtcdClusterMember } from '../../testkit/index.js'
+import { sleep } from './helpers.js'
+
+const lease = 5_000
+const prefix = `etcd-cluster-${randomBytes(4).toString('hex')}/`
+let cluster: EtcdCluster
+const backends: EtcdBackend[] = []
+const elections: Election[] = []
+
+beforeAll(async () => {
+  cluster = await startEtcdCluster()
+})
+afterEach(async () => {
+  await Promise.all(elections.splice(0).map((e) => e.close()))
+  await Promise.all(backends.splice(0).map((b) => b.close()))
+  for (const m of cluster.members) {
+    await m.server.resume()
+    if (!m.server.running) await m.server.restart()
+  }
+  await cluster.waitHealthy()
+})
+afterAll(async () => {
+  await cluster?.stop()
+})
+
+/** A backend whose hosts list starts with `first` (the member it talks to first). */
+function backend(first: EtcdClusterMember): EtcdBackend {
+  const hosts = [first, ...cluster.members.filter((m) => m !== first)].map((m) => m.endpoint)
+  const b = etcdBackend({ hosts, prefix })
+  backends.push(b)
+  return b
+}
+
+function election(b: EtcdBackend, resource: string): Election {
+  const e = new Election(b, resource, { leaseMs: lease })
+  e.on('error', () => {}) // faults make errors; what matters is who holds
+  elections.push(e)
+  return e
+}
+
+type Fault = 'kill' | 'pause'
+type Target = 'leader' | 'follower'
+
+/**
+ * Holder `a` and waiter `b`, both talking first to `talksTo`; then `fault` hits `target` for
+ * 10 s (a killed member is restarted after it). Checks: one term throughout, b never holds.
+ */
+async function survives(fault: Fault, target: Target, talksTo: 'target' | 'other') {
+  const leader = await cluster.leader()
+  const followers = cluster.members.filter((m) => m !== leader)
+  const hit = target === 'leader' ? leader : followers[0]!
+  const first = talksTo === 'target' ? hit : followers.find((m) => m !== hit)!
+  const resource = `${fault}-${target}-${talksTo}/${randomBytes(4).toString('hex')}`
+  const a = election(backend(first), resource)
+  const b = election(backend(first), resource)
+  let lastRenewal = 0
+  let worstGap = 0
+  a.on('renewed', () => {
+    const t = performance.now()
+    if (lastRenewal) worstGap = Math.max(worstGap, t - lastRenewal)
+    lastRenewal = t
+  })
+  const ta = await a.campaign()
+  let endedAt = 0
+  ta.signal.addEventListener('abort', () => (endedAt = performance.now()))
+  lastRenewal = performance.now()
+  const waiting = b.campaign()
+  waiting.catch(() => {}) // closed at the end
+  let twice = 0
+  const sampler = setInterval(() => {
+    if (a.isLeader && b.isLeader) twice++
+  }, 10)
+  await sleep(lease / 2)
+  const faultAt = performance.now()
+  if (fault === 'kill') await hit.server.kill()
+  else await hit.server.pause()
+  try {
+    await sleep(10_000)
+  } finally {
+    if (fault === 'kill') await hit.server.restart()
+    else await hit.server.resume()
+  }
+  await sleep(lease) // and a lease after it is over
+  clearInterval(sampler)
+  console.log(
+    `etcd cluster: ${fault} ${target} (holder talks to ${talksTo === 'target' ? 'it' : 'another'}): ` +
+      `term ${ta.active ? 'kept' : `lost ${Math.round(endedAt - faultAt)} ms after the fault`}, ` +
+      `longest renewal gap ${Math.round(worstGap)} ms`,
+  )
+  expect(twice).toBe(0)
+  expect(b.isLeader).toBe(false)
+  expect(ta.active).toBe(true)
+  expect(a.isLeader).toBe(true)
+  // A handover still gives a larger token.
+  await ta.resign()
+  const tb = await waiting
+  expect(tb.token).toBeGreaterThan(ta.token)
+}
+
+it(
+  'keeps the term through a SIGKILL of the leader it talks to',
+  () => survives('kill', 'leader', 'target'),
+  60_000,
+)
+it(
+  'keeps the term through a 10 s SIGSTOP of the leader it talks to',
+  () => survives('pause', 'leader', 'target'),
+  60_000,
+)
+it(
+  'keeps the term through a 10 s SIGSTOP of the leader while talking to a follower',
+  () => survives('pause', 'leader', 'other'),
+  60_000,
+)
+it(
+  'keeps the term through a SIGKILL of the follower it talks to',
+  () => survives('kill', 'follower', 'target'),
+  60_000,
+)
+it(
+  'keeps the term through a 10 s SIGSTOP of the follower it talks to',
+  () => survives('pause', 'follower', 'target'),
+  60_000,
+)
+it(
+  'keeps the term through a 10 s SIGSTOP of a follower it does not talk to',
+  () => survives('pause', 'follower', 'other'),
+  60_000,
+)
+
+it('a candidate talking to a restarted member campaigns on; the holder keeps its term', async () => {
+  const leader = await cluster.leader()
+  const follower = cluster.members.find((m) => m !== leader)!
+  const resource = `restart/${randomBytes(4).toString('hex')}`
+  const a = election(backend(follower), resource)
+  const ta = await a.campaign()
+  await follower.server.restart()
+  await cluster.waitHealthy()
+  const b = election(backend(follower), resource)
+  const waiting = b.campaign()
+  waiting.catch(() => {}) // awaited below
+  await sleep(lease)
+  expect(ta.active).toBe(true)
+  expect(b.isLeader).toBe(false)
+  await ta.resign()
+  expect((await waiting).token).toBeGreaterThan(ta.token)
+}, 60_000)

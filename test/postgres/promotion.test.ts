@@ -1,0 +1,98 @@
+// A PostgreSQL primary with a streaming standby; candidates reach the database through a
+// switchable path (the VIP stand-in). The primary is SIGKILLed, the standby promoted, the path
+// switched to it. A standby that missed the latest grant (its replication frozen through the
+// proxy) must not grant anew for a lease after its promotion, or the new holder overlaps the old
+// one, who learns only at its next renewal. Invariants: never two holders, tokens grow.
+import { randomBytes } from 'node:crypto'
+import { afterEach, beforeEach, expect, it } from 'vitest'
+import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
+import { Election } from '../../src/election.js'
+import { startPostgresStandby, type PostgresStandbyPair } from '../../testkit/index.js'
+import { sleep, until } from '../helpers/wait.js'
+
+const lease = 3_000
+let pair: PostgresStandbyPair
+const backends: PostgresBackend[] = []
+const elections: Election[] = []
+
+beforeEach(async () => {
+  pair = await startPostgresStandby()
+})
+afterEach(async () => {
+  await Promise.all(elections.splice(0).map((e) => e.close()))
+  await Promise.all(backends.splice(0).map((b) => b.close()))
+  await pair?.stop()
+})
+
+/**
+ * A candidate through the VIP. `deaf`: its LISTEN connection goes straight to the old primary,
+ * so after the failover it hears no NOTIFY (as a holder whose listener is still reconnecting):
+ * it learns of a loss only from its renewals, which is all the core can count on.
+ */
+function candidate(resource: string, deaf = false): Election {
+  const backend = postgresBackend({
+    connectionString: pair.vipConnectionString,
+    timeoutMs: 1_000,
+    ...(deaf ? { listen: { connectionString: pair.primary.connectionString } } : {}),
+  })
+  backends.push(backend)
+  const e = new Election(backend, resource, { leaseMs: lease })
+  e.on('error', () => {}) // the failover makes errors; what matters is who holds
+  elections.push(e)
+  return e
+}
+
+/**
+ * Holder a, waiter b; then the failover. With `missed`, replication is frozen before a's grant,
+ * so the promoted standby has never seen it. Returns the overlap seen and the terms.
+ */
+async function failover(missed: boolean) {
+  const resource = `promotion/${randomBytes(4).toString('hex')}`
+  const a = candidate(resource, true)
+  const b = candidate(resource)
+  // Both backends migrate (the schema reaches the standby) before anything else.
+  await a.leaders()
+  await b.leaders()
+  await pair.caughtUp()
+  if (missed) pair.replication.cut({ mode: 'blackhole' })
+  const ta = await a.campaign()
+  let aEndedAt = Infinity
+  ta.signal.addEventListener('abort', () => (aEndedAt = performance.now()))
+  let bGrantedAt = Infinity
+  const waiting = b.campaign().then((t) => ((bGrantedAt = performance.now()), t))
+  waiting.catch(() => {}) // awaited below
+  if (!missed) await pair.caughtUp()
+  await sleep(lease / 3)
+  await pair.primary.kill()
+  const killedAt = performance.now()
+  await pair.promote()
+  pair.vip.switchTo(pair.standby.port)
+  // b holds once a's term is over (missed), or after a resigns (a's grant lives on: had).
+  const outcome = await Promise.race([waiting, sleep(3 * lease).then(() => undefined)])
+  const kept = ta.active && !outcome
+  if (!outcome) await ta.resign()
+  const tb = await waiting
+  const grantedAfter = performance.now() - killedAt
+  // Both terms as their holders saw them: b's began before a's ended? (a's ends within a lease.)
+  await until(() => !ta.active, 2 * lease, "a's term to end")
+  const overlapMs = Math.max(0, aEndedAt - bGrantedAt)
+  console.log(
+    `postgres promotion (standby ${missed ? 'missed' : 'had'} the latest grant): ` +
+      `overlap ${Math.round(overlapMs)} ms, old term ${kept ? 'kept (resigned after 3 leases)' : `ended ${Math.round(aEndedAt - killedAt)} ms after the kill`}, ` +
+      `new holder ${Math.round(grantedAfter)} ms after the kill`,
+  )
+  return { overlapMs, old: ta, tb, kept }
+}
+
+it('never two holders when the promoted standby missed the latest grant; tokens grow', async () => {
+  const { overlapMs, old, tb } = await failover(true)
+  expect(overlapMs).toBe(0)
+  expect(tb.token).toBeGreaterThan(old.token)
+}, 60_000)
+
+it('keeps the holder whose grant the promoted standby had; never two holders; tokens grow', async () => {
+  const { overlapMs, old, tb, kept } = await failover(false)
+  expect(overlapMs).toBe(0)
+  expect(kept).toBe(true)
+  expect(tb.token).toBeGreaterThan(old.token)
+}, 60_000)
