@@ -50,6 +50,8 @@ async function failover(missed: boolean) {
   const resource = `promotion/${randomBytes(4).toString('hex')}`
   const a = candidate(resource, true)
   const b = candidate(resource)
+  const waitCodes = new Set<string>()
+  b.on('waiting', (info) => waitCodes.add(info.code))
   // Both backends migrate (the schema reaches the standby) before anything else.
   await a.leaders()
   await b.leaders()
@@ -81,12 +83,14 @@ async function failover(missed: boolean) {
       `overlap ${Math.round(overlapMs)} ms, old term ${kept ? 'kept (resigned after 3 leases)' : `ended ${Math.round(aEndedAt - killedAt)} ms after the kill`}, ` +
       `new holder ${Math.round(grantedAfter)} ms after the kill`,
   )
-  return { overlapMs, old: ta, tb, kept }
+  return { overlapMs, old: ta, tb, kept, waitCodes }
 }
 
 it('never two holders when the promoted standby missed the latest grant; tokens grow', async () => {
-  const { overlapMs, old, tb } = await failover(true)
+  const { overlapMs, old, tb, waitCodes } = await failover(true)
   expect(overlapMs).toBe(0)
+  // b was told why it waited while a ticket was free.
+  expect([...waitCodes]).toContain('promotion-grace')
   expect(tb.token).toBeGreaterThan(old.token)
 }, 60_000)
 

@@ -18,6 +18,7 @@ import {
   type ReleaseRequest,
   type RenewRequest,
   type Unwatch,
+  type WaitReason,
   validateAcquire,
   validateRelease,
   validateRenew,
@@ -137,7 +138,12 @@ export class PostgresBackend implements Backend {
       remainingMs: Number(h.remainingMs),
     }))
     if (row.granted) return { acquired: true, token: toToken(row.grant_token, 'acquire'), holders }
-    return { acquired: false, holders, retryInMs: Number(row.retry_ms ?? 0) }
+    const retryInMs = Number(row.retry_ms ?? 0)
+    // A free ticket refused can only be the promotion grace (migration 3's acquire).
+    if (holders.length < request.tickets) {
+      return { acquired: false, holders, retryInMs, wait: promotionGraceWait(request.leaseMs) }
+    }
+    return { acquired: false, holders, retryInMs }
   }
 
   async renew(requests: RenewRequest[]): Promise<boolean[]> {
@@ -279,4 +285,12 @@ function toToken(value: unknown, what: string): number {
     )
   }
   return token
+}
+
+/** Why nothing is granted on a database that was promoted less than a lease ago. */
+function promotionGraceWait(leaseMs: number): WaitReason {
+  return {
+    code: 'promotion-grace',
+    reason: `the database started a new WAL timeline (a standby was promoted, or a point-in-time recovery) less than the lease (${leaseMs} ms) ago, and it may have missed grants whose holders still run: no new grant until then (see docs/postgres.md)`,
+  }
 }
