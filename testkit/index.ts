@@ -11,3 +11,10 @@ export type { PostgresServer, StartPostgresOptions } from './postgres.js'
 export { ServerStartError, processAlive } from './process.js'
 export type { RestartOptions, ServerHandle } from './process.js'
 export { startProxy, type CutMode, type FaultProxy, type StartProxyOptions } from './proxy.js'
+export { startSentinelTopology } from './redis-sentinel.js'
+export type {
+  SentinelReplicaOptions,
+  SentinelServer,
+  SentinelTopology,
+  StartSentinelOptions,
+} from './redis-sentinel.js'
