@@ -47,6 +47,12 @@ export interface StartSentinelOptions {
   failoverTimeoutMs?: number
   /** Extra redis-server arguments for the master and every replica. */
   args?: string[]
+  /**
+   * The sentinels (and so every client that asks them) reach the first master through a fault
+   * proxy (`masterLink`), so a test can partition it from everything but a client that talks
+   * to its own port directly.
+   */
+  masterProxied?: boolean
 }
 
 /** The running topology; stop() ends every process and proxy. */
@@ -59,6 +65,8 @@ export interface SentinelTopology extends AsyncDisposable {
   readonly replicas: RedisServer[]
   /** links[i]: the proxy replica i replicates through, or undefined when not proxied. */
   readonly links: (FaultProxy | undefined)[]
+  /** With masterProxied: the proxy the sentinels reach the first master through. */
+  readonly masterLink: FaultProxy | undefined
   /** The sentinels' processes. */
   readonly sentinels: SentinelServer[]
   /** [{ host, port }] of every sentinel, as ioredis' `sentinels` option takes them. */
@@ -137,9 +145,10 @@ export async function startSentinelTopology(
   const servers: RedisServer[] = []
   const links: (FaultProxy | undefined)[] = []
   const sentinels: SentinelImpl[] = []
+  let masterLink: FaultProxy | undefined
   const stopAll = async (): Promise<void> => {
     await Promise.allSettled(sentinels.map((s) => s.stop()))
-    await Promise.allSettled(links.map((l) => l?.close()))
+    await Promise.allSettled([...links, masterLink].map(async (l) => l?.close()))
     await Promise.allSettled(servers.map((s) => s.stop()))
   }
   try {
@@ -162,6 +171,8 @@ export async function startSentinelTopology(
       )
     }
     const replicas = servers.slice(1)
+    if (options.masterProxied) masterLink = await startProxy({ targetPort: master.port })
+    const monitoredPort = masterLink?.port ?? master.port
     const until = Date.now() + DEFAULT_START_TIMEOUT_MS
     for (const replica of replicas) {
       while (!/master_link_status:up/.test(await command(replica.port, 'INFO', 'replication'))) {
@@ -181,7 +192,7 @@ export async function startSentinelTopology(
               'bind 127.0.0.1',
               `dir ${dir}`,
               'logfile ""',
-              `sentinel monitor ${name} 127.0.0.1 ${master.port} ${quorum}`,
+              `sentinel monitor ${name} 127.0.0.1 ${monitoredPort} ${quorum}`,
               `sentinel down-after-milliseconds ${name} ${options.downAfterMs ?? 1_000}`,
               `sentinel failover-timeout ${name} ${options.failoverTimeoutMs ?? 60_000}`,
               `sentinel parallel-syncs ${name} 1`,
@@ -228,6 +239,7 @@ export async function startSentinelTopology(
       master,
       replicas,
       links,
+      masterLink,
       sentinels,
       sentinelAddresses,
       servers,

@@ -39,7 +39,15 @@ import {
   type RedisBackendOptions,
   resolveRedisOptions,
 } from './options.js'
-import { defineScript, runPipelined, runScript, type Script, type ScriptCall } from './scripts.js'
+import {
+  defineScript,
+  type ReplicaWait,
+  runPipelined,
+  runScript,
+  runScriptWaiting,
+  type Script,
+  type ScriptCall,
+} from './scripts.js'
 import acquireLua from './scripts/acquire.lua.js'
 import holdersLua from './scripts/holders.lua.js'
 import releaseLua from './scripts/release.lua.js'
@@ -74,6 +82,12 @@ export class RedisBackend implements Backend {
   readonly heartbeatMs: number
   /** Whether a server up for less than a lease grants no new ticket (see the option). */
   readonly startupGrace: boolean
+  /** Whether a server whose replication history changed grants no new ticket for a lease. */
+  readonly failoverGrace: boolean
+  /** How many replicas must acknowledge each grant and renewal (0: none). */
+  readonly replicas: number
+  /** How long WAIT waits for them. */
+  readonly replicaTimeoutMs: number
   readonly #owned: boolean
   readonly #client: Redis
   /** The last connection error of a client the backend made, until it is ready again. */
@@ -89,6 +103,9 @@ export class RedisBackend implements Backend {
     this.lingerMs = resolved.lingerMs
     this.heartbeatMs = resolved.heartbeatMs
     this.startupGrace = resolved.startupGrace
+    this.failoverGrace = resolved.failoverGrace
+    this.replicas = resolved.replicas
+    this.replicaTimeoutMs = resolved.replicaTimeoutMs
     if (resolved.client !== undefined) {
       this.#owned = false
       this.#client = resolved.client
@@ -127,8 +144,8 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     validateAcquire(request)
     const keys = resourceKeys(this.prefix, request.resource)
-    const reply = await this.#run('acquire', SCRIPTS.acquire, [
-      [keys.holders, keys.grants, keys.token, keys.guard],
+    const call: ScriptCall = [
+      [keys.holders, keys.grants, keys.token, keys.guard, keys.history],
       [
         request.candidate,
         String(request.tickets),
@@ -137,8 +154,24 @@ export class RedisBackend implements Backend {
         keys.channel,
         String(TOKEN_TTL_MS),
         this.startupGrace ? '1' : '0',
+        this.failoverGrace ? '1' : '0',
       ],
-    ])
+    ]
+    const wait = this.#replicaWait()
+    let reply: unknown
+    if (wait) {
+      const answer = await this.#timed('acquire', () =>
+        runScriptWaiting(this.#client, SCRIPTS.acquire, call[0], call[1], wait),
+      )
+      reply = answer.reply
+      const first = Array.isArray(reply) ? Number(reply[0]) : 0
+      // Not acknowledged: a promoted replica might not have it, so it is not a grant yet. It
+      // stays on the master (no other candidate gets it); asking again extends it and waits again.
+      if (first === 1 && answer.acked < wait.replicas)
+        throw this.#unacknowledged('acquire', answer.acked)
+    } else {
+      reply = await this.#run('acquire', SCRIPTS.acquire, call)
+    }
     const list = asArray(reply, 'acquire')
     if (Number(list[0]) === 2) {
       throw new TicketsMismatchError(request.resource, request.tickets, Number(list[1]))
@@ -179,11 +212,16 @@ export class RedisBackend implements Backend {
     const replies = await this.#timed('renew', async () => {
       // One pipeline: one round trip for every batch. After a flushed script cache it is run
       // again, which is harmless: a renewal only sets the same lease again.
-      const results = await runPipelined(this.#client, script, calls)
-      return results.flatMap(([error, reply]) => {
+      const wait = this.#replicaWait()
+      const results = await runPipelined(this.#client, script, calls, wait)
+      const flat = results.flatMap(([error, reply]) => {
         if (error) throw error
         return asArray(reply, 'renew')
       })
+      // Renewed on the master only: not a renewal (a rejection: the terms keep their deadlines).
+      if (wait && results.acked! < wait.replicas)
+        throw this.#unacknowledged('renew', results.acked!)
+      return flat
     })
     if (replies.length !== requests.length) {
       throw new BackendError(`redis renew: ${replies.length} answers for ${requests.length} grants`)
@@ -236,6 +274,19 @@ export class RedisBackend implements Backend {
       this.#wakeups.close()
       if (this.#owned) this.#client.disconnect()
     })
+  }
+
+  /** The WAIT to send after a grant or renewal, if the replicas option asks for one. */
+  #replicaWait(): ReplicaWait | undefined {
+    return this.replicas > 0
+      ? { replicas: this.replicas, timeoutMs: this.replicaTimeoutMs }
+      : undefined
+  }
+
+  #unacknowledged(what: string, acked: number): BackendError {
+    return new BackendError(
+      `redis ${what} on ${endpoint(this.#client)}: acknowledged by ${acked} of the ${this.replicas} replicas required within ${this.replicaTimeoutMs} ms (the replicas option), so it does not count`,
+    )
   }
 
   async #run(what: string, script: Script, [keys, args]: ScriptCall): Promise<unknown> {

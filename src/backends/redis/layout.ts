@@ -17,6 +17,11 @@ export interface ResourceKeys {
   guard: string
   /** Published on whenever the holders change. */
   channel: string
+  /**
+   * The replication id the scripts last saw the server run under, and since when (the failover
+   * grace). Per resource, in its slot (Redis Cluster), and expiring with the token key.
+   */
+  history: string
 }
 
 /** The keys and channel of one resource; all share the hash tag `{resource}`. */
@@ -28,6 +33,7 @@ export function resourceKeys(prefix: string, resource: string): ResourceKeys {
     token: `${base}:token`,
     guard: `${base}:guard`,
     channel: `${base}:changed`,
+    history: `${base}:history`,
   }
 }
 

@@ -49,6 +49,23 @@ export interface RedisBackendOptions {
    * always`), or one you just started yourself with nothing in it. See docs/redis.md.
    */
   startupGrace?: boolean
+  /**
+   * After the server the backend talks to changed its replication history (a replica promoted
+   * by Sentinel or by hand, which may lack the latest grants: replication is asynchronous), it
+   * grants no new ticket for one lease from when conclave first saw the change (renewals of the
+   * grants it has go on). An ordinary reconnect to the same master changes nothing. Default
+   * true. See docs/redis.md.
+   */
+  failoverGrace?: boolean
+  /**
+   * A grant or renewal counts only once this many replicas acknowledged it (`WAIT` in the same
+   * round trip): a renewal they did not acknowledge in time fails (the term's deadline does not
+   * move), a grant fails and is retried. With Sentinel, 1 or more makes a promoted replica hold
+   * every grant its holder believes in. Default 0 (no wait).
+   */
+  replicas?: number
+  /** How long WAIT waits for `replicas` acknowledgements, in ms. Default 500. */
+  replicaTimeoutMs?: number
 }
 
 /** The options checked, with the defaults filled in (each as its option says). */
@@ -58,6 +75,9 @@ export interface ResolvedRedisOptions {
   lingerMs: number
   heartbeatMs: number
   startupGrace: boolean
+  failoverGrace: boolean
+  replicas: number
+  replicaTimeoutMs: number
   /** Your client, or undefined when the backend makes its own from `url`. */
   client: Redis | undefined
   /** Without your client: the URL for ioredis (conclave's parameters cut out). */
@@ -83,6 +103,8 @@ export const DEFAULT_TIMEOUT_MS = 5_000
 export const DEFAULT_LINGER_MS = 10_000
 /** The subscriber's PING interval (and answer deadline) when no heartbeatMs is given. */
 export const DEFAULT_HEARTBEAT_MS = 5_000
+/** How long WAIT waits for the replicas' acknowledgements when no replicaTimeoutMs is given. */
+export const DEFAULT_REPLICA_TIMEOUT_MS = 500
 
 const OPTION_NAMES = [
   'client',
@@ -93,6 +115,9 @@ const OPTION_NAMES = [
   'lingerMs',
   'heartbeatMs',
   'startupGrace',
+  'failoverGrace',
+  'replicas',
+  'replicaTimeoutMs',
 ] as const
 
 const PREFIX_RULE =
@@ -151,6 +176,29 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
   if (typeof startupGrace !== 'boolean') {
     throw new OptionsError('startupGrace', startupGrace, 'startupGrace must be true or false.')
   }
+  const failoverGrace = options.failoverGrace ?? true
+  if (typeof failoverGrace !== 'boolean') {
+    throw new OptionsError('failoverGrace', failoverGrace, 'failoverGrace must be true or false.')
+  }
+  const replicas = options.replicas ?? 0
+  if (
+    typeof replicas !== 'number' ||
+    !Number.isInteger(replicas) ||
+    replicas < 0 ||
+    replicas > 100
+  ) {
+    throw new OptionsError(
+      'replicas',
+      replicas,
+      'replicas must be an integer from 0 to 100: how many replicas must acknowledge each grant and renewal.',
+    )
+  }
+  const replicaTimeoutMs = optionalMilliseconds(
+    'replicaTimeoutMs',
+    options.replicaTimeoutMs,
+    DEFAULT_REPLICA_TIMEOUT_MS,
+    1,
+  )
   if (clientOptions !== undefined && (typeof clientOptions !== 'object' || !url)) {
     throw new OptionsError(
       'clientOptions',
@@ -178,6 +226,9 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     lingerMs,
     heartbeatMs,
     startupGrace,
+    failoverGrace,
+    replicas,
+    replicaTimeoutMs,
     client,
     url: fromUrl?.url,
     clientOptions,
