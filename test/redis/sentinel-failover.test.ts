@@ -5,6 +5,7 @@ import { Redis } from 'ioredis'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { AcquireResult, Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
+import { backendFromUrl } from '../../src/cli/backends.js'
 import { startSentinelTopology, type SentinelTopology } from '../../testkit/index.js'
 import { sleep } from './helpers.js'
 
@@ -63,6 +64,31 @@ async function acquireWhenAnswered(
     }
   }
 }
+
+it('reaches the master through a redis+sentinel:// URL, replicas acknowledging each grant', async () => {
+  const backend = await backendFromUrl(`${topo.url}?replicas=2&startupGrace=false`)
+  backends.push(backend)
+  const got = await backend.acquire({
+    resource: 'by-url',
+    candidate: 'u',
+    tickets: 1,
+    leaseMs: 5_000,
+    metadata: null,
+  })
+  expect(got.acquired).toBe(true)
+  const token = got.acquired ? got.token : 0
+  expect(
+    await backend.renew([{ resource: 'by-url', candidate: 'u', token, leaseMs: 5_000 }]),
+  ).toEqual([true])
+  // Both replicas have it (WAIT 2 answered 2).
+  for (const replica of topo.replicas) {
+    expect(await topo.command(replica.port, 'ZSCORE', 'conclave:{by-url}:holders', 'u')).not.toBe(
+      '',
+    )
+  }
+  await backend.release({ resource: 'by-url', candidate: 'u', token })
+  await backend.close()
+})
 
 it('a promoted replica that missed the latest grant grants nothing until that grant is surely over', async () => {
   const a = sentinelBackend()

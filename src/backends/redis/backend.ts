@@ -115,10 +115,9 @@ export class RedisBackend implements Backend {
         'redisBackend({ url })',
       )
       this.#owned = true
-      const owned = new Client(resolved.url!, {
-        ...OWNED_CLIENT_DEFAULTS,
-        ...resolved.clientOptions,
-      })
+      const owned = resolved.sentinel
+        ? new Client({ ...OWNED_CLIENT_DEFAULTS, ...resolved.sentinel, ...resolved.clientOptions })
+        : new Client(resolved.url!, { ...OWNED_CLIENT_DEFAULTS, ...resolved.clientOptions })
       // Failures reach the election through the operations, which name this error as their
       // cause (ioredis itself rejects them only with "max retries per request"); ioredis
       // reconnects by itself.

@@ -16,8 +16,10 @@ export interface RedisBackendOptions {
   client?: Redis
   /**
    * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
-   * query may set `prefix` and `startupGrace`, and ioredis' `db`, `family`, `username`,
-   * `password`, `connectionName`; any other parameter is refused.
+   * query may set `prefix`, `startupGrace`, `failoverGrace`, `replicas`, `replicaTimeoutMs`,
+   * and ioredis' `db`, `family`, `username`, `password`, `connectionName`; any other parameter
+   * is refused. Or `redis+sentinel://[user:password@]host:port,host:port/mastername[?...]`: the
+   * master Sentinel names (see parseRedisUrl).
    */
   url?: string
   /** ioredis options for the client made from `url` (merged over the backend's defaults). */
@@ -82,6 +84,8 @@ export interface ResolvedRedisOptions {
   client: Redis | undefined
   /** Without your client: the URL for ioredis (conclave's parameters cut out). */
   url: string | undefined
+  /** Without your client, from a `redis+sentinel://` URL: the ioredis options to connect with. */
+  sentinel: SentinelClientOptions | undefined
   /** Without your client: the options it is made with (merged over the defaults later). */
   clientOptions: RedisOptions | undefined
 }
@@ -176,11 +180,12 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
   if (typeof startupGrace !== 'boolean') {
     throw new OptionsError('startupGrace', startupGrace, 'startupGrace must be true or false.')
   }
-  const failoverGrace = options.failoverGrace ?? true
+  const failoverGrace =
+    options.failoverGrace === undefined ? (fromUrl?.failoverGrace ?? true) : options.failoverGrace
   if (typeof failoverGrace !== 'boolean') {
     throw new OptionsError('failoverGrace', failoverGrace, 'failoverGrace must be true or false.')
   }
-  const replicas = options.replicas ?? 0
+  const replicas = options.replicas === undefined ? (fromUrl?.replicas ?? 0) : options.replicas
   if (
     typeof replicas !== 'number' ||
     !Number.isInteger(replicas) ||
@@ -195,7 +200,7 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
   }
   const replicaTimeoutMs = optionalMilliseconds(
     'replicaTimeoutMs',
-    options.replicaTimeoutMs,
+    options.replicaTimeoutMs ?? fromUrl?.replicaTimeoutMs,
     DEFAULT_REPLICA_TIMEOUT_MS,
     1,
   )
@@ -230,7 +235,8 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     replicas,
     replicaTimeoutMs,
     client,
-    url: fromUrl?.url,
+    url: fromUrl?.sentinel ? undefined : fromUrl?.url,
+    sentinel: fromUrl?.sentinel,
     clientOptions,
   }
 }
@@ -258,7 +264,13 @@ export function endpoint(client: Redis): string {
 // --- URLs ------------------------------------------------------------------------------------
 
 /** Query parameters of a Redis URL that conclave reads itself (ioredis never sees them). */
-const URL_SETTINGS = ['startupGrace', 'prefix'] as const
+const URL_SETTINGS = [
+  'startupGrace',
+  'prefix',
+  'failoverGrace',
+  'replicas',
+  'replicaTimeoutMs',
+] as const
 
 /** Query parameters ioredis reads from a URL as plain text: passed on untouched. */
 const IOREDIS_URL_PARAMS = ['db', 'family', 'username', 'password', 'connectionName'] as const
@@ -279,6 +291,26 @@ export interface RedisUrlSettings {
   startupGrace?: boolean
   /** `?prefix=...`, when given (checked by the backend's prefix rule). */
   prefix?: string
+  /** `?failoverGrace=true|false`, when given. */
+  failoverGrace?: boolean
+  /** `?replicas=N`, when given (checked by the backend's rule). */
+  replicas?: number
+  /** `?replicaTimeoutMs=N`, when given (checked by the backend's rule). */
+  replicaTimeoutMs?: number
+  /** From a `redis+sentinel://` URL: the ioredis options that name the sentinels and master. */
+  sentinel?: SentinelClientOptions
+}
+
+/** What ioredis needs to find a master through Sentinel (a subset of its RedisOptions). */
+export interface SentinelClientOptions {
+  sentinels: { host: string; port: number }[]
+  /** The master's name, as the sentinels know it. */
+  name: string
+  db?: number
+  username?: string
+  password?: string
+  sentinelUsername?: string
+  sentinelPassword?: string
 }
 
 /**
@@ -287,6 +319,7 @@ export interface RedisUrlSettings {
  * `username`, `password`, `connectionName`) is refused with an OptionsError naming it.
  */
 export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
+  if (typeof url === 'string' && /^redis\+sentinel:/i.test(url)) return parseSentinelUrl(url, field)
   let parsed: URL | undefined
   try {
     parsed = typeof url === 'string' ? new URL(url) : undefined
@@ -309,15 +342,7 @@ export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
         throw new OptionsError(name, value, `${name} is given twice in the Redis URL.`)
       }
       seen.add(name)
-      if (name === 'prefix') settings.prefix = value
-      else if (value === 'true' || value === 'false') settings.startupGrace = value === 'true'
-      else {
-        throw new OptionsError(
-          name,
-          value,
-          'startupGrace in a Redis URL is true or false (e.g. redis://host:6379?startupGrace=false).',
-        )
-      }
+      readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
     } else if (!(IOREDIS_URL_PARAMS as readonly string[]).includes(name)) {
       throw new OptionsError(
         name,
@@ -381,4 +406,93 @@ export function redactUrl(url: string): string {
   return (
     scheme + rest.replace(/([?&][^=&#]*(?:pass|secret|auth|token|key)[^=&#]*=)[^&#]*/gi, '$1***')
   )
+}
+
+/** One of conclave's URL settings, read into `settings` (its rule checked later, as an option). */
+function readUrlSetting(
+  settings: Omit<RedisUrlSettings, 'url'>,
+  name: (typeof URL_SETTINGS)[number],
+  value: string,
+): void {
+  if (name === 'prefix') settings.prefix = value
+  else if (name === 'replicas' || name === 'replicaTimeoutMs') {
+    if (!/^\d+$/.test(value)) {
+      throw new OptionsError(
+        name,
+        value,
+        `${name} in a Redis URL is a whole number (e.g. ?${name}=1).`,
+      )
+    }
+    settings[name] = Number(value)
+  } else if (value === 'true' || value === 'false') settings[name] = value === 'true'
+  else {
+    throw new OptionsError(
+      name,
+      value,
+      `${name} in a Redis URL is true or false (e.g. redis://host:6379?${name}=false).`,
+    )
+  }
+}
+
+const SENTINEL_URL_RULE =
+  "A Redis Sentinel URL is redis+sentinel://[user:password@]host:port[,host:port...]/mastername[?params] (the sentinels' addresses, then the name they know the master by)."
+
+/** Query parameters of a Sentinel URL that go to ioredis (besides conclave's own). */
+const SENTINEL_URL_PARAMS = ['db', 'sentinelUsername', 'sentinelPassword'] as const
+
+/**
+ * `redis+sentinel://[user:password@]host:port,host:port/mastername[?params]`: the sentinels'
+ * addresses (port default 26379), the master's name, its user and password (for the master, as
+ * ioredis takes them); `?db=`, `?sentinelUsername=`, `?sentinelPassword=` go to ioredis, and
+ * conclave's settings as in a redis:// URL. Not a WHATWG URL (a list of hosts): parsed by hand.
+ */
+export function parseSentinelUrl(url: string, field = 'url'): RedisUrlSettings {
+  const refuse = (): never => {
+    throw new OptionsError(field, redactUrl(url), SENTINEL_URL_RULE)
+  }
+  const match = /^redis\+sentinel:\/\/(?:([^@/?#]*)@)?([^/?#]+)\/([^/?#]+)\/?(?:\?([^#]*))?$/i.exec(
+    url,
+  )
+  if (!match) return refuse()
+  const [, userinfo, hostList, rawName, query] = match
+  const sentinels = hostList!.split(',').map((entry) => {
+    const hostPort = /^(\[[0-9a-f:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/i.exec(entry)
+    if (!hostPort) return refuse()
+    const port = hostPort[2] === undefined ? 26379 : Number(hostPort[2])
+    if (port < 1 || port > 65535) return refuse()
+    return { host: hostPort[1]!.replace(/^\[|\]$/g, ''), port }
+  })
+  const sentinel: SentinelClientOptions = { sentinels, name: decodeQueryPart(rawName!) }
+  if (userinfo) {
+    const colon = userinfo.indexOf(':')
+    const user = decodeQueryPart(colon < 0 ? userinfo : userinfo.slice(0, colon))
+    if (user) sentinel.username = user
+    if (colon >= 0) sentinel.password = decodeQueryPart(userinfo.slice(colon + 1))
+  }
+  const settings: Omit<RedisUrlSettings, 'url'> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of new URLSearchParams(query ?? '')) {
+    if (seen.has(name))
+      throw new OptionsError(
+        name,
+        SECRET_NAME.test(name) ? '***' : value,
+        `${name} is given twice in the Redis URL.`,
+      )
+    seen.add(name)
+    if ((URL_SETTINGS as readonly string[]).includes(name)) {
+      readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
+    } else if (name === 'db') {
+      if (!/^\d+$/.test(value)) throw new OptionsError('db', value, 'db is a whole number.')
+      sentinel.db = Number(value)
+    } else if (name === 'sentinelUsername' || name === 'sentinelPassword') {
+      sentinel[name] = value
+    } else {
+      throw new OptionsError(
+        name,
+        SECRET_NAME.test(name) ? '***' : value,
+        `Unknown Redis Sentinel URL parameter. Known: ${URL_SETTINGS.join(', ')} (conclave's) and ${SENTINEL_URL_PARAMS.join(', ')} (passed to ioredis).`,
+      )
+    }
+  }
+  return { url, ...settings, sentinel }
 }
