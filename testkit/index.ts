@@ -18,3 +18,5 @@ export type {
   SentinelTopology,
   StartSentinelOptions,
 } from './redis-sentinel.js'
+export { startRedisCluster, redisCliBinary } from './redis-cluster.js'
+export type { RedisCluster, StartRedisClusterOptions } from './redis-cluster.js'

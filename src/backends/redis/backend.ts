@@ -8,7 +8,7 @@
  * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
  * it when the backend is made (and fails at once with a MissingPeerError without it).
  */
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type {
   AcquireRequest,
   AcquireResult,
@@ -23,6 +23,7 @@ import {
   BackendError,
   BackendTimeoutError,
   ConclaveError,
+  RedisClusterError,
   TicketsMismatchError,
 } from '../../errors.js'
 import {
@@ -32,7 +33,7 @@ import {
   validateResource,
 } from '../../validate.js'
 import { CloseGate, requirePeer, withDeadline } from '../kit.js'
-import { resourceKeys, TOKEN_TTL_MS } from './layout.js'
+import { keySlot, resourceKeys, TOKEN_TTL_MS } from './layout.js'
 import {
   endpoint,
   OWNED_CLIENT_DEFAULTS,
@@ -89,7 +90,7 @@ export class RedisBackend implements Backend {
   /** How long WAIT waits for them. */
   readonly replicaTimeoutMs: number
   readonly #owned: boolean
-  readonly #client: Redis
+  readonly #client: Redis | Cluster
   /** The last connection error of a client the backend made, until it is ready again. */
   #clientError: Error | undefined
   readonly #gate = new CloseGate('redis')
@@ -197,17 +198,8 @@ export class RedisBackend implements Backend {
     const script = SCRIPTS.renew
     // One script call per batch of grants: 10,000 renewals are 10 commands, not 10,000, and no
     // single call holds the server for long.
-    const calls: ScriptCall[] = []
-    for (let i = 0; i < requests.length; i += RENEW_BATCH) {
-      const keys: string[] = []
-      const args: string[] = []
-      for (const request of requests.slice(i, i + RENEW_BATCH)) {
-        const k = resourceKeys(this.prefix, request.resource)
-        keys.push(k.holders, k.grants, k.guard)
-        args.push(request.candidate, String(request.token), String(request.leaseMs))
-      }
-      calls.push([keys, args])
-    }
+    if (this.#client.isCluster) return this.#renewInCluster(requests)
+    const calls = renewCalls(this.prefix, requests)
     const replies = await this.#timed('renew', async () => {
       // One pipeline: one round trip for every batch. After a flushed script cache it is run
       // again, which is harmless: a renewal only sets the same lease again.
@@ -226,6 +218,58 @@ export class RedisBackend implements Backend {
       throw new BackendError(`redis renew: ${replies.length} answers for ${requests.length} grants`)
     }
     return replies.map((reply) => Number(reply) === 1)
+  }
+
+  /**
+   * A Redis Cluster refuses a script whose keys span slots (CROSSSLOT) and a pipeline whose
+   * keys span nodes: the grants are grouped by slot (one script call per slot and batch), the
+   * calls by master node (one pipeline per node), and the nodes asked at once, so a tick is
+   * one round trip per node.
+   */
+  async #renewInCluster(requests: RenewRequest[]): Promise<boolean[]> {
+    const cluster = this.#client as Cluster
+    const bySlot = new Map<number, number[]>()
+    requests.forEach((request, i) => {
+      const slot = keySlot(request.resource)
+      const list = bySlot.get(slot)
+      if (list) list.push(i)
+      else bySlot.set(slot, [i])
+    })
+    const byNode = new Map<string, number[][]>()
+    for (const [slot, indexes] of bySlot) {
+      // ioredis' slot table: slot -> [master key, replica keys...]; unknown yet: any group.
+      const node = (cluster.slots as string[][] | undefined)?.[slot]?.[0] ?? `slot:${slot}`
+      const groups = byNode.get(node)
+      for (let i = 0; i < indexes.length; i += RENEW_BATCH) {
+        const group = indexes.slice(i, i + RENEW_BATCH)
+        if (groups) groups.push(group)
+        else byNode.set(node, [group])
+      }
+    }
+    const answers: boolean[] = new Array<boolean>(requests.length)
+    const wait = this.#replicaWait()
+    await this.#timed('renew', () =>
+      Promise.all(
+        [...byNode.values()].map(async (groups) => {
+          const calls = groups.map(
+            (group) =>
+              renewCalls(
+                this.prefix,
+                group.map((i) => requests[i]!),
+              )[0]!,
+          )
+          const results = await runPipelined(cluster, SCRIPTS.renew, calls, wait, true)
+          results.forEach(([error, reply], g) => {
+            if (error) throw error
+            const list = asArray(reply, 'renew')
+            groups[g]!.forEach((index, k) => (answers[index] = Number(list[k]) === 1))
+          })
+          if (wait && results.acked! < wait.replicas)
+            throw this.#unacknowledged('renew', results.acked!)
+        }),
+      ),
+    )
+    return answers
   }
 
   /** One release.lua call: removes the grant (only with its token, if given) and publishes. */
@@ -308,6 +352,12 @@ export class RedisBackend implements Backend {
       // A call cut short by close() (its connection dropped) gets the final error.
       this.#gate.check()
       if (error instanceof ConclaveError) throw error
+      if (!this.#client.isCluster && isClusterReply(error)) {
+        throw new RedisClusterError(
+          `redis ${what} on ${endpoint(this.#client)}: the server is a Redis Cluster node (${messageOf(error)}); give redisBackend an ioredis Cluster client (new Cluster([...]))`,
+          { cause: error },
+        )
+      }
       const where = endpoint(this.#client)
       // A reply is the server's own answer; anything else may be the connection failing.
       const down =
@@ -333,6 +383,27 @@ export class RedisBackend implements Backend {
  * as its cause, the connection's error (which kit.ts's timeoutError has no room for).
  */
 class TimedOut extends Error {}
+
+/** A reply only a Redis Cluster node gives to a client that is not cluster-aware. */
+function isClusterReply(error: unknown): boolean {
+  return error instanceof Error && /^(MOVED|ASK|CROSSSLOT|CLUSTERDOWN) /.test(error.message)
+}
+
+/** The renew.lua calls for `requests`: one per batch of RENEW_BATCH grants. */
+function renewCalls(prefix: string, requests: readonly RenewRequest[]): ScriptCall[] {
+  const calls: ScriptCall[] = []
+  for (let i = 0; i < requests.length; i += RENEW_BATCH) {
+    const keys: string[] = []
+    const args: string[] = []
+    for (const request of requests.slice(i, i + RENEW_BATCH)) {
+      const k = resourceKeys(prefix, request.resource)
+      keys.push(k.holders, k.grants, k.guard)
+      args.push(request.candidate, String(request.token), String(request.leaseMs))
+    }
+    calls.push([keys, args])
+  }
+  return calls
+}
 
 /** An error's message, or its name when it has none (as messages have always said it). */
 function messageOf(error: unknown): string {

@@ -3,7 +3,7 @@
  * (checked up front, so a typo never falls back to a default), and the backend URL, parsed here
  * into the same options. A password in a URL never reaches a message.
  */
-import type { Redis, RedisOptions } from 'ioredis'
+import type { Cluster, Redis, RedisOptions } from 'ioredis'
 import { OptionsError } from '../../errors.js'
 import { checkOptions, optionalMilliseconds } from '../../validate.js'
 
@@ -13,7 +13,7 @@ export interface RedisBackendOptions {
    * Your ioredis client (left open by close()). Give it `commandTimeout` (and, to notice a
    * hung path sooner, `socketTimeout`) so a command fails instead of waiting forever.
    */
-  client?: Redis
+  client?: Redis | Cluster
   /**
    * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
    * query may set `prefix`, `startupGrace`, `failoverGrace`, `replicas`, `replicaTimeoutMs`,
@@ -81,7 +81,7 @@ export interface ResolvedRedisOptions {
   replicas: number
   replicaTimeoutMs: number
   /** Your client, or undefined when the backend makes its own from `url`. */
-  client: Redis | undefined
+  client: Redis | Cluster | undefined
   /** Without your client: the URL for ioredis (conclave's parameters cut out). */
   url: string | undefined
   /** Without your client, from a `redis+sentinel://` URL: the ioredis options to connect with. */
@@ -215,7 +215,7 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     throw new OptionsError(
       'client',
       client,
-      'client must be an ioredis Redis instance (new Redis(...)); a Cluster client is not supported yet.',
+      'client must be an ioredis client: new Redis(...) or new Cluster(...).',
     )
   }
   if (client === undefined && fromUrl === undefined) {
@@ -241,19 +241,24 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
   }
 }
 
-/** A standalone ioredis client, by the methods the backend calls (ioredis is not imported here). */
-function looksLikeIoredis(client: unknown): client is Redis {
+/** An ioredis Redis or Cluster, by the methods the backend calls (ioredis is not imported here). */
+function looksLikeIoredis(client: unknown): client is Redis | Cluster {
   if (typeof client !== 'object' || client === null) return false
   const c = client as Record<string, unknown>
-  return (
-    !c.isCluster &&
-    ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every((m) => typeof c[m] === 'function')
+  return ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every(
+    (m) => typeof c[m] === 'function',
   )
 }
 
 /** Where a client connects, for messages: host:port or the socket path (never a password). */
-export function endpoint(client: Redis): string {
-  const { host, port, path, sentinels, name } = client.options ?? {}
+export function endpoint(client: Redis | Cluster): string {
+  if (client.isCluster) {
+    const nodes = (client as Cluster)
+      .nodes('master')
+      .map((n) => `${n.options.host}:${n.options.port}`)
+    return `the Redis Cluster${nodes.length ? ` of masters ${nodes.join(',')}` : ''}`
+  }
+  const { host, port, path, sentinels, name } = (client as Redis).options ?? {}
   if (path) return path
   if (sentinels?.length)
     return `the master "${name}" of sentinels ${sentinels.map((s) => `${s.host ?? 'localhost'}:${s.port ?? 26379}`).join(',')}`

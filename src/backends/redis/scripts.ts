@@ -79,8 +79,8 @@ export async function runScript(
 
 /**
  * Runs `script` once per call in one pipeline (one round trip), followed by `WAIT` when `wait`
- * is given; if any call found the script missing, loads it with SCRIPT LOAD and runs the whole
- * pipeline again, so only scripts that are harmless to run twice (a renewal only sets the same
+ * is given; if any call found the script missing, loads it with SCRIPT LOAD (or, with
+ * `evalOnRetry`, sends its text by EVAL) and runs the whole pipeline again, so only scripts that are harmless to run twice (a renewal only sets the same
  * lease again) may come here. Resolves with each call's [error, reply], in order, and the
  * replicas WAIT counted (undefined without `wait`).
  */
@@ -89,11 +89,13 @@ export async function runPipelined(
   script: Script,
   calls: readonly ScriptCall[],
   wait?: ReplicaWait,
+  evalOnRetry = false,
 ): Promise<[Error | null, unknown][] & { acked?: number }> {
-  let results = await pipelined(client, script, calls, wait)
+  let results = await pipelined(client, script, calls, wait, false)
   if (results.some(([error]) => isNoScript(error))) {
-    await client.script('LOAD', script.source)
-    results = await pipelined(client, script, calls, wait)
+    // A Cluster's SCRIPT LOAD reaches one node, not necessarily the pipeline's: EVAL there.
+    if (!evalOnRetry) await client.script('LOAD', script.source)
+    results = await pipelined(client, script, calls, wait, evalOnRetry)
   }
   return results
 }
@@ -140,9 +142,13 @@ async function pipelined(
   script: Script,
   calls: readonly ScriptCall[],
   wait: ReplicaWait | undefined,
+  withSource: boolean,
 ): Promise<[Error | null, unknown][] & { acked?: number }> {
   const pipeline = client.pipeline()
-  for (const [keys, args] of calls) pipeline.evalsha(script.sha, keys.length, ...keys, ...args)
+  for (const [keys, args] of calls) {
+    if (withSource) pipeline.eval(script.source, keys.length, ...keys, ...args)
+    else pipeline.evalsha(script.sha, keys.length, ...keys, ...args)
+  }
   if (wait) pipeline.call('WAIT', wait.replicas, wait.timeoutMs)
   const results = await pipeline.exec()
   if (!results) throw new Error('the pipeline was discarded')
