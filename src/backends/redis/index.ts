@@ -6,7 +6,7 @@ import { RedisBackend } from './backend.js'
 import type { RedisBackendOptions } from './options.js'
 
 export { RedisBackend } from './backend.js'
-export { keyspaceChannels, resourceKeys, type ResourceKeys } from './layout.js'
+export { keySlot, keyspaceChannels, resourceKeys, type ResourceKeys } from './layout.js'
 export {
   OWNED_CLIENT_DEFAULTS,
   parseRedisUrl,
