@@ -118,6 +118,41 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     },
     connect: (url) => backendFromUrl(url),
   },
+  // Redis behind Sentinel (1 master, 2 replicas, 3 sentinels) with the documented settings:
+  // replicas: 1 and the failover grace. `restart` kills the master the sentinels name, waits
+  // for the promotion of a replica, then starts the old one again (Sentinel makes it a replica).
+  'redis-sentinel': {
+    mode: 'fork',
+    // Candidates find the master through the sentinels, not through one proxied path.
+    faults: ['kill', 'pause', 'restart'],
+    async start() {
+      const { startSentinelTopology } = await import('../testkit/index.js')
+      const topo = await startSentinelTopology()
+      const url = `${topo.url}?replicas=1&replicaTimeoutMs=100`
+      return {
+        url: () => url,
+        async restart(downMs) {
+          const port = await topo.masterPort()
+          const master = topo.servers.find((s) => s.port === port)
+          if (!master) return
+          await master.kill()
+          await topo.waitForFailover(master.port)
+          await sleep(downMs)
+          await master.restart()
+        },
+        async holders(resource) {
+          const backend = await backendFromUrl(url)
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => topo.stop(),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
 }
 
 /**
