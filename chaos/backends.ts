@@ -153,6 +153,47 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     },
     connect: (url) => backendFromUrl(url),
   },
+  // A Redis Cluster (3 masters, 3 replicas) through a Cluster client, replicas: 1. `restart`
+  // kills a master, waits until its replica took its slots, then starts it again (it rejoins
+  // as a replica).
+  'redis-cluster': {
+    mode: 'fork',
+    faults: ['kill', 'pause', 'restart'],
+    async start() {
+      const { startRedisCluster } = await import('../testkit/index.js')
+      const cluster = await startRedisCluster()
+      const url = `redis+cluster://${cluster.startupNodes.map((n) => `${n.host}:${n.port}`).join(',')}?replicas=1&replicaTimeoutMs=100`
+      let turn = 0
+      return {
+        url: () => url,
+        async restart(downMs) {
+          const masters = await cluster.masters()
+          const victim = masters[turn++ % masters.length]?.node
+          if (!victim) return
+          await victim.kill()
+          const deadline = Date.now() + 30_000
+          while (
+            (await cluster.masters()).some((m) => m.node === victim) &&
+            Date.now() < deadline
+          ) {
+            await sleep(100)
+          }
+          await sleep(downMs)
+          await victim.restart()
+        },
+        async holders(resource) {
+          const backend = await backendFromUrl(url)
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => cluster.stop(),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
 }
 
 /**

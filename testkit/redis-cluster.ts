@@ -29,7 +29,7 @@ export interface RedisCluster extends AsyncDisposable {
   readonly startupNodes: { host: string; port: number }[]
   /** The nodes that are masters right now, each with the slots it serves. */
   masters(): Promise<{ node: RedisServer; slots: [number, number][] }[]>
-  /** Waits until every running node says cluster_state:ok. */
+  /** Waits until every running node says cluster_state:ok and every replica is in sync. */
   waitHealthy(timeoutMs?: number): Promise<void>
   stop(): Promise<void>
 }
@@ -64,6 +64,9 @@ export async function startRedisCluster(
             'nodes.conf',
             '--cluster-node-timeout',
             String(options.nodeTimeoutMs ?? 2_000),
+            // A replica's first sync starts at once (Redis 7 waits 5 s for more replicas).
+            '--repl-diskless-sync-delay',
+            '0',
             ...(options.args ?? []),
           ],
         }),
@@ -109,7 +112,15 @@ export async function startRedisCluster(
               .filter((n) => n.running)
               .map((n) => command(n.port, 'CLUSTER', 'INFO').catch(() => '')),
           )
-          if (states.every((s) => s.includes('cluster_state:ok'))) return
+          const links = await Promise.all(
+            nodes
+              .filter((n) => n.running)
+              .map((n) => command(n.port, 'INFO', 'replication').catch(() => '')),
+          )
+          const synced = links.every(
+            (info) => info.includes('role:master') || info.includes('master_link_status:up'),
+          )
+          if (synced && states.every((s) => s.includes('cluster_state:ok'))) return
           if (Date.now() > deadline) throw new Error('the Redis Cluster never became healthy')
           await sleep(100)
         }

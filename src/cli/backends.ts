@@ -24,6 +24,7 @@ const SCHEMES: Record<string, Factory> = {
   'etcd:': async (url) => (await import('../backends/etcd/index.js')).backendFromUrl(url),
   'redis+sentinel:': async (url) =>
     (await import('../backends/redis/index.js')).backendFromUrl(url),
+  'redis+cluster:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
 }
 
 /** The URL schemes `backendFromUrl` knows. */

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { Backend } from '../../src/backend.js'
 import { keySlot, redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
+import { backendFromUrl } from '../../src/cli/backends.js'
 import { RedisClusterError } from '../../src/errors.js'
 import { startRedisCluster, type RedisCluster } from '../../testkit/index.js'
 import { until } from './helpers.js'
@@ -76,6 +77,25 @@ it('renews grants on every master in one tick', async () => {
   const answers = await b.renew(requests)
   expect(answers.filter((ok) => !ok)).toHaveLength(1)
   expect(answers[7]).toBe(false)
+})
+
+it('reaches the Cluster through a redis+cluster:// URL, replicas acknowledging each grant', async () => {
+  const nodes = cluster.startupNodes.slice(0, 2).map((n) => `${n.host}:${n.port}`)
+  const b = await backendFromUrl(`redis+cluster://${nodes.join(',')}?replicas=1&startupGrace=false`)
+  backends.push(b)
+  const got = await b.acquire({
+    resource: 'by-url',
+    candidate: 'u',
+    tickets: 1,
+    leaseMs: 5_000,
+    metadata: null,
+  })
+  expect(got.acquired).toBe(true)
+  const token = got.acquired ? got.token : 0
+  expect(await b.renew([{ resource: 'by-url', candidate: 'u', token, leaseMs: 5_000 }])).toEqual([
+    true,
+  ])
+  await b.close()
 })
 
 it('refuses a plain client on a Cluster node with a final RedisClusterError, not endless MOVED', async () => {

@@ -68,4 +68,23 @@ describe('redis+sentinel:// URLs', () => {
       failoverGrace: false,
     })
   })
+
+  it('redis+cluster:// names the nodes to start from and the credentials; unknown parameters are refused', () => {
+    expect(parseRedisUrl('redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2?replicas=1')).toEqual({
+      url: 'redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2?replicas=1',
+      replicas: 1,
+      cluster: {
+        nodes: [
+          { host: '10.0.0.1', port: 7000 },
+          { host: '10.0.0.2', port: 6379 },
+        ],
+        username: 'u',
+        password: 'pw',
+      },
+    })
+    expect(() => parseRedisUrl('redis+cluster://h:1?db=2')).toThrow(OptionsError)
+    expect(() => parseRedisUrl('redis+cluster://u:hunter2@h:0')).toThrow(
+      /redis\+cluster:\/\/u:\*\*\*@h:0/,
+    )
+  })
 })

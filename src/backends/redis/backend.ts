@@ -111,14 +111,24 @@ export class RedisBackend implements Backend {
       this.#owned = false
       this.#client = resolved.client
     } else {
-      const { Redis: Client } = requirePeer<typeof import('ioredis')>(
+      const { Redis: Client, Cluster } = requirePeer<typeof import('ioredis')>(
         'ioredis',
         'redisBackend({ url })',
       )
       this.#owned = true
-      const owned = resolved.sentinel
-        ? new Client({ ...OWNED_CLIENT_DEFAULTS, ...resolved.sentinel, ...resolved.clientOptions })
-        : new Client(resolved.url!, { ...OWNED_CLIENT_DEFAULTS, ...resolved.clientOptions })
+      const { sentinel, cluster, clientOptions } = resolved
+      const owned = cluster
+        ? new Cluster(cluster.nodes, {
+            redisOptions: {
+              ...OWNED_CLIENT_DEFAULTS,
+              username: cluster.username,
+              password: cluster.password,
+              ...clientOptions,
+            },
+          })
+        : sentinel
+          ? new Client({ ...OWNED_CLIENT_DEFAULTS, ...sentinel, ...clientOptions })
+          : new Client(resolved.url!, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
       // Failures reach the election through the operations, which name this error as their
       // cause (ioredis itself rejects them only with "max retries per request"); ioredis
       // reconnects by itself.

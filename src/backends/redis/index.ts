@@ -10,7 +10,9 @@ export { keySlot, keyspaceChannels, resourceKeys, type ResourceKeys } from './la
 export {
   OWNED_CLIENT_DEFAULTS,
   parseRedisUrl,
+  parseClusterUrl,
   parseSentinelUrl,
+  type ClusterClientOptions,
   redactUrl,
   type SentinelClientOptions,
   type RedisBackendOptions,

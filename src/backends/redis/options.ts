@@ -86,6 +86,8 @@ export interface ResolvedRedisOptions {
   url: string | undefined
   /** Without your client, from a `redis+sentinel://` URL: the ioredis options to connect with. */
   sentinel: SentinelClientOptions | undefined
+  /** Without your client, from a `redis+cluster://` URL: the nodes and credentials. */
+  cluster: ClusterClientOptions | undefined
   /** Without your client: the options it is made with (merged over the defaults later). */
   clientOptions: RedisOptions | undefined
 }
@@ -235,8 +237,9 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     replicas,
     replicaTimeoutMs,
     client,
-    url: fromUrl?.sentinel ? undefined : fromUrl?.url,
+    url: fromUrl?.sentinel || fromUrl?.cluster ? undefined : fromUrl?.url,
     sentinel: fromUrl?.sentinel,
+    cluster: fromUrl?.cluster,
     clientOptions,
   }
 }
@@ -304,6 +307,15 @@ export interface RedisUrlSettings {
   replicaTimeoutMs?: number
   /** From a `redis+sentinel://` URL: the ioredis options that name the sentinels and master. */
   sentinel?: SentinelClientOptions
+  /** From a `redis+cluster://` URL: the nodes to start from, and the credentials. */
+  cluster?: ClusterClientOptions
+}
+
+/** What ioredis' `new Cluster(nodes, { redisOptions })` needs, from a `redis+cluster://` URL. */
+export interface ClusterClientOptions {
+  nodes: { host: string; port: number }[]
+  username?: string
+  password?: string
 }
 
 /** What ioredis needs to find a master through Sentinel (a subset of its RedisOptions). */
@@ -325,6 +337,7 @@ export interface SentinelClientOptions {
  */
 export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
   if (typeof url === 'string' && /^redis\+sentinel:/i.test(url)) return parseSentinelUrl(url, field)
+  if (typeof url === 'string' && /^redis\+cluster:/i.test(url)) return parseClusterUrl(url, field)
   let parsed: URL | undefined
   try {
     parsed = typeof url === 'string' ? new URL(url) : undefined
@@ -500,4 +513,52 @@ export function parseSentinelUrl(url: string, field = 'url'): RedisUrlSettings {
     }
   }
   return { url, ...settings, sentinel }
+}
+
+const CLUSTER_URL_RULE =
+  'A Redis Cluster URL is redis+cluster://[user:password@]host:port[,host:port...][?params] (some of its nodes; the client finds the rest).'
+
+/**
+ * `redis+cluster://[user:password@]host:port,host:port[?params]`: nodes of a Redis Cluster to
+ * start from (port default 6379), the credentials of every node; conclave's settings as in a
+ * redis:// URL, nothing else. Parsed by hand (a list of hosts).
+ */
+export function parseClusterUrl(url: string, field = 'url'): RedisUrlSettings {
+  const refuse = (): never => {
+    throw new OptionsError(field, redactUrl(url), CLUSTER_URL_RULE)
+  }
+  const match = /^redis\+cluster:\/\/(?:([^@/?#]*)@)?([^/?#]+)\/?(?:\?([^#]*))?$/i.exec(url)
+  if (!match) return refuse()
+  const [, userinfo, hostList, query] = match
+  const nodes = hostList!.split(',').map((entry) => {
+    const hostPort = /^(\[[0-9a-f:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/i.exec(entry)
+    if (!hostPort) return refuse()
+    const port = hostPort[2] === undefined ? 6379 : Number(hostPort[2])
+    if (port < 1 || port > 65535) return refuse()
+    return { host: hostPort[1]!.replace(/^\[|\]$/g, ''), port }
+  })
+  const cluster: ClusterClientOptions = { nodes }
+  if (userinfo) {
+    const colon = userinfo.indexOf(':')
+    const user = decodeQueryPart(colon < 0 ? userinfo : userinfo.slice(0, colon))
+    if (user) cluster.username = user
+    if (colon >= 0) cluster.password = decodeQueryPart(userinfo.slice(colon + 1))
+  }
+  const settings: Omit<RedisUrlSettings, 'url'> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of new URLSearchParams(query ?? '')) {
+    const shown = SECRET_NAME.test(name) ? '***' : value
+    if (seen.has(name))
+      throw new OptionsError(name, shown, `${name} is given twice in the Redis URL.`)
+    seen.add(name)
+    if (!(URL_SETTINGS as readonly string[]).includes(name)) {
+      throw new OptionsError(
+        name,
+        shown,
+        `Unknown Redis Cluster URL parameter. Known: ${URL_SETTINGS.join(', ')}.`,
+      )
+    }
+    readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
+  }
+  return { url, ...settings, cluster }
 }
