@@ -195,6 +195,82 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     },
     connect: (url) => backendFromUrl(url),
   },
+  // Redis behind Sentinel (1 master, 2 replicas, 3 sentinels) with the documented settings:
+  // replicas: 1 and the failover grace. `restart` kills the master the sentinels name, waits
+  // for the promotion of a replica, then starts the old one again (Sentinel makes it a replica).
+  'redis-sentinel': {
+    mode: 'fork',
+    // Candidates find the master through the sentinels, not through one proxied path.
+    faults: ['kill', 'pause', 'restart'],
+    async start() {
+      const { startSentinelTopology } = await import('../testkit/index.js')
+      const topo = await startSentinelTopology()
+      const url = `${topo.url}?replicas=1&replicaTimeoutMs=100`
+      return {
+        url: () => url,
+        async restart(downMs) {
+          const port = await topo.masterPort()
+          const master = topo.servers.find((s) => s.port === port)
+          if (!master) return
+          await master.kill()
+          await topo.waitForFailover(master.port)
+          await sleep(downMs)
+          await master.restart()
+        },
+        async holders(resource) {
+          const backend = await backendFromUrl(url)
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => topo.stop(),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
+  // A Redis Cluster (3 masters, 3 replicas) through a Cluster client, replicas: 1. `restart`
+  // kills a master, waits until its replica took its slots, then starts it again (it rejoins
+  // as a replica).
+  'redis-cluster': {
+    mode: 'fork',
+    faults: ['kill', 'pause', 'restart'],
+    async start() {
+      const { startRedisCluster } = await import('../testkit/index.js')
+      const cluster = await startRedisCluster()
+      const url = `redis+cluster://${cluster.startupNodes.map((n) => `${n.host}:${n.port}`).join(',')}?replicas=1&replicaTimeoutMs=100`
+      let turn = 0
+      return {
+        url: () => url,
+        async restart(downMs) {
+          const masters = await cluster.masters()
+          const victim = masters[turn++ % masters.length]?.node
+          if (!victim) return
+          await victim.kill()
+          const deadline = Date.now() + 30_000
+          while (
+            (await cluster.masters()).some((m) => m.node === victim) &&
+            Date.now() < deadline
+          ) {
+            await sleep(100)
+          }
+          await sleep(downMs)
+          await victim.restart()
+        },
+        async holders(resource) {
+          const backend = await backendFromUrl(url)
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => cluster.stop(),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
 }
 
 /**

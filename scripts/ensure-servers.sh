@@ -39,11 +39,14 @@ pg_bindir() {
 have_redis() { command -v redis-server >/dev/null 2>&1; }
 have_etcd() { command -v etcd >/dev/null 2>&1; }
 have_pg() { [[ -n "$(pg_bindir)" ]]; }
+# The Redis Cluster topology (testkit/redis-cluster.ts) is made with redis-cli --cluster create.
+have_redis_cli() { command -v redis-cli >/dev/null 2>&1; }
 
 missing=()
 have_redis || missing+=(redis-server)
 have_etcd || missing+=(etcd-server)
 have_pg || missing+=(postgresql)
+have_redis_cli || missing+=(redis-tools)
 
 if ((${#missing[@]} > 0)); then
   command -v apt-get >/dev/null 2>&1 ||
@@ -90,6 +93,7 @@ fi
 have_redis || die "redis-server not found after install: Debian package redis-server is missing"
 have_etcd || die "etcd not found after install: Debian package etcd-server is missing"
 have_pg || die "initdb/postgres/pg_ctl not found after install: Debian package postgresql is missing"
+have_redis_cli || die "redis-cli not found after install: Debian package redis-tools is missing"
 
 pgbin="$(pg_bindir)"
 log "redis-server: $(redis-server --version 2>&1 | head -n 1) ($(command -v redis-server))"

@@ -384,6 +384,16 @@ export class UsageError extends ConclaveError {
   }
 }
 
+/**
+ * The Redis backend met a Redis Cluster through a plain client (`MOVED`, `ASK`, `CROSSSLOT`,
+ * `CLUSTERDOWN` for the keys of one resource): asking again never helps, so it is final.
+ */
+export class RedisClusterError extends ConclaveError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_CONCLAVE_REDIS_CLUSTER', message, options)
+  }
+}
+
 // --- the catalogue ---------------------------------------------------------------------------
 
 /** An error's wire form as the receiving side has read it: what a class is rebuilt from. */
@@ -576,6 +586,12 @@ export const CODES = {
     class: WorkerLostError,
     fields: [],
     fromWire: ({ message }) => new WorkerLostError(message),
+  },
+  ERR_CONCLAVE_REDIS_CLUSTER: {
+    class: RedisClusterError,
+    fields: [],
+    final: true,
+    fromWire: ({ message }) => new RedisClusterError(message),
   },
 } as const satisfies Readonly<Record<string, CodeEntry>>
 

@@ -62,6 +62,7 @@ export {
   UsageError,
   WorkError,
   WorkerLostError,
+  RedisClusterError,
 } from './errors.js'
 export { MemoryBackend, memoryBackend, type MemoryBackendOptions } from './backends/memory.js'
 export {

@@ -16,3 +16,12 @@ export type { EtcdCluster, EtcdClusterMember, StartEtcdClusterOptions } from './
 export { startPostgresStandby } from './postgres-standby.js'
 export type { PostgresStandbyPair, StartPostgresStandbyOptions } from './postgres-standby.js'
 export { startSwitch, type TcpSwitch } from './switch.js'
+export { startSentinelTopology } from './redis-sentinel.js'
+export type {
+  SentinelReplicaOptions,
+  SentinelServer,
+  SentinelTopology,
+  StartSentinelOptions,
+} from './redis-sentinel.js'
+export { startRedisCluster, redisCliBinary } from './redis-cluster.js'
+export type { RedisCluster, StartRedisClusterOptions } from './redis-cluster.js'

@@ -22,6 +22,9 @@ const SCHEMES: Record<string, Factory> = {
   'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'etcd:': async (url) => (await import('../backends/etcd/index.js')).backendFromUrl(url),
+  'redis+sentinel:': async (url) =>
+    (await import('../backends/redis/index.js')).backendFromUrl(url),
+  'redis+cluster:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
 }
 
 /** The URL schemes `backendFromUrl` knows. */

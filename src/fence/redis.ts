@@ -6,10 +6,16 @@
  * Takes any client with ioredis' `evalsha`/`eval` (a `Redis` or a `Cluster`); ioredis is not
  * imported here.
  */
-import { defineScript, runScript, type ScriptClient } from '../backends/redis/scripts.js'
+import {
+  defineScript,
+  type PipelineClient,
+  runScript,
+  runScriptWaiting,
+  type ScriptClient,
+} from '../backends/redis/scripts.js'
 import fencedWriteLua from '../backends/redis/scripts/fenced-write.lua.js'
 import { validateToken } from '../validate.js'
-import { OptionsError, StaleTokenError } from '../errors.js'
+import { BackendError, OptionsError, StaleTokenError } from '../errors.js'
 
 /** The part of an ioredis client (Redis or Cluster) the fence uses. */
 export type RedisScriptClient = ScriptClient
@@ -20,6 +26,16 @@ export interface FencedWriteOptions {
   pxMs?: number
   /** Where the highest token is kept. Default: derived from the key, in its hash slot. */
   fenceKey?: string
+  /**
+   * A write counts only once this many replicas acknowledged it (`WAIT` in the same round
+   * trip; the client then needs ioredis' `pipeline`). For a fence on a Sentinel-managed Redis:
+   * a write only the master has can be lost in a failover, and so can the fence key that
+   * refuses the older terms' writes. Unacknowledged: a BackendError (the write may still be on
+   * the master). Default 0.
+   */
+  replicas?: number
+  /** How long WAIT waits for `replicas`, in ms. Default 500. */
+  replicaTimeoutMs?: number
 }
 
 /** The script (src/backends/redis/scripts/fenced-write.lua, built into a module with the rest). */
@@ -62,12 +78,52 @@ export async function fencedWrite(
   if (!Number.isInteger(px) || px < 0) {
     throw new OptionsError('pxMs', options.pxMs, 'pxMs must be a non-negative integer of ms.')
   }
-  const reply = await runScript(
-    client,
-    FENCED_WRITE,
-    [key, fenceKey],
-    [String(token), value, String(px)],
-  )
+  const replicas = options.replicas ?? 0
+  if (!Number.isInteger(replicas) || replicas < 0 || replicas > 100) {
+    throw new OptionsError(
+      'replicas',
+      options.replicas,
+      'replicas must be an integer from 0 to 100.',
+    )
+  }
+  const timeoutMs = options.replicaTimeoutMs ?? 500
+  if (!Number.isInteger(timeoutMs) || timeoutMs < 1) {
+    throw new OptionsError(
+      'replicaTimeoutMs',
+      options.replicaTimeoutMs,
+      'replicaTimeoutMs must be a positive integer of ms.',
+    )
+  }
+  const keys = [key, fenceKey]
+  const args = [String(token), value, String(px)]
+  let reply: unknown
+  if (replicas > 0) {
+    if (typeof (client as Partial<PipelineClient>).pipeline !== 'function') {
+      throw new OptionsError(
+        'replicas',
+        replicas,
+        'replicas needs a client with pipeline() (ioredis).',
+      )
+    }
+    const answer = await runScriptWaiting(
+      client as ScriptClient & PipelineClient,
+      FENCED_WRITE,
+      keys,
+      args,
+      {
+        replicas,
+        timeoutMs,
+      },
+    )
+    reply = answer.reply
+    if ((reply as [number])[0] === 1 && answer.acked < replicas) {
+      throw new BackendError(
+        `fenced write to Redis key "${key}": acknowledged by ${answer.acked} of the ${replicas} replicas required within ${timeoutMs} ms, so it does not count (a failover could lose it)`,
+      )
+    }
+  } else {
+    reply = await runScript(client, FENCED_WRITE, keys, args)
+  }
   const [applied, highest] = reply as [number, string]
   if (applied !== 1) throw new StaleTokenError(`Redis key "${key}"`, token, Number(highest))
 }

@@ -77,4 +77,16 @@ describe('fencedWrite (Redis)', () => {
     await expect(fencedWrite(client, 'job:4', -1, 'v')).rejects.toThrow(/Invalid token: -1/)
     expect(await client.exists('job:4')).toBe(0)
   })
+
+  it('with replicas: N, does not count a write no replica acknowledged (a failover could lose it)', async () => {
+    // A standalone server has no replica: WAIT answers 0.
+    await expect(
+      fencedWrite(client, 'job:5', 7, 'v', { replicas: 1, replicaTimeoutMs: 50 }),
+    ).rejects.toThrow(/acknowledged by 0 of the 1 replicas required within 50 ms/)
+    await expect(fencedWrite(client, 'job:5', 7, 'v', { replicas: -1 })).rejects.toThrow(/replicas/)
+    // A stale write is still refused as such, acknowledged or not.
+    await expect(
+      fencedWrite(client, 'job:5', 6, 'old', { replicas: 1, replicaTimeoutMs: 50 }),
+    ).rejects.toMatchObject({ code: 'ERR_CONCLAVE_STALE_TOKEN' })
+  })
 })

@@ -190,7 +190,9 @@ describe('key layout', () => {
     expect(got.acquired).toBe(true)
     const keys = (await admin.keys(`${prefix}*`)).sort()
     const expected = resourceKeys(prefix, resource)
-    expect(keys).toEqual([expected.grants, expected.holders, expected.token, expected.guard].sort())
+    expect(keys).toEqual(
+      [expected.grants, expected.holders, expected.token, expected.guard, expected.history].sort(),
+    )
     for (const key of keys) {
       // Redis Cluster hashes only what is between the first { and the next }.
       const tag = /\{([^}]*)\}/.exec(key)?.[1]
@@ -208,13 +210,16 @@ describe('key layout', () => {
       (await admin.pttl(expected.holders)) - 5,
     )
     expect(await admin.pttl(expected.token)).toBeGreaterThan(lease)
-    // Released: only the token counter stays (so tokens keep growing), and it expires too; the
-    // guard went with the last grant.
+    expect(await admin.pttl(expected.history)).toBeGreaterThan(lease)
+    // Released: only the token counter (so tokens keep growing) and the replication history seen
+    // (the failover grace) stay, and they expire too; the guard went with the last grant.
     await b.release({ resource, candidate: 'a' })
-    expect(await admin.keys(`${prefix}*`)).toEqual([expected.token])
+    expect((await admin.keys(`${prefix}*`)).sort()).toEqual(
+      [expected.history, expected.token].sort(),
+    )
     // Keys of different resources land under different tags; no key outside the prefix.
     await acquire(b, 'other', 'a')
-    expect((await admin.keys(`${prefix}*`)).filter((k) => k.includes('{other}'))).toHaveLength(4)
+    expect((await admin.keys(`${prefix}*`)).filter((k) => k.includes('{other}'))).toHaveLength(5)
     await b.release({ resource: 'other', candidate: 'a' })
   })
 })
@@ -426,6 +431,19 @@ describe('options', () => {
       'clientOptions with a client',
       () => redisBackend({ client: client(), clientOptions: {} }),
       'clientOptions',
+    ],
+    [
+      'failoverGrace not a boolean',
+      () => redisBackend({ client: client(), failoverGrace: 1 as never }),
+      'failoverGrace',
+    ],
+    ['replicas negative', () => redisBackend({ client: client(), replicas: -1 }), 'replicas'],
+    ['replicas fraction', () => redisBackend({ client: client(), replicas: 1.5 }), 'replicas'],
+    ['replicas text', () => redisBackend({ client: client(), replicas: '1' as never }), 'replicas'],
+    [
+      'replicaTimeoutMs zero',
+      () => redisBackend({ client: client(), replicas: 1, replicaTimeoutMs: 0 }),
+      'replicaTimeoutMs',
     ],
   ]
   for (const [label, make, field] of cases) {

@@ -234,7 +234,7 @@ describe('URL parameters', () => {
     expect(got.acquired).toBe(true)
     // ioredis got the rest of the URL: the keys are in db 3, under the prefix.
     await admin.select(3)
-    expect(await admin.keys(`${prefix}{${resource}}:*`)).toHaveLength(4) // holders, grants, token, guard
+    expect(await admin.keys(`${prefix}{${resource}}:*`)).toHaveLength(5) // holders, grants, token, guard, history
     await admin.select(0)
     const withPrefix = (await backendFromUrl(
       `${server.url}/3?prefix=${prefix}&startupGrace=false`,

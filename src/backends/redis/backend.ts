@@ -8,7 +8,7 @@
  * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
  * it when the backend is made (and fails at once with a MissingPeerError without it).
  */
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type {
   AcquireRequest,
   AcquireResult,
@@ -24,6 +24,7 @@ import {
   BackendError,
   BackendTimeoutError,
   ConclaveError,
+  RedisClusterError,
   TicketsMismatchError,
 } from '../../errors.js'
 import {
@@ -33,14 +34,22 @@ import {
   validateResource,
 } from '../../validate.js'
 import { CloseGate, requirePeer, withDeadline } from '../kit.js'
-import { resourceKeys, TOKEN_TTL_MS } from './layout.js'
+import { keySlot, resourceKeys, TOKEN_TTL_MS } from './layout.js'
 import {
   endpoint,
   OWNED_CLIENT_DEFAULTS,
   type RedisBackendOptions,
   resolveRedisOptions,
 } from './options.js'
-import { defineScript, runPipelined, runScript, type Script, type ScriptCall } from './scripts.js'
+import {
+  defineScript,
+  type ReplicaWait,
+  runPipelined,
+  runScript,
+  runScriptWaiting,
+  type Script,
+  type ScriptCall,
+} from './scripts.js'
 import acquireLua from './scripts/acquire.lua.js'
 import holdersLua from './scripts/holders.lua.js'
 import releaseLua from './scripts/release.lua.js'
@@ -76,8 +85,14 @@ export class RedisBackend implements Backend {
   readonly heartbeatMs: number
   /** Whether a server up for less than a lease grants no new ticket (see the option). */
   readonly startupGrace: boolean
+  /** Whether a server whose replication history changed grants no new ticket for a lease. */
+  readonly failoverGrace: boolean
+  /** How many replicas must acknowledge each grant and renewal (0: none). */
+  readonly replicas: number
+  /** How long WAIT waits for them. */
+  readonly replicaTimeoutMs: number
   readonly #owned: boolean
-  readonly #client: Redis
+  readonly #client: Redis | Cluster
   /** The last connection error of a client the backend made, until it is ready again. */
   #clientError: Error | undefined
   readonly #gate = new CloseGate('redis')
@@ -93,19 +108,31 @@ export class RedisBackend implements Backend {
     this.lingerMs = resolved.lingerMs
     this.heartbeatMs = resolved.heartbeatMs
     this.startupGrace = resolved.startupGrace
+    this.failoverGrace = resolved.failoverGrace
+    this.replicas = resolved.replicas
+    this.replicaTimeoutMs = resolved.replicaTimeoutMs
     if (resolved.client !== undefined) {
       this.#owned = false
       this.#client = resolved.client
     } else {
-      const { Redis: Client } = requirePeer<typeof import('ioredis')>(
+      const { Redis: Client, Cluster } = requirePeer<typeof import('ioredis')>(
         'ioredis',
         'redisBackend({ url })',
       )
       this.#owned = true
-      const owned = new Client(resolved.url!, {
-        ...OWNED_CLIENT_DEFAULTS,
-        ...resolved.clientOptions,
-      })
+      const { sentinel, cluster, clientOptions } = resolved
+      const owned = cluster
+        ? new Cluster(cluster.nodes, {
+            redisOptions: {
+              ...OWNED_CLIENT_DEFAULTS,
+              username: cluster.username,
+              password: cluster.password,
+              ...clientOptions,
+            },
+          })
+        : sentinel
+          ? new Client({ ...OWNED_CLIENT_DEFAULTS, ...sentinel, ...clientOptions })
+          : new Client(resolved.url!, { ...OWNED_CLIENT_DEFAULTS, ...clientOptions })
       // Failures reach the election through the operations, which name this error as their
       // cause (ioredis itself rejects them only with "max retries per request"); ioredis
       // reconnects by itself.
@@ -132,8 +159,8 @@ export class RedisBackend implements Backend {
     validateAcquire(request)
     this.#checkEviction()
     const keys = resourceKeys(this.prefix, request.resource)
-    const reply = await this.#run('acquire', SCRIPTS.acquire, [
-      [keys.holders, keys.grants, keys.token, keys.guard],
+    const call: ScriptCall = [
+      [keys.holders, keys.grants, keys.token, keys.guard, keys.history],
       [
         request.candidate,
         String(request.tickets),
@@ -142,8 +169,24 @@ export class RedisBackend implements Backend {
         keys.channel,
         String(TOKEN_TTL_MS),
         this.startupGrace ? '1' : '0',
+        this.failoverGrace ? '1' : '0',
       ],
-    ])
+    ]
+    const wait = this.#replicaWait()
+    let reply: unknown
+    if (wait) {
+      const answer = await this.#timed('acquire', () =>
+        runScriptWaiting(this.#client, SCRIPTS.acquire, call[0], call[1], wait),
+      )
+      reply = answer.reply
+      const first = Array.isArray(reply) ? Number(reply[0]) : 0
+      // Not acknowledged: a promoted replica might not have it, so it is not a grant yet. It
+      // stays on the master (no other candidate gets it); asking again extends it and waits again.
+      if (first === 1 && answer.acked < wait.replicas)
+        throw this.#unacknowledged('acquire', answer.acked)
+    } else {
+      reply = await this.#run('acquire', SCRIPTS.acquire, call)
+    }
     const list = asArray(reply, 'acquire')
     if (Number(list[0]) === 2) {
       throw new TicketsMismatchError(request.resource, request.tickets, Number(list[1]))
@@ -155,14 +198,18 @@ export class RedisBackend implements Backend {
     }
     const holders = parseHolders(list, 2)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
-    // A free ticket the server may not grant yet: it started less than a lease ago.
+    // A free ticket the server may not grant yet: it started, or its replication history
+    // changed (4: a failover), less than a lease ago.
     const graceMs = Number(list[1])
     if (graceMs > 0)
       return {
         acquired: false,
         holders,
         retryInMs: graceMs,
-        wait: startupGraceWait(endpoint(this.#client), request.leaseMs),
+        wait:
+          Number(list[0]) === 4
+            ? failoverGraceWait(endpoint(this.#client), request.leaseMs)
+            : startupGraceWait(endpoint(this.#client), request.leaseMs),
       }
     return {
       acquired: false,
@@ -180,30 +227,78 @@ export class RedisBackend implements Backend {
     const script = SCRIPTS.renew
     // One script call per batch of grants: 10,000 renewals are 10 commands, not 10,000, and no
     // single call holds the server for long.
-    const calls: ScriptCall[] = []
-    for (let i = 0; i < requests.length; i += RENEW_BATCH) {
-      const keys: string[] = []
-      const args: string[] = []
-      for (const request of requests.slice(i, i + RENEW_BATCH)) {
-        const k = resourceKeys(this.prefix, request.resource)
-        keys.push(k.holders, k.grants, k.guard)
-        args.push(request.candidate, String(request.token), String(request.leaseMs))
-      }
-      calls.push([keys, args])
-    }
+    if (this.#client.isCluster) return this.#renewInCluster(requests)
+    const calls = renewCalls(this.prefix, requests)
     const replies = await this.#timed('renew', async () => {
       // One pipeline: one round trip for every batch. After a flushed script cache it is run
       // again, which is harmless: a renewal only sets the same lease again.
-      const results = await runPipelined(this.#client, script, calls)
-      return results.flatMap(([error, reply]) => {
+      const wait = this.#replicaWait()
+      const results = await runPipelined(this.#client, script, calls, wait)
+      const flat = results.flatMap(([error, reply]) => {
         if (error) throw error
         return asArray(reply, 'renew')
       })
+      // Renewed on the master only: not a renewal (a rejection: the terms keep their deadlines).
+      if (wait && results.acked! < wait.replicas)
+        throw this.#unacknowledged('renew', results.acked!)
+      return flat
     })
     if (replies.length !== requests.length) {
       throw new BackendError(`redis renew: ${replies.length} answers for ${requests.length} grants`)
     }
     return replies.map((reply) => Number(reply) === 1)
+  }
+
+  /**
+   * A Redis Cluster refuses a script whose keys span slots (CROSSSLOT) and a pipeline whose
+   * keys span nodes: the grants are grouped by slot (one script call per slot and batch), the
+   * calls by master node (one pipeline per node), and the nodes asked at once, so a tick is
+   * one round trip per node.
+   */
+  async #renewInCluster(requests: RenewRequest[]): Promise<boolean[]> {
+    const cluster = this.#client as Cluster
+    const bySlot = new Map<number, number[]>()
+    requests.forEach((request, i) => {
+      const slot = keySlot(request.resource)
+      const list = bySlot.get(slot)
+      if (list) list.push(i)
+      else bySlot.set(slot, [i])
+    })
+    const byNode = new Map<string, number[][]>()
+    for (const [slot, indexes] of bySlot) {
+      // ioredis' slot table: slot -> [master key, replica keys...]; unknown yet: any group.
+      const node = (cluster.slots as string[][] | undefined)?.[slot]?.[0] ?? `slot:${slot}`
+      const groups = byNode.get(node)
+      for (let i = 0; i < indexes.length; i += RENEW_BATCH) {
+        const group = indexes.slice(i, i + RENEW_BATCH)
+        if (groups) groups.push(group)
+        else byNode.set(node, [group])
+      }
+    }
+    const answers: boolean[] = new Array<boolean>(requests.length)
+    const wait = this.#replicaWait()
+    await this.#timed('renew', () =>
+      Promise.all(
+        [...byNode.values()].map(async (groups) => {
+          const calls = groups.map(
+            (group) =>
+              renewCalls(
+                this.prefix,
+                group.map((i) => requests[i]!),
+              )[0]!,
+          )
+          const results = await runPipelined(cluster, SCRIPTS.renew, calls, wait, true)
+          results.forEach(([error, reply], g) => {
+            if (error) throw error
+            const list = asArray(reply, 'renew')
+            groups[g]!.forEach((index, k) => (answers[index] = Number(list[k]) === 1))
+          })
+          if (wait && results.acked! < wait.replicas)
+            throw this.#unacknowledged('renew', results.acked!)
+        }),
+      ),
+    )
+    return answers
   }
 
   /** One release.lua call: removes the grant (only with its token, if given) and publishes. */
@@ -263,6 +358,19 @@ export class RedisBackend implements Backend {
     )
   }
 
+  /** The WAIT to send after a grant or renewal, if the replicas option asks for one. */
+  #replicaWait(): ReplicaWait | undefined {
+    return this.replicas > 0
+      ? { replicas: this.replicas, timeoutMs: this.replicaTimeoutMs }
+      : undefined
+  }
+
+  #unacknowledged(what: string, acked: number): BackendError {
+    return new BackendError(
+      `redis ${what} on ${endpoint(this.#client)}: acknowledged by ${acked} of the ${this.replicas} replicas required within ${this.replicaTimeoutMs} ms (the replicas option), so it does not count`,
+    )
+  }
+
   async #run(what: string, script: Script, [keys, args]: ScriptCall): Promise<unknown> {
     return this.#timed(what, () => runScript(this.#client, script, keys, args))
   }
@@ -283,6 +391,12 @@ export class RedisBackend implements Backend {
       // A call cut short by close() (its connection dropped) gets the final error.
       this.#gate.check()
       if (error instanceof ConclaveError) throw error
+      if (!this.#client.isCluster && isClusterReply(error)) {
+        throw new RedisClusterError(
+          `redis ${what} on ${endpoint(this.#client)}: the server is a Redis Cluster node (${messageOf(error)}); give redisBackend an ioredis Cluster client (new Cluster([...]))`,
+          { cause: error },
+        )
+      }
       const where = endpoint(this.#client)
       // A reply is the server's own answer; anything else may be the connection failing.
       const down =
@@ -311,6 +425,14 @@ function startupGraceWait(where: string, leaseMs: number): WaitReason {
   }
 }
 
+/** Why nothing is granted on a server whose replication history changed (a promoted replica). */
+function failoverGraceWait(where: string, leaseMs: number): WaitReason {
+  return {
+    code: 'failover-grace',
+    reason: `the redis server at ${where} changed replication history (a replica was promoted) less than the lease (${leaseMs} ms) ago, and it may lack grants whose holders still run: no new grant until then (failoverGrace; see docs/redis.md)`,
+  }
+}
+
 /** Why nothing is granted after conclave's keys were deleted by hand. */
 function deletedKeysWait(retryInMs: number): WaitReason {
   return {
@@ -324,6 +446,27 @@ function deletedKeysWait(retryInMs: number): WaitReason {
  * as its cause, the connection's error (which kit.ts's timeoutError has no room for).
  */
 class TimedOut extends Error {}
+
+/** A reply only a Redis Cluster node gives to a client that is not cluster-aware. */
+function isClusterReply(error: unknown): boolean {
+  return error instanceof Error && /^(MOVED|ASK|CROSSSLOT|CLUSTERDOWN) /.test(error.message)
+}
+
+/** The renew.lua calls for `requests`: one per batch of RENEW_BATCH grants. */
+function renewCalls(prefix: string, requests: readonly RenewRequest[]): ScriptCall[] {
+  const calls: ScriptCall[] = []
+  for (let i = 0; i < requests.length; i += RENEW_BATCH) {
+    const keys: string[] = []
+    const args: string[] = []
+    for (const request of requests.slice(i, i + RENEW_BATCH)) {
+      const k = resourceKeys(prefix, request.resource)
+      keys.push(k.holders, k.grants, k.guard)
+      args.push(request.candidate, String(request.token), String(request.leaseMs))
+    }
+    calls.push([keys, args])
+  }
+  return calls
+}
 
 /** An error's message, or its name when it has none (as messages have always said it). */
 function messageOf(error: unknown): string {

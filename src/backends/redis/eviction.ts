@@ -7,7 +7,7 @@
  * Only `noeviction` is safe. The backend reads the policy once (at its first acquire) and
  * warns once per server and process, as bullmq does; it never changes the setting.
  */
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import { REDIS_EVICTION_WARNING } from '../../errors.js'
 import { endpoint } from './options.js'
 import type { TimedCall } from './wakeups.js'
@@ -23,9 +23,10 @@ export function mayEvict(policy: string): boolean {
 /**
  * Reads maxmemory-policy and warns (ConclaveWarning CONCLAVE_REDIS_EVICTION) when it may evict
  * conclave's keys. Resolves true once the question is settled (read, or refused by the server:
- * managed Redis may refuse CONFIG), false when no answer came (ask again later).
+ * managed Redis may refuse CONFIG), false when no answer came (ask again later). A Cluster
+ * client asks one node: the nodes of a cluster are configured alike in practice.
  */
-export async function checkEviction(client: Redis, timed: TimedCall): Promise<boolean> {
+export async function checkEviction(client: Redis | Cluster, timed: TimedCall): Promise<boolean> {
   let reply: unknown
   try {
     reply = await timed('config get', () => client.config('GET', 'maxmemory-policy'))

@@ -6,11 +6,15 @@ import { RedisBackend } from './backend.js'
 import type { RedisBackendOptions } from './options.js'
 
 export { RedisBackend } from './backend.js'
-export { keyspaceChannels, resourceKeys, type ResourceKeys } from './layout.js'
+export { keySlot, keyspaceChannels, resourceKeys, type ResourceKeys } from './layout.js'
 export {
   OWNED_CLIENT_DEFAULTS,
   parseRedisUrl,
+  parseClusterUrl,
+  parseSentinelUrl,
+  type ClusterClientOptions,
   redactUrl,
+  type SentinelClientOptions,
   type RedisBackendOptions,
   type RedisUrlSettings,
 } from './options.js'
@@ -22,8 +26,9 @@ export function redisBackend(options: RedisBackendOptions): RedisBackend {
 }
 
 /**
- * `redis://...` or `rediss://...`: a backend that owns (and closes) its own client. The query
- * parameters `startupGrace=false` and `prefix=...` set those options; ioredis gets the URL
+ * `redis://...`, `rediss://...` or `redis+sentinel://host:port,host:port/mastername`: a backend
+ * that owns (and closes) its own client. The query parameters `prefix`, `startupGrace`,
+ * `failoverGrace`, `replicas`, `replicaTimeoutMs` set those options; ioredis gets the URL
  * without them (exactly as given when it has none).
  */
 export async function backendFromUrl(url: string): Promise<RedisBackend> {

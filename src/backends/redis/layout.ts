@@ -17,6 +17,11 @@ export interface ResourceKeys {
   guard: string
   /** Published on whenever the holders change. */
   channel: string
+  /**
+   * The replication id the scripts last saw the server run under, and since when (the failover
+   * grace). Per resource, in its slot (Redis Cluster), and expiring with the token key.
+   */
+  history: string
 }
 
 /** The keys and channel of one resource; all share the hash tag `{resource}`. */
@@ -28,6 +33,7 @@ export function resourceKeys(prefix: string, resource: string): ResourceKeys {
     token: `${base}:token`,
     guard: `${base}:guard`,
     channel: `${base}:changed`,
+    history: `${base}:history`,
   }
 }
 
@@ -45,3 +51,22 @@ export function keyspaceChannels(prefix: string, resource: string, db = 0): stri
  * across a quiet week without the key living forever (see docs/redis.md).
  */
 export const TOKEN_TTL_MS = 7 * 24 * 3_600_000
+
+/** CRC16-CCITT (XMODEM), as Redis Cluster hashes keys. */
+function crc16(bytes: Uint8Array): number {
+  let crc = 0
+  for (const byte of bytes) {
+    crc ^= byte << 8
+    for (let bit = 0; bit < 8; bit++)
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff
+  }
+  return crc
+}
+
+/**
+ * The Redis Cluster slot of every key of `resource` (their hash tag is exactly the resource
+ * name), so the backend can group a tick's renewals per slot and node.
+ */
+export function keySlot(resource: string): number {
+  return crc16(new TextEncoder().encode(resource)) % 16384
+}

@@ -3,7 +3,7 @@
  * (checked up front, so a typo never falls back to a default), and the backend URL, parsed here
  * into the same options. A password in a URL never reaches a message.
  */
-import type { Redis, RedisOptions } from 'ioredis'
+import type { Cluster, Redis, RedisOptions } from 'ioredis'
 import { OptionsError } from '../../errors.js'
 import { checkOptions, optionalMilliseconds } from '../../validate.js'
 
@@ -13,11 +13,13 @@ export interface RedisBackendOptions {
    * Your ioredis client (left open by close()). Give it `commandTimeout` (and, to notice a
    * hung path sooner, `socketTimeout`) so a command fails instead of waiting forever.
    */
-  client?: Redis
+  client?: Redis | Cluster
   /**
    * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
-   * query may set `prefix` and `startupGrace`, and ioredis' `db`, `family`, `username`,
-   * `password`, `connectionName`; any other parameter is refused.
+   * query may set `prefix`, `startupGrace`, `failoverGrace`, `replicas`, `replicaTimeoutMs`,
+   * and ioredis' `db`, `family`, `username`, `password`, `connectionName`; any other parameter
+   * is refused. Or `redis+sentinel://[user:password@]host:port,host:port/mastername[?...]`: the
+   * master Sentinel names (see parseRedisUrl).
    */
   url?: string
   /** ioredis options for the client made from `url` (merged over the backend's defaults). */
@@ -49,6 +51,23 @@ export interface RedisBackendOptions {
    * always`), or one you just started yourself with nothing in it. See docs/redis.md.
    */
   startupGrace?: boolean
+  /**
+   * After the server the backend talks to changed its replication history (a replica promoted
+   * by Sentinel or by hand, which may lack the latest grants: replication is asynchronous), it
+   * grants no new ticket for one lease from when conclave first saw the change (renewals of the
+   * grants it has go on). An ordinary reconnect to the same master changes nothing. Default
+   * true. See docs/redis.md.
+   */
+  failoverGrace?: boolean
+  /**
+   * A grant or renewal counts only once this many replicas acknowledged it (`WAIT` in the same
+   * round trip): a renewal they did not acknowledge in time fails (the term's deadline does not
+   * move), a grant fails and is retried. With Sentinel, 1 or more makes a promoted replica hold
+   * every grant its holder believes in. Default 0 (no wait).
+   */
+  replicas?: number
+  /** How long WAIT waits for `replicas` acknowledgements, in ms. Default 500. */
+  replicaTimeoutMs?: number
 }
 
 /** The options checked, with the defaults filled in (each as its option says). */
@@ -58,10 +77,17 @@ export interface ResolvedRedisOptions {
   lingerMs: number
   heartbeatMs: number
   startupGrace: boolean
+  failoverGrace: boolean
+  replicas: number
+  replicaTimeoutMs: number
   /** Your client, or undefined when the backend makes its own from `url`. */
-  client: Redis | undefined
+  client: Redis | Cluster | undefined
   /** Without your client: the URL for ioredis (conclave's parameters cut out). */
   url: string | undefined
+  /** Without your client, from a `redis+sentinel://` URL: the ioredis options to connect with. */
+  sentinel: SentinelClientOptions | undefined
+  /** Without your client, from a `redis+cluster://` URL: the nodes and credentials. */
+  cluster: ClusterClientOptions | undefined
   /** Without your client: the options it is made with (merged over the defaults later). */
   clientOptions: RedisOptions | undefined
 }
@@ -83,6 +109,8 @@ export const DEFAULT_TIMEOUT_MS = 5_000
 export const DEFAULT_LINGER_MS = 10_000
 /** The subscriber's PING interval (and answer deadline) when no heartbeatMs is given. */
 export const DEFAULT_HEARTBEAT_MS = 5_000
+/** How long WAIT waits for the replicas' acknowledgements when no replicaTimeoutMs is given. */
+export const DEFAULT_REPLICA_TIMEOUT_MS = 500
 
 const OPTION_NAMES = [
   'client',
@@ -93,6 +121,9 @@ const OPTION_NAMES = [
   'lingerMs',
   'heartbeatMs',
   'startupGrace',
+  'failoverGrace',
+  'replicas',
+  'replicaTimeoutMs',
 ] as const
 
 const PREFIX_RULE =
@@ -151,6 +182,30 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
   if (typeof startupGrace !== 'boolean') {
     throw new OptionsError('startupGrace', startupGrace, 'startupGrace must be true or false.')
   }
+  const failoverGrace =
+    options.failoverGrace === undefined ? (fromUrl?.failoverGrace ?? true) : options.failoverGrace
+  if (typeof failoverGrace !== 'boolean') {
+    throw new OptionsError('failoverGrace', failoverGrace, 'failoverGrace must be true or false.')
+  }
+  const replicas = options.replicas === undefined ? (fromUrl?.replicas ?? 0) : options.replicas
+  if (
+    typeof replicas !== 'number' ||
+    !Number.isInteger(replicas) ||
+    replicas < 0 ||
+    replicas > 100
+  ) {
+    throw new OptionsError(
+      'replicas',
+      replicas,
+      'replicas must be an integer from 0 to 100: how many replicas must acknowledge each grant and renewal.',
+    )
+  }
+  const replicaTimeoutMs = optionalMilliseconds(
+    'replicaTimeoutMs',
+    options.replicaTimeoutMs ?? fromUrl?.replicaTimeoutMs,
+    DEFAULT_REPLICA_TIMEOUT_MS,
+    1,
+  )
   if (clientOptions !== undefined && (typeof clientOptions !== 'object' || !url)) {
     throw new OptionsError(
       'clientOptions',
@@ -162,7 +217,7 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     throw new OptionsError(
       'client',
       client,
-      'client must be an ioredis Redis instance (new Redis(...)); a Cluster client is not supported yet.',
+      'client must be an ioredis client: new Redis(...) or new Cluster(...).',
     )
   }
   if (client === undefined && fromUrl === undefined) {
@@ -178,25 +233,35 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     lingerMs,
     heartbeatMs,
     startupGrace,
+    failoverGrace,
+    replicas,
+    replicaTimeoutMs,
     client,
-    url: fromUrl?.url,
+    url: fromUrl?.sentinel || fromUrl?.cluster ? undefined : fromUrl?.url,
+    sentinel: fromUrl?.sentinel,
+    cluster: fromUrl?.cluster,
     clientOptions,
   }
 }
 
-/** A standalone ioredis client, by the methods the backend calls (ioredis is not imported here). */
-function looksLikeIoredis(client: unknown): client is Redis {
+/** An ioredis Redis or Cluster, by the methods the backend calls (ioredis is not imported here). */
+function looksLikeIoredis(client: unknown): client is Redis | Cluster {
   if (typeof client !== 'object' || client === null) return false
   const c = client as Record<string, unknown>
-  return (
-    !c.isCluster &&
-    ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every((m) => typeof c[m] === 'function')
+  return ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every(
+    (m) => typeof c[m] === 'function',
   )
 }
 
 /** Where a client connects, for messages: host:port or the socket path (never a password). */
-export function endpoint(client: Redis): string {
-  const { host, port, path, sentinels, name } = client.options ?? {}
+export function endpoint(client: Redis | Cluster): string {
+  if (client.isCluster) {
+    const nodes = (client as Cluster)
+      .nodes('master')
+      .map((n) => `${n.options.host}:${n.options.port}`)
+    return `the Redis Cluster${nodes.length ? ` of masters ${nodes.join(',')}` : ''}`
+  }
+  const { host, port, path, sentinels, name } = (client as Redis).options ?? {}
   if (path) return path
   if (sentinels?.length)
     return `the master "${name}" of sentinels ${sentinels.map((s) => `${s.host ?? 'localhost'}:${s.port ?? 26379}`).join(',')}`
@@ -207,7 +272,13 @@ export function endpoint(client: Redis): string {
 // --- URLs ------------------------------------------------------------------------------------
 
 /** Query parameters of a Redis URL that conclave reads itself (ioredis never sees them). */
-const URL_SETTINGS = ['startupGrace', 'prefix'] as const
+const URL_SETTINGS = [
+  'startupGrace',
+  'prefix',
+  'failoverGrace',
+  'replicas',
+  'replicaTimeoutMs',
+] as const
 
 /** Query parameters ioredis reads from a URL as plain text: passed on untouched. */
 const IOREDIS_URL_PARAMS = ['db', 'family', 'username', 'password', 'connectionName'] as const
@@ -228,6 +299,35 @@ export interface RedisUrlSettings {
   startupGrace?: boolean
   /** `?prefix=...`, when given (checked by the backend's prefix rule). */
   prefix?: string
+  /** `?failoverGrace=true|false`, when given. */
+  failoverGrace?: boolean
+  /** `?replicas=N`, when given (checked by the backend's rule). */
+  replicas?: number
+  /** `?replicaTimeoutMs=N`, when given (checked by the backend's rule). */
+  replicaTimeoutMs?: number
+  /** From a `redis+sentinel://` URL: the ioredis options that name the sentinels and master. */
+  sentinel?: SentinelClientOptions
+  /** From a `redis+cluster://` URL: the nodes to start from, and the credentials. */
+  cluster?: ClusterClientOptions
+}
+
+/** What ioredis' `new Cluster(nodes, { redisOptions })` needs, from a `redis+cluster://` URL. */
+export interface ClusterClientOptions {
+  nodes: { host: string; port: number }[]
+  username?: string
+  password?: string
+}
+
+/** What ioredis needs to find a master through Sentinel (a subset of its RedisOptions). */
+export interface SentinelClientOptions {
+  sentinels: { host: string; port: number }[]
+  /** The master's name, as the sentinels know it. */
+  name: string
+  db?: number
+  username?: string
+  password?: string
+  sentinelUsername?: string
+  sentinelPassword?: string
 }
 
 /**
@@ -236,6 +336,8 @@ export interface RedisUrlSettings {
  * `username`, `password`, `connectionName`) is refused with an OptionsError naming it.
  */
 export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
+  if (typeof url === 'string' && /^redis\+sentinel:/i.test(url)) return parseSentinelUrl(url, field)
+  if (typeof url === 'string' && /^redis\+cluster:/i.test(url)) return parseClusterUrl(url, field)
   let parsed: URL | undefined
   try {
     parsed = typeof url === 'string' ? new URL(url) : undefined
@@ -258,15 +360,7 @@ export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
         throw new OptionsError(name, value, `${name} is given twice in the Redis URL.`)
       }
       seen.add(name)
-      if (name === 'prefix') settings.prefix = value
-      else if (value === 'true' || value === 'false') settings.startupGrace = value === 'true'
-      else {
-        throw new OptionsError(
-          name,
-          value,
-          'startupGrace in a Redis URL is true or false (e.g. redis://host:6379?startupGrace=false).',
-        )
-      }
+      readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
     } else if (!(IOREDIS_URL_PARAMS as readonly string[]).includes(name)) {
       throw new OptionsError(
         name,
@@ -330,4 +424,141 @@ export function redactUrl(url: string): string {
   return (
     scheme + rest.replace(/([?&][^=&#]*(?:pass|secret|auth|token|key)[^=&#]*=)[^&#]*/gi, '$1***')
   )
+}
+
+/** One of conclave's URL settings, read into `settings` (its rule checked later, as an option). */
+function readUrlSetting(
+  settings: Omit<RedisUrlSettings, 'url'>,
+  name: (typeof URL_SETTINGS)[number],
+  value: string,
+): void {
+  if (name === 'prefix') settings.prefix = value
+  else if (name === 'replicas' || name === 'replicaTimeoutMs') {
+    if (!/^\d+$/.test(value)) {
+      throw new OptionsError(
+        name,
+        value,
+        `${name} in a Redis URL is a whole number (e.g. ?${name}=1).`,
+      )
+    }
+    settings[name] = Number(value)
+  } else if (value === 'true' || value === 'false') settings[name] = value === 'true'
+  else {
+    throw new OptionsError(
+      name,
+      value,
+      `${name} in a Redis URL is true or false (e.g. redis://host:6379?${name}=false).`,
+    )
+  }
+}
+
+const SENTINEL_URL_RULE =
+  "A Redis Sentinel URL is redis+sentinel://[user:password@]host:port[,host:port...]/mastername[?params] (the sentinels' addresses, then the name they know the master by)."
+
+/** Query parameters of a Sentinel URL that go to ioredis (besides conclave's own). */
+const SENTINEL_URL_PARAMS = ['db', 'sentinelUsername', 'sentinelPassword'] as const
+
+/**
+ * `redis+sentinel://[user:password@]host:port,host:port/mastername[?params]`: the sentinels'
+ * addresses (port default 26379), the master's name, its user and password (for the master, as
+ * ioredis takes them); `?db=`, `?sentinelUsername=`, `?sentinelPassword=` go to ioredis, and
+ * conclave's settings as in a redis:// URL. Not a WHATWG URL (a list of hosts): parsed by hand.
+ */
+export function parseSentinelUrl(url: string, field = 'url'): RedisUrlSettings {
+  const refuse = (): never => {
+    throw new OptionsError(field, redactUrl(url), SENTINEL_URL_RULE)
+  }
+  const match = /^redis\+sentinel:\/\/(?:([^@/?#]*)@)?([^/?#]+)\/([^/?#]+)\/?(?:\?([^#]*))?$/i.exec(
+    url,
+  )
+  if (!match) return refuse()
+  const [, userinfo, hostList, rawName, query] = match
+  const sentinels = hostList!.split(',').map((entry) => {
+    const hostPort = /^(\[[0-9a-f:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/i.exec(entry)
+    if (!hostPort) return refuse()
+    const port = hostPort[2] === undefined ? 26379 : Number(hostPort[2])
+    if (port < 1 || port > 65535) return refuse()
+    return { host: hostPort[1]!.replace(/^\[|\]$/g, ''), port }
+  })
+  const sentinel: SentinelClientOptions = { sentinels, name: decodeQueryPart(rawName!) }
+  if (userinfo) {
+    const colon = userinfo.indexOf(':')
+    const user = decodeQueryPart(colon < 0 ? userinfo : userinfo.slice(0, colon))
+    if (user) sentinel.username = user
+    if (colon >= 0) sentinel.password = decodeQueryPart(userinfo.slice(colon + 1))
+  }
+  const settings: Omit<RedisUrlSettings, 'url'> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of new URLSearchParams(query ?? '')) {
+    if (seen.has(name))
+      throw new OptionsError(
+        name,
+        SECRET_NAME.test(name) ? '***' : value,
+        `${name} is given twice in the Redis URL.`,
+      )
+    seen.add(name)
+    if ((URL_SETTINGS as readonly string[]).includes(name)) {
+      readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
+    } else if (name === 'db') {
+      if (!/^\d+$/.test(value)) throw new OptionsError('db', value, 'db is a whole number.')
+      sentinel.db = Number(value)
+    } else if (name === 'sentinelUsername' || name === 'sentinelPassword') {
+      sentinel[name] = value
+    } else {
+      throw new OptionsError(
+        name,
+        SECRET_NAME.test(name) ? '***' : value,
+        `Unknown Redis Sentinel URL parameter. Known: ${URL_SETTINGS.join(', ')} (conclave's) and ${SENTINEL_URL_PARAMS.join(', ')} (passed to ioredis).`,
+      )
+    }
+  }
+  return { url, ...settings, sentinel }
+}
+
+const CLUSTER_URL_RULE =
+  'A Redis Cluster URL is redis+cluster://[user:password@]host:port[,host:port...][?params] (some of its nodes; the client finds the rest).'
+
+/**
+ * `redis+cluster://[user:password@]host:port,host:port[?params]`: nodes of a Redis Cluster to
+ * start from (port default 6379), the credentials of every node; conclave's settings as in a
+ * redis:// URL, nothing else. Parsed by hand (a list of hosts).
+ */
+export function parseClusterUrl(url: string, field = 'url'): RedisUrlSettings {
+  const refuse = (): never => {
+    throw new OptionsError(field, redactUrl(url), CLUSTER_URL_RULE)
+  }
+  const match = /^redis\+cluster:\/\/(?:([^@/?#]*)@)?([^/?#]+)\/?(?:\?([^#]*))?$/i.exec(url)
+  if (!match) return refuse()
+  const [, userinfo, hostList, query] = match
+  const nodes = hostList!.split(',').map((entry) => {
+    const hostPort = /^(\[[0-9a-f:.]+\]|[^:[\]]+)(?::(\d{1,5}))?$/i.exec(entry)
+    if (!hostPort) return refuse()
+    const port = hostPort[2] === undefined ? 6379 : Number(hostPort[2])
+    if (port < 1 || port > 65535) return refuse()
+    return { host: hostPort[1]!.replace(/^\[|\]$/g, ''), port }
+  })
+  const cluster: ClusterClientOptions = { nodes }
+  if (userinfo) {
+    const colon = userinfo.indexOf(':')
+    const user = decodeQueryPart(colon < 0 ? userinfo : userinfo.slice(0, colon))
+    if (user) cluster.username = user
+    if (colon >= 0) cluster.password = decodeQueryPart(userinfo.slice(colon + 1))
+  }
+  const settings: Omit<RedisUrlSettings, 'url'> = {}
+  const seen = new Set<string>()
+  for (const [name, value] of new URLSearchParams(query ?? '')) {
+    const shown = SECRET_NAME.test(name) ? '***' : value
+    if (seen.has(name))
+      throw new OptionsError(name, shown, `${name} is given twice in the Redis URL.`)
+    seen.add(name)
+    if (!(URL_SETTINGS as readonly string[]).includes(name)) {
+      throw new OptionsError(
+        name,
+        shown,
+        `Unknown Redis Cluster URL parameter. Known: ${URL_SETTINGS.join(', ')}.`,
+      )
+    }
+    readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
+  }
+  return { url, ...settings, cluster }
 }

@@ -7,7 +7,7 @@
  * ioredis' own resubscribe is off: ours tells us when the server confirmed it, so every watcher
  * can then be woken once (a release may have been published while we were disconnected).
  */
-import type { Redis } from 'ioredis'
+import type { Cluster, Redis } from 'ioredis'
 import type { Unwatch } from '../../backend.js'
 import { type CloseGate, fanOut } from '../kit.js'
 import { keyspaceChannels, resourceKeys } from './layout.js'
@@ -38,6 +38,13 @@ export function missingKeyspaceFlags(flags: string): string {
     .join('')
 }
 
+/** The commandTimeout a Redis or Cluster client was made with. */
+function commandTimeoutOf(client: Redis | Cluster): number | undefined {
+  return client.isCluster
+    ? (client as Cluster).options.redisOptions?.commandTimeout
+    : (client as Redis).options.commandTimeout
+}
+
 /** Servers (host:port) already warned about, so a process says it once per server. */
 const keyspaceWarned = new Set<string>()
 
@@ -55,7 +62,7 @@ export type TimedCall = <T>(
 /** What the wake-ups of one backend need from it. */
 export interface WakeupSettings {
   /** The backend's client: duplicated for the subscriber, asked for notify-keyspace-events. */
-  client: Redis
+  client: Redis | Cluster
   /** The backend's prefix, for the channel names. */
   prefix: string
   /** How long a channel stays subscribed after its last watch ends. */
@@ -117,7 +124,7 @@ export class Wakeups {
     if (!channel) {
       // The keys' keyspace channels are subscribed whatever the server's setting says (it may
       // be unreadable, or changed later): with notifications off they are merely silent.
-      const db = Number(client.options?.db ?? 0)
+      const db = client.isCluster ? 0 : Number((client as Redis).options?.db ?? 0)
       channel = {
         listeners: new Set(),
         names: [name, ...keyspaceChannels(prefix, resource, db)],
@@ -169,15 +176,24 @@ export class Wakeups {
     const { client, heartbeatMs } = this.#settings
     // Our own resubscribe (not ioredis's) so we know when it is confirmed and can then wake
     // every watcher: a release may have been published while we were disconnected.
-    const subscriber = client.duplicate({
+    const subscriberOptions = {
       autoResubscribe: false,
       enableOfflineQueue: true,
       lazyConnect: false,
-      commandTimeout: client.options.commandTimeout ?? OWNED_CLIENT_DEFAULTS.commandTimeout,
+      commandTimeout: commandTimeoutOf(client) ?? OWNED_CLIENT_DEFAULTS.commandTimeout,
       maxRetriesPerRequest: 1,
       // A PING (or SUBSCRIBE) unanswered this long: ioredis drops the socket and reconnects.
       socketTimeout: heartbeatMs,
-    })
+    }
+    // In a Redis Cluster a PUBLISH reaches every node, so the Cluster client's own subscriber
+    // connection (on any node, moved by ioredis when that node fails) hears every resource.
+    const subscriber = (
+      client.isCluster
+        ? (client as Cluster).duplicate([], {
+            redisOptions: { ...(client as Cluster).options.redisOptions, ...subscriberOptions },
+          })
+        : (client as Redis).duplicate(subscriberOptions)
+    ) as Redis
     this.#subscriber = subscriber
     this.#heartbeat = setInterval(() => {
       if (subscriber.status === 'ready') subscriber.ping().catch(noop)

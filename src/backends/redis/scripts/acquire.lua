@@ -8,6 +8,9 @@
 -- KEYS[4] guard:   string that expires with the holders key (never before it), deleted when our
 --                  own scripts remove the last grant. Found without the holders key, it says the
 --                  keys were deleted by hand while grants may live on in their holders' minds.
+-- KEYS[5] history: string "<master_replid>:<sinceMs>", the replication id acquire last saw this
+--                  server run under for this resource, and since when (server TIME; 0: no grace
+--                  owed). Expires with the token key. Only used when ARGV[8] is "1".
 -- ARGV[1] candidate
 -- ARGV[2] tickets
 -- ARGV[3] leaseMs
@@ -16,10 +19,13 @@
 -- ARGV[6] how long the token key outlives the lease of the last new grant, in ms
 -- ARGV[7] "1": no new grant until the server has surely been up for leaseMs (startup grace),
 --         "0": off
+-- ARGV[8] "1": no new grant for leaseMs after the server's replication history changed (a
+--         replica promoted, a master demoted: failover grace), "0": off
 --
 -- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
 -- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
 -- waitMs > 0 says no ticket may be granted for that many more ms (the server's startup grace);
+-- {4, waitMs, holders...} as {0, ...} when the failover grace is the longer wait;
 -- {3, waitMs} when the keys were deleted by hand while their grants may live (the guard: nothing
 -- granted for waitMs); {2, heldTickets} when unexpired grants live that were made with another
 -- number of tickets (nothing granted).
@@ -29,6 +35,8 @@ local holders, grants, tokenKey, guard = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local startupGrace = ARGV[7] == '1'
+local failoverGrace = ARGV[8] == '1'
+local historyKey = KEYS[5]
 
 local now, nowUs, micros = serverTime()
 local changed = false
@@ -100,8 +108,51 @@ elseif redis.call('ZCARD', holders) < tickets then
       end
     end
   end
+  -- A promoted replica may lack the latest grants (replication is asynchronous) while their
+  -- holders, who talked to the old master, still believe in their terms: until at most one
+  -- lease after their last write there, which came before the promotion, so before this server
+  -- first ran under its new replication id. The id is remembered in KEYS[5]; a replica that got
+  -- the old master's copy sees another id than its own, one that got none (it missed every
+  -- grant) sees its own former history in master_replid2. Reconnecting changes nothing here: the
+  -- id belongs to the server, not to the connection.
+  local failoverWait = false
+  if failoverGrace then
+    local info = redis.call('INFO', 'replication')
+    if string.match(info, 'role:(%a+)') ~= 'master' then
+      return redis.error_reply('READONLY conclave grants only on a master (this server is a replica)')
+    end
+    local replid = string.match(info, 'master_replid:(%x+)')
+    if replid then
+      local seen = redis.call('GET', historyKey)
+      local since = 0
+      if seen then
+        local seenId, seenSince = string.match(seen, '^(%x+):(%d+)$')
+        if seenId == replid then
+          since = tonumber(seenSince)
+        else
+          since = now
+        end
+      else
+        -- Never seen: a fresh master (its former history, master_replid2, is all zeros; the
+        -- startup grace covers a restart) owes no grace; a promoted one does.
+        local former = string.match(info, 'master_replid2:(%x+)')
+        if former and string.find(former, '[^0]') then since = now end
+      end
+      -- Written on every ask for a free ticket (not only on a change): it lives as long as the
+      -- token key, so a resource in use never forgets the history it saw.
+      redis.call('SET', historyKey, replid .. ':' .. since, 'PX', leaseMs + tokenTtl)
+      if since > 0 and now < since + leaseMs then
+        local wait = since + leaseMs - now
+        if wait > waitMs then
+          waitMs = wait
+          failoverWait = true
+        end
+      end
+    end
+  end
   if waitMs > 0 then
-    result = {0, waitMs}
+    -- 4: the failover grace is the longer wait; 0: the startup grace.
+    result = {failoverWait and 4 or 0, waitMs}
   else
     -- DESIGN guarantee 2: larger than the last token and than server time in microseconds, so
     -- tokens keep growing even after a restart that lost this key.

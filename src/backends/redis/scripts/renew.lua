@@ -13,7 +13,7 @@
 --
 -- Returns a list of n numbers: 1 when that grant existed with that token and now runs a fresh
 -- lease, 0 when it is gone. The keys of one batch may be in different slots: a standalone
--- server allows that (a Redis Cluster client would have to batch per slot).
+-- server allows that (with a Cluster client the backend sends one slot per call).
 --@include "lib/grants.lua"
 
 local now = serverTime()
