@@ -2,6 +2,7 @@
  * Backend URLs, wherever the CLI (or a user) names a backend by string:
  *   memory:            this process only
  *   cluster:           node:cluster IPC (in a cluster app)
+ *   local:[NAME]       the processes of one host, through a hub one of them hosts
  * Commands whose separate processes must agree (`conclave run`, `status`, `watch`) refuse
  * those two: see `requireSharedBackend`.
  * Each networked backend adds its schemes here, loading its module (and so its client
@@ -22,6 +23,7 @@ const SCHEMES: Record<string, Factory> = {
   'postgres:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'postgresql:': async (url) => (await import('../backends/postgres/index.js')).backendFromUrl(url),
   'etcd:': async (url) => (await import('../backends/etcd/index.js')).backendFromUrl(url),
+  'local:': async (url) => (await import('../backends/local/index.js')).backendFromUrl(url),
 }
 
 /** The URL schemes `backendFromUrl` knows. */
