@@ -42,7 +42,7 @@ const ONE_PROCESS: Record<string, string> = {
 
 /** Where to go instead of a one-process backend. */
 export const SHARED_BACKENDS_HINT =
-  'Use a backend the processes share: redis://, postgres:// or etcd:// (a local: backend for the processes of one machine is planned).'
+  'Use a backend the processes share: redis://, postgres:// or etcd:// (or local:NAME for the processes of one machine).'
 
 function schemeOf(url: unknown): string | undefined {
   return typeof url === 'string'

@@ -42,7 +42,8 @@ Usage:
 
 Backend URLs for run, status and watch: ${SHARED_SCHEMES.map((s) => `${s}//...`).join(' ')}
 (memory: and cluster: keep their state inside one process or one node:cluster app, so
-separate conclave processes could never agree on them; a local: backend is planned).
+separate conclave processes could never agree on them; local:NAME serves the processes of
+one machine).
 
 ${EXIT_CODES}`,
   demo: `conclave demo [--workers N] [--tickets N] [--lease D]
