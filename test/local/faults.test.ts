@@ -2,7 +2,8 @@
 // hold and wait, the hub and the holder killed together, a stale socket file, a paused hub,
 // two apps and two users on one host. The elections run here; each backend is a separate peer
 // process, so killing a peer kills a hub or a client, never the election that checks safety.
-import { spawnSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -220,4 +221,19 @@ describe('local: namespaces', () => {
     // Each user's default directory is its own (namespaced by uid).
     if (!process.env.XDG_RUNTIME_DIR) expect(defaultDir()).toBe(join(tmpdir(), 'conclave-0'))
   }, 30_000)
+})
+
+describe('local: inside node:cluster workers', () => {
+  it('binds the lock and the socket itself (not shared through the primary, as PM2 cluster mode would): one hub, one holder', async () => {
+    const dir = newDir()
+    const app = fileURLToPath(new URL('./cluster-app.ts', import.meta.url))
+    const out = execFileSync(process.execPath, ['--import', 'tsx', app, dir, '3'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    const results = JSON.parse(out) as { hub: boolean; acquired: boolean }[]
+    expect(results).toHaveLength(3)
+    expect(results.filter((r) => r.hub)).toHaveLength(1)
+    expect(results.filter((r) => r.acquired)).toHaveLength(1)
+  }, 40_000)
 })

@@ -95,7 +95,9 @@ export class HubHost {
           if (error.code === 'EADDRINUSE') resolve(false)
           else reject(error)
         })
-        server.listen(settings.address, () => resolve(true))
+        // exclusive: in a node:cluster worker (PM2 cluster mode) a plain listen is done by the
+        // primary and shared, so every worker would "bind" it and be a hub.
+        server.listen({ path: settings.address, exclusive: true }, () => resolve(true))
       })
       if (!listening) {
         lock.release()

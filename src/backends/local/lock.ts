@@ -34,7 +34,9 @@ function abstractLock(name: string): Promise<HubLock | undefined> {
       if (error.code === 'EADDRINUSE') resolve(undefined)
       else reject(error)
     })
-    server.listen(name, () => {
+    // exclusive: a node:cluster worker's plain listen is shared through the primary (PM2
+    // cluster mode), which would hand the same lock to every worker.
+    server.listen({ path: name, exclusive: true }, () => {
       server.unref()
       resolve({ release: () => void server.close() })
     })
