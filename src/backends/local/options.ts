@@ -97,6 +97,13 @@ export function ensurePrivateDir(dir: string): void {
 
 /** Checks the options and derives the addresses (makes and checks the directory). */
 export function resolveLocalOptions(options: LocalBackendOptions): LocalSettings {
+  if (options === undefined || options === null) {
+    throw new OptionsError(
+      'name',
+      undefined,
+      'name is the app name: localBackend({ name }) needs one (every process of the app passes the same one).',
+    )
+  }
   checkOptions(
     options,
     ['name', 'dir', 'timeoutMs', 'lock', 'onError'],
