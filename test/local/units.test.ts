@@ -76,7 +76,7 @@ describe('the hub state file', () => {
     expect(readState(path)).toEqual({ epoch: 0, maxLeaseMs: 0, clean: null })
     writeState(path, { epoch: 3, maxLeaseMs: 2000, clean: null })
     expect(readState(path)).toEqual({ epoch: 3, maxLeaseMs: 2000, clean: null })
-    expect(JSON.parse(readFileSync(path, 'utf8')).epoch).toBe(3)
+    expect((JSON.parse(readFileSync(path, 'utf8')) as { epoch: number }).epoch).toBe(3)
   })
 })
 
