@@ -47,6 +47,9 @@ describe('localBackend options', () => {
     const c = localBackend({ name: 'one', dir: join(base, 'y') }).settings
     expect(new Set([a.lockAddress, b.lockAddress, c.lockAddress]).size).toBe(3)
     expect(a.lockAddress.startsWith(`\0conclave-${process.getuid!()}-`)).toBe(true)
+    // Two spellings of one directory share the lock and the socket.
+    const d = localBackend({ name: 'one', dir: `${join(base, 'x')}/./` }).settings
+    expect([d.lockAddress, d.address]).toEqual([a.lockAddress, a.address])
   })
 
   it('parses local: URLs, and the CLI registry knows them as shared', async () => {

@@ -3,9 +3,9 @@
  * never share), the per-user directory, the socket address, the hub lock and the hub state file.
  */
 import { createHash } from 'node:crypto'
-import { lstatSync, mkdirSync } from 'node:fs'
+import { lstatSync, mkdirSync, realpathSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { OptionsError } from '../../errors.js'
 import { checkOptions, optionalMilliseconds } from '../../validate.js'
 
@@ -131,8 +131,11 @@ export function resolveLocalOptions(options: LocalBackendOptions): LocalSettings
     throw new OptionsError('onError', options.onError, 'onError must be a function.')
   }
   const timeoutMs = optionalMilliseconds('timeoutMs', options.timeoutMs, 5_000, 1)
-  const dir = options.dir ?? defaultDir()
-  ensurePrivateDir(dir)
+  const given = resolve(options.dir ?? defaultDir())
+  ensurePrivateDir(given)
+  // One directory, one lock: two spellings of it (a trailing slash, a symlinked parent) must
+  // not get two lock names for one socket path.
+  const dir = realpathSync(given)
   const uid = userId()
   const lock =
     process.platform === 'win32'
