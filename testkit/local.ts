@@ -39,6 +39,8 @@ export async function startLocalPeer(
     ...spawnOptions,
   })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  // A send racing the peer's death fails that call (RemoteBackend's timeout), not the process.
+  child.on('error', () => {})
   await new Promise<void>((resolve, reject) => {
     const onMessage = (m: unknown) => {
       const message = m as { 'peer-ready'?: boolean; 'peer-error'?: string }
@@ -52,7 +54,10 @@ export async function startLocalPeer(
   })
   const remote = new RemoteBackend(
     {
-      send: (m) => void child.send(m),
+      send: (m) => {
+        if (!child.connected) throw new Error('the local peer has exited')
+        child.send(m)
+      },
       onMessage: (fn) => (child.on('message', fn), () => child.off('message', fn)),
       onClose: (fn) => (child.on('exit', fn), () => child.off('exit', fn)),
     },
