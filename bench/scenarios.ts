@@ -65,6 +65,11 @@ export interface Subject extends Named {
   clientCpuMs?(): Promise<number>
   /** How long each renewal round (one call renewing every grant) took since the last call (ms). */
   renewRounds?(): number[]
+  /**
+   * Starts a hub process for a fresh app that later candidates and holders join (conclave/local),
+   * and returns it, to be SIGKILLed.
+   */
+  startHub?(): Promise<{ kill(): Promise<void> }>
 }
 
 /** Options every scenario run gets. */
@@ -267,6 +272,50 @@ export const crash = scenario<Subject, 'candidate' | 'spawnHolder'>({
       summarize(
         'SIGKILL → waiter holds',
         ms.map((x) => x / CRASH_LEASE_MS),
+        'leases',
+      ),
+    ]
+  },
+})
+
+/**
+ * The hub's process and the holder's are SIGKILLed together while a candidate waits (the worst
+ * case of a hub crash: the new hub knows nothing and waits out one lease): from the kill to the
+ * waiter holding, in ms and in leases.
+ */
+export const hubCrash = scenario<Subject, 'candidate' | 'spawnHolder' | 'startHub'>({
+  id: 'hub-crash',
+  title: 'hub crash failover',
+  needs: ['candidate', 'spawnHolder', 'startHub'],
+  async run(subject, { quick }) {
+    const leaseMs = CRASH_LEASE_MS
+    const ms: number[] = []
+    for (let i = 0; i < (quick ? 3 : 8); i++) {
+      const hub = await subject.startHub()
+      const resource = uniqueKey('hub-crash')
+      const holder = await subject.spawnHolder(resource, leaseMs)
+      const waiter = await subject.candidate()
+      try {
+        let heldAt = 0
+        const waiting = waiter.acquire(resource, leaseMs).then((r) => ((heldAt = now()), r))
+        waiting.catch(() => {})
+        await sleep(200 + Math.random() * leaseMs)
+        const killedAt = now()
+        await Promise.all([hub.kill(), holder.kill()])
+        const release = await within(waiting, 20 * leaseMs, 'waiter after the hub crash')
+        ms.push(heldAt - killedAt)
+        await release()
+      } finally {
+        await holder.kill()
+        await waiter.close()
+      }
+    }
+    const note = `lease ${leaseMs} ms; the new hub grants nothing new for one lease`
+    return [
+      summarize('SIGKILL hub + holder → waiter holds', ms, 'ms', note),
+      summarize(
+        'SIGKILL hub + holder → waiter holds',
+        ms.map((x) => x / leaseMs),
         'leases',
       ),
     ]

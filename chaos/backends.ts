@@ -271,6 +271,31 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     },
     connect: (url) => backendFromUrl(url),
   },
+  local: {
+    mode: 'fork',
+    // No server: the hub is one of the candidates (the first to start, then whoever takes over),
+    // so killing or pausing a candidate kills or pauses the hub some of the time; no TCP path.
+    faults: ['kill', 'pause', 'stall'],
+    async start() {
+      const { randomBytes } = await import('node:crypto')
+      const { makeTempDir, removeDir } = await import('../testkit/process.js')
+      const dir = makeTempDir('chaos-local')
+      const url = `local:chaos-${randomBytes(3).toString('hex')}?dir=${encodeURIComponent(dir)}`
+      return {
+        url: () => url,
+        async holders(resource) {
+          const backend = await backendFromUrl(url)
+          try {
+            return await backend.holders(resource)
+          } finally {
+            await backend.close()
+          }
+        },
+        stop: () => removeDir(dir),
+      }
+    },
+    connect: (url) => backendFromUrl(url),
+  },
 }
 
 /**

@@ -13,7 +13,13 @@ import type {
   RenewRequest,
   Unwatch,
 } from '../backend.js'
-import { validateAcquire, validateRelease, validateRenew, validateResource } from '../validate.js'
+import {
+  validateAcquire,
+  validateRelease,
+  validateRenew,
+  validateResource,
+  validateToken,
+} from '../validate.js'
 import { type Clock, systemClock } from '../clock.js'
 import { TicketsMismatchError } from '../errors.js'
 import { CloseGate } from './kit.js'
@@ -22,6 +28,22 @@ import { CloseGate } from './kit.js'
 export interface MemoryBackendOptions {
   /** The backend's own clock: expiry is measured on it. */
   clock?: Clock
+  /**
+   * Every resource's tokens start above this (default 0): a store that replaces another (the
+   * `local` backend's next hub) keeps its tokens above every token the old one gave.
+   */
+  tokenFloor?: number
+}
+
+/** A grant as it moves from one store to the next (a `local` hub handing over). */
+export interface GrantRecord {
+  resource: string
+  candidate: string
+  token: number
+  tickets: number
+  /** What is left of the grant's lease, ms. */
+  remainingMs: number
+  metadata: Json
 }
 
 interface Grant {
@@ -44,9 +66,64 @@ export class MemoryBackend implements Backend {
   readonly #resources = new Map<string, ResourceState>()
   readonly #watchers = new Map<string, Set<() => void>>()
   readonly #gate = new CloseGate('memory')
+  readonly #tokenFloor: number
 
   constructor(options: MemoryBackendOptions = {}) {
     this.#clock = options.clock ?? systemClock
+    this.#tokenFloor = options.tokenFloor ?? 0
+  }
+
+  /**
+   * Installs a grant another store made (same token, what is left of its lease), so its holder
+   * keeps its term across a change of store. Refused (false) when it would break a rule: the
+   * resource has other tickets, its tickets are taken, the candidate holds another token, or
+   * the token is above `tokenFloor` (this store's own range). Later grants get larger tokens.
+   */
+  adopt(grant: GrantRecord): boolean {
+    this.#checkOpen()
+    validateAcquire({ ...grant, leaseMs: Math.max(10, grant.remainingMs) })
+    validateToken(grant.token)
+    const now = this.#clock.now()
+    const state = this.#state(grant.resource)
+    if (this.#prune(state, now)) this.#notify(grant.resource)
+    const mine = state.grants.get(grant.candidate)
+    if (mine) {
+      if (mine.token !== grant.token) return false
+      mine.expiresAt = Math.max(mine.expiresAt, now + grant.remainingMs)
+      return true
+    }
+    if (state.grants.size > 0 && state.tickets !== grant.tickets) return false
+    if (state.grants.size >= grant.tickets) return false
+    // Only an older store's tokens (all at or below the floor): this store gives those above.
+    if (grant.token > this.#tokenFloor) return false
+    state.tickets = grant.tickets
+    state.grants.set(grant.candidate, {
+      token: grant.token,
+      expiresAt: now + grant.remainingMs,
+      metadata: grant.metadata,
+    })
+    this.#notify(grant.resource)
+    return true
+  }
+
+  /** Every live grant, for the next store (a `local` hub closing cleanly). */
+  snapshot(): GrantRecord[] {
+    const now = this.#clock.now()
+    const out: GrantRecord[] = []
+    for (const [resource, state] of this.#resources) {
+      for (const [candidate, g] of state.grants) {
+        if (g.expiresAt <= now) continue
+        out.push({
+          resource,
+          candidate,
+          token: g.token,
+          tickets: state.tickets,
+          remainingMs: g.expiresAt - now,
+          metadata: g.metadata,
+        })
+      }
+    }
+    return out
   }
 
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
@@ -188,7 +265,14 @@ export class MemoryBackend implements Backend {
   #state(resource: string): ResourceState {
     let state = this.#resources.get(resource)
     if (!state)
-      this.#resources.set(resource, (state = { grants: new Map(), lastToken: 0, tickets: 0 }))
+      this.#resources.set(
+        resource,
+        (state = {
+          grants: new Map(),
+          lastToken: this.#tokenFloor,
+          tickets: 0,
+        }),
+      )
     return state
   }
 

@@ -2,6 +2,7 @@
  * Backend URLs, wherever the CLI (or a user) names a backend by string:
  *   memory:            this process only
  *   cluster:           node:cluster IPC (in a cluster app)
+ *   local:[NAME]       the processes of one host, through a hub one of them hosts
  * Commands whose separate processes must agree (`conclave run`, `status`, `watch`) refuse
  * those two: see `requireSharedBackend`.
  * Each networked backend adds its schemes here, loading its module (and so its client
@@ -25,6 +26,7 @@ const SCHEMES: Record<string, Factory> = {
   'redis+sentinel:': async (url) =>
     (await import('../backends/redis/index.js')).backendFromUrl(url),
   'redis+cluster:': async (url) => (await import('../backends/redis/index.js')).backendFromUrl(url),
+  'local:': async (url) => (await import('../backends/local/index.js')).backendFromUrl(url),
 }
 
 /** The URL schemes `backendFromUrl` knows. */
@@ -43,7 +45,7 @@ const ONE_PROCESS: Record<string, string> = {
 
 /** Where to go instead of a one-process backend. */
 export const SHARED_BACKENDS_HINT =
-  'Use a backend the processes share: redis://, postgres:// or etcd:// (a local: backend for the processes of one machine is planned).'
+  'Use a backend the processes share: redis://, postgres:// or etcd:// (or local:NAME for the processes of one machine).'
 
 function schemeOf(url: unknown): string | undefined {
   return typeof url === 'string'

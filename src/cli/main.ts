@@ -62,7 +62,8 @@ milliseconds. Color only on a terminal, never with NO_COLOR set; FORCE_COLOR=1 f
 
 Backend URLs for run, status and watch: ${SHARED_SCHEMES.map((s) => `${s}//...`).join(' ')}
 (memory: and cluster: keep their state inside one process or one node:cluster app, so
-separate conclave processes could never agree on them; a local: backend is planned).
+separate conclave processes could never agree on them; local:NAME serves the processes of
+one machine).
 
 ${EXIT_CODES}`,
   demo: `conclave demo [--workers N] [--tickets N] [--lease D]

@@ -102,7 +102,7 @@ describe('conclave CLI', () => {
           : 'Invalid --backend: "cluster:". conclave watch needs a backend that separate processes share, and cluster: works only between the node:cluster workers of one app',
       )
       expect(stderr).toContain('redis://, postgres:// or etcd://')
-      expect(stderr).toMatch(/local: backend .* is planned/)
+      expect(stderr).toMatch(/local:NAME for the processes of one machine/)
     }
   })
 

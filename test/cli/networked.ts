@@ -22,6 +22,9 @@ interface Family {
 }
 
 const LOCAL_SCHEMES = new Set(['memory:', 'cluster:'])
+// local: has no server nor TCP port (no fault proxy in front of it): its cross-process run test
+// is test/local/cli.test.ts.
+const NO_SERVER_SCHEMES = new Set(['local:'])
 
 const FAMILIES: Record<string, Family> = {
   redis: {
@@ -79,7 +82,7 @@ const FAMILIES: Record<string, Family> = {
 export function registeredFamilies(): string[] {
   const families = new Set<string>()
   for (const scheme of BACKEND_SCHEMES) {
-    if (LOCAL_SCHEMES.has(scheme)) continue
+    if (LOCAL_SCHEMES.has(scheme) || NO_SERVER_SCHEMES.has(scheme)) continue
     const family = Object.entries(FAMILIES).find(([, f]) => f.schemes.includes(scheme))?.[0]
     if (!family) {
       throw new Error(

@@ -345,7 +345,7 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
         `Invalid --backend: "${scheme}:". conclave run needs a backend that separate processes share`,
       )
       expect(out).toContain('Use a backend the processes share: redis://, postgres:// or etcd://')
-      expect(out).toMatch(/a local: backend .* is planned/)
+      expect(out).toMatch(/local:NAME for the processes of one machine/)
       expect(out.trim().split('\n')).toHaveLength(1)
     }
     expect(runs.cluster.output()).toMatch(/each would host a hub of its own and elect itself/)

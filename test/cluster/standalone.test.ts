@@ -98,7 +98,7 @@ describe('the cluster backend outside one node:cluster app', () => {
       /runs under PM2 fork mode \(pm_id 3, exec_mode fork_mode\)/,
     )
     expect(result.error?.message).toMatch(/redisBackend .* postgresBackend .* etcdBackend/)
-    expect(result.error?.message).toMatch(/a `local` backend .* is planned/)
+    expect(result.error?.message).toMatch(/localBackend \(conclave\/local\) for the processes/)
     // The one case PM2's environment cannot tell apart: one instance forking its own workers.
     const allowed = await runApp(['try', '{"allowPm2":true}'], pm2Env('fork_mode'), true)
     expect(allowed.events).toMatchObject([{ ok: true }])

@@ -12,6 +12,7 @@ import type {
   Unwatch,
 } from '../../backend.js'
 import { CandidateInUseError, ProtocolError } from '../../errors.js'
+import type { GrantRecord } from '../memory.js'
 import { envelope, isId, isOurs } from '../../ipc/envelope.js'
 import { NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
 
@@ -29,6 +30,11 @@ export interface HubOptions {
   namespace?: string
   /** Told about malformed messages and failed cleanups; the hub itself never throws. */
   onError?: (error: Error) => void
+  /**
+   * Serves the `adopt` op: installs a grant the peer held at a previous hub (the `local`
+   * backend after a hub change); true when installed. Without it, `adopt` is refused.
+   */
+  adopt?: (grant: GrantRecord) => boolean
 }
 
 const MAX_WATCHES_PER_CONNECTION = 100_000
@@ -40,11 +46,13 @@ export class Hub {
   readonly #onError: (error: Error) => void
   /** Which connection holds each (resource, candidate): an id shared by two processes is refused. */
   readonly #owners = new Map<string, symbol>()
+  readonly #adopt: ((grant: GrantRecord) => boolean) | undefined
 
   constructor(backend: Backend, options: HubOptions = {}) {
     this.backend = backend
     this.namespace = options.namespace ?? NAMESPACE
     this.#onError = options.onError ?? (() => {})
+    this.#adopt = options.adopt
   }
 
   /**
@@ -56,6 +64,7 @@ export class Hub {
     const backend = this.backend
     const onError = this.#onError
     const owners = this.#owners
+    const adopt = this.#adopt
     const self = Symbol('connection')
     const watches = new Map<string, Promise<Unwatch | undefined>>()
     const held = new Map<string, { resource: string; candidate: string }>()
@@ -135,6 +144,17 @@ export class Hub {
             if (owners.get(key) === self) owners.delete(key)
           }
           return null
+        }
+        case 'adopt': {
+          if (!adopt) throw new ProtocolError('This hub does not adopt grants (op "adopt").')
+          const grant = args as unknown as GrantRecord
+          const key = `${String(grant.resource)}\n${String(grant.candidate)}`
+          const owner = owners.get(key)
+          if (owner !== undefined && owner !== self) return false
+          if (!adopt(grant)) return false
+          owners.set(key, self)
+          held.set(key, { resource: grant.resource, candidate: grant.candidate })
+          return true
         }
         case 'holders':
           return backend.holders(args.resource as string)

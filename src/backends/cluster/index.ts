@@ -82,7 +82,7 @@ export function pm2Mode(env: NodeJS.ProcessEnv = process.env): 'fork' | 'cluster
 }
 
 const SHARED_BACKENDS =
-  'Use a backend the processes share: redisBackend (conclave/redis), postgresBackend (conclave/postgres) or etcdBackend (conclave/etcd); a `local` backend for the processes of one machine is planned.'
+  'Use a backend the processes share: redisBackend (conclave/redis), postgresBackend (conclave/postgres) or etcdBackend (conclave/etcd), or localBackend (conclave/local) for the processes of one machine.'
 
 function checkPm2(options: ClusterBackendOptions): void {
   if (options.allowPm2 === true) return

@@ -9,6 +9,9 @@
  *   response { [ns]: 1, type: 'response', id, ok: true, value }
  *            { [ns]: 1, type: 'response', id, ok: false, error: WireError }
  *   event    { [ns]: 1, type: 'event', watch }          (the holders of a watched resource changed)
+ *
+ * `adopt` (a grant the peer held at a previous hub, re-registered at this one) is served only by
+ * a hub made with the `adopt` option (the `local` backend's).
  */
 import { ProtocolError, RemoteHubError } from '../../errors.js'
 import {
@@ -22,7 +25,7 @@ import {
 /** The hub's message key (the agent uses another, so both share one channel). */
 export const NAMESPACE = 'conclave'
 /** The backend calls a hub serves. */
-export const OPS = ['acquire', 'renew', 'release', 'holders', 'watch', 'unwatch'] as const
+export const OPS = ['acquire', 'renew', 'release', 'holders', 'watch', 'unwatch', 'adopt'] as const
 /** One of OPS. */
 export type Op = (typeof OPS)[number]
 

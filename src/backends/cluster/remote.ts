@@ -16,6 +16,7 @@ import type {
 } from '../../backend.js'
 import { BackendClosedError, BackendError, BackendTimeoutError } from '../../errors.js'
 import { CloseGate } from '../kit.js'
+import type { GrantRecord } from '../memory.js'
 import { envelope, isOurs } from '../../ipc/envelope.js'
 import { fromWire, NAMESPACE, type Op } from './protocol.js'
 
@@ -96,6 +97,11 @@ export class RemoteBackend implements Backend {
 
   holders(resource: string): Promise<Holder[]> {
     return this.#call('holders', { resource }) as Promise<Holder[]>
+  }
+
+  /** Re-registers a grant held at a previous hub (hubs with the `adopt` option); true if kept. */
+  async adopt(grant: GrantRecord): Promise<boolean> {
+    return (await this.#call('adopt', grant)) === true
   }
 
   async watch(resource: string, onChange: () => void): Promise<Unwatch> {

@@ -1,0 +1,265 @@
+/**
+ * One process's handle on a `local` app's elections. Every call goes to the app's hub: in this
+ * process when this process hosts it, else over the unix socket. When there is no hub (none
+ * yet, or it died: the socket closed or refuses), this handle tries to become it; whoever takes
+ * the lock hosts it, the others connect. After a change of hub, this handle re-registers every
+ * grant it holds (`adopt`) and re-arms its watches, so its terms continue on the new hub.
+ *
+ * A hub that is slow (paused, busy) is never taken for a dead one: only a closed or refused
+ * socket starts a takeover, and the lock stays with the slow hub as long as its process lives;
+ * calls to it time out and the election core retries them, as with any backend.
+ */
+import type {
+  AcquireRequest,
+  AcquireResult,
+  Backend,
+  Holder,
+  Json,
+  ReleaseRequest,
+  RenewRequest,
+  Unwatch,
+} from '../../backend.js'
+import { BackendError, BackendTimeoutError } from '../../errors.js'
+import { RemoteBackend, type Transport } from '../cluster/remote.js'
+import { CloseGate, errorText } from '../kit.js'
+import { HubHost, hostedHub } from './host.js'
+import type { LocalSettings } from './options.js'
+import { connectSocket, socketTransport } from './socket.js'
+
+/** A grant this handle holds, as it would re-register it at a new hub. */
+interface Held {
+  resource: string
+  candidate: string
+  token: number
+  tickets: number
+  leaseMs: number
+  metadata: Json
+  /** performance.now() when the call that started its current lease was sent. */
+  sentAt: number
+}
+
+interface Watch {
+  resource: string
+  onChange: () => void
+  /** The watch at the current hub. */
+  remote: Unwatch | undefined
+}
+
+interface Link {
+  remote: RemoteBackend
+  /** The hub is in this process. */
+  host: HubHost | undefined
+  broken: boolean
+}
+
+/** Errors that mean "no hub listens there": try to become it. */
+const NO_HUB = new Set(['ENOENT', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE'])
+
+/** The `local` Backend (see the module comment). */
+export class LocalBackend implements Backend {
+  readonly name = 'local'
+  readonly settings: LocalSettings
+  readonly #gate = new CloseGate('local')
+  readonly #held = new Map<string, Held>()
+  readonly #watches = new Set<Watch>()
+  #link: Link | undefined
+  #connecting: Promise<Link> | undefined
+  #hostUsed: HubHost | undefined
+
+  constructor(settings: LocalSettings) {
+    this.settings = settings
+  }
+
+  /** Whether this process hosts the hub this handle talks to now (tests, diagnostics). */
+  get isHub(): boolean {
+    return this.#link?.host !== undefined && !this.#link.broken
+  }
+
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+    const sentAt = performance.now()
+    const link = await this.#ready()
+    const result = await link.remote.acquire(request)
+    const key = keyOf(request)
+    if (result.acquired) {
+      this.#held.set(key, {
+        resource: request.resource,
+        candidate: request.candidate,
+        token: result.token,
+        tickets: request.tickets,
+        leaseMs: request.leaseMs,
+        metadata: request.metadata ?? null,
+        sentAt,
+      })
+    } else {
+      this.#held.delete(key)
+    }
+    return result
+  }
+
+  async renew(requests: RenewRequest[]): Promise<boolean[]> {
+    const sentAt = performance.now()
+    const link = await this.#ready()
+    const results = await link.remote.renew(requests)
+    requests.forEach((request, i) => {
+      const key = keyOf(request)
+      const held = this.#held.get(key)
+      if (!held || held.token !== request.token) return
+      if (results[i]) {
+        held.sentAt = sentAt
+        held.leaseMs = request.leaseMs
+      } else this.#held.delete(key)
+    })
+    return results
+  }
+
+  async release(request: ReleaseRequest): Promise<void> {
+    const link = await this.#ready()
+    await link.remote.release(request)
+    const key = keyOf(request)
+    const held = this.#held.get(key)
+    if (held && (request.token === undefined || request.token === held.token)) {
+      this.#held.delete(key)
+    }
+  }
+
+  async holders(resource: string): Promise<Holder[]> {
+    return (await this.#ready()).remote.holders(resource)
+  }
+
+  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+    const link = await this.#ready()
+    const watch: Watch = { resource, onChange, remote: undefined }
+    watch.remote = await link.remote.watch(resource, onChange)
+    this.#watches.add(watch)
+    return async () => {
+      if (!this.#watches.delete(watch)) return
+      await watch.remote?.().catch(() => {})
+    }
+  }
+
+  onClose(hook: () => Promise<void>): () => void {
+    return this.#gate.onClose(hook)
+  }
+
+  close(): Promise<void> {
+    return this.#gate.close(async () => {
+      const link = this.#link
+      this.#link = undefined
+      await Promise.all(
+        [...this.#watches].map(async (w) => {
+          await w.remote?.().catch(() => {})
+        }),
+      )
+      this.#watches.clear()
+      this.#held.clear()
+      await link?.remote.close()
+      const host = this.#hostUsed
+      this.#hostUsed = undefined
+      await host?.unuse()
+    })
+  }
+
+  /** The link to the current hub, connecting (or becoming the hub) first when there is none. */
+  async #ready(): Promise<Link> {
+    this.#gate.check()
+    const link = this.#link
+    if (link && !link.broken) return link
+    this.#connecting ??= this.#connect().finally(() => (this.#connecting = undefined))
+    return this.#connecting
+  }
+
+  async #connect(): Promise<Link> {
+    const { address, timeoutMs } = this.settings
+    const deadline = performance.now() + timeoutMs
+    let delay = 1
+    let last: unknown
+    for (;;) {
+      this.#gate.check()
+      let transport: Transport | undefined
+      let host = hostedHub(address)
+      if (!host) {
+        try {
+          transport = socketTransport(await connectSocket(address))
+        } catch (error) {
+          last = error
+          if (!NO_HUB.has((error as NodeJS.ErrnoException).code ?? '')) {
+            throw new BackendError(
+              `local: cannot connect to the hub at ${address}: ${errorText(error)}`,
+              { cause: error },
+            )
+          }
+          host = await HubHost.start(this.settings)
+        }
+      }
+      if (host) {
+        if (this.#hostUsed !== host) {
+          host.use()
+          const previous = this.#hostUsed
+          this.#hostUsed = host
+          await previous?.unuse()
+        }
+        transport = host.transport()
+      }
+      if (transport) return this.#attach(transport, host)
+      if (performance.now() >= deadline) {
+        throw new BackendTimeoutError(
+          `local: no hub at ${address} within ${timeoutMs} ms (${errorText(last)}); another process holds the hub lock but does not listen.`,
+        )
+      }
+      // Another process holds the lock and is about to listen: try again shortly.
+      await new Promise((resolve) => setTimeout(resolve, delay).unref())
+      delay = Math.min(delay * 2, 25)
+    }
+  }
+
+  /** Uses a new channel to a hub: re-registers held grants and watches, then serves calls. */
+  async #attach(transport: Transport, host: HubHost | undefined): Promise<Link> {
+    const remote = new RemoteBackend(transport, {
+      name: 'local',
+      requestTimeoutMs: this.settings.timeoutMs,
+      hint: `Is the hub process (the holder of ${this.settings.address}) paused or overloaded?`,
+    })
+    const link: Link = { remote, host, broken: false }
+    transport.onClose(() => {
+      link.broken = true
+      // Reconnect at once (not at the next call), so a new hub is found and this handle's
+      // grants are re-registered there before any other process's grace ends.
+      if (this.#link === link && !this.#gate.closing) {
+        void this.#ready().catch(() => {})
+      }
+    })
+    const now = performance.now()
+    await Promise.all(
+      [...this.#held.entries()].map(async ([key, held]) => {
+        const remainingMs = Math.floor(held.leaseMs - (now - held.sentAt))
+        const kept =
+          remainingMs > 0 &&
+          (await remote
+            .adopt({
+              resource: held.resource,
+              candidate: held.candidate,
+              token: held.token,
+              tickets: held.tickets,
+              remainingMs,
+              metadata: held.metadata,
+            })
+            .catch(() => false))
+        // Not kept: the grant is gone; the next renewal says so and the term ends.
+        if (!kept && this.#held.get(key) === held) this.#held.delete(key)
+      }),
+    )
+    await Promise.all(
+      [...this.#watches].map(async (watch) => {
+        watch.remote = await remote.watch(watch.resource, watch.onChange).catch(() => undefined)
+      }),
+    )
+    this.#link = link
+    // Holders may have changed while there was no hub: let every watcher look again.
+    for (const watch of this.#watches) queueMicrotask(() => watch.onChange())
+    return link
+  }
+}
+
+function keyOf(request: { resource: string; candidate: string }): string {
+  return `${request.resource}\n${request.candidate}`
+}

@@ -1,0 +1,57 @@
+/**
+ * The hub state file, in the per-user directory: what the next hub must know of the previous
+ * ones. Written with fsync (file and directory) before it counts, so a crash never loses it.
+ *   epoch       one more per hub: the hub's tokens start at epoch * 2^32, above every older one
+ *   maxLeaseMs  the longest lease any hub granted: how long a new hub after a crash waits
+ *   clean       a hub that closed cleanly leaves its grants here, so the next one needs no wait
+ */
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs'
+import { dirname } from 'node:path'
+import type { GrantRecord } from '../memory.js'
+
+/** What the state file holds. */
+export interface HubState {
+  epoch: number
+  maxLeaseMs: number
+  clean: { at: number; grants: GrantRecord[] } | null
+}
+
+/** Tokens of one hub: epoch * TOKEN_SPAN + a counter (2^21 epochs fit in a safe integer). */
+export const TOKEN_SPAN = 2 ** 32
+
+/** The state, or a fresh one when there is none (or it is unreadable). */
+export function readState(path: string): HubState {
+  try {
+    const raw = JSON.parse(readFileSync(path, 'utf8')) as Partial<HubState>
+    const epoch = Number.isSafeInteger(raw.epoch) && raw.epoch! >= 0 ? raw.epoch! : 0
+    const maxLeaseMs =
+      Number.isSafeInteger(raw.maxLeaseMs) && raw.maxLeaseMs! >= 0 ? raw.maxLeaseMs! : 0
+    const clean =
+      raw.clean && Array.isArray(raw.clean.grants) && typeof raw.clean.at === 'number'
+        ? raw.clean
+        : null
+    return { epoch, maxLeaseMs, clean }
+  } catch {
+    return { epoch: 0, maxLeaseMs: 0, clean: null }
+  }
+}
+
+/** Replaces the state atomically and durably (temp file, fsync, rename, fsync of the directory). */
+export function writeState(path: string, state: HubState): void {
+  const temp = `${path}.${process.pid}.tmp`
+  const fd = openSync(temp, 'w', 0o600)
+  try {
+    writeSync(fd, JSON.stringify(state))
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+  renameSync(temp, path)
+  if (process.platform === 'win32') return
+  const dir = openSync(dirname(path), 'r')
+  try {
+    fsyncSync(dir)
+  } finally {
+    closeSync(dir)
+  }
+}

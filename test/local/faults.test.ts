@@ -1,0 +1,243 @@
+// The `local` backend with real processes (testkit/local.ts): the hub killed (-9) while others
+// hold and wait, the hub and the holder killed together, a stale socket file, a paused hub,
+// two apps and two users on one host. The elections run here; each backend is a separate peer
+// process, so killing a peer kills a hub or a client, never the election that checks safety.
+import { execFileSync, spawnSync } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import type { Backend } from '../../src/backend.js'
+import { defaultDir, localBackend } from '../../src/backends/local/index.js'
+import { Election } from '../../src/election.js'
+import { OptionsError } from '../../src/errors.js'
+import type { Term } from '../../src/term.js'
+import { localDir, type LocalPeer, startLocalPeer } from '../../testkit/local.js'
+import { unprivilegedUser } from '../../testkit/process.js'
+import { sleep, until } from '../helpers/wait.js'
+
+// Long enough that a loaded 2-core machine never costs the holder its term across a hub change.
+const L = 2_000
+const peers: LocalPeer[] = []
+const elections: Election[] = []
+const dirs: { remove(): Promise<void> }[] = []
+
+afterEach(async () => {
+  await Promise.all(elections.splice(0).map((e) => e.close().catch(() => {})))
+  await Promise.all(peers.splice(0).map((p) => p.kill()))
+})
+afterAll(async () => {
+  for (const dir of dirs) await dir.remove()
+})
+
+function newDir(): string {
+  const dir = localDir()
+  dirs.push(dir)
+  return dir.dir
+}
+
+async function peer(name: string, dir: string, timeoutMs?: number): Promise<LocalPeer> {
+  const p = await startLocalPeer({ name, dir, ...(timeoutMs ? { timeoutMs } : {}) })
+  peers.push(p)
+  return p
+}
+
+function election(backend: Backend, resource: string, id: string): Election {
+  const e = new Election(backend, resource, { leaseMs: L, id })
+  e.on('error', () => {})
+  elections.push(e)
+  return e
+}
+
+/** Records every term of `es`; `overlaps` lists any moment two were active at once. */
+function track(es: Election[]) {
+  const terms: Term[] = []
+  const overlaps: string[] = []
+  for (const e of es) {
+    e.on('elected', (term: Term) => {
+      const active = terms.filter((t) => t.active)
+      if (active.length > 0)
+        overlaps.push(`${term.candidate} elected while ${active[0]!.candidate} active`)
+      terms.push(term)
+    })
+  }
+  return { terms, overlaps }
+}
+
+async function hubs(ps: LocalPeer[]): Promise<LocalPeer[]> {
+  const flags = await Promise.all(ps.map((p) => p.isHub().catch(() => false)))
+  return ps.filter((_, i) => flags[i])
+}
+
+describe('local: hub takeover', () => {
+  it('kill -9 of the hub while others hold and wait: one new hub at once, the holder keeps its term (unless load stalls it past its deadline), never two holders, tokens grow', async () => {
+    const dir = newDir()
+    const hub = await peer('takeover', dir)
+    const a = await peer('takeover', dir)
+    const b = await peer('takeover', dir)
+    expect(await hubs([hub, a, b])).toEqual([hub])
+    const res = 'faults/takeover'
+    const ea = election(a.backend, res, 'a')
+    const eb = election(b.backend, res, 'b')
+    const { terms, overlaps } = track([ea, eb])
+    const held = await ea.campaign()
+    const waiting = eb.campaign()
+    await sleep(L / 2)
+    const killedAt = performance.now()
+    await hub.kill()
+    await until(async () => (await hubs([a, b])).length === 1, L, 'a new hub')
+    const newHubAfter = performance.now() - killedAt
+    expect(newHubAfter).toBeLessThan(L)
+    // Through several renewals on the new hub: a still holds, with its token (it re-registered);
+    // b still waits. A loaded machine may stall a past its deadline (its term then ends, safely);
+    // what must never happen is b winning while a's term is active.
+    await sleep(2 * L)
+    expect(await hubs([a, b])).toHaveLength(1)
+    const kept = held.active
+    if (kept) {
+      expect((await ea.leaders()).map((h) => [h.candidate, h.token])).toEqual([['a', held.token]])
+      await held.resign()
+    }
+    const next = await waiting
+    expect(next.candidate).toBe('b')
+    expect(next.token).toBeGreaterThan(held.token)
+    expect(overlaps).toEqual([])
+    expect(terms.map((t) => t.candidate)).toEqual(['a', 'b'])
+    console.log(
+      `[local] new hub ${newHubAfter.toFixed(1)} ms after kill -9 of the hub (lease ${L} ms)`,
+    )
+  }, 30_000)
+
+  it('kill -9 of the hub and the holder together: the waiter wins only after the old term ended, with a larger token', async () => {
+    const dir = newDir()
+    const hub = await peer('both', dir)
+    const a = await peer('both', dir)
+    const b = await peer('both', dir)
+    const res = 'faults/both'
+    const ea = election(a.backend, res, 'a')
+    const eb = election(b.backend, res, 'b')
+    const { overlaps } = track([ea, eb])
+    const held = await ea.campaign()
+    let endedAt = 0
+    held.signal.addEventListener('abort', () => (endedAt = performance.now()))
+    const waiting = eb.campaign()
+    await sleep(L / 3)
+    await Promise.all([hub.kill(), a.kill()])
+    const next = await waiting
+    const wonAt = performance.now()
+    expect(held.active).toBe(false)
+    expect(endedAt).toBeGreaterThan(0)
+    expect(endedAt).toBeLessThanOrEqual(wonAt)
+    expect(next.token).toBeGreaterThan(held.token)
+    expect(overlaps).toEqual([])
+  }, 30_000)
+
+  it('a stale socket file (its hub killed) does not block the next start', async () => {
+    const dir = newDir()
+    const first = await peer('stale', dir)
+    await first.kill()
+    expect(existsSync(join(dir, 'stale.sock'))).toBe(true)
+    const second = await peer('stale', dir)
+    expect(await second.isHub()).toBe(true)
+    const e = election(second.backend, 'faults/stale', 'x')
+    const term = await e.campaign()
+    expect(term.active).toBe(true)
+  }, 30_000)
+
+  it('a paused (SIGSTOP) hub is never taken for a dead one: no second hub while it holds the lock; it serves again when resumed', async () => {
+    const dir = newDir()
+    const hub = await peer('paused', dir)
+    const a = await peer('paused', dir, 300)
+    process.kill(hub.pid, 'SIGSTOP')
+    try {
+      const e = election(a.backend, 'faults/paused', 'a')
+      const campaign = e.campaign()
+      // Many call timeouts of a: none of them makes it the hub.
+      await sleep(1_500)
+      expect(await a.isHub()).toBe(false)
+      process.kill(hub.pid, 'SIGCONT')
+      const term = await campaign
+      expect(term.active).toBe(true)
+      expect(await hubs([hub, a])).toEqual([hub])
+    } finally {
+      process.kill(hub.pid, 'SIGCONT')
+    }
+  }, 30_000)
+
+  it('the pidfile lock (other systems) takes over from a killed hub too', async () => {
+    const dir = newDir()
+    const start = async () => {
+      const p = await startLocalPeer({ name: 'pid', dir, lock: 'pidfile' })
+      peers.push(p)
+      return p
+    }
+    const hub = await start()
+    const a = await start()
+    const ea = election(a.backend, 'faults/pid', 'a')
+    const held = await ea.campaign()
+    await hub.kill()
+    await until(async () => await a.isHub(), 2 * L, 'a to become the hub')
+    await sleep(L)
+    expect(held.active).toBe(true)
+  }, 30_000)
+})
+
+describe('local: namespaces', () => {
+  it('two apps with different names on one host never meet: each has its own hub and leader', async () => {
+    const dir = newDir()
+    const one = await peer('app-one', dir)
+    const two = await peer('app-two', dir)
+    expect(await one.isHub()).toBe(true)
+    expect(await two.isHub()).toBe(true)
+    const t1 = await election(one.backend, 'faults/shared-name', 'one').campaign()
+    const t2 = await election(two.backend, 'faults/shared-name', 'two').campaign()
+    expect(t1.active && t2.active).toBe(true)
+  }, 30_000)
+
+  it("a second user cannot connect to the first user's hub, and its own default directory is its own", async () => {
+    const user = unprivilegedUser()
+    if (!user) throw new Error('this test runs as root, to start a process as another user')
+    const dir = newDir()
+    const hub = await peer('private', dir)
+    expect(await hub.isHub()).toBe(true)
+    const socket = join(dir, 'private.sock')
+    const script = `require('net').connect(${JSON.stringify(socket)}).on('connect', () => { console.log('connected'); process.exit(0) }).on('error', (e) => { console.log(e.code); process.exit(0) })`
+    const result = spawnSync(process.execPath, ['-e', script], {
+      uid: user.uid,
+      gid: user.gid,
+      encoding: 'utf8',
+      cwd: '/',
+    })
+    expect(result.stdout.trim()).toBe('EACCES')
+    // The directory is checked: owned by someone else, or open to others, it is refused.
+    const other = mkdtempSync(join(tmpdir(), 'conclave-other-'))
+    try {
+      chownSync(other, user.uid, user.gid)
+      expect(() => localBackend({ name: 'x', dir: other })).toThrow(OptionsError)
+      expect(() => localBackend({ name: 'x', dir: other })).toThrow(/owned by uid/)
+      chownSync(other, 0, 0)
+      chmodSync(other, 0o755)
+      expect(() => localBackend({ name: 'x', dir: other })).toThrow(/mode 755/)
+    } finally {
+      rmSync(other, { recursive: true, force: true })
+    }
+    // Each user's default directory is its own (namespaced by uid).
+    if (!process.env.XDG_RUNTIME_DIR) expect(defaultDir()).toBe(join(tmpdir(), 'conclave-0'))
+  }, 30_000)
+})
+
+describe('local: inside node:cluster workers', () => {
+  it('binds the lock and the socket itself (not shared through the primary, as PM2 cluster mode would): one hub, one holder', async () => {
+    const dir = newDir()
+    const app = fileURLToPath(new URL('./cluster-app.ts', import.meta.url))
+    const out = execFileSync(process.execPath, ['--import', 'tsx', app, dir, '3'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    const results = JSON.parse(out) as { hub: boolean; acquired: boolean }[]
+    expect(results).toHaveLength(3)
+    expect(results.filter((r) => r.hub)).toHaveLength(1)
+    expect(results.filter((r) => r.acquired)).toHaveLength(1)
+  }, 40_000)
+})

@@ -1,0 +1,128 @@
+// The local backend's pieces without processes: option and URL checks, the hub state file, and
+// the memory store's adopt/tokenFloor/snapshot the hub is built on.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { backendFromUrl, localBackend } from '../../src/backends/local/index.js'
+import { readState, TOKEN_SPAN, writeState } from '../../src/backends/local/state.js'
+import { MemoryBackend } from '../../src/backends/memory.js'
+import { backendFromUrl as cliBackend, requireSharedBackend } from '../../src/cli/backends.js'
+import { OptionsError } from '../../src/errors.js'
+
+const base = mkdtempSync(join(tmpdir(), 'conclave-units-'))
+afterAll(() => rmSync(base, { recursive: true, force: true }))
+
+describe('localBackend options', () => {
+  it('names the field, the value and the rule for bad options', () => {
+    const bad: [unknown, RegExp][] = [
+      [undefined, /name is the app name/],
+      [{ name: '' }, /name is the app name/],
+      [{ name: 'a/b' }, /name is the app name/],
+      [{ name: 'x'.repeat(65) }, /name is the app name/],
+      [{ name: 'ok', dir: '' }, /dir is a directory path/],
+      [{ name: 'ok', lock: 'flock' }, /lock is 'abstract'/],
+      [{ name: 'ok', timeoutMs: 0 }, /timeoutMs must be an integer/],
+      [{ name: 'ok', onError: 1 }, /onError must be a function/],
+      [{ name: 'ok', nmae: 'typo' }, /"nmae" is not a local backend option/],
+    ]
+    for (const [options, rule] of bad) {
+      expect(() => localBackend(options as never), JSON.stringify(options)).toThrow(OptionsError)
+      expect(() => localBackend(options as never), JSON.stringify(options)).toThrow(rule)
+    }
+  })
+
+  it('refuses a socket path over the macOS limit, and hashes a long name into a short one', () => {
+    const deep = join(base, 'd'.repeat(90))
+    expect(() => localBackend({ name: 'app', dir: deep })).toThrow(/would be over 100 bytes/)
+    const mid = join(base, 'm'.repeat(40))
+    const b = localBackend({ name: 'n'.repeat(64), dir: mid })
+    expect(Buffer.byteLength(b.settings.address)).toBeLessThanOrEqual(100)
+    expect(b.settings.address).toMatch(/[0-9a-f]{16}\.sock$/)
+  })
+
+  it('namespaces the lock by user, directory and name', () => {
+    const a = localBackend({ name: 'one', dir: join(base, 'x') }).settings
+    const b = localBackend({ name: 'two', dir: join(base, 'x') }).settings
+    const c = localBackend({ name: 'one', dir: join(base, 'y') }).settings
+    expect(new Set([a.lockAddress, b.lockAddress, c.lockAddress]).size).toBe(3)
+    expect(a.lockAddress.startsWith(`\0conclave-${process.getuid!()}-`)).toBe(true)
+    // Two spellings of one directory share the lock and the socket.
+    const d = localBackend({ name: 'one', dir: `${join(base, 'x')}/./` }).settings
+    expect([d.lockAddress, d.address]).toEqual([a.lockAddress, a.address])
+  })
+
+  it('parses local: URLs, and the CLI registry knows them as shared', async () => {
+    const dir = join(base, 'url')
+    const named = backendFromUrl(`local:jobs?dir=${encodeURIComponent(dir)}&timeoutMs=250`)
+    expect(named.name).toBe('local')
+    expect(
+      (named as unknown as { settings: { name: string; timeoutMs: number } }).settings,
+    ).toMatchObject({
+      name: 'jobs',
+      timeoutMs: 250,
+    })
+    const plain = (await cliBackend(`local:?dir=${encodeURIComponent(dir)}`)) as unknown as {
+      settings: { name: string }
+    }
+    expect(plain.settings.name).toBe('default')
+    expect(() => backendFromUrl('local:x?color=red')).toThrow(
+      /"color" is not a local URL parameter/,
+    )
+    expect(() => requireSharedBackend('local:x', 'backend', 'conclave run')).not.toThrow()
+  })
+})
+
+describe('the hub state file', () => {
+  it('round-trips, and an unreadable one reads as fresh', () => {
+    const path = join(base, 'state.json')
+    expect(readState(path)).toEqual({ epoch: 0, maxLeaseMs: 0, clean: null })
+    writeState(path, { epoch: 3, maxLeaseMs: 2000, clean: null })
+    expect(readState(path)).toEqual({ epoch: 3, maxLeaseMs: 2000, clean: null })
+    expect((JSON.parse(readFileSync(path, 'utf8')) as { epoch: number }).epoch).toBe(3)
+  })
+})
+
+describe('MemoryBackend adopt / tokenFloor / snapshot', () => {
+  const grant = (over: object = {}) => ({
+    resource: 'r',
+    candidate: 'a',
+    token: 7,
+    tickets: 1,
+    remainingMs: 1_000,
+    metadata: null,
+    ...over,
+  })
+
+  it('gives tokens above the floor and adopts an older store’s grants under it', async () => {
+    const store = new MemoryBackend({ tokenFloor: 2 * TOKEN_SPAN })
+    expect(store.adopt(grant())).toBe(true)
+    expect((await store.holders('r')).map((h) => [h.candidate, h.token])).toEqual([['a', 7]])
+    // Its own tokens are above the floor, so above every adopted one.
+    const other = await store.acquire({
+      resource: 'other',
+      candidate: 'b',
+      tickets: 1,
+      leaseMs: 1_000,
+      metadata: null,
+    })
+    expect(other.acquired && other.token).toBe(2 * TOKEN_SPAN + 1)
+    await store.close()
+  })
+
+  it('refuses an adoption that would break a rule', async () => {
+    const store = new MemoryBackend({ tokenFloor: TOKEN_SPAN })
+    expect(store.adopt(grant())).toBe(true)
+    expect(store.adopt(grant({ candidate: 'b', token: 8 }))).toBe(false) // its ticket is taken
+    expect(store.adopt(grant({ token: 9 }))).toBe(false) // a holds another token
+    expect(store.adopt(grant({ resource: 's', token: TOKEN_SPAN + 1 }))).toBe(false) // this store’s range
+    expect(store.adopt(grant({ resource: 't', tickets: 2 }))).toBe(true)
+    expect(store.adopt(grant({ resource: 't', candidate: 'b', token: 5 }))).toBe(false) // other tickets
+    expect(store.adopt(grant())).toBe(true) // the same grant again: kept
+    expect(store.snapshot().map((g) => [g.resource, g.candidate, g.token])).toEqual([
+      ['r', 'a', 7],
+      ['t', 'a', 7],
+    ])
+    await store.close()
+  })
+})
