@@ -88,3 +88,18 @@ export {
   type ElectionMetricsOptions,
   type MetricsRegistry,
 } from './metrics.js'
+export {
+  type FireContext,
+  type MissedPolicy,
+  schedule,
+  Schedule,
+  type ScheduleEvents,
+  type ScheduleOptions,
+  singletonCron,
+} from './schedule.js'
+export type {
+  RecordStore,
+  StoredRecord,
+  WriteRecordRequest,
+  WriteRecordResult,
+} from './backend.js'

@@ -4,7 +4,13 @@
  * requests a backend receives. Each rule throws an OptionsError naming the field, the value
  * and the rule.
  */
-import type { AcquireRequest, Json, ReleaseRequest, RenewRequest } from './backend.js'
+import type {
+  AcquireRequest,
+  Json,
+  ReleaseRequest,
+  RenewRequest,
+  WriteRecordRequest,
+} from './backend.js'
 import { OptionsError } from './errors.js'
 
 /** The largest delay a Node timer takes. */
@@ -216,4 +222,24 @@ export function validateRelease(request: ReleaseRequest): void {
   validateResource(request.resource)
   validateCandidate(request.candidate)
   if (request.token !== undefined) validateToken(request.token)
+}
+
+/** A record key: the rules of a resource name (short, and safe in every backend's key space). */
+export function validateRecordKey(key: unknown, field = 'key'): string {
+  return validateResource(key, field)
+}
+
+/** Every field of a writeRecord request, as a backend receives it. Values are metadata-sized JSON. */
+export function validateWriteRecord(request: WriteRecordRequest): void {
+  validateResource(request.resource)
+  validateRecordKey(request.key)
+  validateToken(request.token)
+  validateMetadata(request.value, 'value')
+  if (!Number.isSafeInteger(request.version) || request.version < 0) {
+    throw new OptionsError(
+      'version',
+      request.version,
+      'A record version is a non-negative safe integer (0: no record was read).',
+    )
+  }
 }

@@ -11,9 +11,19 @@ import type {
   Json,
   ReleaseRequest,
   RenewRequest,
+  StoredRecord,
   Unwatch,
+  WriteRecordRequest,
+  WriteRecordResult,
 } from '../backend.js'
-import { validateAcquire, validateRelease, validateRenew, validateResource } from '../validate.js'
+import {
+  validateAcquire,
+  validateRecordKey,
+  validateRelease,
+  validateRenew,
+  validateResource,
+  validateWriteRecord,
+} from '../validate.js'
 import { type Clock, systemClock } from '../clock.js'
 import { TicketsMismatchError } from '../errors.js'
 import { CloseGate } from './kit.js'
@@ -21,6 +31,8 @@ import { CloseGate } from './kit.js'
 export interface MemoryBackendOptions {
   /** The backend's own clock: expiry is measured on it. */
   clock?: Clock
+  /** The backend's wall clock (`now()`, ms since the epoch). Default `Date.now`. */
+  wallClock?: () => number
 }
 
 interface Grant {
@@ -42,9 +54,12 @@ export class MemoryBackend implements Backend {
   readonly #resources = new Map<string, ResourceState>()
   readonly #watchers = new Map<string, Set<() => void>>()
   readonly #gate = new CloseGate('memory')
+  readonly #records = new Map<string, StoredRecord>()
+  readonly #wallClock: () => number
 
   constructor(options: MemoryBackendOptions = {}) {
     this.#clock = options.clock ?? systemClock
+    this.#wallClock = options.wallClock ?? Date.now
   }
 
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
@@ -140,6 +155,31 @@ export class MemoryBackend implements Backend {
     return this.#gate.onClose(hook)
   }
 
+  async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
+    this.#checkOpen()
+    validateResource(resource)
+    validateRecordKey(key)
+    const stored = this.#records.get(`${resource}\n${key}`)
+    return stored && structuredClone(stored)
+  }
+
+  async writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult> {
+    this.#checkOpen()
+    validateWriteRecord(request)
+    const id = `${request.resource}\n${request.key}`
+    const stored = this.#records.get(id)
+    if ((stored?.version ?? 0) !== request.version || (stored && request.token < stored.token))
+      return { written: false, current: stored && structuredClone(stored) }
+    const version = request.version + 1
+    this.#records.set(id, { value: structuredClone(request.value), token: request.token, version })
+    return { written: true, version }
+  }
+
+  async now(): Promise<number> {
+    this.#checkOpen()
+    return this.#wallClock()
+  }
+
   close(): Promise<void> {
     return this.#gate.close(async () => this.#watchers.clear())
   }
@@ -162,6 +202,9 @@ export class MemoryBackend implements Backend {
       renew: async (requests) => (check(), store.renew(requests)),
       release: async (request) => (check(), store.release(request)),
       holders: async (resource) => (check(), store.holders(resource)),
+      readRecord: async (resource, key) => (check(), store.readRecord(resource, key)),
+      writeRecord: async (request) => (check(), store.writeRecord(request)),
+      now: async () => (check(), store.now()),
       async watch(resource, onChange) {
         check()
         const unwatch = await store.watch(resource, onChange)
