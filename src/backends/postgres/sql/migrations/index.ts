@@ -2,10 +2,12 @@
 // Add a migration as the next NNN_name.sql, then run `node scripts/gen-assets.js`.
 import m1 from './001_initial.sql.js'
 import m2 from './002_grant_tickets.sql.js'
+import m3 from './003_records.sql.js'
 
 /** The migrations in version order: each one's version, name and text. */
 const migrations: readonly { version: number; name: string; text: string }[] = [
   { version: 1, name: 'initial', text: m1 },
   { version: 2, name: 'grant_tickets', text: m2 },
+  { version: 3, name: 'records', text: m3 },
 ]
 export default migrations
