@@ -280,7 +280,7 @@ export class Schedule extends EventEmitter<ScheduleEvents> {
           attempt: running.attempt,
           retried,
         })
-        return this.#run(term, claimed, running.fire, running.attempt + 1)
+        return this.#run(term, claimed, running.fire, running.attempt + 1, record)
       }
       if (await this.#write(term, stored, { ...record, running: null }))
         this.#safeEmit('interrupted', {
@@ -307,7 +307,7 @@ export class Schedule extends EventEmitter<ScheduleEvents> {
     const claimed = await this.#claim(term, stored, record, pick, 1)
     if (!claimed) return 0
     if (skippedCount > 0) this.#emitSkipped(skipped, skippedCount, due.uncounted > 0)
-    return this.#run(term, claimed, pick, 1)
+    return this.#run(term, claimed, pick, 1, record)
   }
 
   /** Claims `fire` (attempt `attempt`) for this term: the record written, or undefined. */
@@ -328,9 +328,21 @@ export class Schedule extends EventEmitter<ScheduleEvents> {
   }
 
   /** Runs `fn` for a fire this term claimed (record `stored`), then records its end. */
-  async #run(term: Term, stored: StoredRecord, fire: number, attempt: number): Promise<number> {
+  async #run(
+    term: Term,
+    stored: StoredRecord,
+    fire: number,
+    attempt: number,
+    before?: CronRecord,
+  ): Promise<number> {
     const record = parseRecord(stored.value)
-    if (!term.active) return 0
+    if (!term.active) {
+      // The term ended (a SIGTERM, a lost grant) while the claim was on its way: `fn` never
+      // started, so hand the fire back (if nobody wrote since) for the next holder to run.
+      if (before)
+        await this.#write(term, stored, before, true).catch((error: unknown) => this.#report(error))
+      return 0
+    }
     const token = term.token
     this.#started.add(`${token}:${fire}:${attempt}`)
     const context: FireContext = {

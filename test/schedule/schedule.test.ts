@@ -135,20 +135,29 @@ afterEach(async () => {
 describe('schedule: fire instants', () => {
   it('fires at croner’s instants across the spring and autumn DST changes of Europe/Berlin', async () => {
     // A long lease: three days of renewals on the manual clock stay quick.
-    world = new World('2026-03-28T12:00:00Z', HOUR)
+    world = new World('2026-03-28T22:00:00Z', HOUR)
     const start = world.clock.now()
     // 02:30 local does not exist on 29 March and happens twice on 25 October.
     world.start('a', '30 2 * * *', { timezone: 'Europe/Berlin' })
-    await world.advance(2 * 86_400_000, HOUR)
+    await world.advance(28 * HOUR, HOUR)
     const spring = expected('30 2 * * *', start + 1_000, world.clock.now(), 'Europe/Berlin')
     expect(world.runs.map((r) => r.fire)).toEqual(spring)
+    // The missing 02:30 of 29 March runs once, at 03:30 CEST (croner's choice).
+    expect(spring.map((f) => new Date(f).toISOString())).toEqual([
+      '2026-03-29T01:30:00.000Z',
+      '2026-03-30T00:30:00.000Z',
+    ])
     await world.close()
-    world = new World('2026-10-24T12:00:00Z', HOUR)
+    world = new World('2026-10-24T22:00:00Z', HOUR)
     const autumnStart = world.clock.now()
     world.start('a', '30 2 * * *', { timezone: 'Europe/Berlin' })
-    await world.advance(2 * 86_400_000, HOUR)
+    await world.advance(28 * HOUR, HOUR)
     const autumn = expected('30 2 * * *', autumnStart + 1_000, world.clock.now(), 'Europe/Berlin')
-    expect(autumn.length).toBe(2)
+    // The doubled 02:30 of 25 October runs once (at 02:30 CET), not twice.
+    expect(autumn.map((f) => new Date(f).toISOString())).toEqual([
+      '2026-10-25T01:30:00.000Z',
+      '2026-10-26T01:30:00.000Z',
+    ])
     expect(world.runs.map((r) => r.fire)).toEqual(autumn)
     // Each run starts at its fire instant (within the step of the manual clock), never before.
     for (const run of world.runs) {
@@ -160,9 +169,9 @@ describe('schedule: fire instants', () => {
   })
 
   it('reads the expression in the given time zone, seconds optional', async () => {
-    world = new World('2026-07-01T00:00:00Z', HOUR)
+    world = new World('2026-07-01T06:00:00Z', HOUR)
     world.start('a', '0 3 * * *', { timezone: 'America/New_York', key: 'ny' })
-    await world.advance(2 * 86_400_000, HOUR)
+    await world.advance(26 * HOUR, HOUR)
     expect(world.runs.map((r) => new Date(r.fire).toISOString())).toEqual([
       '2026-07-01T07:00:00.000Z',
       '2026-07-02T07:00:00.000Z',
