@@ -122,8 +122,7 @@ export interface WriteRecordRequest {
 }
 
 export type WriteRecordResult =
-  | { written: true; version: number }
-  | { written: false; current: StoredRecord | undefined }
+  { written: true; version: number } | { written: false; current: StoredRecord | undefined }
 
 /**
  * A fenced compare-and-set per (resource, key): `writeRecord` succeeds only when the record is

@@ -97,9 +97,4 @@ export {
   type ScheduleOptions,
   singletonCron,
 } from './schedule.js'
-export type {
-  RecordStore,
-  StoredRecord,
-  WriteRecordRequest,
-  WriteRecordResult,
-} from './backend.js'
+export type { RecordStore, StoredRecord, WriteRecordRequest, WriteRecordResult } from './backend.js'

@@ -185,7 +185,7 @@ export class Schedule extends EventEmitter<ScheduleEvents> {
     this.#maxCatchUp = maxCatchUp
     this.#graceMs = optionalMilliseconds('graceMs', options.graceMs, election.options.leaseMs, 0)
     const retry = options.retryInterrupted ?? false
-    if (typeof retry !== 'boolean' && !(Number.isSafeInteger(retry) && (retry as number) >= 0))
+    if (typeof retry !== 'boolean' && !(Number.isSafeInteger(retry) && retry >= 0))
       throw new OptionsError(
         'retryInterrupted',
         retry,

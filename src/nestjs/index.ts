@@ -163,7 +163,11 @@ export class ConclaveService {
 
 function registrationsOf(prototype: object): Registration[] {
   const all: Registration[] = []
-  for (let p: object | null = prototype; p && p !== Object.prototype; p = Object.getPrototypeOf(p))
+  for (
+    let p: object | null = prototype;
+    p && p !== Object.prototype;
+    p = Object.getPrototypeOf(p) as object | null
+  )
     for (const r of registry.get(p) ?? []) if (!all.some((a) => a.method === r.method)) all.push(r)
   return all
 }

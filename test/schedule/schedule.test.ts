@@ -33,14 +33,14 @@ function cuttable(store: MemoryBackend, name: string): Backend & { cut(): void }
   return {
     ...handle,
     name,
-    acquire: guard(handle.acquire),
-    renew: guard(handle.renew),
-    release: guard(handle.release),
-    holders: guard(handle.holders),
-    watch: guard(handle.watch),
-    readRecord: guard(handle.readRecord!),
-    writeRecord: guard(handle.writeRecord!),
-    now: guard(handle.now!),
+    acquire: guard(handle.acquire.bind(handle)),
+    renew: guard(handle.renew.bind(handle)),
+    release: guard(handle.release.bind(handle)),
+    holders: guard(handle.holders.bind(handle)),
+    watch: guard(handle.watch.bind(handle)),
+    readRecord: guard(handle.readRecord!.bind(handle)),
+    writeRecord: guard(handle.writeRecord!.bind(handle)),
+    now: guard(handle.now!.bind(handle)),
     cut: () => void (cut = true),
   }
 }
