@@ -2,7 +2,7 @@
 // manual clock, started at a real date), so fire instants, failovers and deploys are exact.
 import { Cron } from 'croner'
 import { afterEach, describe, expect, it } from 'vitest'
-import type { Backend } from '../../src/backend.js'
+import type { Backend, WriteRecordRequest } from '../../src/backend.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
 import { OptionsError } from '../../src/errors.js'
@@ -19,6 +19,9 @@ interface Run {
   token: number
   attempt: number
 }
+
+/** Called before every record write (a test holds one on its way). */
+let beforeWrite: ((who: string, request: WriteRecordRequest) => Promise<void>) | undefined
 
 /** A handle on the store whose calls all fail once cut: a crashed or partitioned process. */
 function cuttable(store: MemoryBackend, name: string): Backend & { cut(): void } {
@@ -39,7 +42,10 @@ function cuttable(store: MemoryBackend, name: string): Backend & { cut(): void }
     holders: guard(handle.holders.bind(handle)),
     watch: guard(handle.watch.bind(handle)),
     readRecord: guard(handle.readRecord!.bind(handle)),
-    writeRecord: guard(handle.writeRecord!.bind(handle)),
+    writeRecord: guard(async (request: WriteRecordRequest) => {
+      await beforeWrite?.(name, request)
+      return handle.writeRecord!(request)
+    }),
     now: guard(handle.now!.bind(handle)),
     cut: () => void (cut = true),
   }
@@ -128,6 +134,7 @@ function expected(expression: string, from: number, to: number, timezone?: strin
 
 let world: World | undefined
 afterEach(async () => {
+  beforeWrite = undefined
   await world?.close()
   world = undefined
 })
@@ -362,6 +369,38 @@ describe('schedule: a holder killed mid-fire', () => {
     expect(world.events.filter((e) => e.type === 'interrupted')[0]!.info).toMatchObject({
       retried: true,
     })
+  })
+})
+
+describe('schedule: a claim whose term ends before fn starts', () => {
+  it('is handed back, and the next holder runs that fire', async () => {
+    world = new World('2026-01-01T00:00:00Z')
+    const a = world.start('a', '0 * * * * *')
+    await world.advance(2_000, 100)
+    // Hold a's claim of the next fire on its way, end a's term meanwhile (a SIGTERM), then let
+    // the claim land: fn must not start, and the fire must not be lost.
+    let release!: () => void
+    const held = new Promise<void>((resolve) => (release = resolve))
+    let claiming = false
+    beforeWrite = async (who, request) => {
+      if (who === 'a' && (request.value as { running?: unknown }).running && !claiming) {
+        claiming = true
+        await held
+      }
+    }
+    await world.advance(58_500, 100)
+    expect(claiming).toBe(true)
+    const stopping = a.stop()
+    await world.clock.advance(10)
+    release()
+    await world.clock.advance(100)
+    await stopping
+    world.start('b', '0 * * * * *')
+    await world.advance(2_000, 100)
+    expect(world.runs.map((r) => [r.who, new Date(r.fire).toISOString()])).toEqual([
+      ['b', '2026-01-01T00:01:00.000Z'],
+    ])
+    expect(world.events.filter((e) => e.type === 'interrupted')).toEqual([])
   })
 })
 
