@@ -1,4 +1,4 @@
--- write-record: the fenced compare-and-set of a record (Backend.writeRecord).
+-- write record: the fenced compare-and-set of a record (Backend.writeRecord).
 -- KEYS[1]  the record: a hash of version, token and value (JSON), never expiring.
 -- ARGV[1]  the new value (JSON)
 -- ARGV[2]  the writer's fencing token
