@@ -146,6 +146,13 @@ export class Schedule extends EventEmitter<ScheduleEvents> {
     }
     if (typeof fn !== 'function')
       throw new OptionsError('fn', fn, 'schedule() takes a function to run at each fire.')
+    // With several holders at once, one could take another's running fire for an interrupted one.
+    if (election.options.tickets !== 1)
+      throw new OptionsError(
+        'tickets',
+        election.options.tickets,
+        'schedule() runs each fire on one holder: use an election with tickets: 1.',
+      )
     this.#fn = fn
     checkOptions(
       options,

@@ -425,6 +425,9 @@ describe('schedule: options', () => {
       /readRecord and writeRecord/,
     )
     expect(() => singletonCron(store, '', '* * * * *', fn)).toThrow(/Invalid name/)
+    expect(() => schedule(new Election(store, 'jobs/z', { tickets: 2 }), '* * * * *', fn)).toThrow(
+      /Invalid tickets/,
+    )
   })
 
   it('singletonCron owns its election on cron/<name> and closes it', async () => {
