@@ -116,6 +116,52 @@ export interface Backend {
   onClose(hook: () => Promise<void>): () => void
   /** Runs the `onClose` hooks, then closes; idempotent. Calls after it fail with ERR_CONCLAVE_CLOSED. */
   close(): Promise<void>
+  /**
+   * Optional record store (see RecordStore): what `schedule()` keeps its last and running fire
+   * in. Every backend conclave ships has it.
+   */
+  readRecord?(resource: string, key: string): Promise<StoredRecord | undefined>
+  /** Optional: the fenced compare-and-set of RecordStore. */
+  writeRecord?(request: WriteRecordRequest): Promise<WriteRecordResult>
+  /**
+   * Optional: the backend's wall clock, in ms since the epoch (Redis `TIME`, PostgreSQL
+   * `clock_timestamp()`), so that time-of-day decisions do not depend on a host's clock.
+   */
+  now?(): Promise<number>
+}
+
+/** A small JSON value kept per (resource, key) beside the grants. */
+export interface StoredRecord {
+  value: Json
+  /** The fencing token of the last write. */
+  token: number
+  /** Grows with every write (opaque otherwise); 0 never names a stored record. */
+  version: number
+}
+
+export interface WriteRecordRequest {
+  resource: string
+  key: string
+  value: Json
+  /** The writer's fencing token: a write with a token below the record's is refused. */
+  token: number
+  /** The version the writer read (0: it read no record). Any other version refuses the write. */
+  version: number
+}
+
+export type WriteRecordResult =
+  { written: true; version: number } | { written: false; current: StoredRecord | undefined }
+
+/**
+ * A fenced compare-and-set per (resource, key): `writeRecord` succeeds only when the record is
+ * still at the version the writer read AND the writer's token is at least the token of the last
+ * write. So a paused ex-leader can neither overwrite what a newer term wrote nor slip a write in
+ * between a newer term's read and its write. Records never expire; keys are short names
+ * (validated like resources).
+ */
+export interface RecordStore {
+  readRecord(resource: string, key: string): Promise<StoredRecord | undefined>
+  writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult>
 }
 
 // The input rules every backend checks on each call live in validate.ts; re-exported here for

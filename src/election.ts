@@ -74,7 +74,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   #closing: Promise<void> | undefined
   #current: TermState | undefined
   readonly #states = new WeakMap<Term, TermState>()
-  #loop: { promise: Promise<Term>; signal: AbortSignal } | undefined
+  #loop: { promise: Promise<Term | undefined>; signal: AbortSignal } | undefined
   #running = false
   /** The run() callback now running; it may outlive its term, and close() drains it too. */
   #work: Promise<void> | undefined
@@ -135,6 +135,20 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * ElectionClosedError once the election is closed.
    */
   async campaign(options: { signal?: AbortSignal } = {}): Promise<Term> {
+    return (await this.#campaign(options, false))!
+  }
+
+  /**
+   * One attempt: resolves with a term when this candidate holds (or just won) a grant, or with
+   * `undefined` when another holds it (any place it took in a queue is withdrawn first), for
+   * "do it if nobody else is". A backend error rejects (no retry). Same rules as campaign()
+   * otherwise.
+   */
+  tryCampaign(options: { signal?: AbortSignal } = {}): Promise<Term | undefined> {
+    return this.#campaign(options, true)
+  }
+
+  async #campaign(options: { signal?: AbortSignal }, once: boolean): Promise<Term | undefined> {
     if (this.#closing) throw new ElectionClosedError(this.resource)
     options.signal?.throwIfAborted()
     if (this.#current?.isActive()) return this.#current.term
@@ -146,7 +160,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     if (this.#loop) throw new BusyError(this.resource, 'campaigning')
     const combined = anySignal([options.signal, this.#closeController.signal])
     const signal = combined.signal
-    const promise = this.#acquireLoop(signal)
+    const promise = this.#acquireLoop(signal, once)
     const loop = { promise, signal }
     this.#loop = loop
     const done = () => {
@@ -155,7 +169,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     }
     void promise.then(done, done)
     // A term won just as the caller gave up is handed back at once, never left orphaned.
-    return raceAbort(promise, signal, (term) => void term.resign())
+    return raceAbort(promise, signal, (term) => void term?.resign())
   }
 
   /**
@@ -335,7 +349,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     drained.abort() // no drain timer outlives the drain
   }
 
-  async #acquireLoop(signal: AbortSignal): Promise<Term> {
+  /** Campaigns until a grant is won; with `once`, one ask only (undefined: not granted). */
+  async #acquireLoop(signal: AbortSignal, once = false): Promise<Term | undefined> {
     const { leaseMs, marginMs, retryMs, renewMs, tickets, metadata } = this.options
     let woken = false
     let wake: (() => void) | undefined
@@ -390,6 +405,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             }
             return (won = this.#startTerm(result.token, deadline))
           }
+          if (once) return undefined
           if (!unwatch) {
             needWatch = true
             continue
@@ -399,7 +415,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         } catch (error) {
           if (signal.aborted) throw signal.reason
           // A closed backend, a tickets mismatch, a bad option: asking again cannot help.
-          if (isFinal(error)) throw error
+          if (isFinal(error) || once) throw error
           this.#report(error)
           waitMs = backoff(attempt++, retryMs, renewMs)
           woken = false
@@ -414,7 +430,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       // Withdraw a queued entry (or a grant whose answer we never saw) on the way out. A term
       // won is never withdrawn here, even if the abort came meanwhile: it is resigned (signal
       // first, then release), or a token-less release would free its grant while it is active.
-      if (signal.aborted && !won) {
+      // A single ask that was not granted withdraws too: it may have queued (etcd does).
+      if ((signal.aborted || once) && !won) {
         await this.backend
           .release({ resource: this.resource, candidate: this.id })
           .catch((error: unknown) => {

@@ -92,3 +92,13 @@ export {
   type MetricsRegistry,
 } from './metrics.js'
 export { CHANNELS, type TraceBase, type TraceMessages, type TraceStep } from './trace.js'
+export {
+  type FireContext,
+  type MissedPolicy,
+  schedule,
+  Schedule,
+  type ScheduleEvents,
+  type ScheduleOptions,
+  singletonCron,
+} from './schedule.js'
+export type { RecordStore, StoredRecord, WriteRecordRequest, WriteRecordResult } from './backend.js'

@@ -4,7 +4,13 @@
  * requests a backend receives. Each rule throws an OptionsError naming the field, the value
  * and the rule.
  */
-import type { AcquireRequest, Json, ReleaseRequest, RenewRequest } from './backend.js'
+import type {
+  AcquireRequest,
+  Json,
+  ReleaseRequest,
+  RenewRequest,
+  WriteRecordRequest,
+} from './backend.js'
 import { OptionsError } from './errors.js'
 
 /** The largest delay a Node timer takes. */
@@ -267,3 +273,22 @@ export function formatDuration(ms: number): string {
 /** What a duration flag's error says it takes. */
 export const DURATION_RULE =
   'a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds)'
+/** A record key: the rules of a resource name (short, and safe in every backend's key space). */
+export function validateRecordKey(key: unknown, field = 'key'): string {
+  return validateResource(key, field)
+}
+
+/** Every field of a writeRecord request, as a backend receives it. Values are metadata-sized JSON. */
+export function validateWriteRecord(request: WriteRecordRequest): void {
+  validateResource(request.resource)
+  validateRecordKey(request.key)
+  validateToken(request.token)
+  validateMetadata(request.value, 'value')
+  if (!Number.isSafeInteger(request.version) || request.version < 0) {
+    throw new OptionsError(
+      'version',
+      request.version,
+      'A record version is a non-negative safe integer (0: no record was read).',
+    )
+  }
+}

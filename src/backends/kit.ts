@@ -6,7 +6,7 @@
  * optional peer dependency, and keeping passwords out of messages.
  */
 import { createRequire } from 'node:module'
-import type { Backend } from '../backend.js'
+import type { Backend, WriteRecordRequest } from '../backend.js'
 import {
   BackendClosedError,
   BackendError,
@@ -190,5 +190,13 @@ export function forwardingBackend(inner: Backend, overrides: Partial<Backend> = 
     watch: overrides.watch ?? ((resource, onChange) => inner.watch(resource, onChange)),
     onClose: overrides.onClose ?? ((hook) => inner.onClose(hook)),
     close: overrides.close ?? (() => inner.close()),
+    // The optional capabilities, when the inner backend has them.
+    ...(inner.readRecord && {
+      readRecord: (resource: string, key: string) => inner.readRecord!(resource, key),
+    }),
+    ...(inner.writeRecord && {
+      writeRecord: (request: WriteRecordRequest) => inner.writeRecord!(request),
+    }),
+    ...(inner.now && { now: () => inner.now!() }),
   }
 }

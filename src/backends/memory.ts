@@ -11,14 +11,19 @@ import type {
   Json,
   ReleaseRequest,
   RenewRequest,
+  StoredRecord,
   Unwatch,
+  WriteRecordRequest,
+  WriteRecordResult,
 } from '../backend.js'
 import {
   validateAcquire,
+  validateRecordKey,
   validateRelease,
   validateRenew,
   validateResource,
   validateToken,
+  validateWriteRecord,
 } from '../validate.js'
 import { type Clock, systemClock } from '../clock.js'
 import { TicketsMismatchError } from '../errors.js'
@@ -33,6 +38,8 @@ export interface MemoryBackendOptions {
    * `local` backend's next hub) keeps its tokens above every token the old one gave.
    */
   tokenFloor?: number
+  /** The backend's wall clock (`now()`, ms since the epoch). Default `Date.now`. */
+  wallClock?: () => number
 }
 
 /** A grant as it moves from one store to the next (a `local` hub handing over). */
@@ -66,10 +73,13 @@ export class MemoryBackend implements Backend {
   readonly #resources = new Map<string, ResourceState>()
   readonly #watchers = new Map<string, Set<() => void>>()
   readonly #gate = new CloseGate('memory')
+  readonly #records = new Map<string, StoredRecord>()
+  readonly #wallClock: () => number
   readonly #tokenFloor: number
 
   constructor(options: MemoryBackendOptions = {}) {
     this.#clock = options.clock ?? systemClock
+    this.#wallClock = options.wallClock ?? Date.now
     this.#tokenFloor = options.tokenFloor ?? 0
   }
 
@@ -219,6 +229,31 @@ export class MemoryBackend implements Backend {
     return this.#gate.onClose(hook)
   }
 
+  async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
+    this.#checkOpen()
+    validateResource(resource)
+    validateRecordKey(key)
+    const stored = this.#records.get(`${resource}\n${key}`)
+    return stored && structuredClone(stored)
+  }
+
+  async writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult> {
+    this.#checkOpen()
+    validateWriteRecord(request)
+    const id = `${request.resource}\n${request.key}`
+    const stored = this.#records.get(id)
+    if ((stored?.version ?? 0) !== request.version || (stored && request.token < stored.token))
+      return { written: false, current: stored && structuredClone(stored) }
+    const version = request.version + 1
+    this.#records.set(id, { value: structuredClone(request.value), token: request.token, version })
+    return { written: true, version }
+  }
+
+  async now(): Promise<number> {
+    this.#checkOpen()
+    return this.#wallClock()
+  }
+
   close(): Promise<void> {
     return this.#gate.close(async () => this.#watchers.clear())
   }
@@ -241,6 +276,9 @@ export class MemoryBackend implements Backend {
       renew: async (requests) => (check(), store.renew(requests)),
       release: async (request) => (check(), store.release(request)),
       holders: async (resource) => (check(), store.holders(resource)),
+      readRecord: async (resource, key) => (check(), store.readRecord(resource, key)),
+      writeRecord: async (request) => (check(), store.writeRecord(request)),
+      now: async () => (check(), store.now()),
       async watch(resource, onChange) {
         check()
         const unwatch = await store.watch(resource, onChange)

@@ -48,6 +48,9 @@ export async function forkWorker(): Promise<TestWorker> {
     release: (r) => remote.release(r),
     holders: (r) => remote.holders(r),
     watch: (r, fn) => remote.watch(r, fn),
+    readRecord: (r, k) => remote.readRecord(r, k),
+    writeRecord: (r) => remote.writeRecord(r),
+    now: () => remote.now(),
     onClose: (hook) => remote.onClose(hook),
     async close() {
       await remote.close()

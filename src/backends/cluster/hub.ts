@@ -10,6 +10,7 @@ import type {
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WriteRecordRequest,
 } from '../../backend.js'
 import { CandidateInUseError, ProtocolError } from '../../errors.js'
 import type { GrantRecord } from '../memory.js'
@@ -38,6 +39,17 @@ export interface HubOptions {
 }
 
 const MAX_WATCHES_PER_CONNECTION = 100_000
+
+/** An optional Backend method of the served backend, or a ProtocolError saying it has none. */
+function optional<K extends 'readRecord' | 'writeRecord' | 'now'>(
+  backend: Backend,
+  op: K,
+): NonNullable<Backend[K]> {
+  const fn = backend[op]
+  if (typeof fn !== 'function')
+    throw new ProtocolError(`The hub's ${backend.name} backend has no ${op}.`)
+  return fn.bind(backend) as NonNullable<Backend[K]>
+}
 
 /** Serves a backend to peers over any message transport; drops a peer's grants when it leaves. */
 export class Hub {
@@ -90,6 +102,7 @@ export class Hub {
       const args = request.args as Record<string, unknown>
       if (
         request.op !== 'renew' &&
+        request.op !== 'now' &&
         (typeof args !== 'object' || args === null || Array.isArray(args))
       ) {
         throw new ProtocolError(
@@ -197,6 +210,14 @@ export class Hub {
           if (unwatch) await unwatch()
           return null
         }
+        case 'readRecord':
+          return (
+            (await optional(backend, 'readRecord')(String(args.resource), String(args.key))) ?? null
+          )
+        case 'writeRecord':
+          return optional(backend, 'writeRecord')(args as unknown as WriteRecordRequest)
+        case 'now':
+          return optional(backend, 'now')()
       }
     }
 

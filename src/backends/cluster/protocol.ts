@@ -25,7 +25,20 @@ import {
 /** The hub's message key (the agent uses another, so both share one channel). */
 export const NAMESPACE = 'conclave'
 /** The backend calls a hub serves. */
-export const OPS = ['acquire', 'renew', 'release', 'holders', 'watch', 'unwatch', 'adopt'] as const
+export const OPS = [
+  'acquire',
+  'renew',
+  'release',
+  'holders',
+  'watch',
+  'unwatch',
+  // The local backend's re-registration of grants with a new hub.
+  'adopt',
+  // The optional record store and clock (Backend.readRecord/writeRecord/now).
+  'readRecord',
+  'writeRecord',
+  'now',
+] as const
 /** One of OPS. */
 export type Op = (typeof OPS)[number]
 

@@ -12,7 +12,10 @@ import type {
   Holder,
   ReleaseRequest,
   RenewRequest,
+  StoredRecord,
   Unwatch,
+  WriteRecordRequest,
+  WriteRecordResult,
 } from '../../backend.js'
 import { BackendClosedError, BackendError, BackendTimeoutError } from '../../errors.js'
 import { CloseGate } from '../kit.js'
@@ -123,6 +126,24 @@ export class RemoteBackend implements Backend {
 
   onClose(hook: () => Promise<void>): () => void {
     return this.#gate.onClose(hook)
+  }
+
+  /** Backend.readRecord, answered by the hub's backend. */
+  async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
+    return ((await this.#call('readRecord', { resource, key })) ?? undefined) as
+      StoredRecord | undefined
+  }
+
+  /** Backend.writeRecord, answered by the hub's backend. */
+  async writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult> {
+    const result = (await this.#call('writeRecord', request)) as WriteRecordResult
+    // undefined crosses IPC as a missing field; keep the contract's shape.
+    return result.written ? result : { written: false, current: result.current ?? undefined }
+  }
+
+  /** Backend.now: the hub's clock (the primary's), shared by every worker. */
+  async now(): Promise<number> {
+    return (await this.#call('now', null)) as number
   }
 
   close(): Promise<void> {

@@ -30,7 +30,10 @@ import {
   type Holder,
   type ReleaseRequest,
   type RenewRequest,
+  type StoredRecord,
   type Unwatch,
+  type WriteRecordRequest,
+  type WriteRecordResult,
   validateAcquire,
   validateRelease,
   validateRenew,
@@ -42,6 +45,8 @@ import {
   BackendTimeoutError,
   TicketsMismatchError,
 } from '../../errors.js'
+import { validateRecordKey, validateWriteRecord } from '../../validate.js'
+import { decodeRecord, encodeRecord, recordKeyOf } from './records.js'
 import {
   backendError,
   CloseGate,
@@ -286,6 +291,44 @@ export class EtcdBackend implements Backend {
       client.kv.range(this.#rangeRequest(resource), options),
     )
     return (await this.#rank(resource, range.kvs, new Map())).holders
+  }
+
+  /** Backend.readRecord (see records.ts). */
+  async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
+    this.#checkOpen()
+    validateResource(resource)
+    validateRecordKey(key)
+    const id = recordKeyOf(this.#layout.base, resource, key)
+    const response = await this.#call('readRecord', (client, options) =>
+      client.kv.range({ key: id }, options),
+    )
+    const kv = response.kvs[0]
+    return kv && decodeRecord(kv.value, kv.mod_revision)
+  }
+
+  /** Backend.writeRecord: token check, then a put guarded by the mod revision read. */
+  async writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult> {
+    this.#checkOpen()
+    validateWriteRecord(request)
+    const id = recordKeyOf(this.#layout.base, request.resource, request.key)
+    const current = await this.readRecord(request.resource, request.key)
+    if ((current?.version ?? 0) !== request.version || (current && request.token < current.token))
+      return { written: false, current }
+    const response = await this.#call('writeRecord', (client, options) =>
+      client.kv.txn(
+        {
+          compare: [{ key: id, target: 'Mod', result: 'Equal', mod_revision: request.version }],
+          success: [
+            { request_put: { key: id, value: encodeRecord(request.token, request.value) } },
+          ],
+          failure: [],
+        },
+        options,
+      ),
+    )
+    if (!response.succeeded)
+      return { written: false, current: await this.readRecord(request.resource, request.key) }
+    return { written: true, version: Number(response.header.revision) }
   }
 
   async watch(resource: string, onChange: () => void): Promise<Unwatch> {

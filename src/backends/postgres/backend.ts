@@ -17,13 +17,17 @@ import {
   type Json,
   type ReleaseRequest,
   type RenewRequest,
+  type StoredRecord,
   type Unwatch,
   type WaitReason,
+  type WriteRecordRequest,
+  type WriteRecordResult,
   validateAcquire,
   validateRelease,
   validateRenew,
   validateResource,
 } from '../../backend.js'
+import { validateRecordKey, validateWriteRecord } from '../../validate.js'
 import { BackendError, OptionsError, TicketsMismatchError, describe } from '../../errors.js'
 import { CloseGate, unwatchOnce } from '../kit.js'
 import { channel, type Statements, statements } from './layout.js'
@@ -38,6 +42,14 @@ import {
 } from './options.js'
 import { type ClientClass, poolQuery, serverAddress } from './pool.js'
 import { Listener } from './wakeups.js'
+import {
+  type RecordRow,
+  recordStatements,
+  type RecordStatements,
+  toRecord,
+  toWriteResult,
+  type WriteRow,
+} from './records.js'
 
 /** The row acquire.sql returns. */
 interface AcquireRow {
@@ -71,6 +83,7 @@ export class PostgresBackend implements Backend {
   readonly #sql: Statements
   readonly #gate = new CloseGate('postgres')
   #migrated: Promise<void> | undefined
+  #recordSql: RecordStatements | undefined
 
   /** Use postgresBackend(options). `pool` is made by the factory when a connectionString is given. */
   constructor(
@@ -244,6 +257,43 @@ export class PostgresBackend implements Backend {
 
   #checkOpen(): void {
     this.#gate.check()
+  }
+
+  /** Backend.readRecord: a row of the records table (migration 003). */
+  async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
+    this.#checkOpen()
+    validateResource(resource)
+    validateRecordKey(key)
+    const sql = (this.#recordSql ??= recordStatements(this.schema))
+    const [row] = await this.#query<RecordRow>(sql.read, [resource, key], 'readRecord')
+    return toRecord(row)
+  }
+
+  /** Backend.writeRecord: the fenced compare-and-set of sql/write-record.sql. */
+  async writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult> {
+    this.#checkOpen()
+    validateWriteRecord(request)
+    const sql = (this.#recordSql ??= recordStatements(this.schema))
+    const [row] = await this.#query<WriteRow>(
+      sql.write,
+      [
+        request.resource,
+        request.key,
+        JSON.stringify(request.value),
+        request.token,
+        request.version,
+      ],
+      'writeRecord',
+    )
+    return toWriteResult(row!)
+  }
+
+  /** Backend.now: clock_timestamp(), so fire times do not depend on this host's clock. */
+  async now(): Promise<number> {
+    this.#checkOpen()
+    const sql = (this.#recordSql ??= recordStatements(this.schema))
+    const [row] = await this.#query<{ now_ms: number }>(sql.now, [], 'now')
+    return Number(row!.now_ms)
   }
 
   /** One statement through the pool (after the migrations); a call cut by close() says closed. */

@@ -17,8 +17,11 @@ import type {
   Json,
   ReleaseRequest,
   RenewRequest,
+  StoredRecord,
   Unwatch,
   WaitReason,
+  WriteRecordRequest,
+  WriteRecordResult,
 } from '../../backend.js'
 import {
   BackendError,
@@ -30,8 +33,10 @@ import {
 import {
   validateAcquire,
   validateRelease,
+  validateRecordKey,
   validateRenew,
   validateResource,
+  validateWriteRecord,
 } from '../../validate.js'
 import { CloseGate, requirePeer, withDeadline } from '../kit.js'
 import { keySlot, resourceKeys, TOKEN_TTL_MS } from './layout.js'
@@ -56,6 +61,7 @@ import releaseLua from './scripts/release.lua.js'
 import renewLua from './scripts/renew.lua.js'
 import { checkEviction } from './eviction.js'
 import { Wakeups } from './wakeups.js'
+import { parseRecordReply, parseTime, parseWriteReply, recordKey, WRITE_RECORD } from './records.js'
 
 /** Grants renewed by one script call (a call runs alone on the server: keep each one short). */
 const RENEW_BATCH = 1_000
@@ -369,6 +375,36 @@ export class RedisBackend implements Backend {
     return new BackendError(
       `redis ${what} on ${endpoint(this.#client)}: acknowledged by ${acked} of the ${this.replicas} replicas required within ${this.replicaTimeoutMs} ms (the replicas option), so it does not count`,
     )
+  }
+
+  /** Backend.readRecord: the record's hash (see records.ts). */
+  async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
+    this.#gate.check()
+    validateResource(resource)
+    validateRecordKey(key)
+    const id = recordKey(this.prefix, resource, key)
+    const reply = await this.#timed('readRecord', () =>
+      this.#client.hmget(id, 'version', 'token', 'value'),
+    )
+    return parseRecordReply(reply)
+  }
+
+  /** Backend.writeRecord: the fenced compare-and-set of scripts/write-record.lua. */
+  async writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult> {
+    this.#gate.check()
+    validateWriteRecord(request)
+    const id = recordKey(this.prefix, request.resource, request.key)
+    const reply = await this.#run('writeRecord', WRITE_RECORD, [
+      [id],
+      [JSON.stringify(request.value), String(request.token), String(request.version)],
+    ])
+    return parseWriteReply(reply)
+  }
+
+  /** Backend.now: the server's TIME, so fire times do not depend on this host's clock. */
+  async now(): Promise<number> {
+    this.#gate.check()
+    return parseTime(await this.#timed('now', () => this.#client.time()))
   }
 
   async #run(what: string, script: Script, [keys, args]: ScriptCall): Promise<unknown> {

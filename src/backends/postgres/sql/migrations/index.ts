@@ -3,11 +3,13 @@
 import m1 from './001_initial.sql.js'
 import m2 from './002_grant_tickets.sql.js'
 import m3 from './003_promotion_grace.sql.js'
+import m4 from './004_records.sql.js'
 
 /** The migrations in version order: each one's version, name and text. */
 const migrations: readonly { version: number; name: string; text: string }[] = [
   { version: 1, name: 'initial', text: m1 },
   { version: 2, name: 'grant_tickets', text: m2 },
   { version: 3, name: 'promotion_grace', text: m3 },
+  { version: 4, name: 'records', text: m4 },
 ]
 export default migrations
