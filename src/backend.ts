@@ -118,7 +118,7 @@ export interface Backend {
   close(): Promise<void>
   /**
    * Optional record store (see RecordStore): what `schedule()` keeps its last and running fire
-   * in. Every backend conclave ships has it.
+   * in. Every backend conclave ships has it but `local`.
    */
   readRecord?(resource: string, key: string): Promise<StoredRecord | undefined>
   /** Optional: the fenced compare-and-set of RecordStore. */
@@ -139,6 +139,7 @@ export interface StoredRecord {
   version: number
 }
 
+/** A writeRecord call: the new value, the writer's fencing token, and the version it read. */
 export interface WriteRecordRequest {
   resource: string
   key: string
@@ -149,6 +150,7 @@ export interface WriteRecordRequest {
   version: number
 }
 
+/** What writeRecord did: written (and the new version), or refused (and the record that won). */
 export type WriteRecordResult =
   { written: true; version: number } | { written: false; current: StoredRecord | undefined }
 
@@ -160,7 +162,9 @@ export type WriteRecordResult =
  * (validated like resources).
  */
 export interface RecordStore {
+  /** The record of (resource, key), or undefined when none was written. */
   readRecord(resource: string, key: string): Promise<StoredRecord | undefined>
+  /** Writes when the version is still the one read and the token is at least the last writer's. */
   writeRecord(request: WriteRecordRequest): Promise<WriteRecordResult>
 }
 

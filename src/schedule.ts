@@ -33,6 +33,7 @@ export interface FireContext {
 /** What to do with fires that passed while nobody ran them (leaderless time, a deploy, a stall). */
 export type MissedPolicy = 'skip' | 'once' | 'all'
 
+/** The options of schedule() and singletonCron(). */
 export interface ScheduleOptions {
   /** The IANA time zone the expression is read in (croner handles DST). Default: the host's. */
   timezone?: string
@@ -75,6 +76,7 @@ interface CronRecord {
   last: { fire: number; token: number; attempt: number; ok: boolean } | null
 }
 
+/** The events a Schedule emits, with their arguments. */
 export interface ScheduleEvents {
   /** A fire starts on this process. */
   fire: [context: FireContext]
@@ -137,7 +139,7 @@ export class Schedule extends EventEmitter<ScheduleEvents> {
       throw new OptionsError(
         'election',
         backend.name,
-        'schedule() keeps its fires on the backend: the backend needs readRecord and writeRecord (every backend conclave ships has them).',
+        'schedule() keeps its fires on the backend: the backend needs readRecord and writeRecord (memory, cluster, redis, postgres and etcd have them; local does not: its hub keeps no records across a hub change).',
       )
     }
     this.#store = {

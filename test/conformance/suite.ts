@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
 import type { Backend, Holder } from '../../src/backend.js'
 import { Election } from '../../src/election.js'
+import { schedule } from '../../src/schedule.js'
 import { OptionsError, TicketsMismatchError } from '../../src/errors.js'
 import type { ElectionOptions } from '../../src/options.js'
 import type { Term } from '../../src/term.js'
@@ -16,6 +17,11 @@ export interface ConformanceFixture {
   backend(): Promise<Backend>
   /** A short lease the backend supports well (the suite waits a few of them). */
   leaseMs: number
+  /**
+   * False for a backend that keeps no records (no readRecord/writeRecord): the suite then checks
+   * that it has none, and that schedule() refuses it with an OptionsError, instead of the store.
+   */
+  records?: boolean
 }
 
 /** Lets a test make one backend's calls fail, as if its network path were cut. */
@@ -529,82 +535,94 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       expect(again?.token).toBeGreaterThan(next.token)
     })
 
-    it('keeps records: a fenced compare-and-set per (resource, key), and a wall clock', async () => {
-      const b = await backend()
-      if (!b.readRecord || !b.writeRecord) throw new Error(`${b.name} has no record store`)
-      const res = resource('record')
-      const other = await backend()
-      expect(await b.readRecord(res, 'cron')).toBeUndefined()
-      const first = await b.writeRecord({
-        resource: res,
-        key: 'cron',
-        value: { a: 1 },
-        token: 5,
-        version: 0,
+    if (fixture.records === false) {
+      it('keeps no records, and schedule() refuses it with an OptionsError naming the backend', async () => {
+        const b = await backend()
+        expect(b.readRecord).toBeUndefined()
+        expect(b.writeRecord).toBeUndefined()
+        const e = election(b, resource('no-records'))
+        expect(() => schedule(e, '* * * * *', () => {})).toThrow(OptionsError)
       })
-      expect(first.written).toBe(true)
-      const v1 = first.written ? first.version : 0
-      // Seen from another process, with its version.
-      expect(await other.readRecord!(res, 'cron')).toEqual({
-        value: { a: 1 },
-        token: 5,
-        version: v1,
+    } else
+      it('keeps records: a fenced compare-and-set per (resource, key), and a wall clock', async () => {
+        const b = await backend()
+        if (!b.readRecord || !b.writeRecord) throw new Error(`${b.name} has no record store`)
+        const res = resource('record')
+        const other = await backend()
+        expect(await b.readRecord(res, 'cron')).toBeUndefined()
+        const first = await b.writeRecord({
+          resource: res,
+          key: 'cron',
+          value: { a: 1 },
+          token: 5,
+          version: 0,
+        })
+        expect(first.written).toBe(true)
+        const v1 = first.written ? first.version : 0
+        // Seen from another process, with its version.
+        expect(await other.readRecord!(res, 'cron')).toEqual({
+          value: { a: 1 },
+          token: 5,
+          version: v1,
+        })
+        // A second first write (version 0) loses: the record exists.
+        expect(
+          (await other.writeRecord!({ resource: res, key: 'cron', value: 2, token: 9, version: 0 }))
+            .written,
+        ).toBe(false)
+        // A lower token is refused even at the current version (a paused ex-leader).
+        const stale = await other.writeRecord!({
+          resource: res,
+          key: 'cron',
+          value: 3,
+          token: 4,
+          version: v1,
+        })
+        expect(stale).toEqual({
+          written: false,
+          current: { value: { a: 1 }, token: 5, version: v1 },
+        })
+        // The same or a higher token at the current version writes, and the version grows.
+        const second = await other.writeRecord!({
+          resource: res,
+          key: 'cron',
+          value: [1, 'x'],
+          token: 6,
+          version: v1,
+        })
+        expect(second.written).toBe(true)
+        const v2 = second.written ? second.version : 0
+        expect(v2).toBeGreaterThan(v1)
+        // A write on the old version is refused (someone wrote since it was read).
+        expect(
+          (await b.writeRecord({ resource: res, key: 'cron', value: 4, token: 7, version: v1 }))
+            .written,
+        ).toBe(false)
+        expect(await b.readRecord(res, 'cron')).toEqual({ value: [1, 'x'], token: 6, version: v2 })
+        // Keys and resources are separate records; a record is not a holder and wakes nobody.
+        expect(await b.readRecord(res, 'other')).toBeUndefined()
+        expect(await b.holders(res)).toEqual([])
+        // Of two writers racing on one version, exactly one wins.
+        const race = await Promise.all(
+          [8, 9].map((token) =>
+            (token === 8 ? b : other).writeRecord!({
+              resource: res,
+              key: 'cron',
+              value: token,
+              token,
+              version: v2,
+            }),
+          ),
+        )
+        expect(race.filter((r) => r.written)).toHaveLength(1)
+        await expect(
+          b.writeRecord({ resource: res, key: 'bad key', value: 1, token: 1, version: 0 }),
+        ).rejects.toBeInstanceOf(OptionsError)
+        if (b.now) {
+          const now = await b.now()
+          expect(Math.abs(now - Date.now())).toBeLessThan(60_000) // the same machine: close
+        }
       })
-      // A second first write (version 0) loses: the record exists.
-      expect(
-        (await other.writeRecord!({ resource: res, key: 'cron', value: 2, token: 9, version: 0 }))
-          .written,
-      ).toBe(false)
-      // A lower token is refused even at the current version (a paused ex-leader).
-      const stale = await other.writeRecord!({
-        resource: res,
-        key: 'cron',
-        value: 3,
-        token: 4,
-        version: v1,
-      })
-      expect(stale).toEqual({ written: false, current: { value: { a: 1 }, token: 5, version: v1 } })
-      // The same or a higher token at the current version writes, and the version grows.
-      const second = await other.writeRecord!({
-        resource: res,
-        key: 'cron',
-        value: [1, 'x'],
-        token: 6,
-        version: v1,
-      })
-      expect(second.written).toBe(true)
-      const v2 = second.written ? second.version : 0
-      expect(v2).toBeGreaterThan(v1)
-      // A write on the old version is refused (someone wrote since it was read).
-      expect(
-        (await b.writeRecord({ resource: res, key: 'cron', value: 4, token: 7, version: v1 }))
-          .written,
-      ).toBe(false)
-      expect(await b.readRecord(res, 'cron')).toEqual({ value: [1, 'x'], token: 6, version: v2 })
-      // Keys and resources are separate records; a record is not a holder and wakes nobody.
-      expect(await b.readRecord(res, 'other')).toBeUndefined()
-      expect(await b.holders(res)).toEqual([])
-      // Of two writers racing on one version, exactly one wins.
-      const race = await Promise.all(
-        [8, 9].map((token) =>
-          (token === 8 ? b : other).writeRecord!({
-            resource: res,
-            key: 'cron',
-            value: token,
-            token,
-            version: v2,
-          }),
-        ),
-      )
-      expect(race.filter((r) => r.written)).toHaveLength(1)
-      await expect(
-        b.writeRecord({ resource: res, key: 'bad key', value: 1, token: 1, version: 0 }),
-      ).rejects.toBeInstanceOf(OptionsError)
-      if (b.now) {
-        const now = await b.now()
-        expect(Math.abs(now - Date.now())).toBeLessThan(60_000) // the same machine: close
-      }
-    })
 
     afterAll(() => {
       // Errors are expected where faults were injected; anything else is a finding.

@@ -10,6 +10,8 @@ interface Work {
   signal: AbortSignal
   fencingToken?: number
   token?: number
+  /** A cron fire's time (docs/cron.md). */
+  day?: Date
 }
 
 declare global {
@@ -32,7 +34,9 @@ declare global {
   function write(batch: unknown, options: { token: number; signal: AbortSignal }): Promise<void>
   function nightlyReport(work: Work): Promise<void>
   function runReports(work: Work): Promise<void>
-  function buildReport(options: { signal: AbortSignal }): Promise<unknown>
+  function buildReport(options: Work): Promise<unknown>
+  // The reader's report builder (the cron pages).
+  const reports: { build(work: Work): Promise<void> }
   function compactIndexes(work: Work): Promise<void>
   function purgeExpired(work: Work): Promise<void>
   const queue: { consume(work: Work): Promise<void>; drain(): Promise<void> }

@@ -26,7 +26,18 @@ import { installProject, packPackage, repoVersion, type Packed } from '../../tes
 import { ROOT, snippetsOf } from '../../testkit/snippets.js'
 
 const run = promisify(execFile)
-const SUBPATHS = ['', '/memory', '/cluster', '/redis', '/etcd', '/postgres', '/agent', '/fence']
+const SUBPATHS = [
+  '',
+  '/memory',
+  '/cluster',
+  '/redis',
+  '/etcd',
+  '/postgres',
+  '/local',
+  '/agent',
+  '/fence',
+  '/nestjs',
+]
 
 let dir: string
 let app: string
@@ -41,7 +52,19 @@ beforeAll(async () => {
   // The servers first: a fresh Redis grants nothing in its first lease + 1 s of uptime (the
   // startup grace), and the quick start's lease is 15 s; packing takes part of that wait.
   ;[redis, postgres, packed] = await Promise.all([startRedis(), startPostgres(), packPackage(dir)])
-  const deps = ['ioredis', 'pg', 'etcd3', 'prom-client', '@types/node', '@types/pg']
+  // conclave/nestjs needs its optional peers to load.
+  const deps = [
+    'ioredis',
+    'pg',
+    'etcd3',
+    'prom-client',
+    '@types/node',
+    '@types/pg',
+    '@nestjs/common',
+    '@nestjs/core',
+    'reflect-metadata',
+    'rxjs',
+  ]
   await installProject(
     app,
     packed.tarball,

@@ -8,7 +8,12 @@ import { type ClientClass, loadPg, ownPool } from './pool.js'
 
 export { PostgresBackend } from './backend.js'
 export { latestSchemaVersion, migrate, type MigrateResult } from './migrate.js'
-export { type MigrateOptions, type PostgresBackendOptions, validateSchema } from './options.js'
+export {
+  type MigrateOptions,
+  type PostgresBackendOptions,
+  type SynchronousCommit,
+  validateSchema,
+} from './options.js'
 export { serverAddress } from './pool.js'
 export { redactUrl } from '../kit.js'
 
