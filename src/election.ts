@@ -332,9 +332,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
+    // The term's signal fires first: the work steps down before anything else runs.
+    state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
     if (reason === 'lost' || reason === 'expired')
       publish('lost', { ...who, token: state.term.token, reason })
-    state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
     this.#safeEmit('revoked', state.term, reason)
     return state.endPromise
   }

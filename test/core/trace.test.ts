@@ -97,6 +97,28 @@ describe('diagnostics channels', () => {
     await b.close()
   })
 
+  it("fires the term's signal before the lost step is published", async () => {
+    const clock = new ManualClock()
+    class Renewals extends Faulty {
+      override async renew(): Promise<never> {
+        throw new Error('injected fault: renewals fail')
+      }
+    }
+    const election = new Election(new Renewals(new MemoryBackend({ clock })), 'trace/order', {
+      ...OPTIONS,
+      clock,
+    })
+    election.on('error', () => {})
+    const term = await election.campaign()
+    const abortedAtLost: boolean[] = []
+    const fn = () => abortedAtLost.push(term.signal.aborted)
+    subscribe(CHANNELS.lost, fn)
+    cleanups.push(() => unsubscribe(CHANNELS.lost, fn))
+    await clock.advance(2_000)
+    expect(abortedAtLost).toEqual([true])
+    await election.close()
+  })
+
   it("passes a backend's own reason to wait on as the waiting event's code and reason", async () => {
     const clock = new ManualClock()
     const store = new MemoryBackend({ clock })
