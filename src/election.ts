@@ -322,13 +322,16 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       const work = this.#work
       if (work && !fromWork) await this.#drain(work)
       // 'lost' means the backend already dropped the grant; anything else is released here.
+      let released = false
       if (reason !== 'lost') {
-        if (await this.#release(state.term.token))
-          publish('released', { ...who, token: state.term.token, reason })
+        released = await this.#release(state.term.token)
+        if (released) publish('released', { ...who, token: state.term.token, reason })
       }
       // A loss the backend did not write (a watch's read, a final error) may leave the grant
       // alive: withdraw it before the next ask, or that ask would continue its token.
       else this.#mustWithdraw = true
+      // Exactly one end message per term, whether or not its release went through.
+      publish('ended', { ...who, token: state.term.token, reason, released })
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()

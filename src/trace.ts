@@ -24,6 +24,8 @@ export const CHANNELS = {
   lost: 'conclave:lost',
   /** A grant was handed back to the backend (resigned, closed, or after an expiry). */
   released: 'conclave:released',
+  /** A term ended (once per term, last of its steps): why, and whether its grant was handed back. */
+  ended: 'conclave:ended',
   /** An error the election reports (also its `error` event): a backend error it retries, a work error. */
   error: 'conclave:error',
 } as const
@@ -54,6 +56,13 @@ export interface TraceMessages {
   renewed: TraceBase & { token: number; roundTripMs: number }
   lost: TraceBase & { token: number; reason: 'lost' | 'expired' }
   released: TraceBase & { token: number; reason: string }
+  ended: TraceBase & {
+    token: number
+    /** `resigned`, `closed`, `lost` or `expired`. */
+    reason: string
+    /** True when the grant was handed back (false after a loss or a failed release). */
+    released: boolean
+  }
   error: TraceBase & { error: Error }
 }
 
@@ -80,6 +89,8 @@ function line(step: TraceStep, m: TraceMessages[TraceStep]): string {
       return `lost ${who}: token ${String(msg.token)} (${String(msg.reason)})`
     case 'released':
       return `released ${who}: token ${String(msg.token)} (${String(msg.reason)})`
+    case 'ended':
+      return `ended ${who}: token ${String(msg.token)} (${String(msg.reason)}, ${msg.released ? 'released' : 'not released'})`
     case 'error':
       return `error ${who}: ${(msg.error as Error).message}`
   }

@@ -73,6 +73,7 @@ describe('diagnostics channels', () => {
         'error',
         'lost:expired',
         'released:expired',
+        'ended:expired',
       ]),
     )
     const stepsA = of('a').filter((s) => s !== 'error')
@@ -81,7 +82,8 @@ describe('diagnostics channels', () => {
     expect(of('b')[0]).toBe('campaign')
     expect(of('b')).toContain('waiting')
     const stepsB = of('b').filter((s) => s !== 'renewed')
-    expect(stepsB.slice(-2)).toEqual(['elected', 'released:resigned'])
+    expect(stepsB.slice(-3)).toEqual(['elected', 'released:resigned', 'ended:resigned'])
+    expect(stepsA.at(-1)).toBe('ended:expired')
     const elected = seen.filter(([step]) => step === 'elected').map(([, m]) => m.token)
     expect(elected).toEqual([termA.token, termB.token])
     expect(waits[0]).toMatchObject({ code: 'held', holders: [{ candidate: 'a' }] })
@@ -116,6 +118,37 @@ describe('diagnostics channels', () => {
     cleanups.push(() => unsubscribe(CHANNELS.lost, fn))
     await clock.advance(2_000)
     expect(abortedAtLost).toEqual([true])
+    await election.close()
+  })
+
+  it('publishes one ended step for a resign whose release fails', async () => {
+    const clock = new ManualClock()
+    class Releases extends Faulty {
+      override async release(): Promise<never> {
+        throw new Error('injected fault: releases fail')
+      }
+    }
+    const election = new Election(new Releases(new MemoryBackend({ clock })), 'trace/end', {
+      ...OPTIONS,
+      clock,
+    })
+    election.on('error', () => {})
+    const seen = record()
+    const term = await election.campaign()
+    await election.resign()
+    const ends = seen.filter(([step]) => ['lost', 'released', 'ended'].includes(step))
+    expect(ends).toEqual([
+      [
+        'ended',
+        {
+          resource: 'trace/end',
+          candidate: election.id,
+          token: term.token,
+          reason: 'resigned',
+          released: false,
+        },
+      ],
+    ])
     await election.close()
   })
 
@@ -179,6 +212,7 @@ describe('NODE_DEBUG=conclave', () => {
       /CONCLAVE \d+: released "debug\/job" \(candidate a\): token \d+ \(resigned\)/,
       /CONCLAVE \d+: elected "debug\/job" \(candidate b\)/,
       /CONCLAVE \d+: lost "debug\/job" \(candidate b\): token \d+ \(lost\)/,
+      /CONCLAVE \d+: ended "debug\/job" \(candidate b\): token \d+ \(lost, not released\)/,
     ])
       expect(stderr).toMatch(line)
   })
