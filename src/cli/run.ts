@@ -310,7 +310,9 @@ export async function runCommand(options: RunOptions): Promise<number> {
         log(`exiting with ${EXIT.lost}: the term was lost while the command ran`)
         return EXIT.lost
       }
-      if (first === 'exited' || !options.forever) return result.code
+      // A command that exited on its own ends the run; a lost term (even one the watchdog
+      // stopped, so CMD exited first) campaigns again with --forever.
+      if ((first === 'exited' && !lost) || !options.forever) return result.code
       log(`campaigning again for ${name} (--forever)`)
     }
   } finally {

@@ -232,6 +232,37 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
     expect(run.output()).toMatch(/exited with code 5/)
   })
 
+  it('campaigns again with --forever after the supervisor stopped the command (a paused term)', async () => {
+    const dir = tempDir()
+    const run = runChild(
+      [
+        '--backend',
+        server.url,
+        '--name',
+        'jobs/paused-forever',
+        '--lease',
+        '1s',
+        '--grace',
+        '300ms',
+        '--forever',
+      ],
+      dir,
+      'term-exit:5',
+    )
+    const [record] = await until(() => records(dir).length === 1 && records(dir), 20_000, 'start')
+    run.proc.kill('SIGSTOP')
+    try {
+      await until(() => !processAlive(record!.pid), 10_000, 'the supervisor to stop the command')
+    } finally {
+      run.proc.kill('SIGCONT')
+    }
+    const second = await until(() => records(dir)[1], 30_000, 'the command to start again')
+    expect(Number(second.token)).toBeGreaterThan(Number(record!.token))
+    expect(run.output()).toContain('campaigning again')
+    run.proc.kill('SIGTERM')
+    expect((await exitOf(run, 20_000)).code).toBe(5)
+  }, 60_000)
+
   it('exits with 4, in one line, when NAME is held with another --tickets (a final refusal), starting nothing', async () => {
     const dir = tempDir()
     const holder = runChild(['--backend', server.url, '--name', 'jobs/tickets'], dir, 'term-exit:0')
