@@ -344,6 +344,10 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
         'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 0ms to 1h.',
       ],
       [
+        flags('--wait', '0'),
+        'conclave: Invalid --wait: "0". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 100ms to 168h.',
+      ],
+      [
         flags('--tickets', '-2'),
         'conclave: Invalid --tickets: "-2". It must be a whole number from 1 to 10000.',
       ],
