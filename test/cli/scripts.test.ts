@@ -288,8 +288,12 @@ describe('conclave watch through an outage', () => {
     )
     const stamp = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z'
     expect(text.stdout()).toMatch(
-      new RegExp(`^${stamp}  ${name}: unreachable since ${stamp} \\(retrying\\): `, 'm'),
+      new RegExp(`^${stamp}  ${name}: unreachable \\(noticed at ${stamp}, retrying\\): `, 'm'),
     )
+    // After the reconnect, the holders (still none) are printed once, not by both the probe
+    // and the observer.
+    const afterReconnect = text.stdout().split('reconnected')[1]!.split('after-outage#')[0]!
+    expect(afterReconnect.match(/no holder/g)).toHaveLength(1)
     expect(text.stdout()).toMatch(new RegExp(`^${stamp}  ${name}: reconnected after \\d`, 'm'))
     const events = json
       .stdout()
