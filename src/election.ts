@@ -24,7 +24,10 @@ import { publish } from './trace.js'
 
 /** Why a campaign waits (the `waiting` event): every ticket held, or the backend's own wait. */
 export interface WaitingInfo {
-  /** `held` (every ticket is taken), or the backend's code (`startup-grace`, ...). */
+  /**
+   * `held` (the holders fill every ticket), `no-grant` (refused with fewer holders in sight), or
+   * the backend's code (`startup-grace`, ...).
+   */
   code: string
   /** One sentence for people. */
   reason: string
@@ -415,7 +418,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             continue
           }
           waitMs = Math.min(result.retryInMs + 1, leaseMs)
-          this.#waiting(result)
+          this.#waiting(result, signal)
         } catch (error) {
           if (signal.aborted) throw signal.reason
           // A closed backend, a tickets mismatch, a bad option: asking again cannot help.
@@ -553,21 +556,33 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   }
 
   /** Says why a campaign waits: the `waiting` event and the trace. */
-  #waiting(result: AcquireResult & { acquired: false }): void {
+  #waiting(result: AcquireResult & { acquired: false }, signal: AbortSignal): void {
+    // A campaign stopped while its ask was out is not waiting any more: say nothing.
+    if (signal.aborted) return
     const { holders, retryInMs } = result
+    const { tickets } = this.options
     const names = holders.map((h) => h.candidate)
     const shown =
       names.length > 3
         ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`
         : names.join(', ')
+    // `held` only when the holders in sight fill every ticket; fewer (holders the backend
+    // could not read, or none in sight) is a refusal without a full house.
     const info: WaitingInfo = result.wait
       ? { ...result.wait, retryInMs, holders }
-      : {
-          code: 'held',
-          reason: `every ticket (${this.options.tickets}) is held${shown ? ` by ${shown}` : ''}`,
-          retryInMs,
-          holders,
-        }
+      : holders.length >= tickets
+        ? {
+            code: 'held',
+            reason: `every ticket (${tickets}) is held${shown ? ` by ${shown}` : ''}`,
+            retryInMs,
+            holders,
+          }
+        : {
+            code: 'no-grant',
+            reason: `the backend granted nothing (${holders.length} of ${tickets} tickets held${shown ? ` by ${shown}` : ''}); asking again in ${Math.round(retryInMs)} ms`,
+            retryInMs,
+            holders,
+          }
     publish('waiting', {
       resource: this.resource,
       candidate: this.id,

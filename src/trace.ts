@@ -43,7 +43,7 @@ export interface TraceBase {
 export interface TraceMessages {
   campaign: TraceBase & { tickets: number; leaseMs: number }
   waiting: TraceBase & {
-    /** Why: `held` (every ticket is taken) or the backend's reason code (e.g. `startup-grace`). */
+    /** Why: `held` (every ticket is taken), `no-grant`, or the backend's code (e.g. `startup-grace`). */
     code: string
     /** A sentence saying why, for people. */
     reason: string

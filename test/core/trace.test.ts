@@ -152,6 +152,57 @@ describe('diagnostics channels', () => {
     await election.close()
   })
 
+  it('says no-grant, not held, when a refusal comes with fewer holders than tickets', async () => {
+    const clock = new ManualClock()
+    let refuse = true
+    class Blind extends Faulty {
+      override async acquire(request: AcquireRequest): Promise<AcquireResult> {
+        if (refuse) return { acquired: false, holders: [], retryInMs: 200 }
+        return super.acquire(request)
+      }
+    }
+    const election = new Election(new Blind(new MemoryBackend({ clock })), 'trace/blind', {
+      ...OPTIONS,
+      clock,
+    })
+    const waits: WaitingInfo[] = []
+    election.on('waiting', (info) => waits.push(info))
+    const campaign = election.campaign()
+    await settle()
+    refuse = false
+    await clock.advance(300)
+    await campaign
+    expect(waits[0]).toMatchObject({ code: 'no-grant', retryInMs: 200, holders: [] })
+    expect(waits[0]!.reason).toMatch(/granted nothing \(0 of 1 tickets held\)/)
+    await election.close()
+  })
+
+  it('says nothing about waiting once the campaign was stopped during its ask', async () => {
+    const clock = new ManualClock()
+    const stop = new AbortController()
+    let asks = 0
+    class Held extends Faulty {
+      override async acquire(): Promise<AcquireResult> {
+        // The campaign stops while its second ask (the first after its watch) is out.
+        if (++asks === 2) stop.abort()
+        return {
+          acquired: false,
+          holders: [{ candidate: 'x', token: 1, metadata: null, remainingMs: 1000 }],
+          retryInMs: 200,
+        }
+      }
+    }
+    const election = new Election(new Held(new MemoryBackend({ clock })), 'trace/stopped', {
+      ...OPTIONS,
+      clock,
+    })
+    const waits: WaitingInfo[] = []
+    election.on('waiting', (info) => waits.push(info))
+    await expect(election.campaign({ signal: stop.signal })).rejects.toThrow()
+    expect(waits).toEqual([])
+    await election.close()
+  })
+
   it("passes a backend's own reason to wait on as the waiting event's code and reason", async () => {
     const clock = new ManualClock()
     const store = new MemoryBackend({ clock })
