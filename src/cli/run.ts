@@ -220,10 +220,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
     throw error
   }
   election.on('error', (error) => log(`backend error (retrying): ${describeError(error)}`))
-  // Why it waits, each time the reason changes (a fresh Redis's startup grace, held by another).
+  // Why it waits, each time the reason changes (a fresh Redis's startup grace, held by another):
+  // keyed on the code and the holders, not the text, which may carry a changing number.
   let waitingFor: string | undefined
   election.on('waiting', (info) => {
-    const what = `${info.code}: ${info.reason}`
+    const what = JSON.stringify([info.code, info.holders.map((h) => h.candidate)])
     if (what === waitingFor) return
     waitingFor = what
     log(
