@@ -20,7 +20,7 @@ import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } f
 import { joinRenewals, type RenewalMember } from './renewer.js'
 import { anySignal } from './signals.js'
 import { type Term, TermState } from './term.js'
-import { publish } from './trace.js'
+import { publish, tracing } from './trace.js'
 
 /** Why a campaign waits (the `waiting` event): every ticket held, or the backend's own wait. */
 export interface WaitingInfo {
@@ -316,7 +316,6 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // A call from inside the work itself must not wait for that work to finish.
     const fromWork = workContext.getStore() === this
     state.endReason = reason
-    const who = { resource: this.resource, candidate: this.id }
     if (state.timer !== undefined) this.#clock.clearTimeout(state.timer)
     // Set before the signal fires: an abort listener that resigns gets this same promise,
     // so the grant is released once.
@@ -328,20 +327,38 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       let released = false
       if (reason !== 'lost') {
         released = await this.#release(state.term.token)
-        if (released) publish('released', { ...who, token: state.term.token, reason })
+        if (released && tracing('released'))
+          publish('released', {
+            resource: this.resource,
+            candidate: this.id,
+            token: state.term.token,
+            reason,
+          })
       }
       // A loss the backend did not write (a watch's read, a final error) may leave the grant
       // alive: withdraw it before the next ask, or that ask would continue its token.
       else this.#mustWithdraw = true
       // Exactly one end message per term, whether or not its release went through.
-      publish('ended', { ...who, token: state.term.token, reason, released })
+      if (tracing('ended'))
+        publish('ended', {
+          resource: this.resource,
+          candidate: this.id,
+          token: state.term.token,
+          reason,
+          released,
+        })
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
     // The term's signal fires first: the work steps down before anything else runs.
     state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
-    if (reason === 'lost' || reason === 'expired')
-      publish('lost', { ...who, token: state.term.token, reason })
+    if ((reason === 'lost' || reason === 'expired') && tracing('lost'))
+      publish('lost', {
+        resource: this.resource,
+        candidate: this.id,
+        token: state.term.token,
+        reason,
+      })
     this.#safeEmit('revoked', state.term, reason)
     return state.endPromise
   }
@@ -370,7 +387,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
     const keepAlive = setInterval(() => {}, 2 ** 30)
-    publish('campaign', { resource: this.resource, candidate: this.id, tickets, leaseMs })
+    if (tracing('campaign'))
+      publish('campaign', { resource: this.resource, candidate: this.id, tickets, leaseMs })
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -480,7 +498,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         if (state.endReason) return
         state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
         const roundTripMs = this.#clock.now() - sentAt
-        publish('renewed', { resource: this.resource, candidate: this.id, token, roundTripMs })
+        if (tracing('renewed'))
+          publish('renewed', { resource: this.resource, candidate: this.id, token, roundTripMs })
         this.#safeEmit('renewed', state.term, { sentAt, roundTripMs })
       },
       lost: () => void this.end(state, 'lost'),
@@ -496,7 +515,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
     state.controller.signal.addEventListener('abort', leave, { once: true })
     void this.#watchGrant(state)
-    publish('elected', { resource: this.resource, candidate: this.id, token, leaseMs })
+    if (tracing('elected'))
+      publish('elected', { resource: this.resource, candidate: this.id, token, leaseMs })
     this.#safeEmit('elected', state.term)
     return state.term
   }
@@ -583,14 +603,15 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             retryInMs,
             holders,
           }
-    publish('waiting', {
-      resource: this.resource,
-      candidate: this.id,
-      code: info.code,
-      reason: info.reason,
-      retryInMs,
-      holders: holders.length,
-    })
+    if (tracing('waiting'))
+      publish('waiting', {
+        resource: this.resource,
+        candidate: this.id,
+        code: info.code,
+        reason: info.reason,
+        retryInMs,
+        holders: holders.length,
+      })
     this.#safeEmit('waiting', info)
   }
 
@@ -618,7 +639,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 
   #report(error: unknown): void {
     const err = error instanceof Error ? error : new Error(String(error))
-    publish('error', { resource: this.resource, candidate: this.id, error: err })
+    if (tracing('error'))
+      publish('error', { resource: this.resource, candidate: this.id, error: err })
     if (this.listenerCount('error') > 0) {
       this.#safeEmit('error', err)
     } else if (!this.#warned) {

@@ -1,7 +1,8 @@
 /**
  * Logs and traces without a dependency. Every step of an election is published on a named
  * `node:diagnostics_channel` channel (an OpenTelemetry, pino or metrics integration subscribes
- * to them; nothing is built while nobody listens) and written by `util.debuglog('conclave')`,
+ * to them; the election core builds no message while nobody listens:
+ * it checks `tracing(step)` first) and written by `util.debuglog('conclave')`,
  * so `NODE_DEBUG=conclave` shows it on stderr. See docs/observability.md.
  *
  * The election core calls `publish` at each step; this file owns the channel names, the
