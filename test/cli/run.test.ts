@@ -14,6 +14,13 @@ import { processAlive } from '../../testkit/index.js'
 import { firstFamily, registeredFamilies, startServer, type NetworkedServer } from './networked.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+
+/** The environment without color: output is compared as plain text, whatever the terminal. */
+function plainEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' }
+  delete env.FORCE_COLOR
+  return env
+}
 const childScript = fileURLToPath(new URL('./run-child.mjs', import.meta.url))
 
 interface RunProcess {
@@ -31,6 +38,7 @@ function conclaveRun(args: string[]): RunProcess {
 
 function conclave(args: string[]): RunProcess {
   const proc = spawn(process.execPath, ['--import', 'tsx', main, ...args], {
+    env: plainEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let output = ''
