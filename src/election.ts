@@ -20,11 +20,14 @@ import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } f
 import { joinRenewals, type RenewalMember } from './renewer.js'
 import { anySignal } from './signals.js'
 import { type Term, TermState } from './term.js'
-import { publish } from './trace.js'
+import { publish, tracing } from './trace.js'
 
 /** Why a campaign waits (the `waiting` event): every ticket held, or the backend's own wait. */
 export interface WaitingInfo {
-  /** `held` (every ticket is taken), or the backend's code (`startup-grace`, ...). */
+  /**
+   * `held` (the holders fill every ticket), `no-grant` (refused with fewer holders in sight), or
+   * the backend's code (`startup-grace`, ...).
+   */
   code: string
   /** One sentence for people. */
   reason: string
@@ -313,7 +316,6 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // A call from inside the work itself must not wait for that work to finish.
     const fromWork = workContext.getStore() === this
     state.endReason = reason
-    const who = { resource: this.resource, candidate: this.id }
     if (state.timer !== undefined) this.#clock.clearTimeout(state.timer)
     // Set before the signal fires: an abort listener that resigns gets this same promise,
     // so the grant is released once.
@@ -322,19 +324,41 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       const work = this.#work
       if (work && !fromWork) await this.#drain(work)
       // 'lost' means the backend already dropped the grant; anything else is released here.
+      let released = false
       if (reason !== 'lost') {
-        if (await this.#release(state.term.token))
-          publish('released', { ...who, token: state.term.token, reason })
+        released = await this.#release(state.term.token)
+        if (released && tracing('released'))
+          publish('released', {
+            resource: this.resource,
+            candidate: this.id,
+            token: state.term.token,
+            reason,
+          })
       }
       // A loss the backend did not write (a watch's read, a final error) may leave the grant
       // alive: withdraw it before the next ask, or that ask would continue its token.
       else this.#mustWithdraw = true
+      // Exactly one end message per term, whether or not its release went through.
+      if (tracing('ended'))
+        publish('ended', {
+          resource: this.resource,
+          candidate: this.id,
+          token: state.term.token,
+          reason,
+          released,
+        })
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
-    if (reason === 'lost' || reason === 'expired')
-      publish('lost', { ...who, token: state.term.token, reason })
+    // The term's signal fires first: the work steps down before anything else runs.
     state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
+    if ((reason === 'lost' || reason === 'expired') && tracing('lost'))
+      publish('lost', {
+        resource: this.resource,
+        candidate: this.id,
+        token: state.term.token,
+        reason,
+      })
     this.#safeEmit('revoked', state.term, reason)
     return state.endPromise
   }
@@ -363,7 +387,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
     const keepAlive = setInterval(() => {}, 2 ** 30)
-    publish('campaign', { resource: this.resource, candidate: this.id, tickets, leaseMs })
+    if (tracing('campaign'))
+      publish('campaign', { resource: this.resource, candidate: this.id, tickets, leaseMs })
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -411,7 +436,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             continue
           }
           waitMs = Math.min(result.retryInMs + 1, leaseMs)
-          this.#waiting(result)
+          this.#waiting(result, signal)
         } catch (error) {
           if (signal.aborted) throw signal.reason
           // A closed backend, a tickets mismatch, a bad option: asking again cannot help.
@@ -473,7 +498,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         if (state.endReason) return
         state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
         const roundTripMs = this.#clock.now() - sentAt
-        publish('renewed', { resource: this.resource, candidate: this.id, token, roundTripMs })
+        if (tracing('renewed'))
+          publish('renewed', { resource: this.resource, candidate: this.id, token, roundTripMs })
         this.#safeEmit('renewed', state.term, { sentAt, roundTripMs })
       },
       lost: () => void this.end(state, 'lost'),
@@ -489,7 +515,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
     state.controller.signal.addEventListener('abort', leave, { once: true })
     void this.#watchGrant(state)
-    publish('elected', { resource: this.resource, candidate: this.id, token, leaseMs })
+    if (tracing('elected'))
+      publish('elected', { resource: this.resource, candidate: this.id, token, leaseMs })
     this.#safeEmit('elected', state.term)
     return state.term
   }
@@ -549,29 +576,42 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   }
 
   /** Says why a campaign waits: the `waiting` event and the trace. */
-  #waiting(result: AcquireResult & { acquired: false }): void {
+  #waiting(result: AcquireResult & { acquired: false }, signal: AbortSignal): void {
+    // A campaign stopped while its ask was out is not waiting any more: say nothing.
+    if (signal.aborted) return
     const { holders, retryInMs } = result
+    const { tickets } = this.options
     const names = holders.map((h) => h.candidate)
     const shown =
       names.length > 3
         ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`
         : names.join(', ')
+    // `held` only when the holders in sight fill every ticket; fewer (holders the backend
+    // could not read, or none in sight) is a refusal without a full house.
     const info: WaitingInfo = result.wait
       ? { ...result.wait, retryInMs, holders }
-      : {
-          code: 'held',
-          reason: `every ticket (${this.options.tickets}) is held${shown ? ` by ${shown}` : ''}`,
-          retryInMs,
-          holders,
-        }
-    publish('waiting', {
-      resource: this.resource,
-      candidate: this.id,
-      code: info.code,
-      reason: info.reason,
-      retryInMs,
-      holders: holders.length,
-    })
+      : holders.length >= tickets
+        ? {
+            code: 'held',
+            reason: `every ticket (${tickets}) is held${shown ? ` by ${shown}` : ''}`,
+            retryInMs,
+            holders,
+          }
+        : {
+            code: 'no-grant',
+            reason: `the backend granted nothing (${holders.length} of ${tickets} tickets held${shown ? ` by ${shown}` : ''}); asking again in ${Math.round(retryInMs)} ms`,
+            retryInMs,
+            holders,
+          }
+    if (tracing('waiting'))
+      publish('waiting', {
+        resource: this.resource,
+        candidate: this.id,
+        code: info.code,
+        reason: info.reason,
+        retryInMs,
+        holders: holders.length,
+      })
     this.#safeEmit('waiting', info)
   }
 
@@ -599,7 +639,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 
   #report(error: unknown): void {
     const err = error instanceof Error ? error : new Error(String(error))
-    publish('error', { resource: this.resource, candidate: this.id, error: err })
+    if (tracing('error'))
+      publish('error', { resource: this.resource, candidate: this.id, error: err })
     if (this.listenerCount('error') > 0) {
       this.#safeEmit('error', err)
     } else if (!this.#warned) {

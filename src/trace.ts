@@ -1,7 +1,8 @@
 /**
  * Logs and traces without a dependency. Every step of an election is published on a named
  * `node:diagnostics_channel` channel (an OpenTelemetry, pino or metrics integration subscribes
- * to them; nothing is built while nobody listens) and written by `util.debuglog('conclave')`,
+ * to them; the election core builds no message while nobody listens:
+ * it checks `tracing(step)` first) and written by `util.debuglog('conclave')`,
  * so `NODE_DEBUG=conclave` shows it on stderr. See docs/observability.md.
  *
  * The election core calls `publish` at each step; this file owns the channel names, the
@@ -24,6 +25,8 @@ export const CHANNELS = {
   lost: 'conclave:lost',
   /** A grant was handed back to the backend (resigned, closed, or after an expiry). */
   released: 'conclave:released',
+  /** A term ended (once per term, last of its steps): why, and whether its grant was handed back. */
+  ended: 'conclave:ended',
   /** An error the election reports (also its `error` event): a backend error it retries, a work error. */
   error: 'conclave:error',
 } as const
@@ -41,7 +44,7 @@ export interface TraceBase {
 export interface TraceMessages {
   campaign: TraceBase & { tickets: number; leaseMs: number }
   waiting: TraceBase & {
-    /** Why: `held` (every ticket is taken) or the backend's reason code (e.g. `startup-grace`). */
+    /** Why: `held` (every ticket is taken), `no-grant`, or the backend's code (e.g. `startup-grace`). */
     code: string
     /** A sentence saying why, for people. */
     reason: string
@@ -54,6 +57,13 @@ export interface TraceMessages {
   renewed: TraceBase & { token: number; roundTripMs: number }
   lost: TraceBase & { token: number; reason: 'lost' | 'expired' }
   released: TraceBase & { token: number; reason: string }
+  ended: TraceBase & {
+    token: number
+    /** `resigned`, `closed`, `lost` or `expired`. */
+    reason: string
+    /** True when the grant was handed back (false after a loss or a failed release). */
+    released: boolean
+  }
   error: TraceBase & { error: Error }
 }
 
@@ -80,6 +90,8 @@ function line(step: TraceStep, m: TraceMessages[TraceStep]): string {
       return `lost ${who}: token ${String(msg.token)} (${String(msg.reason)})`
     case 'released':
       return `released ${who}: token ${String(msg.token)} (${String(msg.reason)})`
+    case 'ended':
+      return `ended ${who}: token ${String(msg.token)} (${String(msg.reason)}, ${msg.released ? 'released' : 'not released'})`
     case 'error':
       return `error ${who}: ${(msg.error as Error).message}`
   }

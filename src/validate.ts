@@ -238,7 +238,9 @@ const DURATION_PART = /(\d+(?:\.\d+)?)(ms|h|m|s)/y
 /**
  * A duration in milliseconds from text: `500ms`, `2s`, `1.5s`, `2m`, `1h`, combined from the
  * largest unit down (`1m30s`, `1h30m`, `2s500ms`), or a plain whole number of milliseconds (`1500`).
- * Undefined for anything else (a negative, an empty string, `30s1m`, a unit twice).
+ * Undefined for anything else (a negative, an empty string, `30s1m`, a unit twice, a fraction
+ * before the last part as `1.5m30s`, a part not below the unit before it as `1m90s`, or a result
+ * that is not a whole number of milliseconds as `1.5ms`).
  */
 export function parseDuration(text: string): number | undefined {
   const value = text.trim()
@@ -252,11 +254,18 @@ export function parseDuration(text: string): number | undefined {
     if (!part) return undefined
     const size = DURATION_UNITS[part[2]!]!
     if (size >= last) return undefined
+    const amount = Number(part[1])
+    // After a larger unit a part stays below it (`1m90s` is refused: say `2m30s`).
+    if (last !== Infinity && amount * size >= last) return undefined
     last = size
-    total += Number(part[1]) * size
+    total += amount * size
     at = DURATION_PART.lastIndex
+    // A fraction only on the last part (`1.5m30s` is refused).
+    if (part[1]!.includes('.') && at < value.length) return undefined
   }
-  return Math.round(total)
+  // A whole number of milliseconds only (`0.4ms`, `1.5ms`, `1.0005s` are refused).
+  const whole = Math.round(total)
+  return Math.abs(total - whole) < 1e-6 ? whole : undefined
 }
 
 /** `90000` -> `1m30s`, `1500` -> `1.5s`, `250` -> `250ms`: what parseDuration reads back. */

@@ -346,7 +346,9 @@ async function run(args: string[]): Promise<number> {
     graceMs,
     forever: values.forever ?? false,
     waitMs:
-      values.wait === undefined ? undefined : duration('wait', values.wait, 0, 0, 86_400_000 * 7),
+      // At least 100 ms: a shorter wait could never see a campaign's first answer (0 gave up
+      // before asking).
+      values.wait === undefined ? undefined : duration('wait', values.wait, 0, 100, 86_400_000 * 7),
     id: values.id === undefined ? undefined : validateCandidate(values.id, '--id'),
     command,
     log: (line) => console.error(redact(`${stderrColor.dim('conclave run:')} ${line}`)),

@@ -220,10 +220,11 @@ export async function runCommand(options: RunOptions): Promise<number> {
     throw error
   }
   election.on('error', (error) => log(`backend error (retrying): ${describeError(error)}`))
-  // Why it waits, each time the reason changes (a fresh Redis's startup grace, held by another).
+  // Why it waits, each time the reason changes (a fresh Redis's startup grace, held by another):
+  // keyed on the code and the holders, not the text, which may carry a changing number.
   let waitingFor: string | undefined
   election.on('waiting', (info) => {
-    const what = `${info.code}: ${info.reason}`
+    const what = JSON.stringify([info.code, info.holders.map((h) => h.candidate)])
     if (what === waitingFor) return
     waitingFor = what
     log(
@@ -310,7 +311,9 @@ export async function runCommand(options: RunOptions): Promise<number> {
         log(`exiting with ${EXIT.lost}: the term was lost while the command ran`)
         return EXIT.lost
       }
-      if (first === 'exited' || !options.forever) return result.code
+      // A command that exited on its own ends the run; a lost term (even one the watchdog
+      // stopped, so CMD exited first) campaigns again with --forever.
+      if ((first === 'exited' && !lost) || !options.forever) return result.code
       log(`campaigning again for ${name} (--forever)`)
     }
   } finally {

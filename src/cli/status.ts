@@ -77,8 +77,10 @@ export async function printStatus(backend: Backend, names: string[], o: Output):
 
 /**
  * `conclave watch`: the holders now and on every change, until `signal` aborts. A backend
- * error is never the end: the first one prints "unreachable since", a probe every second asks
- * again, and the first answer prints "reconnected" with the holders then.
+ * error is never the end: the first one prints "unreachable (noticed at ...)" (when the error
+ * came, not when the backend went away), a probe every second asks again, and the first answer
+ * prints "reconnected" with the holders then. A holders line is printed only when it differs
+ * from the last one printed (the probe's and the observer's answers after a reconnect agree).
  */
 export async function watchHolders(
   backend: Backend,
@@ -102,7 +104,15 @@ export async function watchHolders(
     )
     return `${dim(stamp())}  ${bold(name)}: ${list.length ? list.join(', ') : dim('no holder')}`
   }
+  // Outages are measured on the monotonic clock; only printed timestamps come from Date.
   let downSince: number | undefined
+  let lastKey: string | undefined
+  const printHolders = (holders: Holder[]) => {
+    const key = JSON.stringify(holders.map((h) => [h.candidate, h.token, h.metadata]))
+    if (key === lastKey) return
+    lastKey = key
+    o.out(redact(holdersLine(holders)))
+  }
   let probing = false
   const probe = async () => {
     if (probing) return
@@ -117,7 +127,7 @@ export async function watchHolders(
         } catch {
           continue
         }
-        const downMs = Date.now() - downSince
+        const downMs = Math.round(performance.now() - downSince)
         downSince = undefined
         o.out(
           redact(
@@ -126,7 +136,8 @@ export async function watchHolders(
               : `${dim(stamp())}  ${bold(name)}: ${green('reconnected')} after ${formatDuration(downMs)}`,
           ),
         )
-        o.out(redact(holdersLine(holders)))
+        lastKey = undefined // after an outage, the holders are said again
+        printHolders(holders)
       }
     } finally {
       probing = false
@@ -136,8 +147,8 @@ export async function watchHolders(
   const election = new Election(backend, name)
   election.on('error', (error) => {
     if (downSince !== undefined) return
-    downSince = Date.now()
-    const since = new Date(downSince).toISOString()
+    downSince = performance.now()
+    const since = stamp()
     o.out(
       redact(
         o.json
@@ -148,7 +159,7 @@ export async function watchHolders(
               since,
               error: describeError(error),
             })
-          : `${dim(since)}  ${bold(name)}: ${red('unreachable')} since ${since} (${yellow('retrying')}): ${describeError(error)}`,
+          : `${dim(since)}  ${bold(name)}: ${red('unreachable')} (noticed at ${since}, ${yellow('retrying')}): ${describeError(error)}`,
       ),
     )
     void probe()
@@ -156,7 +167,7 @@ export async function watchHolders(
   try {
     for await (const holders of election.observe({ signal })) {
       if (downSince !== undefined) continue // the probe says it first, with these holders
-      o.out(redact(holdersLine(holders)))
+      printHolders(holders)
     }
   } finally {
     await election.close()

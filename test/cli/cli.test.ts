@@ -5,12 +5,20 @@ import { freePort } from '../../testkit/index.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
+/** The environment without color: output is compared as plain text, whatever the terminal. */
+function plainEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' }
+  delete env.FORCE_COLOR
+  return env
+}
+
 function conclave(
   args: string[],
   timeoutMs = 60_000,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--import', 'tsx', main, ...args], {
+      env: plainEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let stdout = ''

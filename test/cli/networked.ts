@@ -28,7 +28,9 @@ const NO_SERVER_SCHEMES = new Set(['local:'])
 
 const FAMILIES: Record<string, Family> = {
   redis: {
-    schemes: ['redis:', 'rediss:'],
+    // Sentinel and Cluster URLs reach the same backend code through other topologies (their
+    // own tests: test/redis/sentinel-*.test.ts, test/redis/cluster.test.ts); the CLI's runs against one server cover them.
+    schemes: ['redis:', 'rediss:', 'redis+sentinel:', 'redis+cluster:'],
     async start() {
       const server = await startRedis()
       // A server these tests just started, empty: no grant can have been lost, so the

@@ -14,6 +14,13 @@ import { processAlive } from '../../testkit/index.js'
 import { firstFamily, registeredFamilies, startServer, type NetworkedServer } from './networked.js'
 
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+
+/** The environment without color: output is compared as plain text, whatever the terminal. */
+function plainEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' }
+  delete env.FORCE_COLOR
+  return env
+}
 const childScript = fileURLToPath(new URL('./run-child.mjs', import.meta.url))
 
 interface RunProcess {
@@ -31,6 +38,7 @@ function conclaveRun(args: string[]): RunProcess {
 
 function conclave(args: string[]): RunProcess {
   const proc = spawn(process.execPath, ['--import', 'tsx', main, ...args], {
+    env: plainEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let output = ''
@@ -232,6 +240,39 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
     expect(run.output()).toMatch(/exited with code 5/)
   })
 
+  it('campaigns again with --forever after the supervisor stopped the command (a paused term)', async () => {
+    const dir = tempDir()
+    const run = runChild(
+      [
+        '--backend',
+        server.url,
+        '--name',
+        'jobs/paused-forever',
+        '--lease',
+        '1s',
+        '--grace',
+        '300ms',
+        '--forever',
+      ],
+      dir,
+      'term-exit:5',
+    )
+    const [record] = await until(() => records(dir).length === 1 && records(dir), 20_000, 'start')
+    run.proc.kill('SIGSTOP')
+    try {
+      await until(() => !processAlive(record!.pid), 10_000, 'the supervisor to stop the command')
+    } finally {
+      run.proc.kill('SIGCONT')
+    }
+    const second = await until(() => records(dir)[1], 30_000, 'the command to start again')
+    // The same token when a renewal right after the pause kept the grant (the backend says it
+    // never lapsed, and the old CMD is gone); a larger one when the grant expired meanwhile.
+    expect(Number(second.token)).toBeGreaterThanOrEqual(Number(record!.token))
+    expect(run.output()).toContain('campaigning again')
+    run.proc.kill('SIGTERM')
+    expect((await exitOf(run, 20_000)).code).toBe(5)
+  }, 60_000)
+
   it('exits with 4, in one line, when NAME is held with another --tickets (a final refusal), starting nothing', async () => {
     const dir = tempDir()
     const holder = runChild(['--backend', server.url, '--name', 'jobs/tickets'], dir, 'term-exit:0')
@@ -311,6 +352,10 @@ describe(`conclave run, one runner (on ${firstFamily()})`, () => {
       [
         flags('--grace', '-1'),
         'conclave: Invalid --grace: "-1". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 0ms to 1h.',
+      ],
+      [
+        flags('--wait', '0'),
+        'conclave: Invalid --wait: "0". It must be a duration such as 500ms, 2s, 1.5s, 2m, 1m30s or 1h (a plain number is milliseconds), from 100ms to 168h.',
       ],
       [
         flags('--tickets', '-2'),

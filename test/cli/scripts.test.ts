@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
 import { startProxy, startRedis, type RedisServer } from '../../testkit/index.js'
+import { until } from '../helpers/wait.js'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
 const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
@@ -34,14 +35,6 @@ function cli(args: string[], env: NodeJS.ProcessEnv = {}): Cli {
   const run = { proc, stdout: () => stdout, stderr: () => stderr, exited }
   running.push(run)
   return run
-}
-
-async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const end = performance.now() + timeoutMs
-  while (!check()) {
-    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms: ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 20))
-  }
 }
 
 async function exitOf(run: Cli, timeoutMs = 30_000): Promise<number | null> {
@@ -288,8 +281,12 @@ describe('conclave watch through an outage', () => {
     )
     const stamp = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z'
     expect(text.stdout()).toMatch(
-      new RegExp(`^${stamp}  ${name}: unreachable since ${stamp} \\(retrying\\): `, 'm'),
+      new RegExp(`^${stamp}  ${name}: unreachable \\(noticed at ${stamp}, retrying\\): `, 'm'),
     )
+    // After the reconnect, the holders (still none) are printed once, not by both the probe
+    // and the observer.
+    const afterReconnect = text.stdout().split('reconnected')[1]!.split('after-outage#')[0]!
+    expect(afterReconnect.match(/no holder/g)).toHaveLength(1)
     expect(text.stdout()).toMatch(new RegExp(`^${stamp}  ${name}: reconnected after \\d`, 'm'))
     const events = json
       .stdout()

@@ -73,6 +73,7 @@ describe('diagnostics channels', () => {
         'error',
         'lost:expired',
         'released:expired',
+        'ended:expired',
       ]),
     )
     const stepsA = of('a').filter((s) => s !== 'error')
@@ -81,7 +82,8 @@ describe('diagnostics channels', () => {
     expect(of('b')[0]).toBe('campaign')
     expect(of('b')).toContain('waiting')
     const stepsB = of('b').filter((s) => s !== 'renewed')
-    expect(stepsB.slice(-2)).toEqual(['elected', 'released:resigned'])
+    expect(stepsB.slice(-3)).toEqual(['elected', 'released:resigned', 'ended:resigned'])
+    expect(stepsA.at(-1)).toBe('ended:expired')
     const elected = seen.filter(([step]) => step === 'elected').map(([, m]) => m.token)
     expect(elected).toEqual([termA.token, termB.token])
     expect(waits[0]).toMatchObject({ code: 'held', holders: [{ candidate: 'a' }] })
@@ -95,6 +97,110 @@ describe('diagnostics channels', () => {
     })
     await a.close()
     await b.close()
+  })
+
+  it("fires the term's signal before the lost step is published", async () => {
+    const clock = new ManualClock()
+    class Renewals extends Faulty {
+      override async renew(): Promise<never> {
+        throw new Error('injected fault: renewals fail')
+      }
+    }
+    const election = new Election(new Renewals(new MemoryBackend({ clock })), 'trace/order', {
+      ...OPTIONS,
+      clock,
+    })
+    election.on('error', () => {})
+    const term = await election.campaign()
+    const abortedAtLost: boolean[] = []
+    const fn = () => abortedAtLost.push(term.signal.aborted)
+    subscribe(CHANNELS.lost, fn)
+    cleanups.push(() => unsubscribe(CHANNELS.lost, fn))
+    await clock.advance(2_000)
+    expect(abortedAtLost).toEqual([true])
+    await election.close()
+  })
+
+  it('publishes one ended step for a resign whose release fails', async () => {
+    const clock = new ManualClock()
+    class Releases extends Faulty {
+      override async release(): Promise<never> {
+        throw new Error('injected fault: releases fail')
+      }
+    }
+    const election = new Election(new Releases(new MemoryBackend({ clock })), 'trace/end', {
+      ...OPTIONS,
+      clock,
+    })
+    election.on('error', () => {})
+    const seen = record()
+    const term = await election.campaign()
+    await election.resign()
+    const ends = seen.filter(([step]) => ['lost', 'released', 'ended'].includes(step))
+    expect(ends).toEqual([
+      [
+        'ended',
+        {
+          resource: 'trace/end',
+          candidate: election.id,
+          token: term.token,
+          reason: 'resigned',
+          released: false,
+        },
+      ],
+    ])
+    await election.close()
+  })
+
+  it('says no-grant, not held, when a refusal comes with fewer holders than tickets', async () => {
+    const clock = new ManualClock()
+    let refuse = true
+    class Blind extends Faulty {
+      override async acquire(request: AcquireRequest): Promise<AcquireResult> {
+        if (refuse) return { acquired: false, holders: [], retryInMs: 200 }
+        return super.acquire(request)
+      }
+    }
+    const election = new Election(new Blind(new MemoryBackend({ clock })), 'trace/blind', {
+      ...OPTIONS,
+      clock,
+    })
+    const waits: WaitingInfo[] = []
+    election.on('waiting', (info) => waits.push(info))
+    const campaign = election.campaign()
+    await settle()
+    refuse = false
+    await clock.advance(300)
+    await campaign
+    expect(waits[0]).toMatchObject({ code: 'no-grant', retryInMs: 200, holders: [] })
+    expect(waits[0]!.reason).toMatch(/granted nothing \(0 of 1 tickets held\)/)
+    await election.close()
+  })
+
+  it('says nothing about waiting once the campaign was stopped during its ask', async () => {
+    const clock = new ManualClock()
+    const stop = new AbortController()
+    let asks = 0
+    class Held extends Faulty {
+      override async acquire(): Promise<AcquireResult> {
+        // The campaign stops while its second ask (the first after its watch) is out.
+        if (++asks === 2) stop.abort()
+        return {
+          acquired: false,
+          holders: [{ candidate: 'x', token: 1, metadata: null, remainingMs: 1000 }],
+          retryInMs: 200,
+        }
+      }
+    }
+    const election = new Election(new Held(new MemoryBackend({ clock })), 'trace/stopped', {
+      ...OPTIONS,
+      clock,
+    })
+    const waits: WaitingInfo[] = []
+    election.on('waiting', (info) => waits.push(info))
+    await expect(election.campaign({ signal: stop.signal })).rejects.toThrow()
+    expect(waits).toEqual([])
+    await election.close()
   })
 
   it("passes a backend's own reason to wait on as the waiting event's code and reason", async () => {
@@ -157,6 +263,7 @@ describe('NODE_DEBUG=conclave', () => {
       /CONCLAVE \d+: released "debug\/job" \(candidate a\): token \d+ \(resigned\)/,
       /CONCLAVE \d+: elected "debug\/job" \(candidate b\)/,
       /CONCLAVE \d+: lost "debug\/job" \(candidate b\): token \d+ \(lost\)/,
+      /CONCLAVE \d+: ended "debug\/job" \(candidate b\): token \d+ \(lost, not released\)/,
     ])
       expect(stderr).toMatch(line)
   })

@@ -53,6 +53,7 @@ it('the pino example logs every step of a term as a pino line', async () => {
     'conclave elected',
     'conclave renewed',
     'conclave released',
+    'conclave ended',
   ])
   expect(lines.every((l) => l.name === 'conclave' && l.resource === 'docs/observed')).toBe(true)
   expect(lines[1]!.token).toBe(lines[3]!.token)
@@ -70,6 +71,7 @@ it('the OpenTelemetry example makes one span per term, ended with the term', asy
     'conclave.resource': 'docs/observed',
     'conclave.candidate': 'cand-1',
     'conclave.end': 'resigned',
+    'conclave.released': true,
   })
   expect(typeof spans[0]!.attributes['conclave.token']).toBe('number')
 })

@@ -75,4 +75,8 @@ it('says keys deleted by hand keep a free ticket from being granted, and until w
   expect(info.reason).toMatch(/deleted by hand/)
   expect(info.retryInMs).toBeGreaterThan(0)
   expect(info.retryInMs).toBeLessThanOrEqual(6_000)
+  // The number lives in retryInMs only: the reason's text stays the same from ask to ask.
+  expect(info.reason).not.toMatch(/\d+ ms/)
+  expect(waits.length).toBeGreaterThanOrEqual(1)
+  expect(waits.every((w) => w.code === 'deleted-keys-guard')).toBe(true)
 })

@@ -69,6 +69,28 @@ describe('durations (validate.ts parseDuration, the one parser of every duration
       expect(parseDuration(text), text).toBeUndefined()
   })
 
+  it('refuses a fraction before the last part, a part not below the unit before it, and parts of a ms', () => {
+    for (const text of [
+      '1.5m30s',
+      '1m90s',
+      '1m60s',
+      '1h60m',
+      '1s1000ms',
+      '0.4ms',
+      '1.5ms',
+      '1.0005s',
+    ])
+      expect(parseDuration(text), text).toBeUndefined()
+    for (const [text, ms] of [
+      ['90s', 90_000],
+      ['1m59.5s', 119_500],
+      ['1.5h', 5_400_000],
+      ['1s999ms', 1_999],
+      ['0.001s', 1],
+    ] as const)
+      expect(parseDuration(text), text).toBe(ms)
+  })
+
   it('writes durations back in a form it reads', () => {
     for (const ms of [0, 250, 1_500, 60_000, 90_000, 3_600_000, 5_400_000, 86_400_000])
       expect(parseDuration(formatDuration(ms)), String(ms)).toBe(ms)

@@ -200,7 +200,7 @@ export class RedisBackend implements Backend {
     // The keys were deleted by hand while their grants may live: nothing until the guard runs out.
     if (Number(list[0]) === 3) {
       const retryInMs = Number(list[1])
-      return { acquired: false, holders: [], retryInMs, wait: deletedKeysWait(retryInMs) }
+      return { acquired: false, holders: [], retryInMs, wait: deletedKeysWait() }
     }
     const holders = parseHolders(list, 2)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
@@ -469,11 +469,11 @@ function failoverGraceWait(where: string, leaseMs: number): WaitReason {
   }
 }
 
-/** Why nothing is granted after conclave's keys were deleted by hand. */
-function deletedKeysWait(retryInMs: number): WaitReason {
+/** Why nothing is granted after conclave's keys were deleted by hand (how long: retryInMs). */
+function deletedKeysWait(): WaitReason {
   return {
     code: 'deleted-keys-guard',
-    reason: `conclave's keys of this resource were deleted by hand while its grants may live on: no new grant until they could have expired (${retryInMs} ms)`,
+    reason: `conclave's keys of this resource were deleted by hand while its grants may live on: no new grant until they could have expired`,
   }
 }
 
