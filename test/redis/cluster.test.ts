@@ -9,7 +9,7 @@ import { Election } from '../../src/election.js'
 import { backendFromUrl } from '../../src/cli/backends.js'
 import { RedisClusterError } from '../../src/errors.js'
 import { startRedisCluster, type RedisCluster } from '../../testkit/index.js'
-import { until } from './helpers.js'
+import { sleep, until } from './helpers.js'
 
 let cluster: RedisCluster
 const clients: (Redis | Cluster)[] = []
@@ -121,6 +121,40 @@ it('refuses a plain client on a Cluster node with a final RedisClusterError, not
   election.on('error', () => {})
   await expect(election.campaign()).rejects.toMatchObject({ code: 'ERR_CONCLAVE_REDIS_CLUSTER' })
 })
+
+it('hears a grant deleted by hand on every master within a round trip (keyspace events are node-local)', async () => {
+  // Keyspace notifications reach only the connections of the node that owns the key's slot
+  // (PUBLISH is broadcast, they are not): the backend must listen on each resource's master.
+  const admins = cluster.nodes.map((n) => new Redis({ host: n.host, port: n.port }))
+  for (const admin of admins) admin.on('error', () => {}) // a node is killed further down
+  clients.push(...admins)
+  await Promise.all(admins.map((r) => r.config('SET', 'notify-keyspace-events', 'Kghx')))
+  try {
+    const b = clusterBackend()
+    let renewals = 0
+    const renew = b.renew.bind(b)
+    b.renew = (requests) => (renewals++, renew(requests))
+    const leaseMs = 2_000
+    const masters = await cluster.masters()
+    for (const [m, master] of masters.entries()) {
+      const resource = await resourceOn(master.slots, `by-hand-${m}`)
+      const e = new Election(b, resource, { leaseMs, renewMs: 1_600, marginMs: 100 })
+      e.on('error', () => {})
+      elections.push(e)
+      const term = await e.campaign()
+      const admin = admins[cluster.nodes.indexOf(master.node)]!
+      await sleep(leaseMs / 10) // the holder's watch is made just after its win
+      // A raw DEL publishes nothing on conclave's channel: only the keyspace event tells.
+      await admin.del(`conclave:{${resource}}:holders`, `conclave:{${resource}}:grants`)
+      const before = renewals
+      expect(await term.ended).toBe('lost')
+      expect({ master: m, renewals: renewals - before }).toEqual({ master: m, renewals: 0 })
+      await e.close()
+    }
+  } finally {
+    await Promise.all(admins.map((r) => r.config('SET', 'notify-keyspace-events', '')))
+  }
+}, 60_000)
 
 it('a killed master fails over to its replica without two holders, tokens growing', async () => {
   const masters = await cluster.masters()

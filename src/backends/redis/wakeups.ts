@@ -4,13 +4,20 @@
  * to its keys' keyspace-notification channels, so that a grant deleted by hand (a raw DEL, which
  * publishes nothing) wakes the watchers too when the server sends those notifications.
  *
+ * On a Redis Cluster, one subscriber connection per master instead, each resource subscribed on
+ * the master that serves its slot: keyspace notifications are sent only by the node that owns
+ * the key (a PUBLISH is broadcast, they are not), and the Cluster client's own subscriber sits
+ * on one random node that ioredis moves, dropping messages meanwhile, without telling us. When
+ * a slot moves (the client refreshed its slot map), the resource is subscribed on its new master
+ * and its watchers woken once.
+ *
  * ioredis' own resubscribe is off: ours tells us when the server confirmed it, so every watcher
  * can then be woken once (a release may have been published while we were disconnected).
  */
 import type { Cluster, Redis } from 'ioredis'
 import type { Unwatch } from '../../backend.js'
 import { type CloseGate, fanOut } from '../kit.js'
-import { keyspaceChannels, resourceKeys } from './layout.js'
+import { keySlot, keyspaceChannels, resourceKeys } from './layout.js'
 import { endpoint, OWNED_CLIENT_DEFAULTS } from './options.js'
 
 /**
@@ -74,8 +81,25 @@ export interface WakeupSettings {
   timed: TimedCall
 }
 
+/** One subscriber connection: the standalone server's, or one Cluster master's. */
+interface Link {
+  /** The Cluster node's host:port ('' for a standalone or Sentinel client). */
+  readonly node: string
+  readonly subscriber: Redis
+  readonly heartbeat: NodeJS.Timeout
+  /** The connection's last error, until it is ready again. */
+  error: Error | undefined
+}
+
+/** ioredis' default reconnect backoff (a Cluster's node connections have none of their own). */
+const reconnectDelay = (times: number): number => Math.min(times * 50, 2_000)
+
 interface Channel {
   readonly listeners: Set<() => void>
+  /** The Cluster slot of the resource's keys (undefined: not a Cluster). */
+  readonly slot: number | undefined
+  /** The connection it is subscribed on (moved when a Cluster slot changes master). */
+  link: Link
   /** The pub/sub channels it listens to: the resource's own, then its keys' keyspace ones. */
   readonly names: readonly string[]
   /** A wake-up of the listeners is queued: messages arriving meanwhile need no other. */
@@ -88,13 +112,13 @@ interface Channel {
   linger: NodeJS.Timeout | undefined
 }
 
-/** The subscriber connection of one backend and the watchers it wakes. */
+/** The subscriber connections of one backend and the watchers they wake. */
 export class Wakeups {
   readonly #settings: WakeupSettings
-  #subscriber: Redis | undefined
-  /** The subscriber connection's last error, until it is ready again. */
-  #error: Error | undefined
-  #heartbeat: NodeJS.Timeout | undefined
+  /** By node ('' for a standalone or Sentinel client). */
+  readonly #links = new Map<string, Link>()
+  /** On a Cluster client: re-homes the channels whenever it refreshed its slot map. */
+  #onRefresh: (() => void) | undefined
   /** Per watched resource, by its own channel's name. */
   readonly #channels = new Map<string, Channel>()
   /** Every subscribed pub/sub channel name (own and keyspace) to its resource's Channel. */
@@ -108,7 +132,8 @@ export class Wakeups {
 
   /** The subscriber connection's last error while it is down: the cause of a failed watch. */
   get connectionError(): Error | undefined {
-    return this.#error
+    for (const link of this.#links.values()) if (link.error) return link.error
+    return undefined
   }
 
   /**
@@ -118,7 +143,9 @@ export class Wakeups {
   async watch(resource: string, onChange: () => void): Promise<Unwatch> {
     const { prefix, client, gate } = this.#settings
     const name = resourceKeys(prefix, resource).channel
-    const subscriber = this.#connection()
+    gate.check()
+    const slot = client.isCluster ? keySlot(resource) : undefined
+    if (!this.#channels.has(name) && slot !== undefined) await this.#knowSlot(slot)
     void this.#checkKeyspaceEvents()
     let channel = this.#channels.get(name)
     if (!channel) {
@@ -127,6 +154,8 @@ export class Wakeups {
       const db = client.isCluster ? 0 : Number((client as Redis).options?.db ?? 0)
       channel = {
         listeners: new Set(),
+        slot,
+        link: this.#link(slot === undefined ? '' : this.#masterOf(slot)!),
         names: [name, ...keyspaceChannels(prefix, resource, db)],
         pending: false,
         subscribed: undefined,
@@ -145,12 +174,12 @@ export class Wakeups {
     // UNSUBSCRIBE, which unwatch() then awaits.
     const stop = (lingerMs: number) => {
       if (!ch.listeners.delete(entry) || ch.listeners.size > 0 || gate.closing) return
-      if (lingerMs === 0) return this.#unsubscribe(subscriber, ch, name)
-      ch.linger = setTimeout(() => void this.#unsubscribe(subscriber, ch, name), lingerMs)
+      if (lingerMs === 0) return this.#unsubscribe(ch, name)
+      ch.linger = setTimeout(() => void this.#unsubscribe(ch, name), lingerMs)
       ch.linger.unref()
     }
     try {
-      ch.subscribed ??= this.#subscribe(subscriber, ch)
+      ch.subscribed ??= this.#subscribe(ch)
       await this.#settings.timed('watch', () => ch.subscribed!, 'subscriber')
     } catch (error) {
       await stop(0)
@@ -160,19 +189,44 @@ export class Wakeups {
     return unwatch
   }
 
-  /** Forgets every watch and drops the subscriber connection (part of the backend's close). */
+  /** Forgets every watch and drops the subscriber connections (part of the backend's close). */
   close(): void {
     for (const ch of this.#channels.values()) clearTimeout(ch.linger)
     this.#channels.clear()
     this.#routes.clear()
-    clearInterval(this.#heartbeat)
-    this.#subscriber?.disconnect()
+    if (this.#onRefresh) (this.#settings.client as Cluster).off('refresh', this.#onRefresh)
+    for (const link of this.#links.values()) this.#drop(link)
   }
 
-  /** The one subscriber connection of this backend, made on first watch. */
-  #connection(): Redis {
+  /** The master serving a Cluster slot, as the client last mapped it (host:port). */
+  #masterOf(slot: number): string | undefined {
+    return (this.#settings.client as Cluster).slots?.[slot]?.[0]
+  }
+
+  /** Makes the Cluster client map its slots first if it has not yet (a watch before any call). */
+  async #knowSlot(slot: number): Promise<void> {
+    if (this.#masterOf(slot) !== undefined) return
+    const cluster = this.#settings.client as Cluster
+    await this.#settings.timed(
+      'watch',
+      () =>
+        new Promise<void>((resolve, reject) =>
+          cluster.refreshSlotsCache((error) => {
+            if (error) reject(error)
+            else if (this.#masterOf(slot) === undefined)
+              reject(new Error(`no master of the Redis Cluster serves slot ${slot}`))
+            else resolve()
+          }),
+        ),
+      'subscriber',
+    )
+  }
+
+  /** The subscriber connection to a node ('' : the standalone one), made on first use. */
+  #link(node: string): Link {
     this.#settings.gate.check()
-    if (this.#subscriber) return this.#subscriber
+    const existing = this.#links.get(node)
+    if (existing) return existing
     const { client, heartbeatMs } = this.#settings
     // Our own resubscribe (not ioredis's) so we know when it is confirmed and can then wake
     // every watcher: a release may have been published while we were disconnected.
@@ -185,22 +239,37 @@ export class Wakeups {
       // A PING (or SUBSCRIBE) unanswered this long: ioredis drops the socket and reconnects.
       socketTimeout: heartbeatMs,
     }
-    // In a Redis Cluster a PUBLISH reaches every node, so the Cluster client's own subscriber
-    // connection (on any node, moved by ioredis when that node fails) hears every resource.
-    const subscriber = (
-      client.isCluster
-        ? (client as Cluster).duplicate([], {
-            redisOptions: { ...(client as Cluster).options.redisOptions, ...subscriberOptions },
-          })
-        : (client as Redis).duplicate(subscriberOptions)
-    ) as Redis
-    this.#subscriber = subscriber
-    this.#heartbeat = setInterval(() => {
+    let subscriber: Redis
+    if (client.isCluster) {
+      // A copy of the Cluster's own connection to that node (its credentials, TLS, ...), but
+      // reconnecting by itself and never read-only.
+      const cluster = client as Cluster
+      const [host, port] = splitNode(node)
+      const base =
+        cluster.nodes('all').find((n) => `${n.options.host}:${n.options.port}` === node) ??
+        cluster.nodes('all')[0]!
+      subscriber = base.duplicate({
+        ...subscriberOptions,
+        host,
+        port,
+        readOnly: false,
+        retryStrategy: reconnectDelay,
+      })
+      if (!this.#onRefresh) {
+        this.#onRefresh = () => this.#rehome()
+        cluster.on('refresh', this.#onRefresh)
+      }
+    } else {
+      subscriber = (client as Redis).duplicate(subscriberOptions)
+    }
+    const heartbeat = setInterval(() => {
       if (subscriber.status === 'ready') subscriber.ping().catch(noop)
     }, heartbeatMs)
-    this.#heartbeat.unref()
+    heartbeat.unref()
+    const link: Link = { node, subscriber, heartbeat, error: undefined }
+    this.#links.set(node, link)
     // Reported through failed watches, as their cause; ioredis reconnects.
-    subscriber.on('error', (error: Error) => (this.#error = error))
+    subscriber.on('error', (error: Error) => (link.error = error))
     subscriber.on('message', (channel: string, message: string) => {
       const ch = this.#routes.get(channel)
       if (!ch) return
@@ -217,25 +286,67 @@ export class Wakeups {
     })
     let connectedBefore = false
     subscriber.on('ready', () => {
-      this.#error = undefined
+      link.error = undefined
       if (!connectedBefore) {
         connectedBefore = true
         return
       }
-      void this.#resubscribe(subscriber)
+      void this.#resubscribe(link)
     })
-    return subscriber
+    if (client.isCluster) {
+      // A master lost may have failed over: have the client map the slots again (then 'refresh').
+      subscriber.on('close', () => {
+        if (!this.#settings.gate.closing) (client as Cluster).refreshSlotsCache()
+      })
+    }
+    return link
   }
 
-  async #resubscribe(subscriber: Redis): Promise<void> {
+  #drop(link: Link): void {
+    clearInterval(link.heartbeat)
+    link.subscriber.disconnect()
+    if (this.#links.get(link.node) === link) this.#links.delete(link.node)
+  }
+
+  /**
+   * After the Cluster client mapped its slots again: every channel whose slot another master
+   * serves now is subscribed there, then its watchers are woken once (a change may have gone
+   * unheard during the move); connections no channel uses any more are dropped.
+   */
+  #rehome(): void {
+    if (this.#settings.gate.closing) return
+    for (const [name, ch] of this.#channels) {
+      if (ch.slot === undefined) continue
+      const node = this.#masterOf(ch.slot)
+      if (node === undefined || node === ch.link.node) continue
+      const old = ch.link
+      old.subscriber.unsubscribe(...ch.names).catch(noop)
+      if (ch.listeners.size === 0) {
+        clearTimeout(ch.linger)
+        this.#forget(name, ch)
+        continue
+      }
+      ch.link = this.#link(node)
+      // The old connection's queue is no order for the new one (and may hang on a dead node).
+      ch.queue = Promise.resolve()
+      const subscribed = (ch.subscribed = this.#subscribe(ch))
+      subscribed.then(() => {
+        if (!this.#settings.gate.closing) fanOut(ch.listeners)
+      }, noop)
+    }
+    const used = new Set([...this.#channels.values()].map((ch) => ch.link))
+    for (const link of [...this.#links.values()]) if (!used.has(link)) this.#drop(link)
+  }
+
+  async #resubscribe(link: Link): Promise<void> {
     // A new connection has no subscriptions: lingering channels are simply forgotten.
     for (const [name, ch] of this.#channels) {
-      if (ch.listeners.size > 0) continue
+      if (ch.link !== link || ch.listeners.size > 0) continue
       clearTimeout(ch.linger)
       this.#forget(name, ch)
     }
-    const channels = [...this.#channels]
-    const again = channels.map(([, ch]) => (ch.subscribed = this.#subscribe(subscriber, ch)))
+    const channels = [...this.#channels].filter(([, ch]) => ch.link === link)
+    const again = channels.map(([, ch]) => (ch.subscribed = this.#subscribe(ch)))
     // Wake everyone once the subscriptions are back (or failed: their own timers still run).
     await Promise.allSettled(again)
     if (this.#settings.gate.closing) return
@@ -247,10 +358,11 @@ export class Wakeups {
    * meanwhile is not undone. Best effort: a failed UNSUBSCRIBE only leaves a channel whose
    * messages nobody hears.
    */
-  async #unsubscribe(subscriber: Redis, ch: Channel, name: string): Promise<void> {
+  async #unsubscribe(ch: Channel, name: string): Promise<void> {
     ch.linger = undefined
     if (ch.listeners.size > 0 || this.#settings.gate.closing) return
     ch.subscribed = undefined
+    const { subscriber } = ch.link
     const op = ch.queue.then(() => subscriber.unsubscribe(...ch.names)).then(noop, noop)
     ch.queue = op
     await op
@@ -262,8 +374,9 @@ export class Wakeups {
     for (const n of ch.names) if (this.#routes.get(n) === ch) this.#routes.delete(n)
   }
 
-  /** One SUBSCRIBE for the resource's own channel and its keys' keyspace channels. */
-  #subscribe(subscriber: Redis, ch: Channel): Promise<void> {
+  /** One SUBSCRIBE, on the channel's connection, of the resource's own and keyspace channels. */
+  #subscribe(ch: Channel): Promise<void> {
+    const { subscriber } = ch.link
     const done = ch.queue.then(async () => {
       await subscriber.subscribe(...ch.names)
     })
@@ -316,3 +429,9 @@ export class Wakeups {
 }
 
 function noop(): void {}
+
+/** host and port of a Cluster node key (host:port; the host may be IPv6, with colons). */
+function splitNode(node: string): [string, number] {
+  const at = node.lastIndexOf(':')
+  return [node.slice(0, at), Number(node.slice(at + 1))]
+}
