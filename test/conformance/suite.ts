@@ -538,8 +538,7 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
     if (fixture.records === false) {
       it('keeps no records, and schedule() refuses it with an OptionsError naming the backend', async () => {
         const b = await backend()
-        expect(b.readRecord).toBeUndefined()
-        expect(b.writeRecord).toBeUndefined()
+        expect('readRecord' in b || 'writeRecord' in b).toBe(false)
         const e = election(b, resource('no-records'))
         expect(() => schedule(e, '* * * * *', () => {})).toThrow(OptionsError)
       })
