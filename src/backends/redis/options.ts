@@ -3,6 +3,7 @@
  * (checked up front, so a typo never falls back to a default), and the backend URL, parsed here
  * into the same options. A password in a URL never reaches a message.
  */
+import { readFileSync } from 'node:fs'
 import type { Cluster, Redis, RedisOptions } from 'ioredis'
 import { OptionsError } from '../../errors.js'
 import { checkOptions, optionalMilliseconds } from '../../validate.js'
@@ -240,8 +241,33 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     url: fromUrl?.sentinel || fromUrl?.cluster ? undefined : fromUrl?.url,
     sentinel: fromUrl?.sentinel,
     cluster: fromUrl?.cluster,
-    clientOptions,
+    clientOptions: withTlsCa(clientOptions, fromUrl?.tlsCa),
   }
+}
+
+/**
+ * `?tlsCa=FILE` of a rediss:// URL: the PEM file of the CA certificates to trust, read once
+ * here, added to the client's `tls` options (the rest of clientOptions.tls stays).
+ */
+function withTlsCa(
+  clientOptions: RedisOptions | undefined,
+  path: string | undefined,
+): RedisOptions | undefined {
+  if (path === undefined) return clientOptions
+  let ca: string
+  try {
+    ca = readFileSync(path, 'utf8')
+  } catch (error) {
+    throw new OptionsError(
+      'tlsCa',
+      path,
+      `tlsCa is the path of a PEM file of CA certificates to trust; it could not be read (${(error as NodeJS.ErrnoException).code ?? String(error)}).`,
+    )
+  }
+  if (!ca.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new OptionsError('tlsCa', path, 'tlsCa is a PEM file: it holds no "BEGIN CERTIFICATE".')
+  }
+  return { ...clientOptions, tls: { ...clientOptions?.tls, ca } }
 }
 
 /** An ioredis Redis or Cluster, by the methods the backend calls (ioredis is not imported here). */
@@ -280,6 +306,9 @@ const URL_SETTINGS = [
   'replicaTimeoutMs',
 ] as const
 
+/** Query parameters of a rediss:// URL that conclave reads, and that are not options too. */
+const TLS_URL_SETTINGS = ['tlsCa'] as const
+
 /** Query parameters ioredis reads from a URL as plain text: passed on untouched. */
 const IOREDIS_URL_PARAMS = ['db', 'family', 'username', 'password', 'connectionName'] as const
 
@@ -305,6 +334,8 @@ export interface RedisUrlSettings {
   replicas?: number
   /** `?replicaTimeoutMs=N`, when given (checked by the backend's rule). */
   replicaTimeoutMs?: number
+  /** `?tlsCa=FILE` of a rediss:// URL: the PEM file of CA certificates to trust. */
+  tlsCa?: string
   /** From a `redis+sentinel://` URL: the ioredis options that name the sentinels and master. */
   sentinel?: SentinelClientOptions
   /** From a `redis+cluster://` URL: the nodes to start from, and the credentials. */
@@ -361,11 +392,30 @@ export function parseRedisUrl(url: unknown, field = 'url'): RedisUrlSettings {
       }
       seen.add(name)
       readUrlSetting(settings, name as (typeof URL_SETTINGS)[number], value)
+    } else if ((TLS_URL_SETTINGS as readonly string[]).includes(name)) {
+      if (seen.has(name)) {
+        throw new OptionsError(name, value, `${name} is given twice in the Redis URL.`)
+      }
+      if (parsed.protocol !== 'rediss:') {
+        throw new OptionsError(
+          name,
+          value,
+          `${name} goes with a rediss:// (TLS) URL; this one is ${parsed.protocol}//.`,
+        )
+      }
+      if (value === '')
+        throw new OptionsError(
+          name,
+          value,
+          `${name} is a file path (?tlsCa=/etc/ssl/redis-ca.pem).`,
+        )
+      seen.add(name)
+      settings.tlsCa = value
     } else if (!(IOREDIS_URL_PARAMS as readonly string[]).includes(name)) {
       throw new OptionsError(
         name,
         SECRET_NAME.test(name) ? '***' : value,
-        `Unknown Redis URL parameter. Known: ${URL_SETTINGS.join(', ')} (conclave's) and ${IOREDIS_URL_PARAMS.join(', ')} (passed to ioredis).`,
+        `Unknown Redis URL parameter. Known: ${[...URL_SETTINGS, ...TLS_URL_SETTINGS].join(', ')} (conclave's) and ${IOREDIS_URL_PARAMS.join(', ')} (passed to ioredis).`,
       )
     }
   }
