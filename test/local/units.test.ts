@@ -1,11 +1,12 @@
 // The local backend's pieces without processes: option and URL checks, the hub state file, and
 // the memory store's adopt/tokenFloor/snapshot the hub is built on.
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { backendFromUrl, localBackend } from '../../src/backends/local/index.js'
 import { readState, TOKEN_SPAN, writeState } from '../../src/backends/local/state.js'
+import { Hub } from '../../src/backends/cluster/hub.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { backendFromUrl as cliBackend, requireSharedBackend } from '../../src/cli/backends.js'
 import { OptionsError } from '../../src/errors.js'
@@ -74,12 +75,18 @@ describe('localBackend options', () => {
 })
 
 describe('the hub state file', () => {
-  it('round-trips, and an unreadable one reads as fresh', () => {
+  it('round-trips, and a missing one reads as fresh', () => {
     const path = join(base, 'state.json')
     expect(readState(path)).toEqual({ epoch: 0, maxLeaseMs: 0, clean: null })
     writeState(path, { epoch: 3, maxLeaseMs: 2000, clean: null })
     expect(readState(path)).toEqual({ epoch: 3, maxLeaseMs: 2000, clean: null })
     expect((JSON.parse(readFileSync(path, 'utf8')) as { epoch: number }).epoch).toBe(3)
+  })
+
+  it('refuses to guess a fresh state from a file it cannot read (the old tokens and wait would be lost)', () => {
+    const path = join(base, 'broken.json')
+    writeFileSync(path, '{"epoch": 7, "maxLe')
+    expect(() => readState(path)).toThrow(/cannot be read/)
   })
 })
 
@@ -123,6 +130,71 @@ describe('MemoryBackend adopt / tokenFloor / snapshot', () => {
       ['r', 'a', 7],
       ['t', 'a', 7],
     ])
+    await store.close()
+  })
+})
+
+describe('the hub a local socket is served by', () => {
+  /** One peer's connection: `call` sends a request and resolves with the hub's answer. */
+  function peer(hub: Hub) {
+    const waiting = new Map<string, (m: { ok: boolean; value?: unknown }) => void>()
+    let next = 0
+    const connection = hub.connect((message) => {
+      const m = message as { id: string; ok: boolean; value?: unknown }
+      waiting.get(m.id)?.(m)
+    })
+    const call = (op: string, args: unknown) =>
+      new Promise<{ ok: boolean; value?: unknown }>((resolve) => {
+        const id = `r${next++}`
+        waiting.set(id, resolve)
+        connection.receive({ conclave: 1, type: 'request', id, op, args })
+      })
+    return { call, close: () => connection.close() }
+  }
+  const ask = (candidate: string) => ({
+    resource: 'r',
+    candidate,
+    tickets: 1,
+    leaseMs: 60_000,
+    metadata: null,
+  })
+
+  it('keeps a closed connection’s grants with releaseOnClose false (its process may live on), so its peer can adopt them back', async () => {
+    const store = new MemoryBackend()
+    const hub = new Hub(store, { releaseOnClose: false, adopt: (g) => store.adopt(g) })
+    const a = peer(hub)
+    const got = (await a.call('acquire', ask('a'))).value as { acquired: true; token: number }
+    expect(got.acquired).toBe(true)
+    await a.close()
+    // Nobody else wins while a's lease runs: a socket that closed is not a process that died.
+    const b = peer(hub)
+    expect(((await b.call('acquire', ask('b'))).value as { acquired: boolean }).acquired).toBe(
+      false,
+    )
+    // a, reconnected, takes its grant back.
+    const again = peer(hub)
+    const adopted = await again.call('adopt', {
+      resource: 'r',
+      candidate: 'a',
+      token: got.token,
+      tickets: 1,
+      remainingMs: 30_000,
+      metadata: null,
+    })
+    expect(adopted.value).toBe(true)
+    expect((await store.holders('r')).map((h) => [h.candidate, h.token])).toEqual([
+      ['a', got.token],
+    ])
+    await store.close()
+  })
+
+  it('releases a closed connection’s grants at once by default (node:cluster: the worker is gone)', async () => {
+    const store = new MemoryBackend()
+    const hub = new Hub(store)
+    const a = peer(hub)
+    expect(((await a.call('acquire', ask('a'))).value as { acquired: boolean }).acquired).toBe(true)
+    await a.close()
+    expect(await store.holders('r')).toEqual([])
     await store.close()
   })
 })

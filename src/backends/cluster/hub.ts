@@ -36,6 +36,13 @@ export interface HubOptions {
    * backend after a hub change); true when installed. Without it, `adopt` is refused.
    */
   adopt?: (grant: GrantRecord) => boolean
+  /**
+   * Whether a closed connection's grants are released at once (default true). True for
+   * node:cluster IPC, whose channel closes only when the worker is gone. False for a socket,
+   * which can close while its process lives on and still acts on its terms: the grants then
+   * run out their leases, and the process re-registers them (`adopt`) when it reconnects.
+   */
+  releaseOnClose?: boolean
 }
 
 const MAX_WATCHES_PER_CONNECTION = 100_000
@@ -58,6 +65,7 @@ export class Hub {
   readonly #onError: (error: Error) => void
   /** Which connection holds each (resource, candidate): an id shared by two processes is refused. */
   readonly #owners = new Map<string, symbol>()
+  readonly #releaseOnClose: boolean
   readonly #adopt: ((grant: GrantRecord) => boolean) | undefined
 
   constructor(backend: Backend, options: HubOptions = {}) {
@@ -65,14 +73,17 @@ export class Hub {
     this.namespace = options.namespace ?? NAMESPACE
     this.#onError = options.onError ?? (() => {})
     this.#adopt = options.adopt
+    this.#releaseOnClose = options.releaseOnClose ?? true
   }
 
   /**
    * Opens a connection for one peer: `send` carries the hub's messages to it; feed its messages
-   * to the returned connection, and close it when the peer goes (its grants go with it).
+   * to the returned connection, and close it when the peer goes (its grants go with it, unless
+   * `releaseOnClose` is false).
    */
   connect(send: (message: object) => void): HubConnection {
     const ns = this.namespace
+    const releaseOnClose = this.#releaseOnClose
     const backend = this.backend
     const onError = this.#onError
     const owners = this.#owners
@@ -240,9 +251,12 @@ export class Hub {
       async close(): Promise<void> {
         if (closed) return
         closed = true
-        const releases = [...held.entries()].map(([key, h]) => {
+        const releases = [...held.entries()].map(async ([key, h]) => {
+          // Unowned either way: the peer may reconnect and adopt the grant it still holds.
           if (owners.get(key) === self) owners.delete(key)
-          return backend.release({ resource: h.resource, candidate: h.candidate }).catch(onError)
+          if (releaseOnClose) {
+            await backend.release({ resource: h.resource, candidate: h.candidate }).catch(onError)
+          }
         })
         held.clear()
         const unwatches = [...watches.values()].map(async (pending) => {

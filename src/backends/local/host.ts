@@ -60,6 +60,9 @@ export class HubHost {
     this.#store = new MemoryBackend({ tokenFloor: state.epoch * TOKEN_SPAN })
     this.#hub = new Hub(this.#guarded(), {
       adopt: (grant) => this.#store.adopt(grant),
+      // A socket can close while its process lives on (a reset, an oversized line): its grants
+      // run out their leases unless it reconnects and adopts them, never freed under it.
+      releaseOnClose: false,
       ...(settings.onError ? { onError: settings.onError } : {}),
     })
     this.#server = server
@@ -234,6 +237,10 @@ export class HubHost {
           if (!holders.some((h) => h.candidate === request.candidate)) {
             return { acquired: false, holders, retryInMs: Math.ceil(waitMs) }
           }
+        }
+        // Stopped meanwhile (awaiting the holders above): the next hub owns the state file now.
+        if (this.#stopped) {
+          return { acquired: false, holders: [], retryInMs: 100 }
         }
         if (Number.isInteger(request.leaseMs) && request.leaseMs > this.#state.maxLeaseMs) {
           // Known to the next hub before any grant this long exists.
