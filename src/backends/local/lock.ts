@@ -10,7 +10,15 @@
  * - `pipe` (Windows): no lock; the named pipe itself cannot be bound twice and vanishes with
  *   its process.
  */
-import { closeSync, fsyncSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs'
+import {
+  closeSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  statSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs'
 import { createServer } from 'node:net'
 import type { LocalSettings } from './options.js'
 
@@ -52,6 +60,18 @@ function alive(pid: number): boolean {
   }
 }
 
+/** How long a pid file may stay without its pid before it counts as left by a dead maker. */
+const UNWRITTEN_STALE_MS = 10_000
+
+/** Whether the file at `path` was last written more than `ms` ago (false if it is gone). */
+function olderThan(path: string, ms: number): boolean {
+  try {
+    return statSync(path).mtimeMs < Date.now() - ms
+  } catch {
+    return false
+  }
+}
+
 function pidLock(path: string): HubLock | undefined {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
@@ -71,13 +91,17 @@ function pidLock(path: string): HubLock | undefined {
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
     }
-    let holder: number
+    let text: string
     try {
-      holder = Number(readFileSync(path, 'utf8'))
+      text = readFileSync(path, 'utf8')
     } catch {
       continue // removed meanwhile: try again
     }
-    if (Number.isInteger(holder) && holder > 0 && alive(holder)) return undefined
+    // Empty or partial: its maker is between the exclusive create and the write of its pid, so
+    // held; unless it stayed so for long (its maker died there), then it is stale.
+    if (!/^\d+$/.test(text) && !olderThan(path, UNWRITTEN_STALE_MS)) return undefined
+    const holder = Number(text)
+    if (/^\d+$/.test(text) && holder > 0 && alive(holder)) return undefined
     try {
       unlinkSync(path)
     } catch {

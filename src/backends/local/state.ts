@@ -7,6 +7,7 @@
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs'
 import { dirname } from 'node:path'
+import { BackendError } from '../../errors.js'
 import type { GrantRecord } from '../memory.js'
 
 /** What the state file holds. */
@@ -19,7 +20,10 @@ export interface HubState {
 /** Tokens of one hub: epoch * TOKEN_SPAN + a counter (2^21 epochs fit in a safe integer). */
 export const TOKEN_SPAN = 2 ** 32
 
-/** The state, or a fresh one when there is none (or it is unreadable). */
+/**
+ * The state, or a fresh one when there is no file. Any other failure (unreadable, not JSON)
+ * throws: a hub that guessed a fresh state could reuse the old hub's tokens and skip its wait.
+ */
 export function readState(path: string): HubState {
   try {
     const raw = JSON.parse(readFileSync(path, 'utf8')) as Partial<HubState>
@@ -31,8 +35,14 @@ export function readState(path: string): HubState {
         ? raw.clean
         : null
     return { epoch, maxLeaseMs, clean }
-  } catch {
-    return { epoch: 0, maxLeaseMs: 0, clean: null }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      return { epoch: 0, maxLeaseMs: 0, clean: null }
+    }
+    throw new BackendError(
+      `local: the hub state file ${path} cannot be read (${(error as Error).message}); refusing to host the hub, which could reuse the last hub's tokens. Fix or remove the file once no process of this app runs.`,
+      { cause: error },
+    )
   }
 }
 
