@@ -61,6 +61,13 @@ it('rejects a renewal no replica acknowledged (unknown: the term keeps its deadl
   expect(await plain.renew(renewal)).toEqual([true])
 })
 
+it('does not count a schedule record no replica acknowledged (a promoted replica could lack the claim)', async () => {
+  const { backend: b } = backend({ replicas: 1 })
+  await expect(
+    b.writeRecord!({ resource: 'wait/record', key: 'cron', value: 1, token: 1, version: 0 }),
+  ).rejects.toThrow(/redis writeRecord on .*acknowledged by 0 of the 1/)
+})
+
 it('starts no failover grace on a fresh master, nor when the client reconnects to it', async () => {
   const { backend: b, client } = backend()
   const first = await ask(b, 'reconnect', 'a')

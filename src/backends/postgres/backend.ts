@@ -282,6 +282,7 @@ export class PostgresBackend implements Backend {
         JSON.stringify(request.value),
         request.token,
         request.version,
+        this.#synchronousCommit,
       ],
       'writeRecord',
     )

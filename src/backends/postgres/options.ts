@@ -44,8 +44,12 @@ export interface PostgresBackendOptions {
   synchronousCommit?: SynchronousCommit
 }
 
-/** PostgreSQL's synchronous_commit levels. */
-export type SynchronousCommit = 'remote_apply' | 'on' | 'remote_write' | 'local' | 'off'
+/**
+ * PostgreSQL's synchronous_commit levels conclave accepts for grants and renewals. Not `off`:
+ * a crash could then lose grants already answered, and a restart on the same timeline has no
+ * grace to cover them.
+ */
+export type SynchronousCommit = 'remote_apply' | 'on' | 'remote_write' | 'local'
 
 /** The levels synchronousCommit takes. */
 export const SYNCHRONOUS_COMMIT_LEVELS: readonly SynchronousCommit[] = [
@@ -53,7 +57,6 @@ export const SYNCHRONOUS_COMMIT_LEVELS: readonly SynchronousCommit[] = [
   'on',
   'remote_write',
   'local',
-  'off',
 ]
 
 /** synchronousCommit checked: a level, or undefined for the session's own. */
@@ -63,7 +66,7 @@ export function validateSynchronousCommit(value: unknown): SynchronousCommit | u
     throw new OptionsError(
       'synchronousCommit',
       value,
-      `synchronousCommit is one of ${SYNCHRONOUS_COMMIT_LEVELS.join(', ')} (PostgreSQL's synchronous_commit levels).`,
+      `synchronousCommit is one of ${SYNCHRONOUS_COMMIT_LEVELS.join(', ')} (PostgreSQL's synchronous_commit levels; not off, which could lose a grant already answered).`,
     )
   }
   return value as SynchronousCommit

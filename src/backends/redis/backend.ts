@@ -394,11 +394,19 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     validateWriteRecord(request)
     const id = recordKey(this.prefix, request.resource, request.key)
-    const reply = await this.#run('writeRecord', WRITE_RECORD, [
-      [id],
-      [JSON.stringify(request.value), String(request.token), String(request.version)],
-    ])
-    return parseWriteReply(reply)
+    const keys = [id]
+    const args = [JSON.stringify(request.value), String(request.token), String(request.version)]
+    const wait = this.#replicaWait()
+    if (!wait) return parseWriteReply(await this.#run('writeRecord', WRITE_RECORD, [keys, args]))
+    // Acknowledged like a grant: a record a promoted replica lacks would let a fire run twice.
+    const answer = await this.#timed('writeRecord', () =>
+      runScriptWaiting(this.#client, WRITE_RECORD, keys, args, wait),
+    )
+    const result = parseWriteReply(answer.reply)
+    if (result.written && answer.acked < wait.replicas) {
+      throw this.#unacknowledged('writeRecord', answer.acked)
+    }
+    return result
   }
 
   /** Backend.now: the server's TIME, so fire times do not depend on this host's clock. */

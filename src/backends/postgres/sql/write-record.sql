@@ -3,9 +3,14 @@
 -- Under READ COMMITTED a concurrent UPDATE makes this one re-check its WHERE on the new row,
 -- and a concurrent first INSERT makes this one do nothing: either way one writer wins.
 -- Placeholders: {schema} the quoted schema name.
--- Parameters: $1 resource text, $2 key text, $3 value jsonb, $4 token bigint, $5 version bigint
+-- Parameters: $1 resource text, $2 key text, $3 value jsonb, $4 token bigint, $5 version bigint,
+--             $6 synchronous_commit for this statement's commit, text or NULL (the session's), as
+--                for grants: a record a promoted standby lacks would let a fire run twice
 -- Returns one row: written_version (NULL when refused), and the record before (NULL: none).
-WITH current AS (
+WITH sync AS (
+  SELECT set_config('synchronous_commit',
+                    coalesce($6::text, current_setting('synchronous_commit')), true)
+), current AS (
   SELECT value, token, version FROM {schema}.records
    WHERE resource = $1::text AND key = $2::text
 ), inserted AS (
@@ -24,3 +29,4 @@ WITH current AS (
 SELECT coalesce((SELECT version FROM inserted), (SELECT version FROM updated)) AS written_version,
        (SELECT jsonb_build_object('value', value, 'token', token, 'version', version)
           FROM current) AS before
+  FROM sync -- the one row of the final SELECT: so set_config surely runs
