@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
-import { startProxy, startRedis, type RedisServer } from '../../testkit/index.js'
+import { freePort, startProxy, startRedis, type RedisServer } from '../../testkit/index.js'
 import { until } from '../helpers/wait.js'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
@@ -357,25 +357,29 @@ describe('color', () => {
 
 describe('conclave run on a fresh redis', () => {
   it('says it waits for the startup grace, and how long, then runs CMD', async () => {
-    const fresh = await startRedis()
-    closers.push(() => fresh.stop())
+    // The CLI starts first and reaches for a server that is not up yet, so its first ask comes
+    // right after the start, however slow the machine is to start a CLI.
+    const port = await freePort()
     const run = cli([
       'run',
       '--backend',
-      `redis://127.0.0.1:${fresh.port}`,
+      `redis://127.0.0.1:${port}`,
       '--name',
       resource(),
       '--lease',
-      '2s',
+      '5s',
       '--',
       'sh',
       '-c',
       'exit 0',
     ])
+    await until(() => run.stderr().includes('conclave run: waiting for'), 30_000)
+    const fresh = await startRedis({ port })
+    closers.push(() => fresh.stop())
     expect(await exitOf(run), run.stderr()).toBe(0)
     expect(run.stderr()).toMatch(
       new RegExp(
-        `conclave run: waiting: the redis server at 127\\.0\\.0\\.1:${fresh.port} has been up for less than the lease \\(2000 ms\\) plus 1 s.* \\(startup-grace; asking again within \\d`,
+        `conclave run: waiting: the redis server at 127\\.0\\.0\\.1:${fresh.port} has been up for less than the lease \\(5000 ms\\) plus 1 s.* \\(startup-grace; asking again within \\d`,
       ),
     )
     const lines = run.stderr().split('\n')
