@@ -9,6 +9,13 @@
  * - Tokens of a resource only grow; a renewal keeps its token.
  * - `release` is idempotent and removes only the grant with the given token (or, without a
  *   token, whatever this candidate has on the resource, queued or held).
+ * - First come, first served: an acquire that is not granted puts the candidate in the
+ *   resource's line (at the end, or where it already stands) and answers `ahead`. A free ticket
+ *   goes only to a candidate with `held + ahead < tickets`, so a late asker never overtakes the
+ *   line. A place lives `leaseMs` (the asker's) on the backend's clock after its last acquire
+ *   or keep (a `queued` renew); an expired place is skipped as if it never stood there.
+ * - A release wakes only the waiters it frees a ticket for: watchers get a `WatchChange` whose
+ *   `wake` names the first waiters in line (or is absent when the backend cannot tell).
  * - A resource's grants remember the `tickets` they were made with; an acquire asking for
  *   another number while any grant lives is refused with a TicketsMismatchError.
  * - `close()` first awaits every `onClose` hook (the core ends the terms held through the
@@ -46,6 +53,12 @@ export type AcquireResult =
       /** When a grant can next free up (the earliest holder's remaining time), in ms. */
       retryInMs: number
       /**
+       * Waiters in the resource's line before this candidate, alive at the answer (0: it is
+       * first). Backends that keep a line (every backend conclave ships) set it; without it the
+       * candidate is treated as first.
+       */
+      ahead?: number
+      /**
        * Set when a ticket is free but the backend will not grant it yet (a grace after a
        * restart, a promotion or a failover; keys deleted by hand): why, and `retryInMs` is
        * when that wait ends. Without it the candidate waits because every ticket is held.
@@ -61,12 +74,21 @@ export interface WaitReason {
   reason: string
 }
 
-/** Extends the grant `candidate` holds with `token` by a fresh `leaseMs`. */
+/**
+ * Extends the grant `candidate` holds with `token` by a fresh `leaseMs`; or, with `queued`,
+ * keeps its place in the resource's line for a fresh `leaseMs` (`token` is 0 then).
+ */
 export interface RenewRequest {
   resource: string
   candidate: string
   token: number
   leaseMs: number
+  /**
+   * Keep a place in line instead of a grant. The answer is `true` while the place lives and no
+   * ticket is free for it, `false` when the candidate should ask again now (its place is gone,
+   * or `held + ahead < tickets`: a ticket is free for it).
+   */
+  queued?: true
 }
 
 /** Gives a grant back (or withdraws a queued candidate). */
@@ -79,6 +101,16 @@ export interface ReleaseRequest {
 
 /** Stops a watch. */
 export type Unwatch = () => Promise<void>
+
+/** What a watch notification knows of the change (see `Backend.watch`). */
+export interface WatchChange {
+  /**
+   * The candidates the change concerns: after a release or a withdrawal, the first waiters in
+   * line that a freed ticket now goes to; `[]` for a change that frees no ticket (a grant, a
+   * metadata change). Absent: unknown, so every waiter asks again.
+   */
+  wake?: string[]
+}
 
 /**
  * Where grants live: Redis, PostgreSQL, etcd, node:cluster IPC, memory. The rules every
@@ -106,9 +138,10 @@ export interface Backend {
    * Call `onChange` (with no promise of exactly-once) whenever the holders of `resource` may
    * have changed by a release or an acquire. Resolves once the watch is in place, so a
    * release after that is never missed. Expiry need not be pushed: callers schedule their
-   * own wake-up from `remainingMs`/`retryInMs`.
+   * own wake-up from `remainingMs`/`retryInMs`. The `change` says whom it concerns when the
+   * backend knows (a waiter not named in `wake` need not ask again).
    */
-  watch(resource: string, onChange: () => void): Promise<Unwatch>
+  watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch>
   /**
    * Registers a hook that `close()` runs and awaits before it gives anything up (the election
    * core ends its terms there). Returns a function that removes the hook.

@@ -10,6 +10,7 @@ export type {
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WatchChange,
   WaitReason,
 } from './backend.js'
 export {

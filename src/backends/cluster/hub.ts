@@ -15,7 +15,7 @@ import type {
 import { CandidateInUseError, ProtocolError } from '../../errors.js'
 import type { GrantRecord } from '../memory.js'
 import { envelope, isId, isOurs } from '../../ipc/envelope.js'
-import { NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
+import { eventMessage, NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
 
 /** One peer (a worker, a socket) as the hub sees it: hand it messages, close it when it leaves. */
 export interface HubConnection {
@@ -91,6 +91,8 @@ export class Hub {
     const self = Symbol('connection')
     const watches = new Map<string, Promise<Unwatch | undefined>>()
     const held = new Map<string, { resource: string; candidate: string }>()
+    /** Places in line taken through this connection (withdrawn with its grants on close). */
+    const queued = new Map<string, { resource: string; candidate: string }>()
     let closed = false
 
     const reply = (
@@ -137,6 +139,14 @@ export class Hub {
             if (!held.has(key) && owners.get(key) === self) owners.delete(key)
             throw error
           }
+          if (!result.acquired && result.ahead !== undefined) {
+            queued.set(key, { resource: req.resource, candidate: req.candidate })
+            // Queued after the peer left: withdraw the place, or it would block the line.
+            if (closed && releaseOnClose) {
+              await backend.release({ resource: req.resource, candidate: req.candidate })
+              queued.delete(key)
+            }
+          } else queued.delete(key)
           if (result.acquired) {
             held.set(key, { resource: req.resource, candidate: req.candidate })
             // Acquired after the peer left: give it straight back.
@@ -161,6 +171,7 @@ export class Hub {
           const req = args as unknown as ReleaseRequest
           await backend.release(req)
           const key = `${req.resource}\n${req.candidate}`
+          if (req.token === undefined) queued.delete(key)
           // Still held means the release named an older token: the grant and its owner stay.
           const still = await backend.holders(req.resource)
           if (!still.some((h) => h.candidate === req.candidate)) {
@@ -192,10 +203,10 @@ export class Hub {
           if (watches.size >= MAX_WATCHES_PER_CONNECTION) {
             throw new ProtocolError(`Too many watches on one connection (${watches.size}).`)
           }
-          const pending = backend.watch(args.resource as string, () => {
+          const pending = backend.watch(args.resource as string, (change) => {
             if (closed) return
             try {
-              send(envelope(ns, { type: 'event', watch }))
+              send(envelope(ns, eventMessage(watch, change)))
             } catch (error) {
               onError(error as Error)
             }
@@ -259,6 +270,16 @@ export class Hub {
           }
         })
         held.clear()
+        // A gone peer's places too; not one another connection now holds under that id.
+        if (releaseOnClose) {
+          for (const [key, q] of queued) {
+            if (owners.has(key)) continue
+            releases.push(
+              backend.release({ resource: q.resource, candidate: q.candidate }).catch(onError),
+            )
+          }
+        }
+        queued.clear()
         const unwatches = [...watches.values()].map(async (pending) => {
           const unwatch = await pending
           if (unwatch) await unwatch().catch(onError)

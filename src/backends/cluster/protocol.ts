@@ -8,12 +8,15 @@
  *   request  { [ns]: 1, type: 'request', id, op, args }
  *   response { [ns]: 1, type: 'response', id, ok: true, value }
  *            { [ns]: 1, type: 'response', id, ok: false, error: WireError }
- *   event    { [ns]: 1, type: 'event', watch }          (the holders of a watched resource changed)
+ *   event    { [ns]: 1, type: 'event', watch, wake? }   (the holders of a watched resource changed;
+ *                                                       wake: whom it wakes, WatchChange.wake)
  *
  * `adopt` (a grant the peer held at a previous hub, re-registered at this one) is served only by
  * a hub made with the `adopt` option (the `local` backend's).
  */
+import type { WatchChange } from '../../backend.js'
 import { ProtocolError, RemoteHubError } from '../../errors.js'
+import { MAX_CANDIDATE_LENGTH } from '../../validate.js'
 import {
   isId,
   MAX_ID_LENGTH,
@@ -61,6 +64,46 @@ export interface ResponseMessage {
 export interface EventMessage {
   type: 'event'
   watch: string
+  /** The candidates the change wakes (WatchChange.wake); absent: unknown, everyone asks. */
+  wake?: string[]
+}
+
+/** How many candidates one event may name (far beyond any tickets in use). */
+export const MAX_WAKE = 10_000
+
+/** The event message the hub sends for one watch notification. */
+export function eventMessage(watch: string, change: WatchChange | undefined): EventMessage {
+  return change?.wake ? { type: 'event', watch, wake: change.wake } : { type: 'event', watch }
+}
+
+/**
+ * Checks an event's fields (`type` is 'event'): a watch id, and `wake` absent or an array of
+ * candidate ids. Throws a ProtocolError naming the field, its value and the rule.
+ */
+export function parseEvent(message: Record<string, unknown>): EventMessage {
+  if (!isId(message.watch)) {
+    throw new ProtocolError(
+      `Invalid event watch: ${JSON.stringify(message.watch)}. A watch id is a string of 1 to ${MAX_ID_LENGTH} characters.`,
+    )
+  }
+  const wake = message.wake
+  if (wake === undefined) return { type: 'event', watch: message.watch }
+  if (
+    !Array.isArray(wake) ||
+    wake.length > MAX_WAKE ||
+    !wake.every((c) => typeof c === 'string' && c.length > 0 && c.length <= MAX_CANDIDATE_LENGTH)
+  ) {
+    let shown: string
+    try {
+      shown = JSON.stringify(wake) ?? typeof wake
+    } catch {
+      shown = typeof wake // a BigInt or a cycle, as advanced serialization can carry
+    }
+    throw new ProtocolError(
+      `Invalid event wake: ${shown.slice(0, 200)}. wake is absent or an array of at most ${MAX_WAKE} candidate ids (strings of 1 to ${MAX_CANDIDATE_LENGTH} characters).`,
+    )
+  }
+  return { type: 'event', watch: message.watch, wake: [...(wake as string[])] }
 }
 
 /** Checks a request's envelope; args are checked by the backend call itself. */

@@ -14,6 +14,7 @@ import type {
   RenewRequest,
   StoredRecord,
   Unwatch,
+  WatchChange,
   WriteRecordRequest,
   WriteRecordResult,
 } from '../../backend.js'
@@ -21,7 +22,7 @@ import { BackendClosedError, BackendError, BackendTimeoutError } from '../../err
 import { CloseGate } from '../kit.js'
 import type { GrantRecord } from '../memory.js'
 import { envelope, isOurs } from '../../ipc/envelope.js'
-import { fromWire, NAMESPACE, type Op } from './protocol.js'
+import { fromWire, NAMESPACE, type Op, parseEvent } from './protocol.js'
 
 /** A message channel to a Hub: node:cluster IPC, or anything that carries plain objects. */
 export interface Transport {
@@ -43,6 +44,11 @@ export interface RemoteBackendOptions {
   requestTimeoutMs?: number
   /** Added to timeout messages: where the hub should be. */
   hint?: string
+  /**
+   * Told about malformed messages from the hub (a ProtocolError naming the field). Default: a
+   * process warning, once.
+   */
+  onError?: (error: Error) => void
 }
 
 interface Pending {
@@ -64,7 +70,8 @@ export class RemoteBackend implements Backend {
   readonly #hint: string
   readonly #prefix = randomBytes(6).toString('hex')
   readonly #pending = new Map<string, Pending>()
-  readonly #watchers = new Map<string, () => void>()
+  readonly #watchers = new Map<string, (change?: WatchChange) => void>()
+  readonly #onError: (error: Error) => void
   readonly #off: (() => void)[]
   readonly #gate: CloseGate
   #seq = 0
@@ -78,6 +85,14 @@ export class RemoteBackend implements Backend {
     this.#timeoutMs = options.requestTimeoutMs ?? 5_000
     this.#hint = options.hint ?? ''
     this.#gate = new CloseGate(this.name)
+    let warned = false
+    this.#onError =
+      options.onError ??
+      ((error) => {
+        if (warned) return
+        warned = true
+        process.emitWarning(`conclave: ${this.name}: ${error.message}`, 'ConclaveWarning')
+      })
     this.#off = [
       transport.onMessage((message) => this.#receive(message)),
       transport.onClose(() =>
@@ -107,7 +122,7 @@ export class RemoteBackend implements Backend {
     return (await this.#call('adopt', grant)) === true
   }
 
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     const watch = `${this.#prefix}:w${++this.#seq}`
     this.#watchers.set(watch, onChange)
     try {
@@ -192,8 +207,18 @@ export class RemoteBackend implements Backend {
 
   #receive(message: unknown): void {
     if (!isOurs(message, this.#ns)) return
-    if (message.type === 'event' && typeof message.watch === 'string') {
-      this.#watchers.get(message.watch)?.()
+    if (message.type === 'event') {
+      let event
+      try {
+        event = parseEvent(message)
+      } catch (error) {
+        this.#onError(error as Error)
+        // Still a change of that watch: as an unknown one (everybody asks), never a lost release.
+        if (typeof message.watch === 'string') this.#watchers.get(message.watch)?.()
+        return
+      }
+      const onChange = this.#watchers.get(event.watch)
+      if (onChange) onChange(event.wake ? { wake: event.wake } : undefined)
       return
     }
     if (message.type !== 'response' || typeof message.id !== 'string') return

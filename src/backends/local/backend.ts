@@ -18,6 +18,7 @@ import type {
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WatchChange,
 } from '../../backend.js'
 import { BackendError, BackendTimeoutError } from '../../errors.js'
 import { RemoteBackend, type Transport } from '../cluster/remote.js'
@@ -40,7 +41,7 @@ interface Held {
 
 interface Watch {
   resource: string
-  onChange: () => void
+  onChange: (change?: WatchChange) => void
   /** The watch at the current hub. */
   remote: Unwatch | undefined
 }
@@ -126,7 +127,7 @@ export class LocalBackend implements Backend {
     return (await this.#ready()).remote.holders(resource)
   }
 
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     const link = await this.#ready()
     const watch: Watch = { resource, onChange, remote: undefined }
     watch.remote = await link.remote.watch(resource, onChange)
