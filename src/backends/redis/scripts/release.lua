@@ -1,32 +1,49 @@
--- release: remove a candidate's grant, only if it has the given token (or any, without one).
+-- release: remove a candidate's grant, only if it has the given token (or, without one,
+-- whatever it has: its grant and its place in the line).
 --
 -- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
 -- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"; " tickets" -> the live grants'
 --                  tickets (removed with the last grant)
 -- KEYS[3] guard:   string that expires with the holders key; removed with the last grant, but
 --                  only by a release that found the holders key (it guards keys deleted by hand)
+-- KEYS[4] line:    sorted set, candidate -> order of its place (lib/line.lua)
+-- KEYS[5] places:  sorted set, candidate -> its place's expiry (ms, server TIME)
 -- ARGV[1] candidate
 -- ARGV[2] token of the grant to remove, or '' for whatever this candidate has
--- ARGV[3] channel to PUBLISH on when the holders change
+-- ARGV[3] channel to PUBLISH on when the holders or the line change: the payload names the
+--         waiters the freed ticket goes to (lib/line.lua)
 --
 -- Returns 1 when a grant was removed, 0 when there was none to remove (idempotent).
 --@include "lib/grants.lua"
+--@include "lib/line.lua"
 
-local holders, grants, guard = KEYS[1], KEYS[2], KEYS[3]
+local holders, grants, guard, line, places = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local candidate, token, channel = ARGV[1], ARGV[2], ARGV[3]
+local now = serverTime()
 -- Keys deleted by hand: a withdrawal then must not lift the guard.
 local keepGuard = redis.call('EXISTS', holders) == 0
+-- Read before the last grant takes them along: whom the freed ticket goes to depends on them.
+local tickets = tonumber(redis.call('HGET', grants, TICKETS) or '')
+
+-- Who is woken: the first waiters in line among the live places, with the live grants.
+local function published()
+  prunePlaces(line, places, now)
+  publishChange(channel, line, places, redis.call('ZCOUNT', holders, '(' .. now, '+inf'), tickets)
+end
 
 local value = redis.call('HGET', grants, candidate)
 if not value then
   redis.call('ZREM', holders, candidate)
   forgetWhenEmpty(holders, grants, guard, keepGuard)
+  -- A withdrawal from the line moves up the waiters behind it.
+  if token == '' and leaveLine(line, places, candidate) then published() end
   return 0
 end
 if token ~= '' and splitGrant(value) ~= token then return 0 end
 
 redis.call('HDEL', grants, candidate)
 redis.call('ZREM', holders, candidate)
+if token == '' then leaveLine(line, places, candidate) end
 forgetWhenEmpty(holders, grants, guard, keepGuard)
-redis.call('PUBLISH', channel, '1')
+published()
 return 1
