@@ -488,7 +488,7 @@ export function parseWake(message: string): string[] | undefined {
   if (message.charCodeAt(0) !== 123 /* { */) return undefined
   try {
     const wake = (JSON.parse(message) as { wake?: unknown }).wake
-    if (Array.isArray(wake) && wake.every((id) => typeof id === 'string')) return wake as string[]
+    if (Array.isArray(wake) && wake.every((id) => typeof id === 'string')) return wake
   } catch {
     // not ours: unknown
   }
