@@ -53,7 +53,7 @@ it('answers ahead, keeps places in order, and grants the freed ticket to the fir
   // Asking again keeps the place.
   expect(ahead(await ask(b, resource, 'w2'))).toBe(1)
   const keys = resourceKeys(b.prefix, resource)
-  expect(await admin.zrange(keys.line, 0, -1)).toEqual(['w1', 'w2', 'w3'])
+  expect(await admin.zrange(keys.line, '0', '-1')).toEqual(['w1', 'w2', 'w3'])
   // The line's keys expire (no key lives forever).
   expect(await admin.pttl(keys.line)).toBeGreaterThan(0)
   expect(await admin.pttl(keys.places)).toBeGreaterThan(0)
@@ -64,7 +64,7 @@ it('answers ahead, keeps places in order, and grants the freed ticket to the fir
   const w1 = tokenOf(await ask(b, resource, 'w1'))
   expect(w1).toBeGreaterThan(a)
   // Granted: its place is gone.
-  expect(await admin.zrange(keys.line, 0, -1)).toEqual(['w2', 'w3', 'late'])
+  expect(await admin.zrange(keys.line, '0', '-1')).toEqual(['w2', 'w3', 'late'])
   expect(ahead(await ask(b, resource, 'w3'))).toBe(1)
 })
 
