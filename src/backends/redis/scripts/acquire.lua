@@ -53,28 +53,41 @@ local changed = false
 -- still live: their holders may not know yet (they hear it at once only through keyspace
 -- notifications, else at their next renewal), so nobody gets a ticket until the guard runs out,
 -- which is never before those grants would have expired.
-if redis.call('EXISTS', holders) == 0 then
+local present = redis.call('EXISTS', holders) == 1
+if not present then
   local guarded = redis.call('PTTL', guard)
   if guarded > 0 then return {3, guarded} end
 end
 
--- Expired holders go first, so they neither count nor show.
-if pruneExpired(holders, grants, now) then
-  -- The last grant expired (the holders key is gone now): so is the guard.
-  if redis.call('ZCARD', holders) == 0 then redis.call('DEL', guard) end
-  changed = true
+-- Expired holders go first, so they neither count nor show (no holders key: none to prune).
+-- `count`: the live grants, kept up to date below (the uncontended case reads no key twice).
+local count = 0
+if present then
+  if pruneExpired(holders, grants, now) then
+    -- The last grant expired (the holders key is gone now): so is the guard.
+    if redis.call('ZCARD', holders) == 0 then redis.call('DEL', guard) end
+    changed = true
+  end
+  count = redis.call('ZCARD', holders)
 end
--- Expired places are skipped as if they never stood there; the line moved up: say so.
-if prunePlaces(line, places, now) then changed = true end
+-- Expired places are skipped as if they never stood there; the line moved up: say so. An empty
+-- line (the uncontended case) is not read again.
+local lineSize = redis.call('ZCARD', line)
+if lineSize > 0 and prunePlaces(line, places, now) then
+  changed = true
+  lineSize = redis.call('ZCARD', line)
+end
 
 -- All candidates of a resource must agree on its tickets: while any grant lives, another number
 -- is refused (the holder's own included). With no grant left, any number is accepted again.
 local held = nil
-if redis.call('ZCARD', holders) > 0 then
+if count > 0 then
   held = tonumber(redis.call('HGET', grants, TICKETS) or '')
 end
 if held and held ~= tickets then
-  if changed then publishChange(channel, line, places, redis.call('ZCARD', holders), held) end
+  if changed then
+    publishChange(channel, line, places, count, held, lineSize == 0)
+  end
   return {2, held}
 end
 
@@ -87,7 +100,7 @@ if mine and not redis.call('ZSCORE', holders, candidate) then
 end
 -- A late asker never overtakes the line: a free ticket is its only if held + ahead < tickets.
 local ahead, hasPlace = 0, false
-if not mine then ahead, hasPlace = placesAhead(line, candidate) end
+if not mine then ahead, hasPlace = placesAhead(line, candidate, lineSize) end
 
 if mine then
   local token = splitGrant(mine)
@@ -98,9 +111,9 @@ if mine then
   end
   redis.call('ZADD', holders, now + leaseMs, candidate)
   -- A holder stands in no line (a place left over would hold back the waiters behind it).
-  if leaveLine(line, places, candidate) then changed = true end
+  if lineSize > 0 and leaveLine(line, places, candidate) then changed = true end
   result = {1, token}
-elseif redis.call('ZCARD', holders) + ahead < tickets then
+elseif count + ahead < tickets then
   -- A server up for less than a lease may have lost grants in a restart whose holders still
   -- believe in their terms (until at most one lease after their last renewal, which reached
   -- the server before it stopped, so before this server started). uptime_in_seconds is the
@@ -174,8 +187,15 @@ elseif redis.call('ZCARD', holders) + ahead < tickets then
     local last = tonumber(redis.call('GET', tokenKey) or '0')
     local token = string.format('%.0f', math.max(last + 1, nowUs))
     redis.call('SET', tokenKey, token, 'PX', leaseMs + tokenTtl)
-    redis.call('HSET', grants, candidate, token .. ':' .. metadata)
+    -- The tickets too, in the same write, when the live grants did not have them yet.
+    if held ~= tickets then
+      redis.call('HSET', grants, candidate, token .. ':' .. metadata, TICKETS, tickets)
+      held = tickets
+    else
+      redis.call('HSET', grants, candidate, token .. ':' .. metadata)
+    end
     redis.call('ZADD', holders, now + leaseMs, candidate)
+    count = count + 1
     if hasPlace then leaveLine(line, places, candidate) end
     changed = true
     result = {1, token}
@@ -188,6 +208,7 @@ if result[1] == 1 then
   result[3] = -1
 else
   keepPlace(line, places, candidate, now, nowUs, leaseMs, hasPlace, tickets)
+  lineSize = lineSize + (hasPlace and 0 or 1)
   result[3] = ahead
 end
 
@@ -200,5 +221,7 @@ listHolders(holders, grants, now, result)
 
 -- The waiters a free ticket now goes to (after a grant usually none; after an expired grant or
 -- place was pruned, the first ones).
-if changed then publishChange(channel, line, places, redis.call('ZCARD', holders), tickets) end
+if changed then
+  publishChange(channel, line, places, count, tickets, lineSize == 0)
+end
 return result

@@ -19,19 +19,27 @@
 
 local holders, grants, guard, line, places = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local candidate, token, channel = ARGV[1], ARGV[2], ARGV[3]
-local now = serverTime()
+-- Effects replication, before any write (lib/grants.lua's serverTime); TIME itself is read
+-- only when there is a line to look at.
+if redis.replicate_commands then redis.replicate_commands() end
 -- Keys deleted by hand: a withdrawal then must not lift the guard.
 local keepGuard = redis.call('EXISTS', holders) == 0
--- Read before the last grant takes them along: whom the freed ticket goes to depends on them.
-local tickets = tonumber(redis.call('HGET', grants, TICKETS) or '')
+-- The tickets are read before the last grant takes them along: whom the freed ticket goes to
+-- depends on them.
+local found = redis.call('HMGET', grants, candidate, TICKETS)
+local value, tickets = found[1], tonumber(found[2] or '')
 
 -- Who is woken: the first waiters in line among the live places, with the live grants.
 local function published()
+  if redis.call('EXISTS', line) == 0 then
+    publishChange(channel, line, places, 0, tickets, true)
+    return
+  end
+  local now = serverTime()
   prunePlaces(line, places, now)
   publishChange(channel, line, places, redis.call('ZCOUNT', holders, '(' .. now, '+inf'), tickets)
 end
 
-local value = redis.call('HGET', grants, candidate)
 if not value then
   redis.call('ZREM', holders, candidate)
   forgetWhenEmpty(holders, grants, guard, keepGuard)

@@ -24,8 +24,9 @@ local function prunePlaces(line, places, now)
 end
 
 -- The live places before `candidate`'s, and whether it has one (without one, the whole line
--- is ahead of it). Places must have been pruned first.
-local function placesAhead(line, candidate)
+-- is ahead of it). Places must have been pruned first. `size`: ZCARD of the line, if known.
+local function placesAhead(line, candidate, size)
+  if size == 0 then return 0, false end
   local rank = redis.call('ZRANK', line, candidate)
   if rank then return rank, true end
   return redis.call('ZCARD', line), false
@@ -71,8 +72,13 @@ end
 -- Tells the watchers of `channel` that the holders or the line changed. With `tickets` known,
 -- the payload names the waiters a free ticket now goes to (those with held + ahead < tickets,
 -- `held` the live grants; places pruned first): {"wake":[...]}; without, '1' (unknown: every
--- waiter asks again).
-local function publishChange(channel, line, places, held, tickets)
+-- waiter asks again). `empty`: the caller knows the line is empty (saves reading it).
+local function publishChange(channel, line, places, held, tickets, empty)
+  -- An empty line: nobody to wake, whatever the tickets.
+  if empty then
+    redis.call('PUBLISH', channel, '{"wake":[]}')
+    return
+  end
   tickets = tickets or lineTickets(places)
   if not tickets then
     redis.call('PUBLISH', channel, '1')
