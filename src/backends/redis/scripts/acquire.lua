@@ -214,10 +214,23 @@ end
 
 if result[1] == 1 and held ~= tickets then redis.call('HSET', grants, TICKETS, tickets) end
 
--- A grant's keys outlive it (lib/grants.lua).
-if result[1] == 1 then keepKeysAlive(holders, grants, guard, leaseMs) end
+-- A grant's keys outlive it (lib/grants.lua). With no holders key before it (the uncontended
+-- case), what keepKeysAlive would do without reading back TTLs known already: the new holders
+-- key has none, and the guard none worth keeping (the check above found it run out).
+if result[1] == 1 and present then
+  keepKeysAlive(holders, grants, guard, leaseMs)
+elseif result[1] == 1 then
+  redis.call('PEXPIRE', holders, 2 * leaseMs)
+  redis.call('PEXPIRE', grants, 2 * leaseMs)
+  redis.call('SET', guard, '1', 'PX', 2 * leaseMs)
+end
 
-listHolders(holders, grants, now, result)
+-- With no holders key before, the one holder is this grant (listHolders would read it back).
+if present then
+  listHolders(holders, grants, now, result)
+elseif result[1] == 1 then
+  result[4], result[5], result[6], result[7] = candidate, result[2], metadata, leaseMs
+end
 
 -- The waiters a free ticket now goes to (after a grant usually none; after an expired grant or
 -- place was pruned, the first ones).

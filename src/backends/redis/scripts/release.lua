@@ -49,9 +49,14 @@ if not value then
 end
 if token ~= '' and splitGrant(value) ~= token then return 0 end
 
-redis.call('HDEL', grants, candidate)
 redis.call('ZREM', holders, candidate)
 if token == '' then leaveLine(line, places, candidate) end
-forgetWhenEmpty(holders, grants, guard, keepGuard)
+-- forgetWhenEmpty's work, with the grant's own HDEL in the same call.
+if redis.call('ZCARD', holders) == 0 then
+  redis.call('HDEL', grants, candidate, TICKETS)
+  if not keepGuard then redis.call('DEL', guard) end
+else
+  redis.call('HDEL', grants, candidate)
+end
 published()
 return 1
