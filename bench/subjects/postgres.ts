@@ -2,9 +2,11 @@
  * The PostgreSQL subjects, on one private server with pg_stat_statements loaded: conclave/postgres
  * and the `advisory-lock` package (session advisory locks, a new connection per lock). Both
  * connect as one role, so a request is one statement that role ran (pg_stat_statements calls).
+ * And a baseline, no lock at all: a committed single-row upsert per acquire (and a delete per
+ * release), the cheapest durable write, so conclave's acquire can be read as a multiple of it.
  */
 import advisory from 'advisory-lock'
-import type pg from 'pg'
+import pg from 'pg'
 import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
 import { type HoldInChild, type HolderConfig, processCpuMs, spawnHolder } from '../probes.js'
 import type { Candidate, Subject } from '../scenarios.js'
@@ -33,7 +35,10 @@ const url = (t: { role: string; host: string; port: number; database: string }) 
   `postgres://${t.role}@${t.host}:${t.port}/${t.database}`
 
 /** The subject names of this module, as the suite lists them. */
-export const POSTGRES_SUBJECTS = ['conclave/postgres', 'advisory-lock'] as const
+export const POSTGRES_SUBJECTS = ['conclave/postgres', 'advisory-lock', 'baseline: upsert'] as const
+
+/** Why the baseline runs no scenario but the uncontended one. */
+const NOT_A_LOCK = 'not a lock: one committed upsert per acquire, for scale only'
 
 /** One of the PostgreSQL subjects on `target`. */
 export function postgresSubject(
@@ -82,6 +87,51 @@ export function postgresSubject(
       ),
       close: async () => probe?.close(),
     })
+  }
+  if (name === 'baseline: upsert') {
+    const pools = new Set<pg.Pool>()
+    return {
+      name,
+      requests: common.requests,
+      serverCpuMs: common.serverCpuMs,
+      async candidate(): Promise<Candidate> {
+        const pool = new pg.Pool({ connectionString: url(target), max: 1 })
+        pool.on('error', () => {})
+        pools.add(pool)
+        await pool.query(
+          'CREATE TABLE IF NOT EXISTS bench_baseline (k text PRIMARY KEY, v timestamptz NOT NULL)',
+        )
+        return {
+          async acquire(resource) {
+            // One statement, committed (synchronous_commit as the server has it), one round trip.
+            await pool.query(
+              'INSERT INTO bench_baseline (k, v) VALUES ($1, clock_timestamp()) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v',
+              [resource],
+            )
+            return async () => {
+              await pool.query('DELETE FROM bench_baseline WHERE k = $1', [resource])
+            }
+          },
+          close: async () => {
+            pools.delete(pool)
+            await pool.end()
+          },
+        }
+      },
+      cannot: Object.fromEntries(
+        ['handoff', 'crash', 'takeover', 'partition', 'idle-waiter', 'renew-many'].map((id) => [
+          id,
+          NOT_A_LOCK,
+        ]),
+      ),
+      notes: {
+        'uncontended.acquire': 'an upsert: the cheapest committed write (no lock)',
+        'uncontended.release': 'a delete of that row',
+      },
+      close: async () => {
+        await Promise.all([...pools].map((p) => p.end()))
+      },
+    }
   }
   return {
     ...common,

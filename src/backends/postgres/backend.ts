@@ -20,6 +20,7 @@ import {
   type StoredRecord,
   type Unwatch,
   type WaitReason,
+  type WatchChange,
   type WriteRecordRequest,
   type WriteRecordResult,
   validateAcquire,
@@ -59,6 +60,8 @@ interface AcquireRow {
   retry_ms: string | null
   /** Set when the resource's live grants were made with other tickets (nothing was granted). */
   held_tickets: number | null
+  /** Not granted: the live places in line before the candidate's (migration 5). */
+  ahead: number | null
 }
 
 /** A row holders.sql returns. */
@@ -152,11 +155,19 @@ export class PostgresBackend implements Backend {
     }))
     if (row.granted) return { acquired: true, token: toToken(row.grant_token, 'acquire'), holders }
     const retryInMs = Number(row.retry_ms ?? 0)
-    // A free ticket refused can only be the promotion grace (migration 3's acquire).
-    if (holders.length < request.tickets) {
-      return { acquired: false, holders, retryInMs, wait: promotionGraceWait(request.leaseMs) }
+    const ahead = Number(row.ahead ?? 0)
+    // A free ticket refused to the first in line can only be the promotion grace (migration
+    // 3's acquire); otherwise the tickets free are those of the waiters ahead.
+    if (holders.length + ahead < request.tickets) {
+      return {
+        acquired: false,
+        holders,
+        retryInMs,
+        ahead,
+        wait: promotionGraceWait(request.leaseMs),
+      }
     }
-    return { acquired: false, holders, retryInMs }
+    return { acquired: false, holders, retryInMs, ahead }
   }
 
   async renew(requests: RenewRequest[]): Promise<boolean[]> {
@@ -221,14 +232,14 @@ export class PostgresBackend implements Backend {
     }))
   }
 
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     this.#checkOpen()
     validateResource(resource)
     if (typeof onChange !== 'function') {
       throw new OptionsError('onChange', onChange, 'watch() takes a function to call on changes.')
     }
     // Registered before LISTEN completes, so nothing pushed after that point is missed.
-    const remove = this.#listener.add(resource, () => onChange())
+    const remove = this.#listener.add(resource, (change) => onChange(change))
     try {
       await this.#listener.ready()
     } catch (error) {

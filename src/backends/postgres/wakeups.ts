@@ -1,18 +1,20 @@
 /**
  * Push for the PostgreSQL backend: one dedicated connection per backend, shared by all its
- * watches, LISTENs on the schema's channel, whose payload is the resource. A pooled connection
+ * watches, LISTENs on the schema's channel, whose payload is the resource, or (migration 5's
+ * notify_change) `{"resource": ..., "wake": [...]}`: also the waiters the change concerns. A pooled connection
  * cannot carry LISTEN (it goes back to the pool; PgBouncer in transaction mode drops it), hence
  * a client of its own. After a loss it reconnects with backoff and then wakes every watcher (a
  * NOTIFY may have been missed); while it is down, a slow poll wakes them instead.
  */
 import type { Client, Notification } from 'pg'
+import type { WatchChange } from '../../backend.js'
 import { BackendClosedError } from '../../errors.js'
 import { backendError, fanOut, timeoutError, withDeadline } from '../kit.js'
 import { postgresLabel } from './pool.js'
 
 /** The LISTEN connection of one backend and the watchers it wakes. */
 export class Listener {
-  readonly #watchers = new Map<string, Set<() => void>>()
+  readonly #watchers = new Map<string, Set<(change?: WatchChange) => void>>()
   #client: Client | undefined
   #listening = false
   #connecting: Promise<void> | undefined
@@ -40,7 +42,7 @@ export class Listener {
   }
 
   /** Adds a watcher of `resource`; returns the function that removes it. */
-  add(resource: string, fn: () => void): () => void {
+  add(resource: string, fn: (change?: WatchChange) => void): () => void {
     let set = this.#watchers.get(resource)
     if (!set) this.#watchers.set(resource, (set = new Set()))
     set.add(fn)
@@ -92,7 +94,9 @@ export class Listener {
       current.on('error', () => this.#lost(current))
       current.on('end', () => this.#lost(current))
       current.on('notification', (message: Notification) => {
-        if (message.channel === this.channel && message.payload) this.#wake(message.payload)
+        if (message.channel !== this.channel || !message.payload) return
+        const { resource, change } = parsePayload(message.payload)
+        this.#wake(resource, change)
       })
       this.#client = current
       this.connects++
@@ -169,13 +173,42 @@ export class Listener {
     this.#heartbeatTimer = undefined
   }
 
-  #wake(resource: string): void {
+  #wake(resource: string, change: WatchChange | undefined): void {
     const set = this.#watchers.get(resource)
-    if (set) fanOut(set)
+    if (!set) return
+    if (!change) return fanOut(set)
+    for (const fn of [...set]) {
+      queueMicrotask(() => {
+        try {
+          // Each its own copy: a watcher that edits the list does not change another's.
+          fn({ wake: [...change.wake!] })
+        } catch {
+          // The others still hear of the change.
+        }
+      })
+    }
   }
 
   #wakeAll(): void {
     for (const set of this.#watchers.values()) fanOut(set)
+  }
+}
+
+/**
+ * A notification's payload: a bare resource (older migrations, or a wake list too long for
+ * NOTIFY: unknown, every waiter asks again), or notify_change's JSON (never a resource: no
+ * resource name has a brace). JSON that does not read as ours counts as unknown.
+ */
+export function parsePayload(payload: string): { resource: string; change?: WatchChange } {
+  if (payload.charCodeAt(0) !== 123 /* { */) return { resource: payload }
+  try {
+    const { resource, wake } = JSON.parse(payload) as { resource?: unknown; wake?: unknown }
+    if (typeof resource !== 'string') return { resource: '' }
+    if (Array.isArray(wake) && wake.every((id) => typeof id === 'string'))
+      return { resource, change: { wake } }
+    return { resource }
+  } catch {
+    return { resource: '' }
   }
 }
 

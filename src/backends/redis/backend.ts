@@ -20,6 +20,7 @@ import type {
   StoredRecord,
   Unwatch,
   WaitReason,
+  WatchChange,
   WriteRecordRequest,
   WriteRecordResult,
 } from '../../backend.js'
@@ -166,7 +167,7 @@ export class RedisBackend implements Backend {
     this.#checkEviction()
     const keys = resourceKeys(this.prefix, request.resource)
     const call: ScriptCall = [
-      [keys.holders, keys.grants, keys.token, keys.guard, keys.history],
+      [keys.holders, keys.grants, keys.token, keys.guard, keys.history, keys.line, keys.places],
       [
         request.candidate,
         String(request.tickets),
@@ -202,8 +203,10 @@ export class RedisBackend implements Backend {
       const retryInMs = Number(list[1])
       return { acquired: false, holders: [], retryInMs, wait: deletedKeysWait() }
     }
-    const holders = parseHolders(list, 2)
+    const holders = parseHolders(list, 3)
     if (Number(list[0]) === 1) return { acquired: true, token: Number(list[1]), holders }
+    // The live places before this candidate's in the resource's line (it has one now).
+    const ahead = Number(list[2])
     // A free ticket the server may not grant yet: it started, or its replication history
     // changed (4: a failover), less than a lease ago.
     const graceMs = Number(list[1])
@@ -212,6 +215,7 @@ export class RedisBackend implements Backend {
         acquired: false,
         holders,
         retryInMs: graceMs,
+        ahead,
         wait:
           Number(list[0]) === 4
             ? failoverGraceWait(endpoint(this.#client), request.leaseMs)
@@ -222,6 +226,7 @@ export class RedisBackend implements Backend {
       holders,
       // No readable holder although the tickets are taken (keys edited by hand): ask again later.
       retryInMs: holders.length ? Math.min(...holders.map((h) => h.remainingMs)) : request.leaseMs,
+      ahead,
     }
   }
 
@@ -313,7 +318,7 @@ export class RedisBackend implements Backend {
     validateRelease(request)
     const keys = resourceKeys(this.prefix, request.resource)
     await this.#run('release', SCRIPTS.release, [
-      [keys.holders, keys.grants, keys.guard],
+      [keys.holders, keys.grants, keys.guard, keys.line, keys.places],
       [request.candidate, request.token === undefined ? '' : String(request.token), keys.channel],
     ])
   }
@@ -324,14 +329,14 @@ export class RedisBackend implements Backend {
     validateResource(resource)
     const keys = resourceKeys(this.prefix, resource)
     const reply = await this.#run('holders', SCRIPTS.holders, [
-      [keys.holders, keys.grants, keys.guard],
+      [keys.holders, keys.grants, keys.guard, keys.line, keys.places],
       [keys.channel],
     ])
     return parseHolders(asArray(reply, 'holders'), 0)
   }
 
   /** Through the backend's one subscriber connection (wakeups.ts). */
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     this.#gate.check()
     validateResource(resource)
     return this.#wakeups.watch(resource, onChange)
@@ -504,8 +509,14 @@ function renewCalls(prefix: string, requests: readonly RenewRequest[]): ScriptCa
     const args: string[] = []
     for (const request of requests.slice(i, i + RENEW_BATCH)) {
       const k = resourceKeys(prefix, request.resource)
-      keys.push(k.holders, k.grants, k.guard)
-      args.push(request.candidate, String(request.token), String(request.leaseMs))
+      if (request.queued) {
+        // A place in line (token 0): renew.lua keeps it, or says to ask again.
+        keys.push(k.holders, k.grants, k.line, k.places)
+        args.push(request.candidate, '0', String(request.leaseMs), k.channel)
+      } else {
+        keys.push(k.holders, k.grants, k.guard)
+        args.push(request.candidate, String(request.token), String(request.leaseMs))
+      }
     }
     calls.push([keys, args])
   }

@@ -22,6 +22,10 @@ export interface ResourceKeys {
    * grace). Per resource, in its slot (Redis Cluster), and expiring with the token key.
    */
   history: string
+  /** Sorted set: candidate -> the order of its place in the resource's line (first come, first served). */
+  line: string
+  /** Sorted set: candidate -> when its place in line expires (ms since epoch, server TIME). */
+  places: string
 }
 
 /** The keys and channel of one resource; all share the hash tag `{resource}`. */
@@ -34,6 +38,8 @@ export function resourceKeys(prefix: string, resource: string): ResourceKeys {
     guard: `${base}:guard`,
     channel: `${base}:changed`,
     history: `${base}:history`,
+    line: `${base}:line`,
+    places: `${base}:places`,
   }
 }
 

@@ -15,7 +15,7 @@
  * can then be woken once (a release may have been published while we were disconnected).
  */
 import type { Cluster, Redis } from 'ioredis'
-import type { Unwatch } from '../../backend.js'
+import type { Unwatch, WatchChange } from '../../backend.js'
 import { type CloseGate, fanOut } from '../kit.js'
 import { keySlot, keyspaceChannels, resourceKeys } from './layout.js'
 import { endpoint, OWNED_CLIENT_DEFAULTS } from './options.js'
@@ -95,7 +95,7 @@ interface Link {
 const reconnectDelay = (times: number): number => Math.min(times * 50, 2_000)
 
 interface Channel {
-  readonly listeners: Set<() => void>
+  readonly listeners: Set<(change?: WatchChange) => void>
   /** The Cluster slot of the resource's keys (undefined: not a Cluster). */
   readonly slot: number | undefined
   /** The connection it is subscribed on (moved when a Cluster slot changes master). */
@@ -104,6 +104,13 @@ interface Channel {
   readonly names: readonly string[]
   /** A wake-up of the listeners is queued: messages arriving meanwhile need no other. */
   pending: boolean
+  /**
+   * What the queued wake-up tells: the waiters named by the scripts' messages of this read
+   * (merged), or undefined when one of them could not tell (an older library's '1', a hand edit).
+   */
+  wake: Set<string> | undefined
+  /** A message of our own scripts came in the queued read. */
+  own: boolean
   /** Settles when the server confirmed our SUBSCRIBE (undefined: not subscribed). */
   subscribed: Promise<void> | undefined
   /** The last SUBSCRIBE/UNSUBSCRIBE sent, so they reach the server in order. */
@@ -140,7 +147,7 @@ export class Wakeups {
    * The Backend contract's watch (the resource already validated): resolves once the server
    * confirmed the SUBSCRIBE, so a release after that is never missed.
    */
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     const { prefix, client, gate } = this.#settings
     const name = resourceKeys(prefix, resource).channel
     gate.check()
@@ -158,6 +165,8 @@ export class Wakeups {
         link: this.#link(slot === undefined ? '' : this.#masterOf(slot)!),
         names: [name, ...keyspaceChannels(prefix, resource, db)],
         pending: false,
+        wake: undefined,
+        own: false,
         subscribed: undefined,
         queue: Promise.resolve(),
         linger: undefined,
@@ -168,7 +177,7 @@ export class Wakeups {
     const ch = channel
     clearTimeout(ch.linger)
     ch.linger = undefined
-    const entry = () => onChange()
+    const entry = (change?: WatchChange) => onChange(change)
     ch.listeners.add(entry)
     // Idempotent (a second call finds its entry gone). With lingerMs 0 it resolves after the
     // UNSUBSCRIBE, which unwatch() then awaits.
@@ -273,16 +282,23 @@ export class Wakeups {
     subscriber.on('message', (channel: string, message: string) => {
       const ch = this.#routes.get(channel)
       if (!ch) return
+      const own = channel === ch.names[0]
       // On a keyspace channel the message is the event's name (del, hdel, expired, ...).
-      if (channel !== ch.names[0] && QUIET_KEYSPACE_EVENTS.has(message)) return
+      if (!own && QUIET_KEYSPACE_EVENTS.has(message)) return
       // One wake-up for the messages of one read: a release alone is a PUBLISH, an HDEL, a
       // ZREM and the keys' DEL.
-      if (ch.pending) return
-      ch.pending = true
-      queueMicrotask(() => {
-        ch.pending = false
-        fanOut(ch.listeners)
-      })
+      if (!ch.pending) {
+        ch.pending = true
+        ch.wake = new Set()
+        ch.own = false
+        queueMicrotask(() => this.#deliver(ch))
+      }
+      if (own) {
+        ch.own = true
+        const wake = parseWake(message)
+        if (wake === undefined) ch.wake = undefined
+        else if (ch.wake) for (const id of wake) ch.wake.add(id)
+      }
     })
     let connectedBefore = false
     subscriber.on('ready', () => {
@@ -300,6 +316,19 @@ export class Wakeups {
       })
     }
     return link
+  }
+
+  /**
+   * The queued wake-up of a channel's listeners. A keyspace event in a read with no message of
+   * our scripts is unknown (a key deleted by hand: everyone asks again). One in the same read as
+   * a script's message is taken for that script's own writes: the script publishes after them
+   * and the server sends both in one reply (a hand edit that happened to land in the same read
+   * frees no ticket anyway: the guard holds every grant back until the old ones could expire,
+   * and every watcher still hears a change).
+   */
+  #deliver(ch: Channel): void {
+    ch.pending = false
+    fanOutChange(ch.listeners, ch.own && ch.wake ? { wake: [...ch.wake] } : undefined)
   }
 
   #drop(link: Link): void {
@@ -429,6 +458,42 @@ export class Wakeups {
 }
 
 function noop(): void {}
+
+/** Calls every listener (each in its own microtask, as kit.ts's fanOut) with `change`. */
+function fanOutChange(
+  listeners: Iterable<(change?: WatchChange) => void>,
+  change: WatchChange | undefined,
+): void {
+  if (change === undefined) {
+    fanOut(listeners)
+    return
+  }
+  for (const listener of [...listeners]) {
+    queueMicrotask(() => {
+      try {
+        // Each its own copy: a listener that edits the list does not change another's.
+        listener({ wake: [...change.wake!] })
+      } catch {
+        // The others still hear of the change.
+      }
+    })
+  }
+}
+
+/**
+ * The waiters a script's message names: `{"wake":[...]}` (lib/line.lua), or undefined for any
+ * other message ('1': unknown, as older versions of the scripts publish).
+ */
+export function parseWake(message: string): string[] | undefined {
+  if (message.charCodeAt(0) !== 123 /* { */) return undefined
+  try {
+    const wake = (JSON.parse(message) as { wake?: unknown }).wake
+    if (Array.isArray(wake) && wake.every((id) => typeof id === 'string')) return wake
+  } catch {
+    // not ours: unknown
+  }
+  return undefined
+}
 
 /** host and port of a Cluster node key (host:port; the host may be IPv6, with colons). */
 function splitNode(node: string): [string, number] {

@@ -1,12 +1,11 @@
 -- Release a grant: only the one with the given token, or (token NULL) whatever this candidate
--- has on the resource. Wakes the resource's waiters when a row went.
--- Placeholders: {schema} the quoted schema name; {channel} the NOTIFY channel as a literal.
+-- has on the resource, its place in line included ({schema}.release in
+-- migrations/005_waiters.sql, which NOTIFYs the waiters the freed ticket goes to).
+-- Its commit does not wait for the WAL flush (synchronous_commit off, for this statement's
+-- transaction only): a release lost in a crash only leaves the grant to run out its lease, as a
+-- release that never arrived does; and the next grant's own commit, which waits, flushes the WAL
+-- up to it, release included, so no grant made after it can be kept without it.
+-- Placeholders: {schema} the quoted schema name.
 -- Parameters: $1 resource text, $2 candidate text, $3 token bigint or NULL
-WITH gone AS (
-  DELETE FROM {schema}.grants g
-   WHERE g.resource = $1::text
-     AND g.candidate = $2::text
-     AND ($3::bigint IS NULL OR g.token = $3::bigint)
-  RETURNING g.resource
-)
-SELECT pg_notify({channel}, resource) FROM gone
+SELECT {schema}.release($1::text, $2::text, $3::bigint) AS released
+  FROM (SELECT set_config('synchronous_commit', 'off', true)) s

@@ -1,5 +1,8 @@
 -- acquire: grant one of a resource's tickets to a candidate, or say who holds them.
--- A candidate that already holds keeps its token and gets a fresh lease.
+-- A candidate that already holds keeps its token and gets a fresh lease. First come, first
+-- served: a free ticket goes only to a candidate with held + ahead < tickets (ahead: the live
+-- places before its own in the line, or the whole line without one); one not granted takes a
+-- place at the end of the line, or keeps its own (lib/line.lua).
 --
 -- KEYS[1] holders: sorted set, candidate -> expiry (ms since epoch, server TIME)
 -- KEYS[2] grants:  hash, candidate -> "<token>:<metadata JSON>"; and " tickets" (a space first:
@@ -11,6 +14,8 @@
 -- KEYS[5] history: string "<master_replid>:<sinceMs>", the replication id acquire last saw this
 --                  server run under for this resource, and since when (server TIME; 0: no grace
 --                  owed). Expires with the token key. Only used when ARGV[8] is "1".
+-- KEYS[6] line:    sorted set, candidate -> order of its place (lib/line.lua)
+-- KEYS[7] places:  sorted set, candidate -> its place's expiry (ms, server TIME)
 -- ARGV[1] candidate
 -- ARGV[2] tickets
 -- ARGV[3] leaseMs
@@ -22,14 +27,16 @@
 -- ARGV[8] "1": no new grant for leaseMs after the server's replication history changed (a
 --         replica promoted, a master demoted: failover grace), "0": off
 --
--- Returns {1, token, holders...} when granted, {0, waitMs, holders...} when not, where holders
--- is the flat list candidate, token, metadata, remainingMs of every unexpired holder, and
--- waitMs > 0 says no ticket may be granted for that many more ms (the server's startup grace);
--- {4, waitMs, holders...} as {0, ...} when the failover grace is the longer wait;
+-- Returns {1, token, -1, holders...} when granted, {0, waitMs, ahead, holders...} when not,
+-- where holders is the flat list candidate, token, metadata, remainingMs of every unexpired
+-- holder, ahead the live places before the candidate's (which it now has), and waitMs > 0
+-- says no ticket may be granted for that many more ms (the server's startup grace);
+-- {4, waitMs, ahead, holders...} as {0, ...} when the failover grace is the longer wait;
 -- {3, waitMs} when the keys were deleted by hand while their grants may live (the guard: nothing
 -- granted for waitMs); {2, heldTickets} when unexpired grants live that were made with another
 -- number of tickets (nothing granted).
 --@include "lib/grants.lua"
+--@include "lib/line.lua"
 
 local holders, grants, tokenKey, guard = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -37,6 +44,7 @@ local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local startupGrace = ARGV[7] == '1'
 local failoverGrace = ARGV[8] == '1'
 local historyKey = KEYS[5]
+local line, places = KEYS[6], KEYS[7]
 
 local now, nowUs, micros = serverTime()
 local changed = false
@@ -45,26 +53,41 @@ local changed = false
 -- still live: their holders may not know yet (they hear it at once only through keyspace
 -- notifications, else at their next renewal), so nobody gets a ticket until the guard runs out,
 -- which is never before those grants would have expired.
-if redis.call('EXISTS', holders) == 0 then
+local present = redis.call('EXISTS', holders) == 1
+if not present then
   local guarded = redis.call('PTTL', guard)
   if guarded > 0 then return {3, guarded} end
 end
 
--- Expired holders go first, so they neither count nor show.
-if pruneExpired(holders, grants, now) then
-  -- The last grant expired (the holders key is gone now): so is the guard.
-  if redis.call('ZCARD', holders) == 0 then redis.call('DEL', guard) end
+-- Expired holders go first, so they neither count nor show (no holders key: none to prune).
+-- `count`: the live grants, kept up to date below (the uncontended case reads no key twice).
+local count = 0
+if present then
+  if pruneExpired(holders, grants, now) then
+    -- The last grant expired (the holders key is gone now): so is the guard.
+    if redis.call('ZCARD', holders) == 0 then redis.call('DEL', guard) end
+    changed = true
+  end
+  count = redis.call('ZCARD', holders)
+end
+-- Expired places are skipped as if they never stood there; the line moved up: say so. An empty
+-- line (the uncontended case) is not read again.
+local lineSize = redis.call('ZCARD', line)
+if lineSize > 0 and prunePlaces(line, places, now) then
   changed = true
+  lineSize = redis.call('ZCARD', line)
 end
 
 -- All candidates of a resource must agree on its tickets: while any grant lives, another number
 -- is refused (the holder's own included). With no grant left, any number is accepted again.
 local held = nil
-if redis.call('ZCARD', holders) > 0 then
+if count > 0 then
   held = tonumber(redis.call('HGET', grants, TICKETS) or '')
 end
 if held and held ~= tickets then
-  if changed then redis.call('PUBLISH', channel, '1') end
+  if changed then
+    publishChange(channel, line, places, count, held, lineSize == 0)
+  end
   return {2, held}
 end
 
@@ -75,6 +98,9 @@ if mine and not redis.call('ZSCORE', holders, candidate) then
   redis.call('HDEL', grants, candidate)
   mine = false
 end
+-- A late asker never overtakes the line: a free ticket is its only if held + ahead < tickets.
+local ahead, hasPlace = 0, false
+if not mine then ahead, hasPlace = placesAhead(line, candidate, lineSize) end
 
 if mine then
   local token = splitGrant(mine)
@@ -84,8 +110,10 @@ if mine then
     changed = true
   end
   redis.call('ZADD', holders, now + leaseMs, candidate)
+  -- A holder stands in no line (a place left over would hold back the waiters behind it).
+  if lineSize > 0 and leaveLine(line, places, candidate) then changed = true end
   result = {1, token}
-elseif redis.call('ZCARD', holders) < tickets then
+elseif count + ahead < tickets then
   -- A server up for less than a lease may have lost grants in a restart whose holders still
   -- believe in their terms (until at most one lease after their last renewal, which reached
   -- the server before it stopped, so before this server started). uptime_in_seconds is the
@@ -159,19 +187,54 @@ elseif redis.call('ZCARD', holders) < tickets then
     local last = tonumber(redis.call('GET', tokenKey) or '0')
     local token = string.format('%.0f', math.max(last + 1, nowUs))
     redis.call('SET', tokenKey, token, 'PX', leaseMs + tokenTtl)
-    redis.call('HSET', grants, candidate, token .. ':' .. metadata)
+    -- The tickets too, in the same write, when the live grants did not have them yet.
+    if held ~= tickets then
+      redis.call('HSET', grants, candidate, token .. ':' .. metadata, TICKETS, tickets)
+      held = tickets
+    else
+      redis.call('HSET', grants, candidate, token .. ':' .. metadata)
+    end
     redis.call('ZADD', holders, now + leaseMs, candidate)
+    count = count + 1
+    if hasPlace then leaveLine(line, places, candidate) end
     changed = true
     result = {1, token}
   end
 end
 
+-- Not granted: the candidate takes its place (or keeps it, for a fresh lease), which publishes
+-- nothing; the answer says how many live places are ahead of it. Granted: -1.
+if result[1] == 1 then
+  result[3] = -1
+else
+  keepPlace(line, places, candidate, now, nowUs, leaseMs, hasPlace, tickets)
+  lineSize = lineSize + (hasPlace and 0 or 1)
+  result[3] = ahead
+end
+
 if result[1] == 1 and held ~= tickets then redis.call('HSET', grants, TICKETS, tickets) end
 
--- A grant's keys outlive it (lib/grants.lua).
-if result[1] == 1 then keepKeysAlive(holders, grants, guard, leaseMs) end
+-- A grant's keys outlive it (lib/grants.lua). With no holders key before it (the uncontended
+-- case), what keepKeysAlive would do without reading back TTLs known already: the new holders
+-- key has none, and the guard none worth keeping (the check above found it run out).
+if result[1] == 1 and present then
+  keepKeysAlive(holders, grants, guard, leaseMs)
+elseif result[1] == 1 then
+  redis.call('PEXPIRE', holders, 2 * leaseMs)
+  redis.call('PEXPIRE', grants, 2 * leaseMs)
+  redis.call('SET', guard, '1', 'PX', 2 * leaseMs)
+end
 
-listHolders(holders, grants, now, result)
+-- With no holders key before, the one holder is this grant (listHolders would read it back).
+if present then
+  listHolders(holders, grants, now, result)
+elseif result[1] == 1 then
+  result[4], result[5], result[6], result[7] = candidate, result[2], metadata, leaseMs
+end
 
-if changed then redis.call('PUBLISH', channel, '1') end
+-- The waiters a free ticket now goes to (after a grant usually none; after an expired grant or
+-- place was pruned, the first ones).
+if changed then
+  publishChange(channel, line, places, count, tickets, lineSize == 0)
+end
 return result
