@@ -32,6 +32,7 @@ import {
   type RenewRequest,
   type StoredRecord,
   type Unwatch,
+  type WatchChange,
   type WriteRecordRequest,
   type WriteRecordResult,
   validateAcquire,
@@ -57,6 +58,8 @@ import {
   withDeadline,
 } from '../kit.js'
 import {
+  aheadOf,
+  type Decoded,
   decodeValue,
   encodeValue,
   keyBuffer,
@@ -64,9 +67,12 @@ import {
   KEY_ENCODING,
   Layout,
   rank,
+  rankDecoded,
+  type RankedKey,
   recordedTickets,
   type Stored,
 } from './layout.js'
+import { KeepAlives } from './keepalive.js'
 import {
   ETCD_CLIENT_DEFAULTS,
   ETCD_GRPC_KEEPALIVE,
@@ -74,7 +80,7 @@ import {
   resolveEtcdOptions,
   type ResolvedEtcdOptions,
 } from './options.js'
-import { Watches } from './wakeups.js'
+import { type LineKey, Watches } from './wakeups.js'
 
 /** One etcd lease of this backend. */
 interface Lease {
@@ -101,9 +107,10 @@ interface Entry {
   doomed: boolean
 }
 
-interface Ranked {
+/** A key with its value decoded, oldest create revision first (what `#rank` ranks). */
+interface Line {
   kv: IKeyValue
-  stored: Stored
+  stored: Decoded
 }
 
 /** Where `remainingMs` comes from: etcd's lease TTL (whole seconds, rounded down) per lease. */
@@ -127,6 +134,8 @@ export class EtcdBackend implements Backend {
   #preferred = 0
   readonly #layout: Layout
   readonly #watches: Watches
+  /** One LeaseKeepAlive stream per member client, shared by every acquire and renewal. */
+  readonly #keepalives = new KeepAlives()
   /** The current lease per requested TTL in seconds (a grant may still be in flight). */
   readonly #slots = new Map<number, Promise<{ lease: Lease; issuedAt: number }>>()
   /** Every lease this instance was granted and etcd has not reported gone. */
@@ -181,7 +190,14 @@ export class EtcdBackend implements Backend {
     this.#watches = new Watches(
       this.#client,
       this.#options.timeoutMs,
-      (resource) => this.#layout.watchPrefix(resource),
+      this.#client.prefix.toString(KEY_ENCODING),
+      this.#options.prefix,
+      async (resource) => {
+        const range = await this.#call('read', (client, options) =>
+          client.kv.range(this.#rangeRequest(resource), options),
+        )
+        return { kvs: range.kvs, revision: Number(range.header.revision) }
+      },
       this.#label,
     )
   }
@@ -204,16 +220,23 @@ export class EtcdBackend implements Backend {
     requests.forEach(validateRenew)
     const issuedAt = now()
     const results = requests.map(() => false)
-    const byLease = new Map<Lease, { index: number; entry: Entry }[]>()
+    type Item = { index: number; entry: Entry; resource: string }
+    const byLease = new Map<Lease, { grants: Item[]; queued: Item[] }>()
     requests.forEach((request, index) => {
       const entry = this.#entries.get(this.#layout.key(request.resource, request.candidate))
-      // Only a grant this backend made (and has not seen end) can still be renewed, and only
-      // for as long as its lease lasts.
-      if (!entry || entry.token !== request.token || entry.doomed || entry.lease.dead) return
+      // Only a key this backend wrote (and has not seen end) can still be kept, and only for as
+      // long as its lease lasts. A grant must be the one with this token; a place in line must
+      // not hold (a key that ranks within the tickets answers false: its candidate asks again).
+      if (!entry || entry.doomed || entry.lease.dead) return
+      if (request.queued ? entry.held : entry.token !== request.token) return
       if (request.leaseMs > entry.lease.ttlSec * 1000) return
-      let list = byLease.get(entry.lease)
-      if (!list) byLease.set(entry.lease, (list = []))
-      list.push({ index, entry })
+      let group = byLease.get(entry.lease)
+      if (!group) byLease.set(entry.lease, (group = { grants: [], queued: [] }))
+      ;(request.queued ? group.queued : group.grants).push({
+        index,
+        entry,
+        resource: request.resource,
+      })
     })
     if (byLease.size === 0) return results
     const leaseMs = Math.min(...requests.map((r) => r.leaseMs))
@@ -222,31 +245,60 @@ export class EtcdBackend implements Backend {
     // the renewal's slack (lease - renewMs - marginMs), and the others are tried within it.
     const tryMs = Math.min(this.#options.memberTimeoutMs, Math.max(250, Math.floor(leaseMs / 10)))
     await Promise.all(
-      [...byLease].map(async ([lease, items]) => {
-        // One keepalive (extends every key on the lease) and one read of the keys on it, both
-        // from the same member, so they see the same lease.
-        const [ttl, info] = await this.#call(
+      [...byLease].map(async ([lease, { grants, queued }]) => {
+        // Places in line are checked on the watch's copy of their line; a line it has no copy
+        // of is read (once per resource), in the same round trip.
+        const unseen = [...new Set(queued.map((q) => q.resource))].filter(
+          (resource) => !this.#watches.view(resource),
+        )
+        // One keepalive (extends every key on the lease) and one read of the keys on it (for
+        // grants), both from the same member, so they see the same lease.
+        const [ttl, info, reads] = await this.#call(
           'renewal',
           (client, options) =>
             Promise.all([
-              keepalive(client, lease, options),
-              client.leaseClient.leaseTimeToLive({ ID: lease.id, keys: true }, options),
+              this.#keepalives.keepalive(client, lease.id, options.deadline),
+              grants.length > 0
+                ? client.leaseClient.leaseTimeToLive({ ID: lease.id, keys: true }, options)
+                : Promise.resolve(undefined),
+              Promise.all(
+                unseen.map((resource) => client.kv.range(this.#rangeRequest(resource), options)),
+              ),
             ]),
           timeoutMs,
           tryMs,
         )
-        if (ttl <= 0 || Number(info.TTL) < 0) {
+        if (ttl <= 0 || (info && Number(info.TTL) < 0)) {
           this.#leaseGone(lease)
           return
         }
-        const present = new Set(info.keys.map(keyString))
-        for (const { index, entry } of items) {
+        const present = new Set(info?.keys.map(keyString))
+        for (const { index, entry } of grants) {
           if (this.#entries.get(entry.key) !== entry || entry.doomed) continue
           if (present.has(entry.key)) {
             results[index] = true
             // Counted from the send, like the core's deadline, which therefore comes first.
             this.#extend(entry, issuedAt + entry.leaseMs)
           } else this.#forget(entry) // deleted behind our back (by hand, or an old release)
+        }
+        const read = new Map<string, Line[]>(
+          unseen.map((resource, i) => [resource, decoded(reads[i]!.kvs)]),
+        )
+        for (const { index, entry, resource } of queued) {
+          if (this.#entries.get(entry.key) !== entry || entry.doomed || entry.held) continue
+          const line = read.get(resource) ?? this.#watches.view(resource)
+          if (!line) continue // the copy went meanwhile: false, the candidate asks again
+          const at = line.findIndex((k) => keyString(k.kv.key) === entry.key)
+          const mine = line[at]
+          if (!mine || Number(mine.kv.create_revision) !== entry.token) {
+            // Gone (etcd says so; a copy may lag behind our own acquire, so only a read counts).
+            if (read.has(resource)) this.#forget(entry)
+            continue
+          }
+          // Within the tickets: a ticket is free for it, its candidate asks again (false).
+          if (rankDecoded(line).keys[at]!.holder) continue
+          results[index] = true
+          this.#extend(entry, issuedAt + entry.leaseMs)
         }
       }),
     )
@@ -290,7 +342,7 @@ export class EtcdBackend implements Backend {
     const range = await this.#call('read', (client, options) =>
       client.kv.range(this.#rangeRequest(resource), options),
     )
-    return (await this.#rank(resource, range.kvs, new Map())).holders
+    return (await this.#rank(resource, rank(range.kvs).keys, new Map())).holders
   }
 
   /** Backend.readRecord (see records.ts). */
@@ -331,7 +383,7 @@ export class EtcdBackend implements Backend {
     return { written: true, version: Number(response.header.revision) }
   }
 
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     this.#checkOpen()
     validateResource(resource)
     if (typeof onChange !== 'function') throw new BackendError('watch takes a function')
@@ -358,6 +410,7 @@ export class EtcdBackend implements Backend {
       this.#leases.clear()
       this.#slots.clear()
       await this.#watches.close()
+      this.#keepalives.close()
       await Promise.all(
         leases.map((lease) =>
           this.#call('revoke', (client, options) =>
@@ -388,6 +441,8 @@ export class EtcdBackend implements Backend {
       await this.#deleteIfToken(key, stale.token)
       this.#forget(stale)
     }
+    const answered = await this.#fromLine(request, key, value, issuedAt)
+    if (answered) return answered
     // The revision of the range read this acquire goes by (0: none yet, so expect no key). A
     // key is created only if no key of the resource was created after it, and only if that read
     // showed no live key made with other tickets: so two candidates asking different tickets at
@@ -412,7 +467,9 @@ export class EtcdBackend implements Backend {
       try {
         ;[ttl, response] = await this.#call('acquire', (client, options) =>
           Promise.all([
-            refresh ? keepalive(client, lease, options) : Promise.resolve(lease.ttlSec),
+            refresh
+              ? this.#keepalives.keepalive(client, lease.id, options.deadline)
+              : Promise.resolve(lease.ttlSec),
             client.kv.txn(
               {
                 compare: [
@@ -447,6 +504,11 @@ export class EtcdBackend implements Backend {
       }
       refreshed = true
       const kvs = response.responses[response.succeeded ? 1 : 0]?.response_range?.kvs ?? []
+      // The range as of the transaction's revision: the watch keeps it as its copy of the line.
+      this.#watches.offer(request.resource, {
+        kvs: kvs.map((kv) => ({ ...kv })),
+        revision: Number(response.header.revision),
+      })
       const index = kvs.findIndex((kv) => keyString(kv.key) === key)
       const mine = kvs[index]
       if (!mine) {
@@ -461,7 +523,7 @@ export class EtcdBackend implements Backend {
         // Another process's key under this candidate id (or one written by hand): never
         // adopted. It goes when its lease does; until then this candidate waits like others.
         this.#checkTickets(request, recordedTickets(kvs))
-        return this.#notAcquired(request, kvs, lease, null)
+        return this.#notAcquired(request, rankDecoded(decoded(kvs)).keys, -1, new Map())
       }
       const others = recordedTickets(kvs, mine)
       const recorded = decodeValue(mine.value)
@@ -491,15 +553,92 @@ export class EtcdBackend implements Backend {
         if (!(await this.#rewrite(key, token, value, lease))) continue
       }
       mine.value = value
-      const held = rank(kvs).keys[index]!.holder
-      this.#track(key, token, lease, request.leaseMs, held, issuedAt)
-      const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
-      if (held) {
-        const { holders } = await this.#rank(request.resource, kvs, known)
-        return { acquired: true, token, holders }
-      }
-      return this.#notAcquired(request, kvs, lease, known)
+      return this.#answer(request, key, decoded(kvs), lease, issuedAt)
     }
+  }
+
+  /**
+   * The answer from the line (our key in it, with the value of this request): a grant if it
+   * ranks within the tickets, else its place. Tracks the key (its own expiry from `issuedAt`).
+   */
+  async #answer(
+    request: AcquireRequest,
+    key: string,
+    line: readonly Line[],
+    lease: Lease,
+    issuedAt: number,
+  ): Promise<AcquireResult> {
+    const ranked = rankDecoded(line).keys
+    const index = ranked.findIndex((k) => keyString(k.kv.key) === key)
+    const mine = ranked[index]!
+    const token = Number(mine.kv.create_revision)
+    this.#track(key, token, lease, request.leaseMs, mine.holder, issuedAt)
+    const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
+    if (mine.holder) {
+      const { holders } = await this.#rank(request.resource, ranked, known)
+      return { acquired: true, token, holders }
+    }
+    return this.#notAcquired(request, ranked, index, known)
+  }
+
+  /**
+   * An acquire answered from the watch's copy of the line, with no transaction: our own key is
+   * in it (the create revision, lease and value we wrote), so this candidate needs no write,
+   * only a keepalive written after the request was sent (the grant's deadline runs from the
+   * send; the lease then lives at least its TTL past it). Safe because a key within the
+   * tickets stays within them while it exists (only older keys can go before it, newer keys
+   * come after it), and while the lease lives only this backend deletes its keys (under the
+   * key's lock, which this acquire holds). A delete by hand is the one change the copy can
+   * learn of a moment late, as an acquire's own read can: the grant watch and the next renewal
+   * (which reads the lease's keys) end such a term. Undefined: ask etcd (a transaction).
+   */
+  async #fromLine(
+    request: AcquireRequest,
+    key: string,
+    value: Buffer,
+    issuedAt: number,
+  ): Promise<AcquireResult | undefined> {
+    const entry = this.#entries.get(key)
+    if (!entry || entry.doomed || entry.lease.dead || entry.leaseMs !== request.leaseMs) return
+    if (!this.#fits(this.#watches.view(request.resource), key, entry, value, request)) return
+    const lease = entry.lease
+    let ttl: number
+    try {
+      ttl = await this.#call('acquire', (client, options) =>
+        this.#keepalives.keepalive(client, lease.id, options.deadline),
+      )
+    } catch (error) {
+      if (!isLeaseNotFound(error)) throw error
+      ttl = 0
+    }
+    if (ttl <= 0) {
+      this.#leaseGone(lease)
+      return
+    }
+    // Looked at again after the keepalive: the copy may have moved on meanwhile.
+    const line = this.#watches.view(request.resource)
+    if (this.#entries.get(key) !== entry || !this.#fits(line, key, entry, value, request)) return
+    return this.#answer(request, key, line!, lease, issuedAt)
+  }
+
+  /** The copy of the line holds our key as we wrote it, with no tickets at odds with the request. */
+  #fits(
+    line: readonly LineKey[] | undefined,
+    key: string,
+    entry: Entry,
+    value: Buffer,
+    request: AcquireRequest,
+  ): boolean {
+    const mine = line?.find((k) => k.key === key)
+    if (!line || !mine) return false
+    if (Number(mine.kv.create_revision) !== entry.token || mine.kv.lease !== entry.lease.id)
+      return false
+    if (!mine.kv.value.equals(value)) return false
+    const others = recordedTickets(
+      line.map((k) => k.kv),
+      mine.kv,
+    )
+    return others === undefined || others === request.tickets
   }
 
   /** Refuses an acquire asking other tickets than the resource's live keys recorded. */
@@ -509,21 +648,22 @@ export class EtcdBackend implements Backend {
     }
   }
 
+  /** Not granted: the holders, when to look again, and the waiters before this key (`index`). */
   async #notAcquired(
     request: AcquireRequest,
-    kvs: IKeyValue[],
-    lease: Lease,
-    known: LeaseTtls | null,
+    ranked: RankedKey<IKeyValue>[],
+    index: number,
+    known: LeaseTtls,
   ): Promise<AcquireResult> {
-    const { holders, soonestMs } = await this.#rank(
-      request.resource,
-      kvs,
-      known ?? (new Map() as LeaseTtls),
-    )
-    // A queued key lives on this backend's lease, which only acquire keeps alive while nothing
-    // is held: come back well within the lease so the key keeps its place in the queue.
-    const keepPlaceMs = Math.floor((lease.ttlSec * 1000) / 2)
-    return { acquired: false, holders, retryInMs: Math.max(0, Math.min(soonestMs, keepPlaceMs)) }
+    const { holders, soonestMs } = await this.#rank(request.resource, ranked, known)
+    // The key keeps its place on this backend's lease, which every renewal keeps alive (the
+    // core renews a queued place like a grant): no need to come back before a holder can go.
+    return {
+      acquired: false,
+      holders,
+      retryInMs: Math.max(0, soonestMs),
+      ahead: aheadOf(ranked, index),
+    }
   }
 
   /**
@@ -535,10 +675,10 @@ export class EtcdBackend implements Backend {
    */
   async #rank(
     resource: string,
-    kvs: IKeyValue[],
+    line: readonly RankedKey<IKeyValue>[],
     known: LeaseTtls,
   ): Promise<{ holders: Holder[]; soonestMs: number }> {
-    const ranked: Ranked[] = rank(kvs).keys.filter((k) => k.holder)
+    const ranked = line.filter((k) => k.holder)
     const unknown = [...new Set(ranked.map((r) => r.kv.lease))].filter(
       (id) => id !== '0' && !known.has(id),
     )
@@ -672,9 +812,8 @@ export class EtcdBackend implements Backend {
       this.#forget(entry)
       entry = undefined
     }
-    // A queued key waits for its candidate's next acquire, which comes within half a lease:
-    // it expires on our side only if that candidate is gone for two leases.
-    const expiresAt = issuedAt + (held ? leaseMs : 2 * leaseMs)
+    // A queued place lives as a grant does: leaseMs after its last acquire or renewal.
+    const expiresAt = issuedAt + leaseMs
     if (!entry) {
       entry = {
         key,
@@ -837,24 +976,9 @@ function isTimeout(error: unknown): boolean {
   )
 }
 
-/** One keepalive on a short-lived stream; resolves with the TTL etcd answered (0: gone). */
-async function keepalive(
-  client: Namespace,
-  lease: Lease,
-  options: { deadline: Date },
-): Promise<number> {
-  const stream = await client.leaseClient.leaseKeepAlive(options)
-  return new Promise<number>((resolve, reject) => {
-    // Stays attached: a late error on this stream must never go unhandled.
-    stream.on('error', (error: Error) => reject(error))
-    stream.on('end', () => reject(new Error('the keepalive stream ended without an answer')))
-    stream.on('data', (response) => {
-      resolve(Number(response.TTL))
-      // A half-close ends the call cleanly (a cancel would make etcd3 reset the channel).
-      stream.end()
-    })
-    stream.write({ ID: lease.id })
-  })
+/** Keys with their values decoded, in the order given. */
+function decoded(kvs: readonly IKeyValue[]): Line[] {
+  return kvs.map((kv) => ({ kv, stored: decodeValue(kv.value) }))
 }
 
 /** Endpoints as `host:port[,host:port]` (without http://), for messages. */

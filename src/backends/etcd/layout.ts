@@ -81,14 +81,31 @@ export interface RankedKey<K> {
 export function rank<K extends { value: Buffer }>(
   kvs: readonly K[],
 ): { tickets: number | undefined; keys: RankedKey<K>[] } {
+  return rankDecoded(kvs.map((kv) => ({ kv, stored: decodeValue(kv.value) })))
+}
+
+/** `rank` over keys whose values are already decoded (the watch keeps them so). */
+export function rankDecoded<K>(keys: readonly { kv: K; stored: Decoded }[]): {
+  tickets: number | undefined
+  keys: RankedKey<K>[]
+} {
   let tickets: number | undefined
-  const keys = kvs.map((kv, place) => {
-    const stored = decodeValue(kv.value)
+  const ranked = keys.map(({ kv, stored }, place) => {
     if (stored.foreign) return { kv, stored, holder: place === 0 }
     tickets ??= stored.tickets
     return { kv, stored, holder: stored.tickets === tickets && place < tickets }
   })
-  return { tickets, keys }
+  return { tickets, keys: ranked }
+}
+
+/**
+ * Waiters before the key at `index` of a ranking: the places before it that do not hold (FCFS:
+ * `held + ahead < tickets` is exactly "this key holds"). Without a place (`index` -1): every
+ * place that does not hold.
+ */
+export function aheadOf(keys: readonly RankedKey<unknown>[], index: number): number {
+  const before = index < 0 ? keys : keys.slice(0, index)
+  return before.filter((k) => !k.holder).length
 }
 
 /** The tickets of the earliest key this backend wrote among `kvs`, other than `except`. */
