@@ -209,11 +209,24 @@ export function validateAcquire(request: AcquireRequest): void {
   validateMetadata(request.metadata)
 }
 
-/** Every field of a renew request, as a backend receives it. */
+/**
+ * Every field of a renew request, as a backend receives it. A queued renewal (`queued: true`)
+ * keeps a place in line, not a grant, so its token is 0; any other renewal names a grant.
+ */
 export function validateRenew(request: RenewRequest): void {
   validateResource(request.resource)
   validateCandidate(request.candidate)
-  validateToken(request.token)
+  const queued = (request as { queued?: unknown }).queued
+  if (queued !== undefined && queued !== true)
+    throw new OptionsError('queued', queued, 'A renewal is queued (true) or not (absent).')
+  if (queued === true) {
+    if (request.token !== 0)
+      throw new OptionsError(
+        'token',
+        request.token,
+        'A queued renewal keeps a place, not a grant: its token is 0.',
+      )
+  } else validateToken(request.token)
   validateLeaseMs(request.leaseMs)
 }
 

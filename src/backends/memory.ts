@@ -1,7 +1,8 @@
 /**
  * The reference backend: grants in a Map, expiry on an injectable clock, watchers notified
  * asynchronously (as a real backend would). One process only; the cluster backend shares it
- * across node:cluster workers.
+ * across node:cluster workers. Waiters stand in a line per resource (first come, first served):
+ * a Map from candidate to the expiry of its place, in the order the places were taken.
  */
 import type {
   AcquireRequest,
@@ -13,6 +14,7 @@ import type {
   RenewRequest,
   StoredRecord,
   Unwatch,
+  WatchChange,
   WriteRecordRequest,
   WriteRecordResult,
 } from '../backend.js'
@@ -61,8 +63,13 @@ interface Grant {
 
 interface ResourceState {
   grants: Map<string, Grant>
+  /** The line of waiters: candidate to its place's expiry, in the order places were taken. */
+  line: Map<string, number>
   lastToken: number
-  /** The tickets the live grants were made with (meaningless while there are none). */
+  /**
+   * The tickets the live grants were made with (meaningless while there are none); also the
+   * last asker's, which a queued renewal (it carries none) is judged by.
+   */
   tickets: number
 }
 
@@ -71,7 +78,7 @@ export class MemoryBackend implements Backend {
   readonly name: string = 'memory'
   readonly #clock: Clock
   readonly #resources = new Map<string, ResourceState>()
-  readonly #watchers = new Map<string, Set<() => void>>()
+  readonly #watchers = new Map<string, Set<(change: WatchChange) => void>>()
   readonly #gate = new CloseGate('memory')
   readonly #records = new Map<string, StoredRecord>()
   readonly #wallClock: () => number
@@ -112,6 +119,7 @@ export class MemoryBackend implements Backend {
       expiresAt: now + grant.remainingMs,
       metadata: grant.metadata,
     })
+    state.line.delete(grant.candidate)
     this.#notify(grant.resource)
     return true
   }
@@ -148,27 +156,36 @@ export class MemoryBackend implements Backend {
     }
     state.tickets = request.tickets
     const mine = state.grants.get(request.candidate)
+    // Live places before the asker's (all of them when it has none): the line is pruned.
+    const ahead = this.#ahead(state, request.candidate)
     let result: AcquireResult
     if (mine) {
       mine.expiresAt = now + request.leaseMs
       changed ||= JSON.stringify(mine.metadata) !== JSON.stringify(request.metadata)
       mine.metadata = request.metadata
       result = { acquired: true, token: mine.token, holders: this.#list(state, now) }
-    } else if (state.grants.size < request.tickets) {
+    } else if (state.grants.size + ahead < request.tickets) {
       const token = ++state.lastToken
       state.grants.set(request.candidate, {
         token,
         expiresAt: now + request.leaseMs,
         metadata: request.metadata,
       })
+      state.line.delete(request.candidate)
       changed = true
       result = { acquired: true, token, holders: this.#list(state, now) }
     } else {
+      // Take a place at the end, or keep the one it has (a Map keeps a key's order on set).
+      // Joining the line frees no ticket: it publishes nothing.
+      state.line.set(request.candidate, now + request.leaseMs)
       const holders = this.#list(state, now)
+      // When a ticket could next free up for it: a grant's expiry, or a place ahead's.
+      const places = [...state.line.entries()].slice(0, ahead).map(([, at]) => at - now)
       result = {
         acquired: false,
         holders,
-        retryInMs: Math.min(...holders.map((h) => h.remainingMs)),
+        retryInMs: Math.max(0, Math.min(...holders.map((h) => h.remainingMs), ...places)),
+        ahead,
       }
     }
     if (changed) this.#notify(request.resource)
@@ -183,6 +200,13 @@ export class MemoryBackend implements Backend {
       const state = this.#resources.get(request.resource)
       if (!state) return false
       if (this.#prune(state, now)) this.#notify(request.resource)
+      if (request.queued) {
+        if (!state.line.has(request.candidate)) return false
+        // Kept (and refreshed) either way: `false` asks it to claim the ticket free for it now.
+        const free = state.grants.size + this.#ahead(state, request.candidate) < state.tickets
+        state.line.set(request.candidate, now + request.leaseMs)
+        return !free
+      }
       const grant = state.grants.get(request.candidate)
       if (!grant || grant.token !== request.token) return false
       grant.expiresAt = now + request.leaseMs
@@ -194,11 +218,15 @@ export class MemoryBackend implements Backend {
     this.#checkOpen()
     validateRelease(request)
     const state = this.#resources.get(request.resource)
-    const grant = state?.grants.get(request.candidate)
-    if (!state || !grant) return
-    if (request.token !== undefined && grant.token !== request.token) return
-    state.grants.delete(request.candidate)
-    this.#notify(request.resource)
+    if (!state) return
+    // Without a token the candidate withdraws: its place in line goes too.
+    let changed = request.token === undefined && state.line.delete(request.candidate)
+    const grant = state.grants.get(request.candidate)
+    if (grant && (request.token === undefined || grant.token === request.token)) {
+      state.grants.delete(request.candidate)
+      changed = true
+    }
+    if (changed) this.#notify(request.resource)
   }
 
   async holders(resource: string): Promise<Holder[]> {
@@ -211,13 +239,13 @@ export class MemoryBackend implements Backend {
     return this.#list(state, now)
   }
 
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     this.#checkOpen()
     validateResource(resource)
     let set = this.#watchers.get(resource)
     if (!set) this.#watchers.set(resource, (set = new Set()))
     // A wrapper per call, so the same function can be watched twice and unwatched once.
-    const entry = () => onChange()
+    const entry = (change: WatchChange) => onChange(change)
     set.add(entry)
     return async () => {
       set.delete(entry)
@@ -307,6 +335,7 @@ export class MemoryBackend implements Backend {
         resource,
         (state = {
           grants: new Map(),
+          line: new Map(),
           lastToken: this.#tokenFloor,
           tickets: 0,
         }),
@@ -314,7 +343,10 @@ export class MemoryBackend implements Backend {
     return state
   }
 
-  /** Drops expired grants; true when any was dropped. The state (and its lastToken) stays. */
+  /**
+   * Drops expired grants and places; true when any was dropped (a ticket may be free, or the
+   * line moved up). The state (and its lastToken) stays.
+   */
   #prune(state: ResourceState, now: number): boolean {
     let dropped = false
     for (const [candidate, grant] of state.grants) {
@@ -323,7 +355,23 @@ export class MemoryBackend implements Backend {
         dropped = true
       }
     }
+    for (const [candidate, expiresAt] of state.line) {
+      if (expiresAt <= now) {
+        state.line.delete(candidate)
+        dropped = true
+      }
+    }
     return dropped
+  }
+
+  /** Places before the candidate's in the (pruned) line; all of them when it has none. */
+  #ahead(state: ResourceState, candidate: string): number {
+    let i = 0
+    for (const waiter of state.line.keys()) {
+      if (waiter === candidate) return i
+      i++
+    }
+    return i
   }
 
   #list(state: ResourceState, now: number): Holder[] {
@@ -337,13 +385,17 @@ export class MemoryBackend implements Backend {
       .sort((a, b) => a.token - b.token)
   }
 
+  /** Tells the resource's watchers; `wake` names the waiters a free ticket now goes to. */
   #notify(resource: string): void {
     const set = this.#watchers.get(resource)
     if (!set) return
+    const state = this.#resources.get(resource)
+    const free = state ? Math.max(0, state.tickets - state.grants.size) : 0
+    const wake = state ? [...state.line.keys()].slice(0, free) : []
     for (const fn of [...set]) {
       queueMicrotask(() => {
         try {
-          fn()
+          fn({ wake: [...wake] })
         } catch {
           // A watcher's own failure is its business; the backend keeps serving others.
         }

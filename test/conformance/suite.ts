@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import type { Backend, Holder } from '../../src/backend.js'
+import type { AcquireResult, Backend, Holder, WatchChange } from '../../src/backend.js'
 import { Election } from '../../src/election.js'
 import { schedule } from '../../src/schedule.js'
 import { OptionsError, TicketsMismatchError } from '../../src/errors.js'
@@ -533,6 +533,247 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       await next.resign()
       const again = await b.tryCampaign()
       expect(again?.token).toBeGreaterThan(next.token)
+    })
+
+    describe('first come, first served (guarantee 12)', () => {
+      // Raw calls: a place needs no Election. Places and grants live far beyond the test unless
+      // a test says otherwise, so only the order of the asks decides.
+      const long = 60_000
+      const ask = (b: Backend, res: string, candidate: string, tickets = 1, leaseMs = long) =>
+        b.acquire({ resource: res, candidate, tickets, leaseMs, metadata: null })
+      const queued = (res: string, candidate: string, leaseMs = long) => ({
+        resource: res,
+        candidate,
+        token: 0,
+        leaseMs,
+        queued: true as const,
+      })
+      const refused = (result: AcquireResult) => {
+        if (result.acquired) throw new Error(`expected a refusal, got token ${result.token}`)
+        return result
+      }
+      const granted = (result: AcquireResult) => {
+        if (!result.acquired) throw new Error(`expected a grant, got ahead ${result.ahead}`)
+        return result
+      }
+      const withdraw = async (b: Backend, res: string, candidates: string[]) => {
+        for (const candidate of candidates) await b.release({ resource: res, candidate })
+      }
+
+      it('answers `ahead` in ask order, keeps a place on a re-ask, and grants in that order', async () => {
+        const res = resource('fcfs-order')
+        const [b1, b2] = [await backend(), await backend()]
+        const holder = granted(await ask(b1, res, 'holder'))
+        const w = ['w1', 'w2', 'w3']
+        expect(refused(await ask(b1, res, 'w1')).ahead).toBe(0)
+        expect(refused(await ask(b2, res, 'w2')).ahead).toBe(1)
+        expect(refused(await ask(b1, res, 'w3')).ahead).toBe(2)
+        // A re-ask keeps the place it has.
+        expect(refused(await ask(b2, res, 'w2')).ahead).toBe(1)
+        expect(refused(await ask(b1, res, 'w1')).ahead).toBe(0)
+        const r = refused(await ask(b1, res, 'w3'))
+        expect(r.ahead).toBe(2)
+        expect(r.holders.map((h) => h.candidate)).toEqual(['holder'])
+        expect(Number.isFinite(r.retryInMs) && r.retryInMs >= 0).toBe(true)
+        await b1.release({ resource: res, candidate: 'holder', token: holder.token })
+        // The ticket is free, but only for w1: w3 and w2 (asking first now) still wait.
+        expect(refused(await ask(b1, res, 'w3')).ahead).toBe(2)
+        expect(refused(await ask(b2, res, 'w2')).ahead).toBe(1)
+        const t1 = granted(await ask(b1, res, 'w1'))
+        expect(t1.token).toBeGreaterThan(holder.token)
+        // The line moved up.
+        expect(refused(await ask(b2, res, 'w2')).ahead).toBe(0)
+        expect(refused(await ask(b1, res, 'w3')).ahead).toBe(1)
+        await b1.release({ resource: res, candidate: 'w1', token: t1.token })
+        expect(refused(await ask(b1, res, 'w3')).ahead).toBe(1)
+        const t2 = granted(await ask(b2, res, 'w2'))
+        expect(t2.token).toBeGreaterThan(t1.token)
+        await b2.release({ resource: res, candidate: 'w2', token: t2.token })
+        const t3 = granted(await ask(b1, res, 'w3'))
+        expect(t3.token).toBeGreaterThan(t2.token)
+        expect((await b2.holders(res)).map((h) => h.candidate)).toEqual(['w3'])
+        await withdraw(b1, res, w)
+      })
+
+      it('never lets a late asker overtake the line, even with a ticket free', async () => {
+        const res = resource('fcfs-late')
+        const b = await backend()
+        const holder = granted(await ask(b, res, 'holder'))
+        expect(refused(await ask(b, res, 'first')).ahead).toBe(0)
+        await b.release({ resource: res, candidate: 'holder', token: holder.token })
+        // Nobody holds; `first` has not asked again yet. A newcomer is refused and queued.
+        const late = refused(await ask(b, res, 'late'))
+        expect(late.ahead).toBe(1)
+        expect(late.holders).toEqual([])
+        expect(Number.isFinite(late.retryInMs) && late.retryInMs >= 0).toBe(true)
+        expect(await b.holders(res)).toEqual([])
+        granted(await ask(b, res, 'first'))
+        expect(refused(await ask(b, res, 'late')).ahead).toBe(0)
+        await withdraw(b, res, ['first', 'late'])
+      })
+
+      it('grants a free ticket only while held + ahead < tickets (tickets 2)', async () => {
+        const res = resource('fcfs-tickets')
+        const b = await backend()
+        const h1 = granted(await ask(b, res, 'h1', 2))
+        granted(await ask(b, res, 'h2', 2))
+        expect(refused(await ask(b, res, 'w1', 2)).ahead).toBe(0)
+        expect(refused(await ask(b, res, 'w2', 2)).ahead).toBe(1)
+        expect(refused(await ask(b, res, 'w3', 2)).ahead).toBe(2)
+        await b.release({ resource: res, candidate: 'h1', token: h1.token })
+        // One ticket free: w1's (held 1 + ahead 0 < 2), not w2's (1 + 1).
+        expect(refused(await ask(b, res, 'w2', 2)).ahead).toBe(1)
+        granted(await ask(b, res, 'w1', 2))
+        expect(refused(await ask(b, res, 'w2', 2)).ahead).toBe(0)
+        await b.release({ resource: res, candidate: 'h2' })
+        expect(refused(await ask(b, res, 'w3', 2)).ahead).toBe(1)
+        granted(await ask(b, res, 'w2', 2))
+        expect((await b.holders(res)).map((h) => h.candidate).sort()).toEqual(['w1', 'w2'])
+        await withdraw(b, res, ['w1', 'w2', 'w3'])
+      })
+
+      it('keeps places with queued renewals in the same batch as grants, and never grants by them', async () => {
+        const res = resource('fcfs-renew')
+        const b = await backend()
+        const holder = granted(await ask(b, res, 'holder'))
+        expect(refused(await ask(b, res, 'w1')).ahead).toBe(0)
+        expect(refused(await ask(b, res, 'w2')).ahead).toBe(1)
+        const grant = { resource: res, candidate: 'holder', token: holder.token, leaseMs: long }
+        // true: the place is kept and no ticket is free for it; false: no place.
+        expect(
+          await b.renew([
+            queued(res, 'w1'),
+            grant,
+            queued(res, 'w2'),
+            queued(res, 'nobody'),
+            queued(resource('fcfs-none'), 'w1'),
+          ]),
+        ).toEqual([true, true, true, false, false])
+        await b.release({ resource: res, candidate: 'holder', token: holder.token })
+        // false for w1: a ticket is free for it, ask again now; w2 still waits behind it.
+        expect(await b.renew([queued(res, 'w2'), queued(res, 'w1'), grant])).toEqual([
+          true,
+          false,
+          false,
+        ])
+        // A queued renewal never grants; w1 still stands first.
+        expect(await b.holders(res)).toEqual([])
+        expect(refused(await ask(b, res, 'w2')).ahead).toBe(1)
+        granted(await ask(b, res, 'w1'))
+        // w1 holds now: its place is gone. w2 moved up, but the ticket is held.
+        expect(await b.renew([queued(res, 'w1'), queued(res, 'w2')])).toEqual([false, true])
+        await withdraw(b, res, ['w1', 'w2'])
+      })
+
+      it('withdraws a place on a release without token', async () => {
+        const res = resource('fcfs-withdraw')
+        const b = await backend()
+        const holder = granted(await ask(b, res, 'holder'))
+        expect(refused(await ask(b, res, 'w1')).ahead).toBe(0)
+        expect(refused(await ask(b, res, 'w2')).ahead).toBe(1)
+        expect(refused(await ask(b, res, 'w3')).ahead).toBe(2)
+        await b.release({ resource: res, candidate: 'w2' })
+        expect(await b.renew([queued(res, 'w2')])).toEqual([false])
+        expect(refused(await ask(b, res, 'w3')).ahead).toBe(1)
+        await b.release({ resource: res, candidate: 'w1' })
+        expect(refused(await ask(b, res, 'w3')).ahead).toBe(0)
+        // The withdrawn come back at the end of the line.
+        expect(refused(await ask(b, res, 'w1')).ahead).toBe(1)
+        await b.release({ resource: res, candidate: 'holder', token: holder.token })
+        granted(await ask(b, res, 'w3'))
+        await withdraw(b, res, ['w1', 'w3'])
+      })
+
+      it('skips a place that was not kept once its lease ran out', async () => {
+        const res = resource('fcfs-expiry')
+        const b = await backend()
+        const gone = await backend() // the process whose waiter dies
+        const holder = granted(await ask(b, res, 'holder'))
+        // The waiter's place lives 2 leases after its last ask or keep; keep it for a while.
+        expect(refused(await ask(gone, res, 'dead', 1, 2 * L)).ahead).toBe(0)
+        expect(refused(await ask(b, res, 'alive')).ahead).toBe(1)
+        const keepUntil = performance.now() + 3 * L
+        while (performance.now() < keepUntil) {
+          expect(await gone.renew([queued(res, 'dead', 2 * L)])).toEqual([true])
+          await sleep(L / 4)
+        }
+        expect(refused(await ask(b, res, 'alive')).ahead).toBe(1)
+        // Now it stops (its process is gone): its place expires and `alive` moves up.
+        await gone.close()
+        await until(
+          async () => refused(await ask(b, res, 'alive')).ahead === 0,
+          10 * L,
+          'the dead waiter’s place to expire',
+        )
+        await b.release({ resource: res, candidate: 'holder', token: holder.token })
+        granted(await ask(b, res, 'alive'))
+        expect(await b.renew([queued(res, 'dead', 2 * L)])).toEqual([false])
+        await withdraw(b, res, ['alive'])
+      })
+
+      it('wakes by push only the first waiters in line: `wake` names them', async () => {
+        const res = resource('fcfs-wake')
+        const [b, watcher] = [await backend(), await backend()]
+        const changes: WatchChange[] = []
+        const unwatch = await watcher.watch(res, (change) => changes.push({ ...change }))
+        const h1 = granted(await ask(b, res, 'h1', 2))
+        const h2 = granted(await ask(b, res, 'h2', 2))
+        for (const w of ['w1', 'w2', 'w3']) refused(await ask(b, res, w, 2))
+        const named = (c: WatchChange) => c.wake !== undefined && c.wake.length > 0
+        const from = changes.length
+        await b.release({ resource: res, candidate: 'h1', token: h1.token })
+        // One ticket free: the release wakes w1, and only w1.
+        await until(
+          () => changes.slice(from).some((c) => c.wake?.join() === 'w1'),
+          10 * L,
+          'a change waking w1',
+        )
+        await b.release({ resource: res, candidate: 'h2', token: h2.token })
+        await until(
+          () => changes.some((c) => [...(c.wake ?? [])].sort().join() === 'w1,w2'),
+          10 * L,
+          'a change waking w1 and w2',
+        )
+        granted(await ask(b, res, 'w1', 2))
+        granted(await ask(b, res, 'w2', 2))
+        // Every ticket is held again: a change now wakes nobody (an unknown one everybody).
+        await sleep(L / 2)
+        expect(changes.filter((c) => c.wake?.includes('w3'))).toEqual([])
+        expect(
+          changes.filter(named).every((c) => c.wake!.every((w) => w === 'w1' || w === 'w2')),
+        ).toBe(true)
+        await unwatch()
+        await withdraw(b, res, ['w1', 'w2', 'w3'])
+      })
+
+      it('grants Election campaigns in the order they started waiting', async () => {
+        const res = resource('fcfs-election')
+        const holder = election(await backend(), res, { leaseMs: long })
+        const waiters = [
+          election(await backend(), res),
+          election(await backend(), res),
+          election(await backend(), res),
+        ]
+        const order: string[] = []
+        const first = await holder.campaign()
+        const campaigns: Promise<void>[] = []
+        for (const e of waiters) {
+          const waiting = new Promise((resolve) => e.once('waiting', resolve))
+          // Each winner steps down at once, so the next in line can win (whoever it is).
+          campaigns.push(
+            e.campaign().then(async (term) => {
+              order.push(e.id)
+              await term.resign()
+            }),
+          )
+          await waiting // its place is taken before the next one asks
+        }
+        // Wait through a few of their leases: their places must be kept meanwhile.
+        await sleep(3 * L)
+        await first.resign()
+        await Promise.all(campaigns)
+        expect(order).toEqual(waiters.map((e) => e.id))
+      })
     })
 
     if (fixture.records === false) {
