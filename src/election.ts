@@ -4,7 +4,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { EventEmitter } from 'node:events'
-import type { AcquireResult, Backend, Holder, Unwatch } from './backend.js'
+import type { AcquireResult, Backend, Holder, Unwatch, WatchChange } from './backend.js'
 import { validateResource } from './validate.js'
 import { type Clock, sleep } from './clock.js'
 import {
@@ -25,16 +25,26 @@ import { publish, tracing } from './trace.js'
 /** Why a campaign waits (the `waiting` event): every ticket held, or the backend's own wait. */
 export interface WaitingInfo {
   /**
-   * `held` (the holders fill every ticket), `no-grant` (refused with fewer holders in sight), or
-   * the backend's code (`startup-grace`, ...).
+   * `held` (the holders fill every ticket), `queued` (waiters ahead in line have the free
+   * tickets' turn), `no-grant` (refused with fewer holders in sight), or the backend's code
+   * (`startup-grace`, ...).
    */
   code: string
   /** One sentence for people. */
   reason: string
-  /** When the candidate asks again unless a release wakes it first, in ms. */
+  /**
+   * When a ticket can next free up (the backend's answer), in ms. A candidate next in line
+   * (`ahead` below `tickets`) asks again then unless woken first; one further back waits for
+   * its turn (a release's wake-up, or its queued renewal saying so).
+   */
   retryInMs: number
   /** The holders the backend answered with. */
   holders: Holder[]
+  /**
+   * Waiters in line before this candidate when the backend answered (0: it is first). Absent
+   * when the backend keeps no line.
+   */
+  ahead?: number
 }
 
 /** The events an Election emits, with their arguments. */
@@ -384,6 +394,17 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     let needWatch = false
     let attempt = 0
     let won: Term | undefined
+    const onChange = (change?: WatchChange) => {
+      // First come, first served: a change that names whom it wakes concerns only them.
+      if (change?.wake && !change.wake.includes(this.id)) return
+      woken = true
+      wake?.()
+    }
+    // A refused ask took a place in the resource's line: the renewal batch keeps it.
+    const place = this.#queuedMember(signal, () => {
+      woken = true
+      wake?.()
+    })
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
     const keepAlive = setInterval(() => {}, 2 ** 30)
@@ -402,10 +423,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             signal.throwIfAborted()
           }
           if (needWatch) {
-            unwatch ??= await this.backend.watch(this.resource, () => {
-              woken = true
-              wake?.()
-            })
+            unwatch ??= await this.backend.watch(this.resource, onChange)
             signal.throwIfAborted()
           }
           woken = false
@@ -419,6 +437,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           })
           attempt = 0
           if (result.acquired) {
+            place.leave() // the grant took the place
             const deadline = sentAt + leaseMs - marginMs
             // Aborted meanwhile: the withdrawal on the way out hands the grant back.
             signal.throwIfAborted()
@@ -431,11 +450,16 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             return (won = this.#startTerm(result.token, deadline))
           }
           if (once) return undefined
+          if (result.ahead === undefined) place.leave()
+          else place.join()
           if (!unwatch) {
             needWatch = true
             continue
           }
-          waitMs = Math.min(result.retryInMs + 1, leaseMs)
+          // Only a candidate next in line asks again when a grant can expire: the others wait
+          // for a wake-up naming them or their queued renewal's "ask again".
+          const next = result.ahead === undefined || result.ahead < tickets
+          waitMs = next ? Math.min(result.retryInMs + 1, leaseMs) : Infinity
           this.#waiting(result, signal)
         } catch (error) {
           if (signal.aborted) throw signal.reason
@@ -451,19 +475,84 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     } finally {
       clearInterval(keepAlive)
       wake = undefined
+      const queued = place.joined
+      place.leave()
       if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
       // Withdraw a queued entry (or a grant whose answer we never saw) on the way out. A term
       // won is never withdrawn here, even if the abort came meanwhile: it is resigned (signal
       // first, then release), or a token-less release would free its grant while it is active.
-      // A single ask that was not granted withdraws too: it may have queued (etcd does).
-      if ((signal.aborted || once) && !won) {
+      // A single ask that was not granted withdraws too: it may have queued (etcd does); so
+      // does a campaign that stood in line and ends on a final error (its place would block
+      // the line for a lease).
+      if ((signal.aborted || once || queued) && !won) {
         await this.backend
           .release({ resource: this.resource, candidate: this.id })
           .catch((error: unknown) => {
             this.#mustWithdraw = true
-            this.#report(error)
+            if (signal.aborted || once || !isFinal(error)) this.#report(error)
           })
       }
+    }
+  }
+
+  /**
+   * A campaign's place in line, kept by the renewal batch (one member per campaign) while it
+   * waits: `renewed` keeps nothing but the place; `lost` (no place, or a ticket is free for it)
+   * calls `askAgain`; an unknown outcome is reported and asks again after a backoff.
+   */
+  #queuedMember(
+    signal: AbortSignal,
+    askAgain: () => void,
+  ): { readonly joined: boolean; join(): void; leave(): void } {
+    const { leaseMs, renewMs, retryMs } = this.options
+    let leave: (() => void) | undefined
+    let retry: ReturnType<Clock['setTimeout']> | undefined
+    let failures = 0
+    const clock = this.#clock
+    const stopRetry = () => {
+      if (retry !== undefined) clock.clearTimeout(retry)
+      retry = undefined
+    }
+    const member: RenewalMember = {
+      request: { resource: this.resource, candidate: this.id, token: 0, leaseMs, queued: true },
+      get ended() {
+        return leave === undefined || signal.aborted
+      },
+      renewed: () => {
+        failures = 0
+      },
+      lost: () => {
+        if (signal.aborted) return
+        stopRetry()
+        askAgain()
+      },
+      failed: (error) => {
+        if (signal.aborted) return
+        // A closed backend: the ask fails for good at once, and the campaign says so.
+        if (isFinal(error)) return askAgain()
+        this.#report(error)
+        retry ??= clock.setTimeout(
+          () => {
+            retry = undefined
+            askAgain()
+          },
+          backoff(failures++, retryMs, renewMs),
+        )
+      },
+    }
+    return {
+      get joined() {
+        return leave !== undefined
+      },
+      join: () => {
+        leave ??= joinRenewals(this.backend, clock, renewMs, retryMs, member)
+      },
+      leave: () => {
+        stopRetry()
+        const off = leave
+        leave = undefined
+        off?.()
+      },
     }
   }
 
@@ -579,30 +668,43 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   #waiting(result: AcquireResult & { acquired: false }, signal: AbortSignal): void {
     // A campaign stopped while its ask was out is not waiting any more: say nothing.
     if (signal.aborted) return
-    const { holders, retryInMs } = result
+    const { holders, retryInMs, ahead } = result
     const { tickets } = this.options
     const names = holders.map((h) => h.candidate)
     const shown =
       names.length > 3
         ? `${names.slice(0, 3).join(', ')} and ${names.length - 3} more`
         : names.join(', ')
-    // `held` only when the holders in sight fill every ticket; fewer (holders the backend
-    // could not read, or none in sight) is a refusal without a full house.
+    const line = ahead ? `; ${ahead} ${ahead === 1 ? 'waiter' : 'waiters'} ahead in line` : ''
+    const extra = ahead === undefined ? {} : { ahead }
+    // `held` only when the holders in sight fill every ticket; `queued` when the waiters
+    // ahead take the free ones; anything else (holders the backend could not read, or none in
+    // sight) is a refusal without a full house.
     const info: WaitingInfo = result.wait
-      ? { ...result.wait, retryInMs, holders }
+      ? { ...result.wait, retryInMs, holders, ...extra }
       : holders.length >= tickets
         ? {
             code: 'held',
-            reason: `every ticket (${tickets}) is held${shown ? ` by ${shown}` : ''}`,
+            reason: `every ticket (${tickets}) is held${shown ? ` by ${shown}` : ''}${line}`,
             retryInMs,
             holders,
+            ...extra,
           }
-        : {
-            code: 'no-grant',
-            reason: `the backend granted nothing (${holders.length} of ${tickets} tickets held${shown ? ` by ${shown}` : ''}); asking again in ${Math.round(retryInMs)} ms`,
-            retryInMs,
-            holders,
-          }
+        : ahead !== undefined && holders.length + ahead >= tickets
+          ? {
+              code: 'queued',
+              reason: `first come, first served: ${ahead} ${ahead === 1 ? 'waiter' : 'waiters'} ahead in line take the free tickets (${holders.length} of ${tickets} held${shown ? ` by ${shown}` : ''})`,
+              retryInMs,
+              holders,
+              ahead,
+            }
+          : {
+              code: 'no-grant',
+              reason: `the backend granted nothing (${holders.length} of ${tickets} tickets held${shown ? ` by ${shown}` : ''}${line}); asking again in ${Math.round(retryInMs)} ms`,
+              retryInMs,
+              holders,
+              ...extra,
+            }
     if (tracing('waiting'))
       publish('waiting', {
         resource: this.resource,
@@ -611,6 +713,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         reason: info.reason,
         retryInMs,
         holders: holders.length,
+        ...extra,
       })
     this.#safeEmit('waiting', info)
   }
@@ -664,17 +767,18 @@ function waitForWake(
   return new Promise<void>((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason as Error)
     const done = () => {
-      clock.clearTimeout(timer)
+      if (timer !== undefined) clock.clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)
       setWake(undefined)
       resolve()
     }
     const onAbort = () => {
-      clock.clearTimeout(timer)
+      if (timer !== undefined) clock.clearTimeout(timer)
       setWake(undefined)
       reject(signal.reason as Error)
     }
-    const timer = clock.setTimeout(done, ms)
+    // Infinity: no timer at all (a waiter whose turn is not next waits to be woken).
+    const timer = Number.isFinite(ms) ? clock.setTimeout(done, ms) : undefined
     signal.addEventListener('abort', onAbort, { once: true })
     setWake(done)
   })

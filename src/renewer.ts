@@ -1,13 +1,20 @@
 /**
  * Batched renewal: every term held through one backend with the same renew cadence is
  * renewed by one `backend.renew([...])` call per tick, so holding 10,000 resources costs one
- * round trip per tick instead of 10,000. Ticks never overlap (a re-entrancy guard), and after
- * an error the next tick comes after a jittered backoff instead of the full period.
+ * round trip per tick instead of 10,000. Waiting campaigns ride in the same batch with a
+ * `queued` request that keeps their place in the resource's line (first come, first served).
+ * Ticks never overlap (a re-entrancy guard), and after an error the next tick comes after a
+ * jittered backoff instead of the full period.
  */
 import type { Backend, RenewRequest } from './backend.js'
 import type { Clock, ClockTimer } from './clock.js'
 import { backoff } from './options.js'
 
+/**
+ * One grant (or, with `request.queued`, one place in line) renewed by the batch. A queued
+ * member's `renewed` means its place was kept (nothing else: it holds no term), and its `lost`
+ * means "ask again now" (its place is gone, or a ticket is free for it).
+ */
 export interface RenewalMember {
   readonly request: RenewRequest
   readonly ended: boolean
@@ -62,7 +69,7 @@ class RenewalGroup {
       const results = await this.backend.renew(batch.map((m) => m.request))
       if (!Array.isArray(results) || results.length !== batch.length) {
         throw new Error(
-          `backend ${this.backend.name} answered a renewal of ${batch.length} grants with ${Array.isArray(results) ? results.length : typeof results} results`,
+          `backend ${this.backend.name} answered a renewal of ${batch.length} grants and places with ${Array.isArray(results) ? results.length : typeof results} results`,
         )
       }
       this.#attempt = 0

@@ -44,7 +44,7 @@ export interface TraceBase {
 export interface TraceMessages {
   campaign: TraceBase & { tickets: number; leaseMs: number }
   waiting: TraceBase & {
-    /** Why: `held` (every ticket is taken), `no-grant`, or the backend's code (e.g. `startup-grace`). */
+    /** Why: `held` (every ticket is taken), `queued`, `no-grant`, or the backend's code (e.g. `startup-grace`). */
     code: string
     /** A sentence saying why, for people. */
     reason: string
@@ -52,6 +52,8 @@ export interface TraceMessages {
     retryInMs: number
     /** How many hold the resource now. */
     holders: number
+    /** Waiters in line before this candidate (absent: the backend keeps no line). */
+    ahead?: number
   }
   elected: TraceBase & { token: number; leaseMs: number }
   renewed: TraceBase & { token: number; roundTripMs: number }
