@@ -432,7 +432,9 @@ export class EtcdBackend implements Backend {
       leaseMs: request.leaseMs,
       metadata: request.metadata,
     }
+    // The value of a grant and of a place in line (see layout.ts: `waiting`).
     const value = encodeValue(stored)
+    const waiting = encodeValue({ ...stored, waiting: true })
     const stale = this.#entries.get(key)
     if (stale && (stale.doomed || issuedAt >= stale.expiresAt)) {
       // Its term is over (the core's deadline passed before this expiry did), though the key
@@ -441,7 +443,7 @@ export class EtcdBackend implements Backend {
       await this.#deleteIfToken(key, stale.token)
       this.#forget(stale)
     }
-    const answered = await this.#fromLine(request, key, value, issuedAt)
+    const answered = await this.#fromLine(request, key, value, waiting, issuedAt)
     if (answered) return answered
     // The revision of the range read this acquire goes by (0: none yet, so expect no key). A
     // key is created only if no key of the resource was created after it, and only if that read
@@ -449,6 +451,9 @@ export class EtcdBackend implements Backend {
     // once never both get a key; the second one's create fails, it reads the first's key, and
     // is refused.
     let readAt = 0
+    // The line as that read showed it: a key created now stands right after it (the compare
+    // makes sure no key was created since), so whether it is a grant is known before the put.
+    let readLine: Line[] = []
     let refreshed = false
     for (let attempt = 1; ; attempt++) {
       // Every failed attempt means another candidate's key was created meanwhile.
@@ -462,6 +467,8 @@ export class EtcdBackend implements Backend {
       const refresh = !refreshed && grantedAt < issuedAt
       const range = this.#rangeRequest(request.resource)
       const { key: start, range_end } = this.#layout.range(request.resource)
+      const created = [...readLine, { kv: { value } as IKeyValue, stored: decodeValue(value) }]
+      const createAs = rankDecoded(created).keys[readLine.length]!.holder ? value : waiting
       let ttl: number
       let response: Awaited<ReturnType<Namespace['kv']['txn']>>
       try {
@@ -483,7 +490,7 @@ export class EtcdBackend implements Backend {
                   },
                 ],
                 success: [
-                  { request_put: { key: keyBuffer(key), value, lease: lease.id } },
+                  { request_put: { key: keyBuffer(key), value: createAs, lease: lease.id } },
                   { request_range: range },
                 ],
                 failure: [{ request_range: range }],
@@ -515,6 +522,7 @@ export class EtcdBackend implements Backend {
         // Not created: keys were created since the read this attempt went by. Go by this read.
         this.#checkTickets(request, recordedTickets(kvs))
         readAt = Number(response.header.revision)
+        readLine = decoded(kvs)
         continue
       }
       const token = Number(mine.create_revision)
@@ -527,32 +535,31 @@ export class EtcdBackend implements Backend {
       }
       const others = recordedTickets(kvs, mine)
       const recorded = decodeValue(mine.value)
-      const holder = rank(kvs).keys[index]!.holder
+      const { holder, granted } = rank(kvs).keys[index]!
       if (others !== undefined && others !== request.tickets) {
         // The resource's other keys were made with other tickets. A grant of ours keeps its
         // key (as a refused acquire leaves a grant on every backend); a queued key must not
         // wait with the wrong tickets.
-        if (!holder) {
+        if (!granted) {
           await this.#deleteIfToken(key, token)
           const entry = this.#entries.get(key)
           if (entry?.token === token) this.#forget(entry)
         }
         throw new TicketsMismatchError(request.resource, request.tickets, others)
       }
-      if (holder && !recorded.foreign && recorded.tickets !== request.tickets) {
+      if (granted && !recorded.foreign && recorded.tickets !== request.tickets) {
         // Our own grant, the only key recording tickets, asked for with other tickets: it lives.
         throw new TicketsMismatchError(request.resource, request.tickets, recorded.tickets)
       }
-      if (mine.lease !== lease.id) {
-        // Our own key on our other lease (this candidate changed its lease length): move it,
-        // keeping its create revision, hence its place and its token.
-        if (!(await this.#rewrite(key, token, value, lease))) continue
-      } else if (!response.succeeded && !mine.value.equals(value)) {
-        // New metadata (or tickets, where no other key records any): a put keeps the create
-        // revision; the compare makes sure it is still the same key.
-        if (!(await this.#rewrite(key, token, value, lease))) continue
+      // Within the tickets: granted now (a waiting key drops its flag); else it waits.
+      const expected = holder ? value : waiting
+      if (mine.lease !== lease.id || !mine.value.equals(expected)) {
+        // Our own key on our other lease (this candidate changed its lease length), a waiting
+        // key whose ticket is free, new metadata: a put keeps the create revision, hence the
+        // place and the token; the compare makes sure it is still the same key.
+        if (!(await this.#rewrite(key, token, expected, lease))) continue
       }
-      mine.value = value
+      mine.value = expected
       return this.#answer(request, key, decoded(kvs), lease, issuedAt)
     }
   }
@@ -572,9 +579,9 @@ export class EtcdBackend implements Backend {
     const index = ranked.findIndex((k) => keyString(k.kv.key) === key)
     const mine = ranked[index]!
     const token = Number(mine.kv.create_revision)
-    this.#track(key, token, lease, request.leaseMs, mine.holder, issuedAt)
+    this.#track(key, token, lease, request.leaseMs, mine.granted, issuedAt)
     const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
-    if (mine.holder) {
+    if (mine.granted) {
       const { holders } = await this.#rank(request.resource, ranked, known)
       return { acquired: true, token, holders }
     }
@@ -582,31 +589,59 @@ export class EtcdBackend implements Backend {
   }
 
   /**
-   * An acquire answered from the watch's copy of the line, with no transaction: our own key is
-   * in it (the create revision, lease and value we wrote), so this candidate needs no write,
-   * only a keepalive written after the request was sent (the grant's deadline runs from the
-   * send; the lease then lives at least its TTL past it). Safe because a key within the
-   * tickets stays within them while it exists (only older keys can go before it, newer keys
-   * come after it), and while the lease lives only this backend deletes its keys (under the
-   * key's lock, which this acquire holds). A delete by hand is the one change the copy can
-   * learn of a moment late, as an acquire's own read can: the grant watch and the next renewal
-   * (which reads the lease's keys) end such a term. Undefined: ask etcd (a transaction).
+   * An acquire of a key this backend already has (a waiter asking again, a holder extending),
+   * with no transaction that reads and creates:
+   * - when the watch's copy of the line shows our key within the tickets (the create revision
+   *   and lease we wrote, this request's value): a keepalive written after the request was
+   *   sent (the grant's deadline runs from the send; the lease then lives at least its TTL past
+   *   it) and, for a waiting key, the put that grants it (compared on its create revision), in
+   *   one round trip, no read. Safe because a key within the tickets stays within them while it
+   *   exists (only older keys can go before it, newer keys come after it), and while the lease
+   *   lives only this backend deletes its keys (under the key's lock, which this acquire
+   *   holds). A delete by hand is the one change the copy can learn of a moment late, as an
+   *   acquire's own read can: the grant watch and the next renewal (which reads the lease's
+   *   keys) end such a term.
+   * - otherwise (the copy may lag behind a release: a refusal must be as fresh as the ask):
+   *   the keepalive and a linearizable read of the line, a read and no raft write; then the
+   *   put that grants it if its ticket is free.
+   * Undefined: ask etcd the full way (our key is not there as we wrote it).
    */
   async #fromLine(
     request: AcquireRequest,
     key: string,
     value: Buffer,
+    waiting: Buffer,
     issuedAt: number,
   ): Promise<AcquireResult | undefined> {
     const entry = this.#entries.get(key)
     if (!entry || entry.doomed || entry.lease.dead || entry.leaseMs !== request.leaseMs) return
-    if (!this.#fits(this.#watches.view(request.resource), key, entry, value, request)) return
     const lease = entry.lease
+    const copy = this.#watches.view(request.resource)
+    const seen = this.#mine(copy, key, entry, request, value, waiting)
+    const fromCopy = seen?.holder === true
     let ttl: number
+    let written = true
+    let line: Line[] = []
     try {
-      ttl = await this.#call('acquire', (client, options) =>
-        this.#keepalives.keepalive(client, lease.id, options.deadline),
-      )
+      if (fromCopy) {
+        const grant = !seen.kv.value.equals(value)
+        ;[ttl, written] = await this.#call('acquire', (client, options) =>
+          Promise.all([
+            this.#keepalives.keepalive(client, lease.id, options.deadline),
+            grant ? this.#put(client, options, key, entry.token, value, lease) : true,
+          ]),
+        )
+        line = decoded(copy!.map((k) => (k.key === key ? { ...k.kv, value } : k.kv)))
+      } else {
+        const [alive, range] = await this.#call('acquire', (client, options) =>
+          Promise.all([
+            this.#keepalives.keepalive(client, lease.id, options.deadline),
+            client.kv.range(this.#rangeRequest(request.resource), options),
+          ]),
+        )
+        ttl = alive
+        line = decoded(range.kvs)
+      }
     } catch (error) {
       if (!isLeaseNotFound(error)) throw error
       ttl = 0
@@ -615,30 +650,46 @@ export class EtcdBackend implements Backend {
       this.#leaseGone(lease)
       return
     }
-    // Looked at again after the keepalive: the copy may have moved on meanwhile.
-    const line = this.#watches.view(request.resource)
-    if (this.#entries.get(key) !== entry || !this.#fits(line, key, entry, value, request)) return
-    return this.#answer(request, key, line!, lease, issuedAt)
+    if (!written || this.#entries.get(key) !== entry) return // the key changed meanwhile
+    const mine = this.#mine(line, key, entry, request, value, waiting)
+    if (!mine) return
+    if (!fromCopy) {
+      const expected = mine.holder ? value : waiting
+      if (!mine.kv.value.equals(expected)) {
+        if (!(await this.#rewrite(key, entry.token, expected, lease))) return
+        mine.kv.value = expected
+        line = decoded(line.map((k) => k.kv))
+      }
+    }
+    return this.#answer(request, key, line, lease, issuedAt)
   }
 
-  /** The copy of the line holds our key as we wrote it, with no tickets at odds with the request. */
-  #fits(
-    line: readonly LineKey[] | undefined,
+  /**
+   * Our key in the copy of the line, as we wrote it for this request (granted or waiting), with
+   * no tickets at odds with the request: its ranking; undefined otherwise.
+   */
+  #mine(
+    line: readonly (LineKey | Line)[] | undefined,
     key: string,
     entry: Entry,
-    value: Buffer,
     request: AcquireRequest,
-  ): boolean {
-    const mine = line?.find((k) => k.key === key)
-    if (!line || !mine) return false
-    if (Number(mine.kv.create_revision) !== entry.token || mine.kv.lease !== entry.lease.id)
-      return false
-    if (!mine.kv.value.equals(value)) return false
-    const others = recordedTickets(
-      line.map((k) => k.kv),
-      mine.kv,
-    )
-    return others === undefined || others === request.tickets
+    value: Buffer,
+    waiting: Buffer,
+  ): RankedKey<IKeyValue> | undefined {
+    if (!line) return
+    const index = line.findIndex((k) => keyString(k.kv.key) === key)
+    const mine = line[index]
+    if (!mine) return
+    if (Number(mine.kv.create_revision) !== entry.token || mine.kv.lease !== entry.lease.id) return
+    if (!mine.kv.value.equals(value) && !mine.kv.value.equals(waiting)) return
+    const kvs = line.map((k) => k.kv)
+    const others = recordedTickets(kvs, mine.kv)
+    if (others !== undefined && others !== request.tickets) return
+    const ranked = rankDecoded(line.map((k) => ({ kv: k.kv, stored: k.stored }))).keys[index]!
+    // A grant asked again with other tickets is refused by the transaction's path.
+    if (ranked.granted && !ranked.stored.foreign && ranked.stored.tickets !== request.tickets)
+      return
+    return ranked
   }
 
   /** Refuses an acquire asking other tickets than the resource's live keys recorded. */
@@ -693,10 +744,12 @@ export class EtcdBackend implements Backend {
       )
     })
     const holders: Holder[] = []
-    for (const { kv, stored } of ranked) {
+    // Tickets free for waiters that have not asked yet: taken within their lease, or free then.
+    const free: Holder[] = []
+    for (const { kv, stored, granted } of ranked) {
       const ttlSec = kv.lease === '0' ? Number.POSITIVE_INFINITY : known.get(kv.lease)
       if (ttlSec === undefined) continue // its lease is gone: so is the key, a moment later
-      holders.push({
+      ;(granted ? holders : free).push({
         candidate: this.#layout.candidateOf(resource, keyString(kv.key)),
         token: Number(kv.create_revision),
         metadata: stored.metadata,
@@ -704,25 +757,38 @@ export class EtcdBackend implements Backend {
         remainingMs: Math.min(ttlSec * 1000, stored.leaseMs, 2 ** 31 - 1),
       })
     }
-    const finite = holders.map((h) => h.remainingMs).filter(Number.isFinite)
+    const all = [...holders, ...free]
+    const finite = all.map((h) => h.remainingMs).filter(Number.isFinite)
     // With no holder in sight (their leases just ended, their keys are going), look again soon.
-    const soonestMs = holders.length === 0 ? 10 : finite.length ? Math.min(...finite) : 60_000
+    const soonestMs = all.length === 0 ? 10 : finite.length ? Math.min(...finite) : 60_000
     return { holders, soonestMs }
   }
 
   /** Puts `value` on an existing key with this lease, if it still has create revision `token`. */
   async #rewrite(key: string, token: number, value: Buffer, lease: Lease): Promise<boolean> {
-    const response = await this.#call('acquire', (client, options) =>
-      client.kv.txn(
-        {
-          compare: [
-            { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
-          ],
-          success: [{ request_put: { key: keyBuffer(key), value, lease: lease.id } }],
-          failure: [],
-        },
-        options,
-      ),
+    return this.#call('acquire', (client, options) =>
+      this.#put(client, options, key, token, value, lease),
+    )
+  }
+
+  /** The put of #rewrite, through one client. */
+  async #put(
+    client: Namespace,
+    options: { deadline: Date },
+    key: string,
+    token: number,
+    value: Buffer,
+    lease: Lease,
+  ): Promise<boolean> {
+    const response = await client.kv.txn(
+      {
+        compare: [
+          { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
+        ],
+        success: [{ request_put: { key: keyBuffer(key), value, lease: lease.id } }],
+        failure: [],
+      },
+      options,
     )
     return response.succeeded
   }

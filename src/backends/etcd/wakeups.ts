@@ -6,10 +6,11 @@
  * from a consistent read (or an acquire's transaction, which read the range at its revision) and
  * moved on by every event after that revision, so the copy is the line as etcd had it at the
  * last revision the watch delivered. From it each change says whom it concerns:
- * - `wake`: the keys that rank within the tickets after the change but did not before (and were
- *   there before: a key created holding is a grant, which its own acquire reports);
+ * - `wake`: the waiting keys that rank within the tickets after the change (a ticket is free for
+ *   each: its candidate is granted when it asks again), told whenever that list gains a key;
  * - a new queued key, or a queued key's new metadata, changes no holder: nobody is told;
- * - a holder's key going, a queued key going, a holder's new metadata: watchers are told.
+ * - a grant (a key created granted, or a waiting key's own acquire dropping its flag), a grant's
+ *   key going, a queued key going, a holder's new metadata: watchers are told.
  * After a reconnect (etcd3 resumes the watch where it was, so the copy stays exact) and after
  * etcd cancelled the watch (compaction: copies are read again), every watcher is nudged with no
  * change. The backend also answers from the copy (see `view`) while the watch is connected.
@@ -356,10 +357,10 @@ export class Watches {
         continue
       }
       if (eventRevision <= tracked.base) continue
-      if (!touched.has(tracked)) touched.set(tracked, before(tracked))
+      if (!touched.has(tracked)) touched.set(tracked, { ...lineOf(tracked.keys), withdrawn: false })
       const was = tracked.keys.find((k) => k.key === key)
-      const holder = was !== undefined && touched.get(tracked)!.holders.has(key)
-      if (event.type === 'Delete' && was && !holder) touched.get(tracked)!.withdrawn = true
+      const grant = was !== undefined && touched.get(tracked)!.granted.has(key)
+      if (event.type === 'Delete' && was && !grant) touched.get(tracked)!.withdrawn = true
       this.#apply(tracked, event)
     }
     flush()
@@ -390,19 +391,16 @@ export class Watches {
 
   /** After one revision's events: tell the watchers what it changed, if it changed anything. */
   #changed(tracked: Tracked, was: Before): void {
-    const after = holdersOf(tracked.keys)
+    const after = lineOf(tracked.keys)
     let changed = was.withdrawn
-    const wake: string[] = []
-    for (const [key, value] of after) {
-      const old = was.holders.get(key)
-      if (old === undefined) {
-        changed = true
-        // Only a key that was already waiting is woken; a key created holding is a grant.
-        if (was.keys.has(key)) wake.push(key.slice(this.#base.length + tracked.resource.length + 1))
-      } else if (!old.equals(value)) changed = true
+    for (const [key, value] of after.granted) {
+      const old = was.granted.get(key)
+      if (old === undefined || !old.equals(value)) changed = true
     }
-    for (const key of was.holders.keys()) if (!after.has(key)) changed = true
-    if (changed) this.#notify(tracked, { wake })
+    for (const key of was.granted.keys()) if (!after.granted.has(key)) changed = true
+    for (const key of after.free) if (!was.free.includes(key)) changed = true
+    const candidate = (key: string) => key.slice(this.#base.length + tracked.resource.length + 1)
+    if (changed) this.#notify(tracked, { wake: after.free.map(candidate) })
   }
 
   #notify(tracked: Tracked, change: WatchChange | undefined): void {
@@ -492,26 +490,26 @@ export class Watches {
   }
 }
 
-/** A copy's holders and keys before a revision's events. */
-interface Before {
-  holders: Map<string, Buffer>
-  keys: Set<string>
-  /** A key that did not hold went (a withdrawal): the line moved. */
+/** What a line's watchers care about: its grants (with their values) and its free places. */
+interface LineState {
+  granted: Map<string, Buffer>
+  /** Waiting keys within the tickets: a ticket is free for each. */
+  free: string[]
+}
+
+/** A line before a revision's events. */
+interface Before extends LineState {
+  /** A key that was not a grant went (a withdrawal): the line moved. */
   withdrawn: boolean
 }
 
-function before(tracked: Tracked): Before {
-  return {
-    holders: holdersOf(tracked.keys),
-    keys: new Set(tracked.keys.map((k) => k.key)),
-    withdrawn: false,
-  }
-}
-
-/** The holding keys of a line, with their values. */
-function holdersOf(keys: readonly LineKey[]): Map<string, Buffer> {
-  const holders = new Map<string, Buffer>()
+function lineOf(keys: readonly LineKey[]): LineState {
+  const granted = new Map<string, Buffer>()
+  const free: string[] = []
   const ranked = rankDecoded(keys.map((k) => ({ kv: k, stored: k.stored })))
-  for (const k of ranked.keys) if (k.holder) holders.set(k.kv.key, k.kv.kv.value)
-  return holders
+  for (const k of ranked.keys) {
+    if (k.granted) granted.set(k.kv.key, k.kv.kv.value)
+    else if (k.holder) free.push(k.kv.key)
+  }
+  return { granted, free }
 }
