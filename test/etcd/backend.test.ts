@@ -10,7 +10,7 @@ import { Election } from '../../src/election.js'
 import { OptionsError } from '../../src/errors.js'
 import { CANDIDATE_FILE, candidateArgs } from '../../testkit/candidate.js'
 import { startEtcd, type EtcdServer } from '../../testkit/index.js'
-import { backendWithClient, difference, grpcHandled, queuedKeys, sleep, until } from './helpers.js'
+import { backendWithClient, difference, grpcReceived, queuedKeys, sleep, until } from './helpers.js'
 
 let server: EtcdServer
 let raw: Etcd3
@@ -135,9 +135,9 @@ it('renews any number of grants with one keepalive and one read per tick', async
     election(shared, resource(`many${i}`), lease),
   )
   await Promise.all(held.map((e) => e.campaign()))
-  const before = await grpcHandled(server.endpoint)
+  const before = await grpcReceived(server.endpoint)
   await sleep(3 * lease)
-  const delta = difference(await grpcHandled(server.endpoint), before)
+  const delta = difference(await grpcReceived(server.endpoint), before)
   expect(held.every((e) => e.isLeader)).toBe(true)
   // 9 s at one tick a second: about 9 of each, whatever the number of grants (not 60 x 9).
   expect(delta.LeaseKeepAlive ?? 0).toBeGreaterThanOrEqual(5)

@@ -17,12 +17,17 @@ export function backendWithClient(endpoint: string, prefix: string): EtcdBackend
   return backend
 }
 
-/** gRPC calls etcd finished, per method (e.g. LeaseKeepAlive, Txn, Range), from /metrics. */
-export async function grpcHandled(endpoint: string): Promise<Record<string, number>> {
+/**
+ * gRPC messages etcd received, per method (e.g. LeaseKeepAlive, Txn, Range), from /metrics: one
+ * per unary call, one per keepalive written on a (long-lived) stream.
+ */
+export async function grpcReceived(endpoint: string): Promise<Record<string, number>> {
   const text = await (await fetch(`${endpoint}/metrics`)).text()
   const counts: Record<string, number> = {}
   for (const line of text.split('\n')) {
-    const match = /^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$/.exec(line)
+    const match = /^grpc_server_msg_received_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$/.exec(
+      line,
+    )
     if (match) counts[match[1]!] = (counts[match[1]!] ?? 0) + Number(match[2])
   }
   return counts

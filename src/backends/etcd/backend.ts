@@ -32,6 +32,7 @@ import {
   type RenewRequest,
   type StoredRecord,
   type Unwatch,
+  type WatchChange,
   type WriteRecordRequest,
   type WriteRecordResult,
   validateAcquire,
@@ -57,6 +58,8 @@ import {
   withDeadline,
 } from '../kit.js'
 import {
+  aheadOf,
+  type Decoded,
   decodeValue,
   encodeValue,
   keyBuffer,
@@ -64,9 +67,12 @@ import {
   KEY_ENCODING,
   Layout,
   rank,
+  rankDecoded,
+  type RankedKey,
   recordedTickets,
   type Stored,
 } from './layout.js'
+import { KeepAlives } from './keepalive.js'
 import {
   ETCD_CLIENT_DEFAULTS,
   ETCD_GRPC_KEEPALIVE,
@@ -74,7 +80,7 @@ import {
   resolveEtcdOptions,
   type ResolvedEtcdOptions,
 } from './options.js'
-import { Watches } from './wakeups.js'
+import { type LineKey, Watches } from './wakeups.js'
 
 /** One etcd lease of this backend. */
 interface Lease {
@@ -101,9 +107,10 @@ interface Entry {
   doomed: boolean
 }
 
-interface Ranked {
+/** A key with its value decoded, oldest create revision first (what `#rank` ranks). */
+interface Line {
   kv: IKeyValue
-  stored: Stored
+  stored: Decoded
 }
 
 /** Where `remainingMs` comes from: etcd's lease TTL (whole seconds, rounded down) per lease. */
@@ -127,6 +134,8 @@ export class EtcdBackend implements Backend {
   #preferred = 0
   readonly #layout: Layout
   readonly #watches: Watches
+  /** One LeaseKeepAlive stream per member client, shared by every acquire and renewal. */
+  readonly #keepalives = new KeepAlives()
   /** The current lease per requested TTL in seconds (a grant may still be in flight). */
   readonly #slots = new Map<number, Promise<{ lease: Lease; issuedAt: number }>>()
   /** Every lease this instance was granted and etcd has not reported gone. */
@@ -181,7 +190,14 @@ export class EtcdBackend implements Backend {
     this.#watches = new Watches(
       this.#client,
       this.#options.timeoutMs,
-      (resource) => this.#layout.watchPrefix(resource),
+      this.#client.prefix.toString(KEY_ENCODING),
+      this.#options.prefix,
+      async (resource) => {
+        const range = await this.#call('read', (client, options) =>
+          client.kv.range(this.#rangeRequest(resource), options),
+        )
+        return { kvs: range.kvs, revision: Number(range.header.revision) }
+      },
       this.#label,
     )
   }
@@ -204,16 +220,23 @@ export class EtcdBackend implements Backend {
     requests.forEach(validateRenew)
     const issuedAt = now()
     const results = requests.map(() => false)
-    const byLease = new Map<Lease, { index: number; entry: Entry }[]>()
+    type Item = { index: number; entry: Entry; resource: string }
+    const byLease = new Map<Lease, { grants: Item[]; queued: Item[] }>()
     requests.forEach((request, index) => {
       const entry = this.#entries.get(this.#layout.key(request.resource, request.candidate))
-      // Only a grant this backend made (and has not seen end) can still be renewed, and only
-      // for as long as its lease lasts.
-      if (!entry || entry.token !== request.token || entry.doomed || entry.lease.dead) return
+      // Only a key this backend wrote (and has not seen end) can still be kept, and only for as
+      // long as its lease lasts. A grant must be the one with this token; a place in line must
+      // not hold (a key that ranks within the tickets answers false: its candidate asks again).
+      if (!entry || entry.doomed || entry.lease.dead) return
+      if (request.queued ? entry.held : entry.token !== request.token) return
       if (request.leaseMs > entry.lease.ttlSec * 1000) return
-      let list = byLease.get(entry.lease)
-      if (!list) byLease.set(entry.lease, (list = []))
-      list.push({ index, entry })
+      let group = byLease.get(entry.lease)
+      if (!group) byLease.set(entry.lease, (group = { grants: [], queued: [] }))
+      ;(request.queued ? group.queued : group.grants).push({
+        index,
+        entry,
+        resource: request.resource,
+      })
     })
     if (byLease.size === 0) return results
     const leaseMs = Math.min(...requests.map((r) => r.leaseMs))
@@ -222,31 +245,60 @@ export class EtcdBackend implements Backend {
     // the renewal's slack (lease - renewMs - marginMs), and the others are tried within it.
     const tryMs = Math.min(this.#options.memberTimeoutMs, Math.max(250, Math.floor(leaseMs / 10)))
     await Promise.all(
-      [...byLease].map(async ([lease, items]) => {
-        // One keepalive (extends every key on the lease) and one read of the keys on it, both
-        // from the same member, so they see the same lease.
-        const [ttl, info] = await this.#call(
+      [...byLease].map(async ([lease, { grants, queued }]) => {
+        // Places in line are checked on the watch's copy of their line; a line it has no copy
+        // of is read (once per resource), in the same round trip.
+        const unseen = [...new Set(queued.map((q) => q.resource))].filter(
+          (resource) => !this.#watches.view(resource),
+        )
+        // One keepalive (extends every key on the lease) and one read of the keys on it (for
+        // grants), both from the same member, so they see the same lease.
+        const [ttl, info, reads] = await this.#call(
           'renewal',
           (client, options) =>
             Promise.all([
-              keepalive(client, lease, options),
-              client.leaseClient.leaseTimeToLive({ ID: lease.id, keys: true }, options),
+              this.#keepalives.keepalive(client, lease.id, options.deadline),
+              grants.length > 0
+                ? client.leaseClient.leaseTimeToLive({ ID: lease.id, keys: true }, options)
+                : Promise.resolve(undefined),
+              Promise.all(
+                unseen.map((resource) => client.kv.range(this.#rangeRequest(resource), options)),
+              ),
             ]),
           timeoutMs,
           tryMs,
         )
-        if (ttl <= 0 || Number(info.TTL) < 0) {
+        if (ttl <= 0 || (info && Number(info.TTL) < 0)) {
           this.#leaseGone(lease)
           return
         }
-        const present = new Set(info.keys.map(keyString))
-        for (const { index, entry } of items) {
+        const present = new Set(info?.keys.map(keyString))
+        for (const { index, entry } of grants) {
           if (this.#entries.get(entry.key) !== entry || entry.doomed) continue
           if (present.has(entry.key)) {
             results[index] = true
             // Counted from the send, like the core's deadline, which therefore comes first.
             this.#extend(entry, issuedAt + entry.leaseMs)
           } else this.#forget(entry) // deleted behind our back (by hand, or an old release)
+        }
+        const read = new Map<string, Line[]>(
+          unseen.map((resource, i) => [resource, decoded(reads[i]!.kvs)]),
+        )
+        for (const { index, entry, resource } of queued) {
+          if (this.#entries.get(entry.key) !== entry || entry.doomed || entry.held) continue
+          const line = read.get(resource) ?? this.#watches.view(resource)
+          if (!line) continue // the copy went meanwhile: false, the candidate asks again
+          const at = line.findIndex((k) => keyString(k.kv.key) === entry.key)
+          const mine = line[at]
+          if (!mine || Number(mine.kv.create_revision) !== entry.token) {
+            // Gone (etcd says so; a copy may lag behind our own acquire, so only a read counts).
+            if (read.has(resource)) this.#forget(entry)
+            continue
+          }
+          // Within the tickets: a ticket is free for it, its candidate asks again (false).
+          if (rankDecoded(line).keys[at]!.holder) continue
+          results[index] = true
+          this.#extend(entry, issuedAt + entry.leaseMs)
         }
       }),
     )
@@ -290,7 +342,7 @@ export class EtcdBackend implements Backend {
     const range = await this.#call('read', (client, options) =>
       client.kv.range(this.#rangeRequest(resource), options),
     )
-    return (await this.#rank(resource, range.kvs, new Map())).holders
+    return (await this.#rank(resource, rank(range.kvs).keys, new Map())).holders
   }
 
   /** Backend.readRecord (see records.ts). */
@@ -331,7 +383,7 @@ export class EtcdBackend implements Backend {
     return { written: true, version: Number(response.header.revision) }
   }
 
-  async watch(resource: string, onChange: () => void): Promise<Unwatch> {
+  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     this.#checkOpen()
     validateResource(resource)
     if (typeof onChange !== 'function') throw new BackendError('watch takes a function')
@@ -358,6 +410,7 @@ export class EtcdBackend implements Backend {
       this.#leases.clear()
       this.#slots.clear()
       await this.#watches.close()
+      this.#keepalives.close()
       await Promise.all(
         leases.map((lease) =>
           this.#call('revoke', (client, options) =>
@@ -379,7 +432,9 @@ export class EtcdBackend implements Backend {
       leaseMs: request.leaseMs,
       metadata: request.metadata,
     }
+    // The value of a grant and of a place in line (see layout.ts: `waiting`).
     const value = encodeValue(stored)
+    const waiting = encodeValue({ ...stored, waiting: true })
     const stale = this.#entries.get(key)
     if (stale && (stale.doomed || issuedAt >= stale.expiresAt)) {
       // Its term is over (the core's deadline passed before this expiry did), though the key
@@ -388,12 +443,17 @@ export class EtcdBackend implements Backend {
       await this.#deleteIfToken(key, stale.token)
       this.#forget(stale)
     }
+    const answered = await this.#fromLine(request, key, value, waiting, issuedAt)
+    if (answered) return answered
     // The revision of the range read this acquire goes by (0: none yet, so expect no key). A
     // key is created only if no key of the resource was created after it, and only if that read
     // showed no live key made with other tickets: so two candidates asking different tickets at
     // once never both get a key; the second one's create fails, it reads the first's key, and
     // is refused.
     let readAt = 0
+    // The line as that read showed it: a key created now stands right after it (the compare
+    // makes sure no key was created since), so whether it is a grant is known before the put.
+    let readLine: Line[] = []
     let refreshed = false
     for (let attempt = 1; ; attempt++) {
       // Every failed attempt means another candidate's key was created meanwhile.
@@ -407,12 +467,16 @@ export class EtcdBackend implements Backend {
       const refresh = !refreshed && grantedAt < issuedAt
       const range = this.#rangeRequest(request.resource)
       const { key: start, range_end } = this.#layout.range(request.resource)
+      const created = [...readLine, { kv: { value } as IKeyValue, stored: decodeValue(value) }]
+      const createAs = rankDecoded(created).keys[readLine.length]!.holder ? value : waiting
       let ttl: number
       let response: Awaited<ReturnType<Namespace['kv']['txn']>>
       try {
         ;[ttl, response] = await this.#call('acquire', (client, options) =>
           Promise.all([
-            refresh ? keepalive(client, lease, options) : Promise.resolve(lease.ttlSec),
+            refresh
+              ? this.#keepalives.keepalive(client, lease.id, options.deadline)
+              : Promise.resolve(lease.ttlSec),
             client.kv.txn(
               {
                 compare: [
@@ -426,7 +490,7 @@ export class EtcdBackend implements Backend {
                   },
                 ],
                 success: [
-                  { request_put: { key: keyBuffer(key), value, lease: lease.id } },
+                  { request_put: { key: keyBuffer(key), value: createAs, lease: lease.id } },
                   { request_range: range },
                 ],
                 failure: [{ request_range: range }],
@@ -447,12 +511,18 @@ export class EtcdBackend implements Backend {
       }
       refreshed = true
       const kvs = response.responses[response.succeeded ? 1 : 0]?.response_range?.kvs ?? []
+      // The range as of the transaction's revision: the watch keeps it as its copy of the line.
+      this.#watches.offer(request.resource, {
+        kvs: kvs.map((kv) => ({ ...kv })),
+        revision: Number(response.header.revision),
+      })
       const index = kvs.findIndex((kv) => keyString(kv.key) === key)
       const mine = kvs[index]
       if (!mine) {
         // Not created: keys were created since the read this attempt went by. Go by this read.
         this.#checkTickets(request, recordedTickets(kvs))
         readAt = Number(response.header.revision)
+        readLine = decoded(kvs)
         continue
       }
       const token = Number(mine.create_revision)
@@ -461,45 +531,165 @@ export class EtcdBackend implements Backend {
         // Another process's key under this candidate id (or one written by hand): never
         // adopted. It goes when its lease does; until then this candidate waits like others.
         this.#checkTickets(request, recordedTickets(kvs))
-        return this.#notAcquired(request, kvs, lease, null)
+        return this.#notAcquired(request, rankDecoded(decoded(kvs)).keys, -1, new Map())
       }
       const others = recordedTickets(kvs, mine)
       const recorded = decodeValue(mine.value)
-      const holder = rank(kvs).keys[index]!.holder
+      const { holder, granted } = rank(kvs).keys[index]!
       if (others !== undefined && others !== request.tickets) {
         // The resource's other keys were made with other tickets. A grant of ours keeps its
         // key (as a refused acquire leaves a grant on every backend); a queued key must not
         // wait with the wrong tickets.
-        if (!holder) {
+        if (!granted) {
           await this.#deleteIfToken(key, token)
           const entry = this.#entries.get(key)
           if (entry?.token === token) this.#forget(entry)
         }
         throw new TicketsMismatchError(request.resource, request.tickets, others)
       }
-      if (holder && !recorded.foreign && recorded.tickets !== request.tickets) {
+      if (granted && !recorded.foreign && recorded.tickets !== request.tickets) {
         // Our own grant, the only key recording tickets, asked for with other tickets: it lives.
         throw new TicketsMismatchError(request.resource, request.tickets, recorded.tickets)
       }
-      if (mine.lease !== lease.id) {
-        // Our own key on our other lease (this candidate changed its lease length): move it,
-        // keeping its create revision, hence its place and its token.
-        if (!(await this.#rewrite(key, token, value, lease))) continue
-      } else if (!response.succeeded && !mine.value.equals(value)) {
-        // New metadata (or tickets, where no other key records any): a put keeps the create
-        // revision; the compare makes sure it is still the same key.
-        if (!(await this.#rewrite(key, token, value, lease))) continue
+      // Within the tickets: granted now (a waiting key drops its flag); else it waits.
+      const expected = holder ? value : waiting
+      if (mine.lease !== lease.id || !mine.value.equals(expected)) {
+        // Our own key on our other lease (this candidate changed its lease length), a waiting
+        // key whose ticket is free, new metadata: a put keeps the create revision, hence the
+        // place and the token; the compare makes sure it is still the same key.
+        if (!(await this.#rewrite(key, token, expected, lease))) continue
       }
-      mine.value = value
-      const held = rank(kvs).keys[index]!.holder
-      this.#track(key, token, lease, request.leaseMs, held, issuedAt)
-      const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
-      if (held) {
-        const { holders } = await this.#rank(request.resource, kvs, known)
-        return { acquired: true, token, holders }
-      }
-      return this.#notAcquired(request, kvs, lease, known)
+      mine.value = expected
+      return this.#answer(request, key, decoded(kvs), lease, issuedAt)
     }
+  }
+
+  /**
+   * The answer from the line (our key in it, with the value of this request): a grant if it
+   * ranks within the tickets, else its place. Tracks the key (its own expiry from `issuedAt`).
+   */
+  async #answer(
+    request: AcquireRequest,
+    key: string,
+    line: readonly Line[],
+    lease: Lease,
+    issuedAt: number,
+  ): Promise<AcquireResult> {
+    const ranked = rankDecoded(line).keys
+    const index = ranked.findIndex((k) => keyString(k.kv.key) === key)
+    const mine = ranked[index]!
+    const token = Number(mine.kv.create_revision)
+    this.#track(key, token, lease, request.leaseMs, mine.granted, issuedAt)
+    const known: LeaseTtls = new Map([[lease.id, lease.ttlSec]])
+    if (mine.granted) {
+      const { holders } = await this.#rank(request.resource, ranked, known)
+      return { acquired: true, token, holders }
+    }
+    return this.#notAcquired(request, ranked, index, known)
+  }
+
+  /**
+   * An acquire of a key this backend already has (a waiter asking again, a holder extending),
+   * with no transaction that reads and creates:
+   * - when the watch's copy of the line shows our key within the tickets (the create revision
+   *   and lease we wrote, this request's value): a keepalive written after the request was
+   *   sent (the grant's deadline runs from the send; the lease then lives at least its TTL past
+   *   it) and, for a waiting key, the put that grants it (compared on its create revision), in
+   *   one round trip, no read. Safe because a key within the tickets stays within them while it
+   *   exists (only older keys can go before it, newer keys come after it), and while the lease
+   *   lives only this backend deletes its keys (under the key's lock, which this acquire
+   *   holds). A delete by hand is the one change the copy can learn of a moment late, as an
+   *   acquire's own read can: the grant watch and the next renewal (which reads the lease's
+   *   keys) end such a term.
+   * - otherwise (the copy may lag behind a release: a refusal must be as fresh as the ask):
+   *   the keepalive and a linearizable read of the line, a read and no raft write; then the
+   *   put that grants it if its ticket is free.
+   * Undefined: ask etcd the full way (our key is not there as we wrote it).
+   */
+  async #fromLine(
+    request: AcquireRequest,
+    key: string,
+    value: Buffer,
+    waiting: Buffer,
+    issuedAt: number,
+  ): Promise<AcquireResult | undefined> {
+    const entry = this.#entries.get(key)
+    if (!entry || entry.doomed || entry.lease.dead || entry.leaseMs !== request.leaseMs) return
+    const lease = entry.lease
+    const copy = this.#watches.view(request.resource)
+    const seen = this.#mine(copy, key, entry, request, value, waiting)
+    const fromCopy = seen?.holder === true
+    let ttl: number
+    let written = true
+    let line: Line[] = []
+    try {
+      if (fromCopy) {
+        const grant = !seen.kv.value.equals(value)
+        ;[ttl, written] = await this.#call('acquire', (client, options) =>
+          Promise.all([
+            this.#keepalives.keepalive(client, lease.id, options.deadline),
+            grant ? this.#put(client, options, key, entry.token, value, lease) : true,
+          ]),
+        )
+        line = decoded(copy!.map((k) => (k.key === key ? { ...k.kv, value } : k.kv)))
+      } else {
+        const [alive, range] = await this.#call('acquire', (client, options) =>
+          Promise.all([
+            this.#keepalives.keepalive(client, lease.id, options.deadline),
+            client.kv.range(this.#rangeRequest(request.resource), options),
+          ]),
+        )
+        ttl = alive
+        line = decoded(range.kvs)
+      }
+    } catch (error) {
+      if (!isLeaseNotFound(error)) throw error
+      ttl = 0
+    }
+    if (ttl <= 0) {
+      this.#leaseGone(lease)
+      return
+    }
+    if (!written || this.#entries.get(key) !== entry) return // the key changed meanwhile
+    const mine = this.#mine(line, key, entry, request, value, waiting)
+    if (!mine) return
+    if (!fromCopy) {
+      const expected = mine.holder ? value : waiting
+      if (!mine.kv.value.equals(expected)) {
+        if (!(await this.#rewrite(key, entry.token, expected, lease))) return
+        mine.kv.value = expected
+        line = decoded(line.map((k) => k.kv))
+      }
+    }
+    return this.#answer(request, key, line, lease, issuedAt)
+  }
+
+  /**
+   * Our key in the copy of the line, as we wrote it for this request (granted or waiting), with
+   * no tickets at odds with the request: its ranking; undefined otherwise.
+   */
+  #mine(
+    line: readonly (LineKey | Line)[] | undefined,
+    key: string,
+    entry: Entry,
+    request: AcquireRequest,
+    value: Buffer,
+    waiting: Buffer,
+  ): RankedKey<IKeyValue> | undefined {
+    if (!line) return
+    const index = line.findIndex((k) => keyString(k.kv.key) === key)
+    const mine = line[index]
+    if (!mine) return
+    if (Number(mine.kv.create_revision) !== entry.token || mine.kv.lease !== entry.lease.id) return
+    if (!mine.kv.value.equals(value) && !mine.kv.value.equals(waiting)) return
+    const kvs = line.map((k) => k.kv)
+    const others = recordedTickets(kvs, mine.kv)
+    if (others !== undefined && others !== request.tickets) return
+    const ranked = rankDecoded(line.map((k) => ({ kv: k.kv, stored: k.stored }))).keys[index]!
+    // A grant asked again with other tickets is refused by the transaction's path.
+    if (ranked.granted && !ranked.stored.foreign && ranked.stored.tickets !== request.tickets)
+      return
+    return ranked
   }
 
   /** Refuses an acquire asking other tickets than the resource's live keys recorded. */
@@ -509,21 +699,22 @@ export class EtcdBackend implements Backend {
     }
   }
 
+  /** Not granted: the holders, when to look again, and the waiters before this key (`index`). */
   async #notAcquired(
     request: AcquireRequest,
-    kvs: IKeyValue[],
-    lease: Lease,
-    known: LeaseTtls | null,
+    ranked: RankedKey<IKeyValue>[],
+    index: number,
+    known: LeaseTtls,
   ): Promise<AcquireResult> {
-    const { holders, soonestMs } = await this.#rank(
-      request.resource,
-      kvs,
-      known ?? (new Map() as LeaseTtls),
-    )
-    // A queued key lives on this backend's lease, which only acquire keeps alive while nothing
-    // is held: come back well within the lease so the key keeps its place in the queue.
-    const keepPlaceMs = Math.floor((lease.ttlSec * 1000) / 2)
-    return { acquired: false, holders, retryInMs: Math.max(0, Math.min(soonestMs, keepPlaceMs)) }
+    const { holders, soonestMs } = await this.#rank(request.resource, ranked, known)
+    // The key keeps its place on this backend's lease, which every renewal keeps alive (the
+    // core renews a queued place like a grant): no need to come back before a holder can go.
+    return {
+      acquired: false,
+      holders,
+      retryInMs: Math.max(0, soonestMs),
+      ahead: aheadOf(ranked, index),
+    }
   }
 
   /**
@@ -535,10 +726,10 @@ export class EtcdBackend implements Backend {
    */
   async #rank(
     resource: string,
-    kvs: IKeyValue[],
+    line: readonly RankedKey<IKeyValue>[],
     known: LeaseTtls,
   ): Promise<{ holders: Holder[]; soonestMs: number }> {
-    const ranked: Ranked[] = rank(kvs).keys.filter((k) => k.holder)
+    const ranked = line.filter((k) => k.holder)
     const unknown = [...new Set(ranked.map((r) => r.kv.lease))].filter(
       (id) => id !== '0' && !known.has(id),
     )
@@ -553,10 +744,12 @@ export class EtcdBackend implements Backend {
       )
     })
     const holders: Holder[] = []
-    for (const { kv, stored } of ranked) {
+    // Tickets free for waiters that have not asked yet: taken within their lease, or free then.
+    const free: Holder[] = []
+    for (const { kv, stored, granted } of ranked) {
       const ttlSec = kv.lease === '0' ? Number.POSITIVE_INFINITY : known.get(kv.lease)
       if (ttlSec === undefined) continue // its lease is gone: so is the key, a moment later
-      holders.push({
+      ;(granted ? holders : free).push({
         candidate: this.#layout.candidateOf(resource, keyString(kv.key)),
         token: Number(kv.create_revision),
         metadata: stored.metadata,
@@ -564,25 +757,38 @@ export class EtcdBackend implements Backend {
         remainingMs: Math.min(ttlSec * 1000, stored.leaseMs, 2 ** 31 - 1),
       })
     }
-    const finite = holders.map((h) => h.remainingMs).filter(Number.isFinite)
+    const all = [...holders, ...free]
+    const finite = all.map((h) => h.remainingMs).filter(Number.isFinite)
     // With no holder in sight (their leases just ended, their keys are going), look again soon.
-    const soonestMs = holders.length === 0 ? 10 : finite.length ? Math.min(...finite) : 60_000
+    const soonestMs = all.length === 0 ? 10 : finite.length ? Math.min(...finite) : 60_000
     return { holders, soonestMs }
   }
 
   /** Puts `value` on an existing key with this lease, if it still has create revision `token`. */
   async #rewrite(key: string, token: number, value: Buffer, lease: Lease): Promise<boolean> {
-    const response = await this.#call('acquire', (client, options) =>
-      client.kv.txn(
-        {
-          compare: [
-            { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
-          ],
-          success: [{ request_put: { key: keyBuffer(key), value, lease: lease.id } }],
-          failure: [],
-        },
-        options,
-      ),
+    return this.#call('acquire', (client, options) =>
+      this.#put(client, options, key, token, value, lease),
+    )
+  }
+
+  /** The put of #rewrite, through one client. */
+  async #put(
+    client: Namespace,
+    options: { deadline: Date },
+    key: string,
+    token: number,
+    value: Buffer,
+    lease: Lease,
+  ): Promise<boolean> {
+    const response = await client.kv.txn(
+      {
+        compare: [
+          { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
+        ],
+        success: [{ request_put: { key: keyBuffer(key), value, lease: lease.id } }],
+        failure: [],
+      },
+      options,
     )
     return response.succeeded
   }
@@ -672,9 +878,8 @@ export class EtcdBackend implements Backend {
       this.#forget(entry)
       entry = undefined
     }
-    // A queued key waits for its candidate's next acquire, which comes within half a lease:
-    // it expires on our side only if that candidate is gone for two leases.
-    const expiresAt = issuedAt + (held ? leaseMs : 2 * leaseMs)
+    // A queued place lives as a grant does: leaseMs after its last acquire or renewal.
+    const expiresAt = issuedAt + leaseMs
     if (!entry) {
       entry = {
         key,
@@ -837,24 +1042,9 @@ function isTimeout(error: unknown): boolean {
   )
 }
 
-/** One keepalive on a short-lived stream; resolves with the TTL etcd answered (0: gone). */
-async function keepalive(
-  client: Namespace,
-  lease: Lease,
-  options: { deadline: Date },
-): Promise<number> {
-  const stream = await client.leaseClient.leaseKeepAlive(options)
-  return new Promise<number>((resolve, reject) => {
-    // Stays attached: a late error on this stream must never go unhandled.
-    stream.on('error', (error: Error) => reject(error))
-    stream.on('end', () => reject(new Error('the keepalive stream ended without an answer')))
-    stream.on('data', (response) => {
-      resolve(Number(response.TTL))
-      // A half-close ends the call cleanly (a cancel would make etcd3 reset the channel).
-      stream.end()
-    })
-    stream.write({ ID: lease.id })
-  })
+/** Keys with their values decoded, in the order given. */
+function decoded(kvs: readonly IKeyValue[]): Line[] {
+  return kvs.map((kv) => ({ kv, stored: decodeValue(kv.value) }))
 }
 
 /** Endpoints as `host:port[,host:port]` (without http://), for messages. */

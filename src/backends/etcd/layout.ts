@@ -7,7 +7,9 @@
  * resource `a` could not be told from candidate `x` of resource `a/b`.
  *
  * Value: JSON `{ "tickets": N, "leaseMs": L, "metadata": M }` as written by the candidate's
- * latest acquire. `tickets` is stored so that holders() (which has no tickets argument) ranks the
+ * latest acquire, with `"waiting": true` while the key waits in line: a key that ranks within
+ * the tickets is granted only when its own candidate asks (and its acquire drops the flag), so
+ * a release frees a ticket for the first waiter without granting it behind its back. `tickets` is stored so that holders() (which has no tickets argument) ranks the
  * same way each candidate's own acquire did, and so that an acquire asking for other tickets
  * than the resource's live keys were made with is refused (see `rank`).
  */
@@ -18,6 +20,8 @@ export interface Stored {
   tickets: number
   leaseMs: number
   metadata: Json
+  /** A place in line, not (yet) a grant. */
+  waiting?: boolean
 }
 
 /** A value as read back: `foreign` when this backend did not write it. */
@@ -27,8 +31,13 @@ export interface Decoded extends Stored {
 
 /** A key's value as written (only the known fields, in a fixed order). */
 export function encodeValue(stored: Stored): Buffer {
+  const { tickets, leaseMs, metadata } = stored
   return Buffer.from(
-    JSON.stringify({ tickets: stored.tickets, leaseMs: stored.leaseMs, metadata: stored.metadata }),
+    JSON.stringify(
+      stored.waiting
+        ? { tickets, leaseMs, metadata, waiting: true }
+        : { tickets, leaseMs, metadata },
+    ),
   )
 }
 
@@ -52,6 +61,7 @@ export function decodeValue(value: Buffer | undefined): Decoded {
         tickets: parsed.tickets as number,
         leaseMs: parsed.leaseMs as number,
         metadata: parsed.metadata ?? null,
+        waiting: parsed.waiting === true,
         foreign: false,
       }
     }
@@ -65,8 +75,10 @@ export function decodeValue(value: Buffer | undefined): Decoded {
 export interface RankedKey<K> {
   kv: K
   stored: Decoded
-  /** Within the resource's tickets: this key's candidate holds the resource. */
+  /** Within the resource's tickets: a ticket is this key's (granted, or free for it). */
   holder: boolean
+  /** Within the tickets and not waiting: its candidate was granted the resource. */
+  granted: boolean
 }
 
 /**
@@ -81,14 +93,32 @@ export interface RankedKey<K> {
 export function rank<K extends { value: Buffer }>(
   kvs: readonly K[],
 ): { tickets: number | undefined; keys: RankedKey<K>[] } {
+  return rankDecoded(kvs.map((kv) => ({ kv, stored: decodeValue(kv.value) })))
+}
+
+/** `rank` over keys whose values are already decoded (the watch keeps them so). */
+export function rankDecoded<K>(keys: readonly { kv: K; stored: Decoded }[]): {
+  tickets: number | undefined
+  keys: RankedKey<K>[]
+} {
   let tickets: number | undefined
-  const keys = kvs.map((kv, place) => {
-    const stored = decodeValue(kv.value)
-    if (stored.foreign) return { kv, stored, holder: place === 0 }
+  const ranked = keys.map(({ kv, stored }, place) => {
+    if (stored.foreign) return { kv, stored, holder: place === 0, granted: place === 0 }
     tickets ??= stored.tickets
-    return { kv, stored, holder: stored.tickets === tickets && place < tickets }
+    const holder = stored.tickets === tickets && place < tickets
+    return { kv, stored, holder, granted: holder && !stored.waiting }
   })
-  return { tickets, keys }
+  return { tickets, keys: ranked }
+}
+
+/**
+ * Waiters before the key at `index` of a ranking: the places before it that are not grants
+ * (`held + ahead < tickets` is then exactly "this key ranks within the tickets", since grants
+ * only ever stand within them). Without a place (`index` -1): every place that is not a grant.
+ */
+export function aheadOf(keys: readonly RankedKey<unknown>[], index: number): number {
+  const before = index < 0 ? keys : keys.slice(0, index)
+  return before.filter((k) => !k.granted).length
 }
 
 /** The tickets of the earliest key this backend wrote among `kvs`, other than `except`. */

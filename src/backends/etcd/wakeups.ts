@@ -1,160 +1,515 @@
 /**
- * Push for the etcd backend: one etcd watch per watched resource (on its key range), shared by
- * every watch() of that resource on this backend. etcd3 multiplexes all of a client's watches
- * over one gRPC stream and replays missed events after a reconnect; on top of that, every
- * listener is nudged after a reconnect and after a watch etcd cancelled (e.g. compaction), since
- * a change may have slipped between.
+ * Push for the etcd backend: ONE etcd watch per backend, on its whole prefix, whatever the number
+ * of resources watched (etcd3 attaches a client's watches one at a time and looks each event's
+ * watcher up in a list, so 10,000 watches took minutes). The events of the resources watched
+ * here keep a copy of each one's line (its keys by create revision, values decoded), started
+ * from a consistent read (or an acquire's transaction, which read the range at its revision) and
+ * moved on by every event after that revision, so the copy is the line as etcd had it at the
+ * last revision the watch delivered. From it each change says whom it concerns:
+ * - `wake`: the waiting keys that rank within the tickets after the change (a ticket is free for
+ *   each: its candidate is granted when it asks again), told whenever that list gains a key;
+ * - a new queued key, or a queued key's new metadata, changes no holder: nobody is told;
+ * - a grant (a key created granted, or a waiting key's own acquire dropping its flag), a grant's
+ *   key going, a queued key going, a holder's new metadata: watchers are told.
+ * After a reconnect (etcd3 resumes the watch where it was, so the copy stays exact) and after
+ * etcd cancelled the watch (compaction: copies are read again), every watcher is nudged with no
+ * change. The backend also answers from the copy (see `view`) while the watch is connected.
  */
-import type { Namespace, Watcher } from 'etcd3'
+import type { IEvent, IKeyValue, Namespace, Watcher } from 'etcd3'
+import type { WatchChange } from '../../backend.js'
 import { BackendError } from '../../errors.js'
-import { backendError, fanOut, timeoutError, unwatchOnce, withDeadline } from '../kit.js'
+import { backendError, timeoutError, unwatchOnce, withDeadline } from '../kit.js'
+import { type Decoded, decodeValue, keyString, rankDecoded } from './layout.js'
 
-interface SharedWatch {
-  readonly listeners: Set<() => void>
-  readonly ready: Promise<void>
-  watcher: Watcher
-  /** etcd cancelled it: the next watch() of the resource makes a new one. */
-  broken: boolean
-  cancelling?: Promise<void>
+/** A watcher's callback (Backend.watch's onChange). */
+type Listener = (change?: WatchChange) => void
+
+/** One key of a resource's line, as the watch last saw it. */
+export interface LineKey {
+  /** The full key (with the client's namespace), as the backend's layout spells it. */
+  readonly key: string
+  kv: IKeyValue
+  stored: Decoded
 }
 
-/** The etcd watches of one backend, one per watched resource, and the listeners they wake. */
+/** A consistent read of a resource's keys: oldest create revision first, at `revision`. */
+export interface Snapshot {
+  kvs: IKeyValue[]
+  revision: number
+}
+
+interface Tracked {
+  readonly resource: string
+  readonly listeners: Set<Listener>
+  /** The line, oldest create revision first (once loaded). */
+  keys: LineKey[]
+  /** Events that came while the first read was out: applied over it when newer. */
+  pending: IEvent[] | undefined
+  /** The read's revision: only later events apply. */
+  base: number
+  ready: Promise<void>
+  /** Last time a listener left or the copy was offered (copies nobody watches are dropped). */
+  lastUsed: number
+}
+
+interface Stream {
+  readonly watcher: Watcher
+  readonly ready: Promise<void>
+  connected: boolean
+  broken: boolean
+  /** Every event after this revision has reached us or will (set when etcd created the watch). */
+  since: number
+}
+
+/** An event of a resource nobody tracks, kept a moment for a copy offered just after it. */
+interface Recent {
+  readonly resource: string
+  readonly event: IEvent
+  readonly revision: number
+  readonly at: number
+}
+
+/** How long copies nobody watches, and events of untracked resources, are kept. */
+const KEEP_MS = 5_000
+/** The prefix watch is cancelled after this long with nothing tracked. */
+const IDLE_MS = 10_000
+
+const now = () => performance.now()
+
+/** The etcd watch of one backend and the resources it keeps a copy of. */
 export class Watches {
   readonly #client: Namespace
   readonly #timeoutMs: number
-  readonly #watches = new Map<string, SharedWatch>()
+  readonly #namespace: string
+  readonly #base: string
+  readonly #tracked = new Map<string, Tracked>()
+  #stream: Stream | undefined
+  /** Recent events of untracked resources, oldest first, and the same by resource. */
+  #recent: Recent[] = []
+  readonly #recentOf = new Map<string, Recent[]>()
+  /** Events after this revision are all in #recent or still to come (for offered copies). */
+  #recentSince = Number.POSITIVE_INFINITY
+  #sweeper: NodeJS.Timeout | undefined
+  #idleSince = now()
   readonly #retries = new Set<NodeJS.Timeout>()
-  /** etcd watches being cancelled after their last listener left (close() waits for them). */
   readonly #cancelling = new Set<Promise<void>>()
   #closed = false
 
   /**
-   * @param prefixOf the key prefix of a resource, without the client's namespace
+   * @param namespace the client's namespace (latin1): watch events come without it
+   * @param prefix the backend's prefix (without the namespace)
+   * @param read a consistent read of one resource's keys, oldest create revision first
    * @param label `etcd at <endpoints>`, for messages
    */
   constructor(
     client: Namespace,
     timeoutMs: number,
-    readonly prefixOf: (resource: string) => string,
+    namespace: string,
+    readonly prefix: string,
+    readonly read: (resource: string) => Promise<Snapshot>,
     readonly label: string,
   ) {
     this.#client = client
     this.#timeoutMs = timeoutMs
+    this.#namespace = namespace
+    this.#base = namespace + prefix
   }
 
-  /** Resolves once etcd confirmed the watch, so a change after that is never missed. */
-  async watch(resource: string, onChange: () => void): Promise<() => Promise<void>> {
-    let shared = this.#watches.get(resource)
-    if (!shared || shared.broken) {
-      shared = this.#open(resource)
-      this.#watches.set(resource, shared)
-    }
+  /** Resolves once the watch is in place and the line read, so no change after it is missed. */
+  async watch(resource: string, onChange: Listener): Promise<() => Promise<void>> {
+    if (this.#closed) throw new BackendError(`${this.label}: the watches are closed`)
+    const tracked = this.#tracked.get(resource) ?? this.#track(resource)
     // A wrapper per call, so the same function can be watched twice and unwatched once.
-    const listener = () => onChange()
-    shared.listeners.add(listener)
-    const watch = shared
+    const listener: Listener = (change) => onChange(change)
+    tracked.listeners.add(listener)
     try {
-      await watch.ready
+      await tracked.ready
     } catch (error) {
-      this.#drop(resource, watch, listener)
+      tracked.listeners.delete(listener)
       throw error
     }
-    // The listener is gone at once; etcd's cancel goes on in the background, so a candidate
-    // that just won does not wait another round trip for it.
-    return unwatchOnce(() => this.#drop(resource, watch, listener))
+    return unwatchOnce(() => {
+      // The copy lives on a moment (the next ask of the same resource finds it).
+      const current = this.#tracked.get(resource)
+      tracked.listeners.delete(listener)
+      current?.listeners.delete(listener)
+      if (current) current.lastUsed = now()
+    })
   }
 
-  /** Cancels every watch (bounded by the timeout: a dead connection does not hold close() up). */
+  /**
+   * The line of `resource` as the watch last saw it, while the watch is connected and the copy
+   * loaded; undefined otherwise (then ask etcd).
+   */
+  view(resource: string): readonly LineKey[] | undefined {
+    const stream = this.#stream
+    if (!stream || !stream.connected || stream.broken) return undefined
+    const tracked = this.#tracked.get(resource)
+    if (!tracked || tracked.pending) return undefined
+    return tracked.keys
+  }
+
+  /**
+   * A consistent read of `resource` (an acquire's transaction): kept as its copy when the watch
+   * delivers every event after its revision (so a `watch()` soon after needs no read of its
+   * own). Also starts the watch, for the next ones.
+   */
+  offer(resource: string, snapshot: Snapshot): void {
+    if (this.#closed) return
+    const stream = this.#stream ?? this.#open()
+    const existing = this.#tracked.get(resource)
+    if (existing) {
+      existing.lastUsed = now()
+      return
+    }
+    if (!stream.connected || stream.broken || snapshot.revision < this.#recentSince) return
+    const tracked = this.#newTracked(resource, Promise.resolve())
+    this.#load(
+      tracked,
+      snapshot,
+      (this.#recentOf.get(resource) ?? []).map((r) => r.event),
+    )
+    this.#recentOf.delete(resource)
+  }
+
+  /** Cancels the watch (bounded by the timeout: a dead connection does not hold close() up). */
   async close(): Promise<void> {
     this.#closed = true
+    clearInterval(this.#sweeper)
     for (const timer of this.#retries) clearTimeout(timer)
     this.#retries.clear()
-    const all = [...this.#watches.values()]
-    this.#watches.clear()
-    await Promise.all([...all.map((w) => this.#cancel(w)), ...this.#cancelling])
+    this.#tracked.clear()
+    const stream = this.#stream
+    this.#stream = undefined
+    if (stream) this.#cancel(stream)
+    await Promise.all(this.#cancelling)
   }
 
-  #open(resource: string): SharedWatch {
-    const watcher = this.#client.watch().prefix(this.prefixOf(resource)).watcher()
-    const listeners = new Set<() => void>()
-    let connected = false
+  // ------------------------------------------------------------------------------------------
+
+  #newTracked(resource: string, ready: Promise<void>): Tracked {
+    const tracked: Tracked = {
+      resource,
+      listeners: new Set(),
+      keys: [],
+      pending: [],
+      base: 0,
+      ready,
+      lastUsed: now(),
+    }
+    this.#tracked.set(resource, tracked)
+    this.#sweep()
+    return tracked
+  }
+
+  /** Starts a copy of `resource`: the watch first, then a read at a revision it covers. */
+  #track(resource: string): Tracked {
+    const tracked = this.#newTracked(resource, Promise.resolve())
+    const stream = this.#stream ?? this.#open()
+    tracked.ready = (async () => {
+      await stream.ready
+      const snapshot = await this.read(resource)
+      if (this.#tracked.get(resource) === tracked) this.#load(tracked, snapshot, [])
+    })()
+    tracked.ready.catch(() => {
+      if (this.#tracked.get(resource) === tracked) this.#tracked.delete(resource)
+    })
+    return tracked
+  }
+
+  /** The copy from `snapshot`, then the events that came meanwhile (newer ones only). */
+  #load(tracked: Tracked, snapshot: Snapshot, more: IEvent[]): void {
+    tracked.keys = snapshot.kvs.map((kv) => ({
+      key: keyString(kv.key),
+      kv,
+      stored: decodeValue(kv.value),
+    }))
+    tracked.base = snapshot.revision
+    const pending = [...more, ...(tracked.pending ?? [])]
+    tracked.pending = undefined
+    for (const event of pending) {
+      if (Number(event.kv.mod_revision) > tracked.base) this.#apply(tracked, event)
+    }
+  }
+
+  #open(): Stream {
+    const watcher = this.#client.watch().prefix(this.prefix).watcher()
+    let settled = false
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(
           new BackendError(
-            `${this.label}: watch of "${resource}" not established in ${this.#timeoutMs} ms`,
+            `${this.label}: watch of "${this.prefix}" not established in ${this.#timeoutMs} ms`,
           ),
         )
+        this.#broken(stream)
       }, this.#timeoutMs)
       timer.unref()
-      watcher.on('connected', () => {
+      watcher.on('connected', (response: { header: { revision: string } }) => {
         clearTimeout(timer)
-        if (connected) fanOut(listeners) // a reconnect: something may have changed meanwhile
-        connected = true
-        resolve()
+        stream.connected = true
+        if (!settled) {
+          settled = true
+          stream.since = Number(response.header.revision)
+          if (this.#stream === stream) this.#recentSince = stream.since
+          resolve()
+        } else {
+          // etcd3 resumed from the last revision seen, so the copies are still exact; a waiter
+          // that missed nothing asks again anyway (the contract's "reconnect: unknown").
+          this.#nudgeAll()
+        }
+      })
+      watcher.on('disconnected', () => {
+        stream.connected = false
       })
       watcher.on('error', (error: Error) => {
         clearTimeout(timer)
-        shared.broken = true
-        reject(backendError(this.label, `watch of "${resource}"`, error))
-        if (connected) {
-          fanOut(listeners)
-          this.#replace(resource, shared)
-        }
+        reject(backendError(this.label, `watch of "${this.prefix}"`, error))
+        this.#broken(stream)
       })
     })
     // Nobody may be awaiting `ready` when it fails late; the rejection is still observed here.
     ready.catch(() => {})
-    watcher.on('data', (response) => {
-      if (response.events.length > 0) fanOut(listeners)
+    watcher.on('data', (response: { events: IEvent[] }) => {
+      if (this.#stream === stream && !stream.broken) this.#events(response.events)
     })
-    const shared: SharedWatch = { listeners, ready, watcher, broken: false }
-    return shared
+    const stream: Stream = { watcher, ready, connected: false, broken: false, since: Infinity }
+    this.#stream = stream
+    this.#recent = []
+    this.#recentOf.clear()
+    this.#recentSince = Number.POSITIVE_INFINITY
+    this.#idleSince = now()
+    this.#sweep()
+    return stream
   }
 
-  /** After etcd cancelled a watch that had listeners: move them to a fresh watch, then nudge. */
-  #replace(resource: string, old: SharedWatch): void {
-    if (this.#closed || old.listeners.size === 0) return
+  /** etcd cancelled the watch (or it never came): read every copy again on a new one, nudge. */
+  #broken(stream: Stream): void {
+    if (stream.broken) return
+    stream.broken = true
+    stream.connected = false
+    this.#cancel(stream)
+    if (this.#stream !== stream) return
+    this.#stream = undefined
+    const watched = [...this.#tracked.values()].filter((t) => t.listeners.size > 0)
+    this.#tracked.clear()
+    if (this.#closed || watched.length === 0) return
     const timer = setTimeout(() => {
       this.#retries.delete(timer)
-      if (this.#closed || old.listeners.size === 0) return
-      let fresh = this.#watches.get(resource)
-      if (!fresh || fresh === old || fresh.broken) {
-        fresh = this.#open(resource)
-        this.#watches.set(resource, fresh)
+      if (this.#closed) return
+      for (const old of watched) {
+        if (old.listeners.size === 0) continue
+        const fresh = this.#tracked.get(old.resource) ?? this.#track(old.resource)
+        for (const listener of old.listeners) fresh.listeners.add(listener)
+        fresh.ready.then(
+          () => this.#nudge(fresh),
+          () => this.#nudgeLater(fresh),
+        )
       }
-      for (const listener of old.listeners) fresh.listeners.add(listener)
-      const target = fresh
-      target.ready.then(
-        () => fanOut(target.listeners),
-        () => this.#replace(resource, target),
-      )
-      old.listeners.clear()
     }, 100)
+    timer.unref()
+    this.#retries.add(timer)
+    for (const old of watched) this.#nudge(old)
+  }
+
+  /** A copy whose read failed after a broken watch: its watchers ask again, and it is retried. */
+  #nudgeLater(tracked: Tracked): void {
+    this.#nudge(tracked)
+    if (this.#closed || tracked.listeners.size === 0) return
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer)
+      if (this.#closed || tracked.listeners.size === 0) return
+      const fresh = this.#tracked.get(tracked.resource) ?? this.#track(tracked.resource)
+      for (const listener of tracked.listeners) fresh.listeners.add(listener)
+      fresh.ready.then(
+        () => this.#nudge(fresh),
+        () => this.#nudgeLater(fresh),
+      )
+    }, 1_000)
     timer.unref()
     this.#retries.add(timer)
   }
 
-  #drop(resource: string, watch: SharedWatch, listener: () => void): void {
-    watch.listeners.delete(listener)
-    // A replacement watch may carry this listener now.
-    const current = this.#watches.get(resource)
-    if (current && current !== watch) current.listeners.delete(listener)
-    for (const w of current && current !== watch ? [watch, current] : [watch]) {
-      if (w.listeners.size === 0) {
-        if (this.#watches.get(resource) === w) this.#watches.delete(resource)
-        const cancelling = this.#cancel(w)
-        this.#cancelling.add(cancelling)
-        void cancelling.then(() => this.#cancelling.delete(cancelling))
+  /** One watch response: events in revision order, changes worked out per revision. */
+  #events(events: IEvent[]): void {
+    let revision = -1
+    const touched = new Map<Tracked, Before>()
+    const flush = () => {
+      for (const [tracked, before] of touched) this.#changed(tracked, before)
+      touched.clear()
+    }
+    for (const event of events) {
+      const eventRevision = Number(event.kv.mod_revision)
+      if (eventRevision !== revision) {
+        flush()
+        revision = eventRevision
       }
+      const key = this.#namespace + keyString(event.kv.key)
+      const resource = this.#resourceOf(key)
+      if (resource === undefined) continue
+      const tracked = this.#tracked.get(resource)
+      if (!tracked) {
+        this.#remember(resource, event, eventRevision)
+        continue
+      }
+      if (tracked.pending) {
+        tracked.pending.push(event)
+        continue
+      }
+      if (eventRevision <= tracked.base) continue
+      if (!touched.has(tracked)) touched.set(tracked, { ...lineOf(tracked.keys), withdrawn: false })
+      const was = tracked.keys.find((k) => k.key === key)
+      const grant = was !== undefined && touched.get(tracked)!.granted.has(key)
+      if (event.type === 'Delete' && was && !grant) touched.get(tracked)!.withdrawn = true
+      this.#apply(tracked, event)
+    }
+    flush()
+    this.#prune()
+  }
+
+  /** Moves a copy on by one event. */
+  #apply(tracked: Tracked, event: IEvent): void {
+    const key = this.#namespace + keyString(event.kv.key)
+    const index = tracked.keys.findIndex((k) => k.key === key)
+    if (event.type === 'Delete') {
+      if (index >= 0) tracked.keys.splice(index, 1)
+      return
+    }
+    const kv: IKeyValue = { ...event.kv, key: Buffer.from(key, 'latin1') }
+    const entry: LineKey = { key, kv, stored: decodeValue(kv.value) }
+    if (index >= 0 && tracked.keys[index]!.kv.create_revision === kv.create_revision) {
+      tracked.keys[index] = entry // a new value: the key keeps its place
+      return
+    }
+    if (index >= 0) tracked.keys.splice(index, 1)
+    // A new key is normally the newest; keep create-revision order whatever comes.
+    const created = Number(kv.create_revision)
+    let at = tracked.keys.length
+    while (at > 0 && Number(tracked.keys[at - 1]!.kv.create_revision) > created) at--
+    tracked.keys.splice(at, 0, entry)
+  }
+
+  /** After one revision's events: tell the watchers what it changed, if it changed anything. */
+  #changed(tracked: Tracked, was: Before): void {
+    const after = lineOf(tracked.keys)
+    let changed = was.withdrawn
+    for (const [key, value] of after.granted) {
+      const old = was.granted.get(key)
+      if (old === undefined || !old.equals(value)) changed = true
+    }
+    for (const key of was.granted.keys()) if (!after.granted.has(key)) changed = true
+    for (const key of after.free) if (!was.free.includes(key)) changed = true
+    const candidate = (key: string) => key.slice(this.#base.length + tracked.resource.length + 1)
+    if (changed) this.#notify(tracked, { wake: after.free.map(candidate) })
+  }
+
+  #notify(tracked: Tracked, change: WatchChange | undefined): void {
+    for (const listener of [...tracked.listeners]) {
+      queueMicrotask(() => {
+        try {
+          listener(change && { wake: [...change.wake!] })
+        } catch {
+          // The others still hear of the change.
+        }
+      })
     }
   }
 
-  #cancel(watch: SharedWatch): Promise<void> {
+  #nudge(tracked: Tracked): void {
+    this.#notify(tracked, undefined)
+  }
+
+  #nudgeAll(): void {
+    for (const tracked of this.#tracked.values()) this.#nudge(tracked)
+  }
+
+  /** The resource of a key under the prefix (`<base><resource>#<candidate>`), if it is one. */
+  #resourceOf(key: string): string | undefined {
+    if (!key.startsWith(this.#base)) return undefined
+    const hash = key.indexOf('#', this.#base.length)
+    return hash < 0 ? undefined : key.slice(this.#base.length, hash)
+  }
+
+  #remember(resource: string, event: IEvent, revision: number): void {
+    const recent: Recent = { resource, event, revision, at: now() }
+    this.#recent.push(recent)
+    let list = this.#recentOf.get(resource)
+    if (!list) this.#recentOf.set(resource, (list = []))
+    list.push(recent)
+  }
+
+  /** Forgets recent events older than KEEP_MS: a copy offered at an older revision is refused. */
+  #prune(): void {
+    const old = now() - KEEP_MS
+    let drop = 0
+    while (drop < this.#recent.length && this.#recent[drop]!.at < old) drop++
+    if (drop === 0) return
+    for (const recent of this.#recent.slice(0, drop)) {
+      this.#recentSince = Math.max(
+        this.#recentSince === Infinity ? 0 : this.#recentSince,
+        recent.revision,
+      )
+      const list = this.#recentOf.get(recent.resource)
+      if (list?.[0] === recent) list.shift()
+      if (list?.length === 0) this.#recentOf.delete(recent.resource)
+    }
+    this.#recent = this.#recent.slice(drop)
+  }
+
+  /** Drops copies nobody watches, and the watch itself once nothing is tracked for a while. */
+  #sweep(): void {
+    if (this.#sweeper || this.#closed) return
+    this.#sweeper = setInterval(() => {
+      const old = now() - KEEP_MS
+      for (const [resource, tracked] of this.#tracked) {
+        if (tracked.listeners.size === 0 && !tracked.pending && tracked.lastUsed < old)
+          this.#tracked.delete(resource)
+      }
+      this.#prune()
+      if (this.#tracked.size > 0) this.#idleSince = now()
+      else if (now() - this.#idleSince > IDLE_MS && this.#stream) {
+        const stream = this.#stream
+        this.#stream = undefined
+        this.#cancel(stream)
+      }
+      if (!this.#stream && this.#tracked.size === 0) {
+        clearInterval(this.#sweeper)
+        this.#sweeper = undefined
+      }
+    }, 1_000)
+    this.#sweeper.unref()
+  }
+
+  #cancel(stream: Stream): void {
     // Bounded by the timeout, and quiet: a dead connection must not hold close() up.
-    watch.cancelling ??= withDeadline(watch.watcher.cancel(), this.#timeoutMs, () =>
+    const cancelling = withDeadline(stream.watcher.cancel(), this.#timeoutMs, () =>
       timeoutError(this.label, 'cancelling a watch', this.#timeoutMs),
     ).catch(() => {})
-    return watch.cancelling
+    this.#cancelling.add(cancelling)
+    void cancelling.then(() => this.#cancelling.delete(cancelling))
   }
+}
+
+/** What a line's watchers care about: its grants (with their values) and its free places. */
+interface LineState {
+  granted: Map<string, Buffer>
+  /** Waiting keys within the tickets: a ticket is free for each. */
+  free: string[]
+}
+
+/** A line before a revision's events. */
+interface Before extends LineState {
+  /** A key that was not a grant went (a withdrawal): the line moved. */
+  withdrawn: boolean
+}
+
+function lineOf(keys: readonly LineKey[]): LineState {
+  const granted = new Map<string, Buffer>()
+  const free: string[] = []
+  const ranked = rankDecoded(keys.map((k) => ({ kv: k, stored: k.stored })))
+  for (const k of ranked.keys) {
+    if (k.granted) granted.set(k.kv.key, k.kv.kv.value)
+    else if (k.holder) free.push(k.kv.key)
+  }
+  return { granted, free }
 }
