@@ -163,3 +163,119 @@ export function watchHolder(
     throw error
   })
 }
+
+// ---- waiter processes of the many-waiters scenario ---------------------------------------------
+
+/** How a waiter process is started: its candidates, and the connection details of its subject. */
+export interface WaitersConfig {
+  /** The subject, by name. */
+  subject: string
+  resource: string
+  leaseMs: number
+  /** Candidates (Elections) in this process, on one backend. */
+  count: number
+  [key: string]: string | number | boolean
+}
+
+/** What the parent asks of a waiter process. */
+export type WaiterCommand = { cmd: 'resign' } | { cmd: 'cpu' } | { cmd: 'close' }
+
+/** Messages a waiter process sends its parent; times are `now()` there. */
+export type WaiterMessage =
+  | { type: 'ready' }
+  | { type: 'elected'; at: number }
+  | { type: 'resigned'; at: number }
+  | { type: 'cpu'; ms: number }
+  | { type: 'closed'; errors: number }
+  | { type: 'failed'; error: string }
+
+/** A process of waiting candidates (bench/waiters.ts). */
+export interface WaiterProcess {
+  readonly pid: number
+  /** Resolves once every candidate there was answered (waits or holds). */
+  readonly ready: Promise<void>
+  /** Calls `listener` with the time (see `now`) of each election there. */
+  onElected(listener: (at: number) => void): void
+  /** How many of its candidates hold now (as it reported). */
+  holding(): number
+  /** Resigns a term held there; resolves with when resign() was called there. */
+  resign(): Promise<number>
+  /** Its CPU time (user + system) so far, in ms. */
+  cpuMs(): Promise<number>
+  /** Closes its candidates and waits for it to exit; resolves with the errors they emitted. */
+  close(): Promise<number>
+}
+
+/** bench/waiters.ts, the one waiter program every conclave backend shares. */
+export const WAITERS_PROGRAM = fileURLToPath(new URL('./waiters.ts', import.meta.url))
+
+/**
+ * Starts bench/waiters.ts for `module` (a file in bench/subjects/ exporting `waitersBackend`);
+ * resolves once it runs (see `ready` for its candidates).
+ */
+export function spawnWaiters(module: string, config: WaitersConfig): WaiterProcess {
+  const child = fork(WAITERS_PROGRAM, [module, JSON.stringify(config)], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  })
+  let gone = false
+  let failure: Error | undefined
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      gone = true
+      resolve()
+    }),
+  )
+  const elected: ((at: number) => void)[] = []
+  const waiting: { type: WaiterMessage['type']; resolve: (m: WaiterMessage) => void }[] = []
+  let holding = 0
+  let markReady!: () => void
+  let failReady!: (error: Error) => void
+  const ready = new Promise<void>(
+    (resolve, reject) => ((markReady = resolve), (failReady = reject)),
+  )
+  ready.catch(() => {})
+  child.on('message', (m: WaiterMessage) => {
+    if (m.type === 'ready') markReady()
+    if (m.type === 'elected') {
+      holding++
+      for (const listener of elected) listener(m.at)
+    }
+    if (m.type === 'resigned') holding--
+    if (m.type === 'failed') {
+      failure = new Error(`waiter process failed: ${m.error}`)
+      failReady(failure)
+    }
+    const i = waiting.findIndex((w) => w.type === m.type)
+    if (i >= 0) waiting.splice(i, 1)[0]!.resolve(m)
+  })
+  void exited.then(() => failReady(new Error('waiter process exited before it was ready')))
+  const ask = <T extends WaiterMessage['type']>(command: WaiterCommand, type: T) => {
+    if (failure) return Promise.reject(failure)
+    if (gone) return Promise.reject(new Error('waiter process is gone'))
+    const answer = new Promise<WaiterMessage>((resolve) => waiting.push({ type, resolve }))
+    child.send(command)
+    return within(answer, 60_000, `waiter process (${command.cmd})`) as Promise<
+      Extract<WaiterMessage, { type: T }>
+    >
+  }
+  return {
+    pid: child.pid!,
+    ready,
+    onElected: (listener) => void elected.push(listener),
+    holding: () => holding,
+    resign: async () => (await ask({ cmd: 'resign' }, 'resigned')).at,
+    cpuMs: async () => (await ask({ cmd: 'cpu' }, 'cpu')).ms,
+    async close() {
+      if (gone) return 0
+      try {
+        return (await ask({ cmd: 'close' }, 'closed')).errors
+      } catch {
+        return 0
+      } finally {
+        if (!gone) child.kill('SIGKILL')
+        await exited
+      }
+    },
+  }
+}

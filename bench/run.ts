@@ -1,12 +1,16 @@
 /**
- * `npm run bench [-- --only NAME[,NAME]] [--quick]`: runs every suite in bench/suites/ (each a
- * list of subjects × the scenarios of bench/scenarios.ts), prints a markdown table per suite
- * with each row's ratio to conclave's row of the same scenario and metric, and writes
- * bench/results/latest.json.
+ * `npm run bench [-- --only NAME[,NAME]] [--scenarios ID[,ID]] [--quick] [many-waiters sizes]`:
+ * runs every suite in bench/suites/ (each a list of subjects × the scenarios of
+ * bench/scenarios.ts), prints a markdown table per suite with each row's ratio to conclave's row
+ * of the same scenario and metric (a "baseline: ..." row shows conclave's ratio to it instead),
+ * and writes bench/results/latest.json. The many-waiters sizes: --waiters N, --processes N,
+ * --lease MS, --rounds N, --idle-leases N (defaults 500, 5, 10000, 10, 2; --quick 50, 2, 3000,
+ * 3, 2).
  */
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
+import type { ManyWaitersOptions } from './scenarios.js'
 import { runSuite, type Suite } from './suite.js'
 import type { BenchRow } from './stats.js'
 
@@ -15,6 +19,29 @@ const args = process.argv.slice(2)
 const quick = args.includes('--quick')
 const onlyIndex = args.indexOf('--only')
 const only = onlyIndex >= 0 ? (args[onlyIndex + 1] ?? '').split(',').filter(Boolean) : []
+const scenariosIndex = args.indexOf('--scenarios')
+const scenarioIds =
+  scenariosIndex >= 0 ? (args[scenariosIndex + 1] ?? '').split(',').filter(Boolean) : []
+
+/** A positive whole number given as `--flag N`, or undefined. */
+function count(flag: string): number | undefined {
+  const i = args.indexOf(flag)
+  if (i < 0) return undefined
+  const value = Number(args[i + 1])
+  if (!Number.isInteger(value) || value < 1)
+    throw new Error(`${flag}: expected a whole number of at least 1, got ${args[i + 1]}`)
+  return value
+}
+const sizes: Partial<ManyWaitersOptions> = {
+  waiters: count('--waiters'),
+  processes: count('--processes'),
+  leaseMs: count('--lease'),
+  rounds: count('--rounds'),
+  idleLeases: count('--idle-leases'),
+}
+const many = Object.fromEntries(
+  Object.entries(sizes).filter(([, v]) => v !== undefined),
+) as Partial<ManyWaitersOptions>
 
 const fmt = (n: number | undefined) =>
   n === undefined || Number.isNaN(n)
@@ -44,7 +71,10 @@ function table(rows: BenchRow[]): string {
     const mine = figure(row)
     const ratio =
       base && base !== row && !row.na && mine !== undefined && figure(base)
-        ? `${fmt(mine / figure(base)!)}x`
+        ? // A baseline (a backend's cheapest write) is what conclave's figure is measured against.
+          row.subject.startsWith('baseline:')
+          ? `conclave ${fmt(figure(base)! / mine)}x`
+          : `${fmt(mine / figure(base)!)}x`
         : ''
     const scenario = row.scenario === lastScenario ? '' : row.scenario
     // A scenario-wide n/a row has no metric of its own.
@@ -76,13 +106,21 @@ const files = readdirSync(join(here, 'suites'))
 const results: Record<string, BenchRow[]> = {}
 let failed = 0
 for (const file of files) {
-  const suite = (
+  const loaded = (
     (await import(pathToFileURL(join(here, 'suites', file)).href)) as { default: Suite }
   ).default
-  if (only.length && !only.includes(suite.name)) continue
+  if (only.length && !only.includes(loaded.name)) continue
+  const suite: Suite = scenarioIds.length
+    ? { ...loaded, scenarios: loaded.scenarios.filter((s) => scenarioIds.includes(s.id)) }
+    : loaded
+  if (!suite.scenarios.length) continue
   console.log(`\n## ${suite.name}\n`)
   try {
-    const rows = await runSuite(suite, { quick, log: (line) => console.log(`  ${line}`) })
+    const rows = await runSuite(suite, {
+      quick,
+      many,
+      log: (line) => console.log(`  ${line}`),
+    })
     results[suite.name] = rows
     console.log(`\n${table(rows)}`)
   } catch (error) {

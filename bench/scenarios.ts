@@ -11,8 +11,24 @@
  * primary, from a worker), metrics merge.
  */
 import { startProxy } from '../testkit/proxy.js'
-import { type HolderProcess, now, ownCpuMs, pool, sleep, uniqueKey, within } from './probes.js'
-import { type BenchRow, type Measurement, notAvailable, single, summarize } from './stats.js'
+import {
+  type HolderProcess,
+  now,
+  ownCpuMs,
+  pool,
+  sleep,
+  uniqueKey,
+  type WaiterProcess,
+  within,
+} from './probes.js'
+import {
+  type BenchRow,
+  type Measurement,
+  median,
+  notAvailable,
+  single,
+  summarize,
+} from './stats.js'
 
 // ---- what scenarios need ----------------------------------------------------------------------
 
@@ -66,6 +82,19 @@ export interface Subject extends Named {
   /** How long each renewal round (one call renewing every grant) took since the last call (ms). */
   renewRounds?(): number[]
   /**
+   * Starts a process of `count` candidates campaigning for `resource` on one backend of their own
+   * (bench/waiters.ts), for the many-waiters scenario.
+   */
+  spawnWaiters?(resource: string, count: number, leaseMs: number): WaiterProcess
+  /**
+   * Requests the server itself has counted so far, from every process (not only this one's
+   * candidates), less the bench's own probes: Redis INFO commandstats, etcd's gRPC messages
+   * received, PostgreSQL's statements of the subjects' role.
+   */
+  serverRequests?(): Promise<number>
+  /** Writes the server has committed so far, where it counts them apart (etcd: raft proposals). */
+  serverWrites?(): Promise<number>
+  /**
    * Starts a hub process for a fresh app that later candidates and holders join (conclave/local),
    * and returns it, to be SIGKILLed.
    */
@@ -77,6 +106,8 @@ export interface ScenarioOptions {
   /** Short runs for smoke checks. */
   quick: boolean
   log: (line: string) => void
+  /** Overrides of the many-waiters scenario's sizes (`npm run bench -- --waiters 100 ...`). */
+  many?: Partial<ManyWaitersOptions>
 }
 
 /** A scenario: what it needs from a subject and its one procedure. */
@@ -560,6 +591,197 @@ export const renewMany = scenario<Subject, 'candidate' | 'requests'>({
   },
 })
 
+/** The sizes of the many-waiters scenario. */
+export interface ManyWaitersOptions {
+  /** Waiting candidates, besides the first holder (which is in the bench's own process). */
+  waiters: number
+  /** Processes the waiters are spread over (each has one backend). */
+  processes: number
+  leaseMs: number
+  /** Releases measured, one after another (each leaves one waiter fewer). */
+  rounds: number
+  /** Leases of the idle window (nobody releases). */
+  idleLeases: number
+}
+
+/** The many-waiters sizes of a run: issue 18's (500 in 5 processes, lease 10 s), or short ones. */
+export function manyWaitersOptions(options: ScenarioOptions): ManyWaitersOptions {
+  const base: ManyWaitersOptions = options.quick
+    ? { waiters: 50, processes: 2, leaseMs: 3_000, rounds: 3, idleLeases: 2 }
+    : { waiters: 500, processes: 5, leaseMs: 10_000, rounds: 10, idleLeases: 2 }
+  return { ...base, ...options.many }
+}
+
+/** How long to wait for the first of `processes` to report an election after a release. */
+function nextElected(processes: WaiterProcess[], ms: number): Promise<number> {
+  return within(
+    new Promise<number>((resolve) => {
+      for (const p of processes) p.onElected(resolve)
+    }),
+    ms,
+    'the next waiter after a release',
+  )
+}
+
+/**
+ * Many candidates in several processes wait for one resource (issue 18's herd): what a release
+ * costs (the time to the next holder, the server's requests in the second after it), and what
+ * waiting costs when nobody releases (server requests per waiter per lease, the waiting
+ * processes' CPU). The first holder is in this process; the waiters are in child processes
+ * (bench/waiters.ts), each with one backend for all its candidates, as an app would have. Times
+ * across processes are `now()` (performance.timeOrigin + performance.now(), comparable between
+ * the processes of one host to well under a millisecond); requests are counted by the server.
+ */
+export const manyWaiters = scenario<Subject, 'candidate' | 'spawnWaiters'>({
+  id: 'many-waiters',
+  title: 'many waiters',
+  needs: ['candidate', 'spawnWaiters'],
+  async run(subject, options) {
+    const { waiters, processes, leaseMs, rounds, idleLeases } = manyWaitersOptions(options)
+    const { log } = options
+    const resource = uniqueKey('many')
+    const counters = async () => ({
+      requests: await subject.serverRequests?.(),
+      writes: await subject.serverWrites?.(),
+    })
+    const holder = await subject.candidate()
+    const children: WaiterProcess[] = []
+    let release: Release | undefined
+    try {
+      release = await holder.acquire(resource, leaseMs)
+      // The holder's own upkeep, to take out of the waiters' idle cost.
+      const alone0 = await counters()
+      await sleep(leaseMs)
+      const alone1 = await counters()
+      const t0 = performance.now()
+      for (let i = 0; i < processes; i++) {
+        const count = Math.floor(waiters / processes) + (i < waiters % processes ? 1 : 0)
+        if (count) children.push(subject.spawnWaiters(resource, count, leaseMs))
+      }
+      await within(
+        Promise.all(children.map((c) => c.ready)),
+        60_000 + waiters * 100,
+        'waiters answered',
+      )
+      log(
+        `${subject.name}: ${waiters} waiters in ${children.length} processes answered in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      )
+      await sleep(Math.min(2_000, leaseMs / 2)) // past their first asks' follow-ups
+
+      // Idle: nobody releases for `idleLeases` leases.
+      const idleMs = idleLeases * leaseMs
+      const cpu0 = await Promise.all(children.map((c) => c.cpuMs()))
+      const idle0 = await counters()
+      const w0 = performance.now()
+      await sleep(idleMs)
+      const idle1 = await counters()
+      const cpu1 = await Promise.all(children.map((c) => c.cpuMs()))
+      const idleWindow = performance.now() - w0
+      const cpuMs = cpu1.reduce((sum, ms, i) => sum + ms - cpu0[i]!, 0)
+      const perWaiterPerLease = (x0?: number, x1?: number, a0?: number, a1?: number) =>
+        x0 === undefined || x1 === undefined
+          ? undefined
+          : Math.max(0, (x1 - x0 - ((a1! - a0!) * idleWindow) / leaseMs) / waiters / idleLeases)
+      const idleRequests = perWaiterPerLease(
+        idle0.requests,
+        idle1.requests,
+        alone0.requests,
+        alone1.requests,
+      )
+      const idleWrites = perWaiterPerLease(idle0.writes, idle1.writes, alone0.writes, alone1.writes)
+
+      // Releases: the holder resigns; the first election anywhere after it is the handoff.
+      const handoffs: number[] = []
+      const afterRequests: number[] = []
+      const afterWrites: number[] = []
+      for (let round = 0; round < rounds; round++) {
+        const next = nextElected(children, 30_000 + 3 * leaseMs)
+        next.catch(() => {})
+        const c0 = await counters()
+        const sentAt = performance.now()
+        let releasedAt: number
+        if (round === 0) {
+          releasedAt = now()
+          await release!()
+          release = undefined
+        } else {
+          const owner = children.find((c) => c.holding() > 0)
+          if (!owner) throw new Error('no waiter process holds after the last handoff')
+          releasedAt = await owner.resign()
+        }
+        const electedAt = await next
+        handoffs.push(electedAt - releasedAt)
+        await sleep(Math.max(0, sentAt + 1_000 - performance.now()))
+        const c1 = await counters()
+        if (c0.requests !== undefined) afterRequests.push(c1.requests! - c0.requests)
+        if (c0.writes !== undefined) afterWrites.push(c1.writes! - c0.writes)
+        await sleep(200 + Math.random() * 300) // the new holder settles; a fresh point of the cycles
+      }
+      const range = (xs: number[]) => `${Math.min(...xs).toFixed(0)}–${Math.max(...xs).toFixed(0)}`
+      const sizes = `${waiters} waiters in ${children.length} processes (one backend each), lease ${leaseMs / 1000} s`
+      const noCounter = 'the server counts no requests the bench can read'
+      return [
+        summarize(
+          'release → next waiter holds',
+          handoffs,
+          'ms',
+          `${sizes}; ${rounds} releases (one waiter fewer each), range ${range(handoffs)} ms`,
+        ),
+        afterRequests.length
+          ? summarize(
+              'server requests in the second after a release',
+              afterRequests,
+              'requests',
+              `range ${range(afterRequests)}, ${(median(afterRequests) / waiters).toFixed(2)} per waiter (p50)`,
+            )
+          : notAvailable('server requests in the second after a release', 'requests', noCounter),
+        ...(afterWrites.length
+          ? [
+              summarize(
+                'server writes in the second after a release',
+                afterWrites,
+                'writes',
+                `range ${range(afterWrites)}`,
+              ),
+            ]
+          : []),
+        idleRequests === undefined
+          ? notAvailable('idle requests per waiter per lease', 'req/waiter/lease', noCounter)
+          : single(
+              'idle requests per waiter per lease',
+              idleRequests,
+              'req/waiter/lease',
+              waiters,
+              `${idleLeases} leases without a release, the holder's own upkeep taken out`,
+            ),
+        ...(idleWrites === undefined
+          ? []
+          : [
+              single(
+                'idle writes per waiter per lease',
+                idleWrites,
+                'writes/waiter/lease',
+                waiters,
+              ),
+            ]),
+        single(
+          'idle CPU of the waiting processes',
+          (cpuMs / idleWindow) * 100,
+          '% of a core',
+          children.length,
+          `summed over ${children.length} processes, ${(idleWindow / 1000).toFixed(0)} s`,
+        ),
+      ]
+    } finally {
+      await release?.().catch(() => {})
+      const errors = await Promise.all(children.map((c) => c.close()))
+      const total = errors.reduce((a, b) => a + b, 0)
+      if (total) log(`${subject.name}: the waiters emitted ${total} errors`)
+      await holder.close()
+    }
+  },
+})
+
 /** The election scenarios, in table order. */
 export const electionScenarios: readonly Scenario<Subject>[] = [
   uncontended,
@@ -569,6 +791,7 @@ export const electionScenarios: readonly Scenario<Subject>[] = [
   partition,
   idleWaiter,
   renewMany,
+  manyWaiters,
 ]
 
 // ---- agent scenarios (run in the primary of a forked cluster app) ------------------------------
@@ -718,3 +941,16 @@ export const agentScenarios: readonly Scenario<AgentSubject>[] = [
   scrapeFromWorker,
   merge,
 ]
+
+/**
+ * The `cannot` of a baseline subject (a backend's cheapest write round trip, named
+ * "baseline: ..."): every election scenario is n/a but the uncontended one, where the table
+ * prints conclave's ratio to it.
+ */
+export function baselineOnly(): Record<string, string> {
+  return Object.fromEntries(
+    electionScenarios
+      .filter((s) => s.id !== 'uncontended')
+      .map((s) => [s.id, 'a baseline write round trip, not an election']),
+  )
+}

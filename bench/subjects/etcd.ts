@@ -5,8 +5,16 @@
  */
 import { Etcd3 } from 'etcd3'
 import { etcdBackend } from '../../src/backends/etcd/index.js'
-import { type HoldInChild, type HolderConfig, now, processCpuMs, spawnHolder } from '../probes.js'
-import type { Candidate, Subject } from '../scenarios.js'
+import {
+  type HoldInChild,
+  type HolderConfig,
+  now,
+  processCpuMs,
+  spawnHolder,
+  spawnWaiters,
+  type WaitersConfig,
+} from '../probes.js'
+import { baselineOnly, type Candidate, type Subject } from '../scenarios.js'
 import { conclaveSubject, holderId, holdWithElection } from './conclave.js'
 
 /** The server the subjects share, and the bench's own client (expiry watches). */
@@ -21,16 +29,24 @@ export interface EtcdTarget {
 
 const endpoint = (host: string, port: number) => `http://${host}:${port}`
 
-/** gRPC messages etcd has received from clients since it started. */
-async function messagesReceived(target: EtcdTarget): Promise<number> {
+/** The sum of one of etcd's /metrics counters over its labels (an HTTP GET: no gRPC message). */
+async function metric(target: EtcdTarget, name: string): Promise<number> {
   const text = await (await fetch(`${endpoint(target.host, target.port)}/metrics`)).text()
   let total = 0
+  const pattern = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`)
   for (const line of text.split('\n')) {
-    const match = /^grpc_server_msg_received_total\{[^}]*\} (\S+)$/.exec(line)
+    const match = pattern.exec(line)
     if (match) total += Number(match[1])
   }
   return total
 }
+
+/** gRPC messages etcd has received from clients since it started. */
+const messagesReceived = (target: EtcdTarget) => metric(target, 'grpc_server_msg_received_total')
+
+/** Raft proposals etcd has committed since it started: its writes (puts, deletes, leases, txns). */
+const proposalsCommitted = (target: EtcdTarget) =>
+  metric(target, 'etcd_server_proposals_committed_total')
 
 /** etcd leases are whole seconds. */
 const ttlSeconds = (leaseMs: number) => Math.max(1, Math.round(leaseMs / 1000))
@@ -75,6 +91,8 @@ export function etcdSubject(name: (typeof ETCD_SUBJECTS)[number], target: EtcdTa
   const common = {
     name,
     requests: () => messagesReceived(target),
+    serverRequests: () => messagesReceived(target),
+    serverWrites: () => proposalsCommitted(target),
     serverCpuMs: async () => processCpuMs(target.pid),
     serverPort: target.port,
     spawnHolder(resource: string, leaseMs: number, via?: { port: number }) {
@@ -117,6 +135,16 @@ export function etcdSubject(name: (typeof ETCD_SUBJECTS)[number], target: EtcdTa
         })
         return { backend, close: () => backend.close() }
       },
+      spawnWaiters: (resource, count, leaseMs) =>
+        spawnWaiters('etcd', {
+          subject: name,
+          resource,
+          leaseMs,
+          count,
+          host: target.host,
+          port: target.port,
+          prefix: target.prefix,
+        }),
       expiry: (resource) => deleted({ exact: `${target.prefix}${resource}#${ids.get(resource)}` }),
     })
   }
@@ -147,4 +175,34 @@ export const holdInChild: HoldInChild = async (config, onLost) => {
     return holdWithElection(backend, config, onLost)
   }
   await campaign(new Etcd3({ hosts }), config.resource, config.leaseMs, onLost)
+}
+
+/** In a waiter process: the backend its candidates share. */
+export const waitersBackend = (config: WaitersConfig) =>
+  etcdBackend({
+    hosts: endpoint(String(config.host), Number(config.port)),
+    prefix: String(config.prefix),
+  })
+
+/**
+ * The baseline of etcd's cheapest write: "acquire" is one `put` of a key and "release" one
+ * `delete` of it, through the etcd3 client conclave's backend uses (its defaults), each one
+ * committed raft write.
+ */
+export function etcdPutBaseline(target: EtcdTarget): Subject {
+  return {
+    name: 'baseline: etcd put',
+    cannot: baselineOnly(),
+    async candidate(): Promise<Candidate> {
+      const client = new Etcd3({ hosts: endpoint(target.host, target.port) })
+      return {
+        async acquire(resource) {
+          const key = `${target.prefix}baseline/${resource}`
+          await client.put(key).value('x')
+          return async () => void (await client.delete().key(key))
+        },
+        close: async () => client.close(),
+      }
+    },
+  }
 }

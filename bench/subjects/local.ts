@@ -7,7 +7,13 @@
  */
 import { localBackend } from '../../src/backends/local/index.js'
 import { startLocalPeer } from '../../testkit/local.js'
-import { type HoldInChild, processCpuMs, spawnHolder } from '../probes.js'
+import {
+  type HoldInChild,
+  processCpuMs,
+  spawnHolder,
+  spawnWaiters,
+  type WaitersConfig,
+} from '../probes.js'
 import type { Subject } from '../scenarios.js'
 import { conclaveSubject, holderId, holdWithElection } from './conclave.js'
 
@@ -36,6 +42,15 @@ export async function localSubject(dir: string): Promise<Subject> {
         name: `bench-${app}`,
         dir,
       }),
+    spawnWaiters: (resource, count, leaseMs) =>
+      spawnWaiters('local', {
+        subject: 'conclave/local',
+        resource,
+        leaseMs,
+        count,
+        name: `bench-${app}`,
+        dir,
+      }),
     startHub,
     serverCpuMs: async () => processCpuMs(hubs.at(-1)!.pid),
     cannot: {
@@ -54,3 +69,7 @@ export const holdInChild: HoldInChild = (config, onLost) =>
     config,
     onLost,
   )
+
+/** In a waiter process: the backend its candidates share, joining the app the bench names. */
+export const waitersBackend = (config: WaitersConfig) =>
+  localBackend({ name: String(config.name), dir: String(config.dir) })

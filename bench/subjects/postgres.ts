@@ -8,8 +8,15 @@
 import advisory from 'advisory-lock'
 import pg from 'pg'
 import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
-import { type HoldInChild, type HolderConfig, processCpuMs, spawnHolder } from '../probes.js'
-import type { Candidate, Subject } from '../scenarios.js'
+import {
+  type HoldInChild,
+  type HolderConfig,
+  processCpuMs,
+  spawnHolder,
+  spawnWaiters,
+  type WaitersConfig,
+} from '../probes.js'
+import { baselineOnly, type Candidate, type Subject } from '../scenarios.js'
 import { conclaveSubject, expiryFromHolders, holderId, holdWithElection } from './conclave.js'
 
 const createMutex = advisory.default
@@ -34,6 +41,16 @@ export interface PostgresTarget {
 const url = (t: { role: string; host: string; port: number; database: string }) =>
   `postgres://${t.role}@${t.host}:${t.port}/${t.database}`
 
+/** Statements the subjects' role has run (pg_stat_statements calls): the server's own count. */
+async function statementsRun(target: PostgresTarget): Promise<number> {
+  const result = await target.admin.query<{ n: string }>(
+    `SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements s
+       JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1`,
+    [target.role],
+  )
+  return Number(result.rows[0]!.n)
+}
+
 /** The subject names of this module, as the suite lists them. */
 export const POSTGRES_SUBJECTS = ['conclave/postgres', 'advisory-lock', 'baseline: upsert'] as const
 
@@ -48,14 +65,8 @@ export function postgresSubject(
   const ids = new Map<string, string>()
   const common = {
     name,
-    async requests() {
-      const result = await target.admin.query<{ n: string }>(
-        `SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements s
-           JOIN pg_roles r ON r.oid = s.userid WHERE r.rolname = $1`,
-        [target.role],
-      )
-      return Number(result.rows[0]!.n)
-    },
+    requests: () => statementsRun(target),
+    serverRequests: () => statementsRun(target),
     serverCpuMs: async () => processCpuMs(target.pid, true),
     serverPort: target.port,
     spawnHolder(resource: string, leaseMs: number, via?: { port: number }) {
@@ -80,6 +91,15 @@ export function postgresSubject(
         const backend = postgresBackend({ connectionString: url(target), schema: target.schema })
         return { backend, close: () => backend.close() }
       },
+      spawnWaiters: (resource, count, leaseMs) =>
+        spawnWaiters('postgres', {
+          subject: name,
+          resource,
+          leaseMs,
+          count,
+          url: url(target),
+          schema: target.schema,
+        }),
       expiry: expiryFromHolders(
         () =>
           (probe ??= postgresBackend({ connectionString: target.adminUrl, schema: target.schema })),
@@ -166,4 +186,41 @@ export const holdInChild: HoldInChild = async (config, onLost) => {
   }
   // A session lock is held as long as its connection: nothing tells the holder it lost.
   await createMutex(connectionString)(config.resource).lock()
+}
+
+/** In a waiter process: the backend its candidates share. */
+export const waitersBackend = (config: WaitersConfig) =>
+  postgresBackend({ connectionString: String(config.url), schema: String(config.schema) })
+
+/**
+ * The baseline of PostgreSQL's cheapest committed write: "acquire" is one single-row upsert
+ * (INSERT ... ON CONFLICT DO UPDATE, autocommit, the server's default synchronous_commit) and
+ * "release" one DELETE of that row, on one connection of the subjects' role.
+ */
+export function postgresUpsertBaseline(target: PostgresTarget): Subject {
+  return {
+    name: 'baseline: postgres upsert',
+    cannot: baselineOnly(),
+    async candidate(): Promise<Candidate> {
+      const client = new pg.Client({ connectionString: url(target) })
+      client.on('error', () => {})
+      await client.connect()
+      await client.query(
+        'CREATE TABLE IF NOT EXISTS bench_baseline (k text PRIMARY KEY, v bigint NOT NULL)',
+      )
+      let n = 0
+      return {
+        async acquire(resource) {
+          await client.query(
+            `INSERT INTO bench_baseline (k, v) VALUES ($1, $2)
+               ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v`,
+            [resource, ++n],
+          )
+          return async () =>
+            void (await client.query('DELETE FROM bench_baseline WHERE k = $1', [resource]))
+        },
+        close: () => client.end(),
+      }
+    },
+  }
 }

@@ -8,7 +8,16 @@ import { Redis } from 'ioredis'
 import { Mutex, Semaphore } from 'redis-semaphore'
 import type { RedisBackend } from '../../src/backends/redis/index.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
-import { type HoldInChild, type HolderConfig, now, processCpuMs, spawnHolder } from '../probes.js'
+import {
+  type HoldInChild,
+  type HolderConfig,
+  now,
+  processCpuMs,
+  spawnHolder,
+  spawnWaiters,
+  type WaitersConfig,
+  within,
+} from '../probes.js'
 import type { Candidate, Release, Subject } from '../scenarios.js'
 import { conclaveSubject, expiryFromHolders, holderId, holdWithElection } from './conclave.js'
 
@@ -55,11 +64,61 @@ Redis.prototype.sendCommand = function (this: Redis, ...args: Parameters<Redis['
   return sendCommand.apply(this, args)
 }
 
-/** What every Redis subject shares: the request count and the server's CPU. */
+/**
+ * The requests the server receives from every client (every process), read from a MONITOR
+ * connection: a script call counts one, as on the client side (INFO commandstats would count
+ * each command a script runs as well). A reading first sends a marker through `admin` and waits
+ * for the monitor to echo it, so every request the server ran before the reading is counted.
+ */
+function serverMonitor(target: RedisTarget) {
+  let counted = 0
+  let markers = 0
+  let seen = 0
+  const waiting = new Map<number, () => void>()
+  let started: Promise<{ disconnect(): void }> | undefined
+  const start = () =>
+    (started ??= (async () => {
+      const client = new Redis(url(target.host, target.port), { lazyConnect: true })
+      client.on('error', () => {})
+      // A connection of its own, in monitor mode; `client` itself never connects.
+      const monitor = await client.monitor()
+      monitor.on('error', () => {})
+      monitor.on('monitor', (_time: string, args: string[], source: string) => {
+        const marker = /^bench-marker-(\d+)$/.exec(args[1] ?? '')
+        if (args[0]?.toLowerCase() === 'echo' && marker) {
+          seen = Number(marker[1])
+          waiting.get(seen)?.()
+          waiting.delete(seen)
+          return
+        }
+        if (source !== 'lua') counted++
+      })
+      client.disconnect()
+      return monitor
+    })())
+  return {
+    async requests() {
+      await start()
+      const n = ++markers
+      const echoed = new Promise<void>((resolve) => waiting.set(n, resolve))
+      await target.admin.echo(`bench-marker-${n}`)
+      await within(echoed, 10_000, 'the MONITOR echo of a marker')
+      return counted
+    },
+    async close() {
+      if (started) (await started).disconnect()
+    },
+  }
+}
+
+/** What every Redis subject shares: the request counts and the server's CPU. */
 function probes(target: RedisTarget) {
   uncounted.add(target.admin)
+  const monitor = serverMonitor(target)
   return {
     requests: async () => sent,
+    serverRequests: () => monitor.requests(),
+    closeMonitor: () => monitor.close(),
     serverCpuMs: async () => processCpuMs(target.pid),
     serverPort: target.port,
   }
@@ -129,6 +188,7 @@ export function redisSubject(name: (typeof REDIS_SUBJECTS)[number], target: Redi
   const common = {
     name,
     requests: p.requests,
+    serverRequests: p.serverRequests,
     serverCpuMs: p.serverCpuMs,
     serverPort: p.serverPort,
     spawnHolder: spawn,
@@ -143,11 +203,23 @@ export function redisSubject(name: (typeof REDIS_SUBJECTS)[number], target: Redi
         const backend = redisBackend({ url: url(target.host, target.port), startupGrace: false })
         return { backend, close: () => backend.close() }
       },
+      spawnWaiters: (resource, count, leaseMs) =>
+        spawnWaiters('redis', {
+          subject: name,
+          resource,
+          leaseMs,
+          count,
+          host: target.host,
+          port: target.port,
+        }),
       expiry: expiryFromHolders(
         () => (probe ??= redisBackend({ client: target.admin, startupGrace: false })),
         ids,
       ),
-      close: async () => probe?.close(),
+      close: async () => {
+        await p.closeMonitor()
+        await probe?.close()
+      },
     })
   }
   // The server-side expiry of a peer's key: its PTTL right after the kill.
@@ -242,3 +314,7 @@ export const holdInChild: HoldInChild = async (config, onLost) => {
   const make = config.subject === 'redis-semaphore Mutex' ? mutex : semaphore
   await make(client, config.resource, config.leaseMs, onLost).acquire()
 }
+
+/** In a waiter process: the backend its candidates share. */
+export const waitersBackend = (config: WaitersConfig) =>
+  redisBackend({ url: url(String(config.host), Number(config.port)), startupGrace: false })

@@ -1,10 +1,16 @@
 // conclave/postgres against the advisory-lock package, one after another on one private
-// PostgreSQL (pg_stat_statements loaded: statement counts come from the server itself).
+// PostgreSQL (pg_stat_statements loaded: statement counts come from the server itself), and a
+// committed single-row upsert as the baseline of the uncontended acquire.
 import pg from 'pg'
 import { startPostgres } from '../../testkit/index.js'
 import { electionScenarios, type Subject } from '../scenarios.js'
 import { defineSuite } from '../suite.js'
-import { POSTGRES_SUBJECTS, postgresSubject, type PostgresTarget } from '../subjects/postgres.js'
+import {
+  POSTGRES_SUBJECTS,
+  postgresSubject,
+  type PostgresTarget,
+  postgresUpsertBaseline,
+} from '../subjects/postgres.js'
 
 /** The postgres suite: conclave/postgres and advisory-lock × the election scenarios. */
 export default defineSuite<Subject>({
@@ -35,10 +41,10 @@ export default defineSuite<Subject>({
       schema: 'bench',
     }
     return {
-      subjects: POSTGRES_SUBJECTS.map((name) => ({
-        name,
-        open: () => postgresSubject(name, target),
-      })),
+      subjects: [
+        ...POSTGRES_SUBJECTS.map((name) => ({ name, open: () => postgresSubject(name, target) })),
+        { name: 'baseline: postgres upsert', open: () => postgresUpsertBaseline(target) },
+      ],
       async teardown() {
         await admin.end()
         await server.stop()
