@@ -125,25 +125,32 @@ export function looksLikeNodeRedis(client: unknown): client is NodeRedisClient {
  */
 export function checkNodeRedisClient(client: NodeRedisClient): void {
   const c = client as unknown as Record<string, unknown>
-  const refuse = (rule: string): never => {
-    throw new OptionsError('client', '(a node-redis client)', rule)
+  const refuse = (kind: string, rule: string): never => {
+    throw new OptionsError('client', kind, rule)
   }
   if (typeof c.getSlotMaster === 'function' || Array.isArray(c.masters))
     refuse(
+      'a node-redis Cluster client',
       'A node-redis Cluster client (createCluster) is not supported: give an ioredis Cluster client (new Cluster([...])) or a redis+cluster:// URL; see docs/redis.md, node-redis.',
     )
   if (typeof c.getMasterNode === 'function' || typeof c.getSentinelNode === 'function')
     refuse(
+      'a node-redis Sentinel client',
       'A node-redis Sentinel client (createSentinel) is not supported: give an ioredis client with sentinels or a redis+sentinel:// URL; see docs/redis.md, node-redis.',
     )
   if (typeof c.duplicate !== 'function' || typeof c.execute === 'function')
     refuse(
+      'a node-redis pool',
       'A node-redis pool (createClientPool) is not supported: a WAIT must follow its grant on the same connection. Give a client of createClient().',
     )
   if ((client as unknown as NodeRedisImpl).options?.legacyMode)
-    refuse('A node-redis client in legacyMode is not supported: give one without legacyMode.')
+    refuse(
+      'a node-redis client in legacyMode',
+      'A node-redis client in legacyMode is not supported: give one without legacyMode.',
+    )
   if (!client.isOpen)
     refuse(
+      'a node-redis client not connected',
       'The node-redis client is not connected: call `await client.connect()` before redisBackend({ client }).',
     )
 }
@@ -353,10 +360,17 @@ class NodeRedisConnection implements RedisConnection {
   }
 }
 
-/** Closes a node-redis client at once: destroy() in v5+, disconnect() in v4. */
+/**
+ * Closes a node-redis client at once: destroy() in v5+, disconnect() in v4. Either refuses a
+ * client that closed itself already (v5 by throwing, v4 by rejecting): nothing left to close.
+ */
 function closeNodeRedis(client: NodeRedisImpl): void {
-  if (typeof client.destroy === 'function') client.destroy()
-  else client.disconnect?.().catch(noop)
+  try {
+    if (typeof client.destroy === 'function') client.destroy()
+    else client.disconnect?.().catch(noop)
+  } catch {
+    // Closed already.
+  }
 }
 
 /** The reconnect backoff of a subscriber connection (as ioredis' default). */

@@ -14,7 +14,6 @@
  * ioredis' own resubscribe is off: ours tells us when the server confirmed it, so every watcher
  * can then be woken once (a release may have been published while we were disconnected).
  */
-import type { Cluster } from 'ioredis'
 import type { Unwatch } from '../../backend.js'
 import { type CloseGate, fanOut } from '../kit.js'
 import {
