@@ -5,10 +5,10 @@
  * The same connection listens to the keys' keyspace notifications, when the server sends them,
  * so a grant deleted by hand (a raw DEL, which publishes nothing) wakes the watchers too.
  *
- * ioredis is an optional peer dependency: only types are imported statically; `{ url }` loads
- * it when the backend is made (and fails at once with a MissingPeerError without it).
+ * ioredis and node-redis are optional peer dependencies, behind one RedisConnection
+ * (client.ts): `{ client }` takes either; `{ url }` loads ioredis when the backend is made (and
+ * fails at once with a MissingPeerError without it).
  */
-import type { Cluster, Redis } from 'ioredis'
 import type {
   AcquireRequest,
   AcquireResult,
@@ -39,14 +39,11 @@ import {
   validateResource,
   validateWriteRecord,
 } from '../../validate.js'
+import type { Cluster } from 'ioredis'
 import { CloseGate, requirePeer, withDeadline } from '../kit.js'
 import { keySlot, resourceKeys, TOKEN_TTL_MS } from './layout.js'
-import {
-  endpoint,
-  OWNED_CLIENT_DEFAULTS,
-  type RedisBackendOptions,
-  resolveRedisOptions,
-} from './options.js'
+import { connectionOf, type RedisConnection } from './client.js'
+import { OWNED_CLIENT_DEFAULTS, type RedisBackendOptions, resolveRedisOptions } from './options.js'
 import {
   defineScript,
   type ReplicaWait,
@@ -99,7 +96,8 @@ export class RedisBackend implements Backend {
   /** How long WAIT waits for them. */
   readonly replicaTimeoutMs: number
   readonly #owned: boolean
-  readonly #client: Redis | Cluster
+  /** The client, whatever its library (client.ts). */
+  readonly #conn: RedisConnection
   /** The last connection error of a client the backend made, until it is ready again. */
   #clientError: Error | undefined
   readonly #gate = new CloseGate('redis')
@@ -120,7 +118,7 @@ export class RedisBackend implements Backend {
     this.replicaTimeoutMs = resolved.replicaTimeoutMs
     if (resolved.client !== undefined) {
       this.#owned = false
-      this.#client = resolved.client
+      this.#conn = connectionOf(resolved.client)
     } else {
       const { Redis: Client, Cluster } = requirePeer<typeof import('ioredis')>(
         'ioredis',
@@ -145,10 +143,10 @@ export class RedisBackend implements Backend {
       // reconnects by itself.
       owned.on('error', (error: Error) => (this.#clientError = error))
       owned.on('ready', () => (this.#clientError = undefined))
-      this.#client = owned
+      this.#conn = connectionOf(owned)
     }
     this.#wakeups = new Wakeups({
-      client: this.#client,
+      connection: this.#conn,
       prefix: this.prefix,
       lingerMs: this.lingerMs,
       heartbeatMs: this.heartbeatMs,
@@ -183,7 +181,7 @@ export class RedisBackend implements Backend {
     let reply: unknown
     if (wait) {
       const answer = await this.#timed('acquire', () =>
-        runScriptWaiting(this.#client, SCRIPTS.acquire, call[0], call[1], wait),
+        runScriptWaiting(this.#conn.commands, SCRIPTS.acquire, call[0], call[1], wait),
       )
       reply = answer.reply
       const first = Array.isArray(reply) ? Number(reply[0]) : 0
@@ -218,8 +216,8 @@ export class RedisBackend implements Backend {
         ahead,
         wait:
           Number(list[0]) === 4
-            ? failoverGraceWait(endpoint(this.#client), request.leaseMs)
-            : startupGraceWait(endpoint(this.#client), request.leaseMs),
+            ? failoverGraceWait(this.#conn.endpoint(), request.leaseMs)
+            : startupGraceWait(this.#conn.endpoint(), request.leaseMs),
       }
     return {
       acquired: false,
@@ -238,13 +236,13 @@ export class RedisBackend implements Backend {
     const script = SCRIPTS.renew
     // One script call per batch of grants: 10,000 renewals are 10 commands, not 10,000, and no
     // single call holds the server for long.
-    if (this.#client.isCluster) return this.#renewInCluster(requests)
+    if (this.#conn.cluster) return this.#renewInCluster(this.#conn.cluster, requests)
     const calls = renewCalls(this.prefix, requests)
     const replies = await this.#timed('renew', async () => {
       // One pipeline: one round trip for every batch. After a flushed script cache it is run
       // again, which is harmless: a renewal only sets the same lease again.
       const wait = this.#replicaWait()
-      const results = await runPipelined(this.#client, script, calls, wait)
+      const results = await runPipelined(this.#conn.commands, script, calls, wait)
       const flat = results.flatMap(([error, reply]) => {
         if (error) throw error
         return asArray(reply, 'renew')
@@ -266,8 +264,7 @@ export class RedisBackend implements Backend {
    * calls by master node (one pipeline per node), and the nodes asked at once, so a tick is
    * one round trip per node.
    */
-  async #renewInCluster(requests: RenewRequest[]): Promise<boolean[]> {
-    const cluster = this.#client as Cluster
+  async #renewInCluster(cluster: Cluster, requests: RenewRequest[]): Promise<boolean[]> {
     const bySlot = new Map<number, number[]>()
     requests.forEach((request, i) => {
       const slot = keySlot(request.resource)
@@ -355,7 +352,7 @@ export class RedisBackend implements Backend {
   close(): Promise<void> {
     return this.#gate.close(async () => {
       this.#wakeups.close()
-      if (this.#owned) this.#client.disconnect()
+      if (this.#owned) this.#conn.disconnect()
     })
   }
 
@@ -363,7 +360,7 @@ export class RedisBackend implements Backend {
   #checkEviction(): void {
     if (this.#evictionChecked) return
     this.#evictionChecked = true
-    void checkEviction(this.#client, (what, fn) => this.#timed(what, fn)).then(
+    void checkEviction(this.#conn, (what, fn) => this.#timed(what, fn)).then(
       (settled) => (this.#evictionChecked = settled),
       () => (this.#evictionChecked = false),
     )
@@ -378,7 +375,7 @@ export class RedisBackend implements Backend {
 
   #unacknowledged(what: string, acked: number): BackendError {
     return new BackendError(
-      `redis ${what} on ${endpoint(this.#client)}: acknowledged by ${acked} of the ${this.replicas} replicas required within ${this.replicaTimeoutMs} ms (the replicas option), so it does not count`,
+      `redis ${what} on ${this.#conn.endpoint()}: acknowledged by ${acked} of the ${this.replicas} replicas required within ${this.replicaTimeoutMs} ms (the replicas option), so it does not count`,
     )
   }
 
@@ -389,7 +386,7 @@ export class RedisBackend implements Backend {
     validateRecordKey(key)
     const id = recordKey(this.prefix, resource, key)
     const reply = await this.#timed('readRecord', () =>
-      this.#client.hmget(id, 'version', 'token', 'value'),
+      this.#conn.hmget(id, 'version', 'token', 'value'),
     )
     return parseRecordReply(reply)
   }
@@ -405,7 +402,7 @@ export class RedisBackend implements Backend {
     if (!wait) return parseWriteReply(await this.#run('writeRecord', WRITE_RECORD, [keys, args]))
     // Acknowledged like a grant: a record a promoted replica lacks would let a fire run twice.
     const answer = await this.#timed('writeRecord', () =>
-      runScriptWaiting(this.#client, WRITE_RECORD, keys, args, wait),
+      runScriptWaiting(this.#conn.commands, WRITE_RECORD, keys, args, wait),
     )
     const result = parseWriteReply(answer.reply)
     if (result.written && answer.acked < wait.replicas) {
@@ -417,11 +414,11 @@ export class RedisBackend implements Backend {
   /** Backend.now: the server's TIME, so fire times do not depend on this host's clock. */
   async now(): Promise<number> {
     this.#gate.check()
-    return parseTime(await this.#timed('now', () => this.#client.time()))
+    return parseTime(await this.#timed('now', () => this.#conn.time()))
   }
 
   async #run(what: string, script: Script, [keys, args]: ScriptCall): Promise<unknown> {
-    return this.#timed(what, () => runScript(this.#client, script, keys, args))
+    return this.#timed(what, () => runScript(this.#conn.commands, script, keys, args))
   }
 
   /**
@@ -440,13 +437,13 @@ export class RedisBackend implements Backend {
       // A call cut short by close() (its connection dropped) gets the final error.
       this.#gate.check()
       if (error instanceof ConclaveError) throw error
-      if (!this.#client.isCluster && isClusterReply(error)) {
+      if (!this.#conn.cluster && isClusterReply(error)) {
         throw new RedisClusterError(
-          `redis ${what} on ${endpoint(this.#client)}: the server is a Redis Cluster node (${messageOf(error)}); give redisBackend an ioredis Cluster client (new Cluster([...]))`,
+          `redis ${what} on ${this.#conn.endpoint()}: the server is a Redis Cluster node (${messageOf(error)}); give redisBackend an ioredis Cluster client (new Cluster([...]))`,
           { cause: error },
         )
       }
-      const where = endpoint(this.#client)
+      const where = this.#conn.endpoint()
       // A reply is the server's own answer; anything else may be the connection failing.
       const down =
         error instanceof Error && error.name === 'ReplyError'

@@ -7,9 +7,8 @@
  * Only `noeviction` is safe. The backend reads the policy once (at its first acquire) and
  * warns once per server and process, as bullmq does; it never changes the setting.
  */
-import type { Cluster, Redis } from 'ioredis'
 import { REDIS_EVICTION_WARNING } from '../../errors.js'
-import { endpoint } from './options.js'
+import type { RedisConnection } from './client.js'
 import type { TimedCall } from './wakeups.js'
 
 /** Servers (host:port) already warned about, so a process says it once per server. */
@@ -26,10 +25,10 @@ export function mayEvict(policy: string): boolean {
  * managed Redis may refuse CONFIG), false when no answer came (ask again later). A Cluster
  * client asks one node: the nodes of a cluster are configured alike in practice.
  */
-export async function checkEviction(client: Redis | Cluster, timed: TimedCall): Promise<boolean> {
+export async function checkEviction(client: RedisConnection, timed: TimedCall): Promise<boolean> {
   let reply: unknown
   try {
-    reply = await timed('config get', () => client.config('GET', 'maxmemory-policy'))
+    reply = await timed('config get', () => client.configGet('maxmemory-policy'))
   } catch (error) {
     const cause = (error as { cause?: unknown }).cause
     // A refused CONFIG GET (managed Redis): unknown for good, and not ours to guess.
@@ -37,7 +36,7 @@ export async function checkEviction(client: Redis | Cluster, timed: TimedCall): 
   }
   if (!Array.isArray(reply) || reply.length < 2) return true
   const policy = String(reply[1])
-  const where = endpoint(client)
+  const where = client.endpoint()
   if (!mayEvict(policy) || evictionWarned.has(where)) return true
   evictionWarned.add(where)
   const which = policy.startsWith('volatile-')

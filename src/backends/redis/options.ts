@@ -4,17 +4,26 @@
  * into the same options. A password in a URL never reaches a message.
  */
 import { readFileSync } from 'node:fs'
-import type { Cluster, Redis, RedisOptions } from 'ioredis'
+import type { RedisOptions } from 'ioredis'
 import { OptionsError } from '../../errors.js'
+import {
+  checkNodeRedisClient,
+  looksLikeIoredis,
+  looksLikeNodeRedis,
+  type RedisClientInput,
+} from './client.js'
 import { checkOptions, optionalMilliseconds } from '../../validate.js'
 
 /** What redisBackend() takes: your client or a URL, the key prefix, and the timings. */
 export interface RedisBackendOptions {
   /**
-   * Your ioredis client (left open by close()). Give it `commandTimeout` (and, to notice a
-   * hung path sooner, `socketTimeout`) so a command fails instead of waiting forever.
+   * Your client, left open by close(): an ioredis `Redis` or `Cluster` (give it
+   * `commandTimeout`, and to notice a hung path sooner `socketTimeout`, so a command fails
+   * instead of waiting forever), or a node-redis client (`createClient()` of `redis` v4 to v6,
+   * connected: `await client.connect()`). node-redis' Cluster, Sentinel and pool clients are
+   * refused; see docs/redis.md, node-redis.
    */
-  client?: Redis | Cluster
+  client?: RedisClientInput
   /**
    * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
    * query may set `prefix`, `startupGrace`, `failoverGrace`, `replicas`, `replicaTimeoutMs`,
@@ -82,7 +91,7 @@ export interface ResolvedRedisOptions {
   replicas: number
   replicaTimeoutMs: number
   /** Your client, or undefined when the backend makes its own from `url`. */
-  client: Redis | Cluster | undefined
+  client: RedisClientInput | undefined
   /** Without your client: the URL for ioredis (conclave's parameters cut out). */
   url: string | undefined
   /** Without your client, from a `redis+sentinel://` URL: the ioredis options to connect with. */
@@ -141,7 +150,7 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     throw new OptionsError(
       'options',
       options,
-      'redisBackend takes an object: { client } (an ioredis client) or { url }.',
+      'redisBackend takes an object: { client } (an ioredis or node-redis client) or { url }.',
     )
   }
   checkOptions(options, OPTION_NAMES, 'redisBackend')
@@ -214,18 +223,19 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
       'clientOptions is an object of ioredis options, and only goes with { url }.',
     )
   }
-  if (client !== undefined && !looksLikeIoredis(client)) {
+  if (client !== undefined && !looksLikeIoredis(client) && !looksLikeNodeRedis(client)) {
     throw new OptionsError(
       'client',
       client,
-      'client must be an ioredis client: new Redis(...) or new Cluster(...).',
+      'client must be an ioredis client (new Redis(...) or new Cluster(...)) or a node-redis client (createClient(), connected).',
     )
   }
+  if (looksLikeNodeRedis(client)) checkNodeRedisClient(client)
   if (client === undefined && fromUrl === undefined) {
     throw new OptionsError(
       'client',
       client,
-      'redisBackend needs { client } (an ioredis client) or { url } (redis:// or rediss://).',
+      'redisBackend needs { client } (an ioredis or node-redis client) or { url } (redis:// or rediss://).',
     )
   }
   return {
@@ -268,31 +278,6 @@ function withTlsCa(
     throw new OptionsError('tlsCa', path, 'tlsCa is a PEM file: it holds no "BEGIN CERTIFICATE".')
   }
   return { ...clientOptions, tls: { ...clientOptions?.tls, ca } }
-}
-
-/** An ioredis Redis or Cluster, by the methods the backend calls (ioredis is not imported here). */
-function looksLikeIoredis(client: unknown): client is Redis | Cluster {
-  if (typeof client !== 'object' || client === null) return false
-  const c = client as Record<string, unknown>
-  return ['evalsha', 'eval', 'pipeline', 'duplicate', 'script'].every(
-    (m) => typeof c[m] === 'function',
-  )
-}
-
-/** Where a client connects, for messages: host:port or the socket path (never a password). */
-export function endpoint(client: Redis | Cluster): string {
-  if (client.isCluster) {
-    const nodes = (client as Cluster)
-      .nodes('master')
-      .map((n) => `${n.options.host}:${n.options.port}`)
-    return `the Redis Cluster${nodes.length ? ` of masters ${nodes.join(',')}` : ''}`
-  }
-  const { host, port, path, sentinels, name } = (client as Redis).options ?? {}
-  if (path) return path
-  if (sentinels?.length)
-    return `the master "${name}" of sentinels ${sentinels.map((s) => `${s.host ?? 'localhost'}:${s.port ?? 26379}`).join(',')}`
-  const h = host ?? 'localhost'
-  return `${h.includes(':') ? `[${h}]` : h}:${port ?? 6379}`
 }
 
 // --- URLs ------------------------------------------------------------------------------------

@@ -14,11 +14,16 @@
  * ioredis' own resubscribe is off: ours tells us when the server confirmed it, so every watcher
  * can then be woken once (a release may have been published while we were disconnected).
  */
-import type { Cluster, Redis } from 'ioredis'
 import type { Unwatch, WatchChange } from '../../backend.js'
 import { type CloseGate, fanOut } from '../kit.js'
+import {
+  ioredisSubscriber,
+  ioredisSubscriberOptions,
+  type RedisConnection,
+  type SubscriberConnection,
+} from './client.js'
 import { keySlot, keyspaceChannels, resourceKeys } from './layout.js'
-import { endpoint, OWNED_CLIENT_DEFAULTS } from './options.js'
+import { OWNED_CLIENT_DEFAULTS } from './options.js'
 
 /**
  * The keyspace events our own renewals cause on a resource's keys: a ZADD of the holder's expiry
@@ -45,13 +50,6 @@ export function missingKeyspaceFlags(flags: string): string {
     .join('')
 }
 
-/** The commandTimeout a Redis or Cluster client was made with. */
-function commandTimeoutOf(client: Redis | Cluster): number | undefined {
-  return client.isCluster
-    ? (client as Cluster).options.redisOptions?.commandTimeout
-    : (client as Redis).options.commandTimeout
-}
-
 /** Servers (host:port) already warned about, so a process says it once per server. */
 const keyspaceWarned = new Set<string>()
 
@@ -69,7 +67,7 @@ export type TimedCall = <T>(
 /** What the wake-ups of one backend need from it. */
 export interface WakeupSettings {
   /** The backend's client: duplicated for the subscriber, asked for notify-keyspace-events. */
-  client: Redis | Cluster
+  connection: RedisConnection
   /** The backend's prefix, for the channel names. */
   prefix: string
   /** How long a channel stays subscribed after its last watch ends. */
@@ -85,7 +83,7 @@ export interface WakeupSettings {
 interface Link {
   /** The Cluster node's host:port ('' for a standalone or Sentinel client). */
   readonly node: string
-  readonly subscriber: Redis
+  readonly subscriber: SubscriberConnection
   readonly heartbeat: NodeJS.Timeout
   /** The connection's last error, until it is ready again. */
   error: Error | undefined
@@ -148,17 +146,17 @@ export class Wakeups {
    * confirmed the SUBSCRIBE, so a release after that is never missed.
    */
   async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
-    const { prefix, client, gate } = this.#settings
+    const { prefix, connection, gate } = this.#settings
     const name = resourceKeys(prefix, resource).channel
     gate.check()
-    const slot = client.isCluster ? keySlot(resource) : undefined
+    const slot = connection.cluster ? keySlot(resource) : undefined
     if (!this.#channels.has(name) && slot !== undefined) await this.#knowSlot(slot)
     void this.#checkKeyspaceEvents()
     let channel = this.#channels.get(name)
     if (!channel) {
       // The keys' keyspace channels are subscribed whatever the server's setting says (it may
       // be unreadable, or changed later): with notifications off they are merely silent.
-      const db = client.isCluster ? 0 : Number((client as Redis).options?.db ?? 0)
+      const db = connection.db
       channel = {
         listeners: new Set(),
         slot,
@@ -203,19 +201,19 @@ export class Wakeups {
     for (const ch of this.#channels.values()) clearTimeout(ch.linger)
     this.#channels.clear()
     this.#routes.clear()
-    if (this.#onRefresh) (this.#settings.client as Cluster).off('refresh', this.#onRefresh)
+    if (this.#onRefresh) this.#settings.connection.cluster?.off('refresh', this.#onRefresh)
     for (const link of this.#links.values()) this.#drop(link)
   }
 
   /** The master serving a Cluster slot, as the client last mapped it (host:port). */
   #masterOf(slot: number): string | undefined {
-    return (this.#settings.client as Cluster).slots?.[slot]?.[0]
+    return this.#settings.connection.cluster?.slots?.[slot]?.[0]
   }
 
   /** Makes the Cluster client map its slots first if it has not yet (a watch before any call). */
   async #knowSlot(slot: number): Promise<void> {
     if (this.#masterOf(slot) !== undefined) return
-    const cluster = this.#settings.client as Cluster
+    const cluster = this.#settings.connection.cluster!
     await this.#settings.timed(
       'watch',
       () =>
@@ -236,43 +234,40 @@ export class Wakeups {
     this.#settings.gate.check()
     const existing = this.#links.get(node)
     if (existing) return existing
-    const { client, heartbeatMs } = this.#settings
-    // Our own resubscribe (not ioredis's) so we know when it is confirmed and can then wake
+    const { connection, heartbeatMs } = this.#settings
+    // Our own resubscribe (not the client's) so we know when it is confirmed and can then wake
     // every watcher: a release may have been published while we were disconnected.
-    const subscriberOptions = {
-      autoResubscribe: false,
-      enableOfflineQueue: true,
-      lazyConnect: false,
-      commandTimeout: commandTimeoutOf(client) ?? OWNED_CLIENT_DEFAULTS.commandTimeout,
-      maxRetriesPerRequest: 1,
-      // A PING (or SUBSCRIBE) unanswered this long: ioredis drops the socket and reconnects.
-      socketTimeout: heartbeatMs,
+    const settings = {
+      heartbeatMs,
+      defaultCommandTimeoutMs: OWNED_CLIENT_DEFAULTS.commandTimeout!,
     }
-    let subscriber: Redis
-    if (client.isCluster) {
+    let subscriber: SubscriberConnection
+    const cluster = connection.cluster
+    if (cluster) {
       // A copy of the Cluster's own connection to that node (its credentials, TLS, ...), but
       // reconnecting by itself and never read-only.
-      const cluster = client as Cluster
       const [host, port] = splitNode(node)
       const base =
         cluster.nodes('all').find((n) => `${n.options.host}:${n.options.port}` === node) ??
         cluster.nodes('all')[0]!
-      subscriber = base.duplicate({
-        ...subscriberOptions,
-        host,
-        port,
-        readOnly: false,
-        retryStrategy: reconnectDelay,
-      })
+      subscriber = ioredisSubscriber(
+        base.duplicate({
+          ...ioredisSubscriberOptions(cluster, settings),
+          host,
+          port,
+          readOnly: false,
+          retryStrategy: reconnectDelay,
+        }),
+      )
       if (!this.#onRefresh) {
         this.#onRefresh = () => this.#rehome()
         cluster.on('refresh', this.#onRefresh)
       }
     } else {
-      subscriber = (client as Redis).duplicate(subscriberOptions)
+      subscriber = connection.subscriber(settings)
     }
     const heartbeat = setInterval(() => {
-      if (subscriber.status === 'ready') subscriber.ping().catch(noop)
+      if (subscriber.ready) subscriber.ping().catch(noop)
     }, heartbeatMs)
     heartbeat.unref()
     const link: Link = { node, subscriber, heartbeat, error: undefined }
@@ -309,10 +304,10 @@ export class Wakeups {
       }
       void this.#resubscribe(link)
     })
-    if (client.isCluster) {
+    if (cluster) {
       // A master lost may have failed over: have the client map the slots again (then 'refresh').
       subscriber.on('close', () => {
-        if (!this.#settings.gate.closing) (client as Cluster).refreshSlotsCache()
+        if (!this.#settings.gate.closing) cluster.refreshSlotsCache()
       })
     }
     return link
@@ -349,7 +344,7 @@ export class Wakeups {
       const node = this.#masterOf(ch.slot)
       if (node === undefined || node === ch.link.node) continue
       const old = ch.link
-      old.subscriber.unsubscribe(...ch.names).catch(noop)
+      old.subscriber.unsubscribe(ch.names).catch(noop)
       if (ch.listeners.size === 0) {
         clearTimeout(ch.linger)
         this.#forget(name, ch)
@@ -392,7 +387,7 @@ export class Wakeups {
     if (ch.listeners.size > 0 || this.#settings.gate.closing) return
     ch.subscribed = undefined
     const { subscriber } = ch.link
-    const op = ch.queue.then(() => subscriber.unsubscribe(...ch.names)).then(noop, noop)
+    const op = ch.queue.then(() => subscriber.unsubscribe(ch.names)).then(noop, noop)
     ch.queue = op
     await op
     if (ch.queue === op && !ch.subscribed && this.#channels.get(name) === ch) this.#forget(name, ch)
@@ -407,7 +402,7 @@ export class Wakeups {
   #subscribe(ch: Channel): Promise<void> {
     const { subscriber } = ch.link
     const done = ch.queue.then(async () => {
-      await subscriber.subscribe(...ch.names)
+      await subscriber.subscribe(ch.names)
     })
     ch.queue = done.catch(noop)
     // A failed subscribe is retried by the next watch.
@@ -426,12 +421,12 @@ export class Wakeups {
   async #checkKeyspaceEvents(): Promise<void> {
     if (this.#keyspaceChecked) return
     this.#keyspaceChecked = true
-    const { client, timed } = this.#settings
-    const where = endpoint(client)
+    const { connection, timed } = this.#settings
+    const where = connection.endpoint()
     let flags: string | undefined
     let unreadable: string | undefined
     try {
-      const reply = await timed('config get', () => client.config('GET', 'notify-keyspace-events'))
+      const reply = await timed('config get', () => connection.configGet('notify-keyspace-events'))
       if (Array.isArray(reply) && reply.length >= 2) flags = String(reply[1])
       else unreadable = 'no such setting in the answer'
     } catch (error) {
