@@ -373,7 +373,11 @@ describe('conclave run on a fresh redis', () => {
       '-c',
       'exit 0',
     ])
-    await until(() => run.stderr().includes('conclave run: waiting for'), 30_000)
+    await until(
+      () => run.stderr().includes('conclave run: waiting for'),
+      30_000,
+      'the CLI to start',
+    )
     const fresh = await startRedis({ port })
     closers.push(() => fresh.stop())
     expect(await exitOf(run), run.stderr()).toBe(0)
