@@ -22,7 +22,9 @@ import type {
 import { BackendError, BackendTimeoutError } from '../../errors.js'
 import { RemoteBackend, type Transport } from '../cluster/remote.js'
 import { CloseGate, errorText } from '../kit.js'
+import { envelope } from '../../ipc/envelope.js'
 import { HubHost, hostedHub } from './host.js'
+import { LOCAL_NAMESPACE, selfIdentity } from './identity.js'
 import type { LocalSettings } from './options.js'
 import { connectSocket, socketTransport } from './socket.js'
 
@@ -180,6 +182,12 @@ export class LocalBackend implements Backend {
       if (!host) {
         try {
           transport = socketTransport(await connectSocket(address))
+          // Who this process is, first: the hub frees our grants at once if we die (only then).
+          try {
+            transport.send(envelope(LOCAL_NAMESPACE, { type: 'hello', identity: selfIdentity() }))
+          } catch {
+            // Closed already: the next call finds out and reconnects.
+          }
         } catch (error) {
           last = error
           if (!NO_HUB.has((error as NodeJS.ErrnoException).code ?? '')) {

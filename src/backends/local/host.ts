@@ -14,7 +14,9 @@ import { createServer, type Server, type Socket } from 'node:net'
 import type { AcquireRequest, Backend } from '../../backend.js'
 import { Hub, type HubConnection } from '../cluster/hub.js'
 import type { Transport } from '../cluster/remote.js'
+import { isOurs } from '../../ipc/envelope.js'
 import { forwardingBackend } from '../kit.js'
+import { LOCAL_NAMESPACE, parseIdentity, type ProcessIdentity, surelyDead } from './identity.js'
 import { MemoryBackend } from '../memory.js'
 import { type HubLock, tryLock } from './lock.js'
 import type { LocalSettings } from './options.js'
@@ -210,14 +212,35 @@ export class HubHost {
     socket.unref()
     this.#sockets.add(socket)
     const onError = this.settings.onError ?? (() => {})
-    const connection: HubConnection = this.#hub.connect((message) => {
-      try {
-        writeLine(socket, message)
-      } catch (error) {
-        onError(error as Error)
-      }
-    })
-    readLines(socket, (message) => connection.receive(message), onError)
+    // Who the peer process says it is (its first message); unknown: its grants run out.
+    let peer: ProcessIdentity | undefined
+    let introduced = false
+    const connection: HubConnection = this.#hub.connect(
+      (message) => {
+        try {
+          writeLine(socket, message)
+        } catch (error) {
+          onError(error as Error)
+        }
+      },
+      // A socket can close while its process lives on (a reset, an oversized line), so its
+      // grants are freed at once only if that process is surely dead; else they run out.
+      { releaseOnClose: () => (peer ? surelyDead(peer) : false) },
+    )
+    readLines(
+      socket,
+      (message) => {
+        if (isOurs(message, LOCAL_NAMESPACE)) {
+          if (message.type === 'hello' && !introduced) {
+            introduced = true
+            peer = parseIdentity(message.identity)
+          }
+          return
+        }
+        connection.receive(message)
+      },
+      onError,
+    )
     socket.on('error', () => {})
     socket.on('close', () => {
       this.#sockets.delete(socket)
