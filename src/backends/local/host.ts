@@ -18,6 +18,7 @@ import { isOurs } from '../../ipc/envelope.js'
 import { forwardingBackend } from '../kit.js'
 import { LOCAL_NAMESPACE, parseIdentity, type ProcessIdentity, surelyDead } from './identity.js'
 import { MemoryBackend } from '../memory.js'
+import { AgentRelay, type RelayPeer } from './agent-relay.js'
 import { type HubLock, tryLock } from './lock.js'
 import type { LocalSettings } from './options.js'
 import { probe, readLines, writeLine } from './socket.js'
@@ -42,6 +43,8 @@ export class HubHost {
   readonly #sockets = new Set<Socket>()
   readonly #local = new Set<() => void>()
   readonly #state: HubState
+  /** The process agent's routers (src/backends/local/agent-relay.ts). */
+  readonly #agents: AgentRelay
   /** performance.now() until which only adopted holders are served (after a crash). */
   readonly graceUntil: number
   #users = 0
@@ -68,6 +71,7 @@ export class HubHost {
       ...(settings.onError ? { onError: settings.onError } : {}),
     })
     this.#server = server
+    this.#agents = new AgentRelay(this.#store, settings.onError ?? (() => {}))
   }
 
   /**
@@ -141,18 +145,30 @@ export class HubHost {
     const listeners = new Set<(message: unknown) => void>()
     const closers = new Set<() => void>()
     let open = !this.#stopped
-    const connection = this.#hub.connect((message) => {
+    const deliver = (message: object) => {
       // A copy, as a socket would deliver: neither side shares objects with the other.
       const copy = JSON.parse(JSON.stringify(message)) as unknown
       queueMicrotask(() => {
         for (const listener of [...listeners]) listener(copy)
       })
-    })
+    }
+    const connection = this.#hub.connect(deliver)
+    const peer: RelayPeer = {
+      id: this.#agents.nextId(),
+      pid: () => process.pid,
+      send(message) {
+        if (!open) throw new Error('the hub in this process has stopped')
+        deliver(message)
+      },
+      connected: () => open,
+    }
+    const agents = this.#agents
     const close = () => {
       if (!open) return
       open = false
       this.#local.delete(close)
       void connection.close()
+      this.#agents.gone(peer)
       for (const closer of [...closers]) closer()
     }
     this.#local.add(close)
@@ -160,7 +176,11 @@ export class HubHost {
       send(message) {
         if (!open) throw new Error('the hub in this process has stopped')
         const copy = JSON.parse(JSON.stringify(message)) as unknown
-        queueMicrotask(() => connection.receive(copy))
+        queueMicrotask(() => {
+          if (isOurs(copy, LOCAL_NAMESPACE)) {
+            if (copy.type === 'agent' && open) agents.receive(peer, copy)
+          } else connection.receive(copy)
+        })
       },
       onMessage(listener) {
         listeners.add(listener)
@@ -183,6 +203,7 @@ export class HubHost {
     this.#stopped = true
     hosted.delete(this.settings.address)
     this.#server.close()
+    this.#agents.close()
     try {
       writeState(this.settings.statePath, {
         ...this.#state,
@@ -227,6 +248,12 @@ export class HubHost {
       // grants are freed at once only if that process is surely dead; else they run out.
       { releaseOnClose: () => (peer ? surelyDead(peer) : false) },
     )
+    const relayPeer: RelayPeer = {
+      id: this.#agents.nextId(),
+      pid: () => peer?.pid ?? 0,
+      send: (message) => writeLine(socket, message),
+      connected: () => !socket.destroyed,
+    }
     readLines(
       socket,
       (message) => {
@@ -234,7 +261,7 @@ export class HubHost {
           if (message.type === 'hello' && !introduced) {
             introduced = true
             peer = parseIdentity(message.identity)
-          }
+          } else if (message.type === 'agent') this.#agents.receive(relayPeer, message)
           return
         }
         connection.receive(message)
@@ -244,6 +271,7 @@ export class HubHost {
     socket.on('error', () => {})
     socket.on('close', () => {
       this.#sockets.delete(socket)
+      this.#agents.gone(relayPeer)
       // Stopping hands the grants over instead: they stay in the snapshot.
       if (!this.#stopped) void connection.close()
     })
