@@ -141,13 +141,15 @@ function allZombies(pid: number): boolean {
  * so "alive" is asked again a few times; "unknown" is final.
  */
 export async function surelyDead(who: ProcessIdentity, withinMs = 1_000): Promise<boolean> {
-  const deadline = performance.now() + withinMs
-  let delay = 1
+  const start = performance.now()
+  const deadline = start + withinMs
   for (;;) {
     const verdict = liveness(who)
     if (verdict === 'dead') return true
+    // Often at first (a dying process is a zombie within milliseconds), then seldom: a few
+    // syscalls each, for a live process whose socket was cut.
+    const delay = performance.now() - start < 200 ? 2 : 50
     if (verdict === 'unknown' || performance.now() + delay > deadline) return false
     await new Promise((resolve) => setTimeout(resolve, delay).unref())
-    delay = Math.min(delay * 2, 100)
   }
 }
