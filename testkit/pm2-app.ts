@@ -7,6 +7,7 @@ import { appendFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { localBackend } from '../src/backends/local/index.js'
 import { Election } from '../src/election.js'
+import { ProcessAgent } from '../src/agent/index.js'
 
 const records = process.env.CONCLAVE_RECORDS!
 const file = join(records, `${process.pid}.log`)
@@ -25,13 +26,42 @@ void election.run(async (term) => {
   await new Promise<void>((resolve) => term.signal.addEventListener('abort', () => resolve()))
   log(`revoked ${term.token} ${at()}`)
 })
+// With CONCLAVE_AGENT=1, the process agent over the same backend: every 250 ms a call of the
+// designated process (`called <its pid> <at>` or `callfailed <code> <at>`), every second a
+// gather of every instance (`gathered <answers> <at>`).
+const agent =
+  process.env.CONCLAVE_AGENT === '1'
+    ? new ProcessAgent({
+        backend,
+        leaseMs: Number(process.env.CONCLAVE_LEASE ?? 2000),
+        onError: () => {},
+      })
+    : undefined
+if (agent) {
+  const whoami = agent.runInPrimary('whoami', () => process.pid, { timeoutMs: 2_000 })
+  agent.register('pid', () => process.pid)
+  const calls = setInterval(() => {
+    whoami().then(
+      (pid) => log(`called ${pid} ${at()}`),
+      (error: { code?: string }) => log(`callfailed ${error.code ?? 'none'} ${at()}`),
+    )
+  }, 250)
+  const gathers = setInterval(() => {
+    agent.gather('pid', [], { timeoutMs: 1_000 }).then(
+      (entries) => log(`gathered ${entries.filter((e) => e.ok).length} ${at()}`),
+      () => {},
+    )
+  }, 1_000)
+  calls.unref()
+  gathers.unref()
+}
 const keepAlive = setInterval(() => {}, 1_000)
 let stopping = false
 const stop = () => {
   if (stopping) return
   stopping = true
-  void election
-    .close()
+  void (agent?.close() ?? Promise.resolve())
+    .then(() => election.close())
     .then(() => backend.close())
     .finally(() => {
       clearInterval(keepAlive)

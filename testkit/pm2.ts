@@ -57,21 +57,26 @@ export interface Pm2App {
   close(): Promise<void>
 }
 
-/** Starts testkit/pm2-app.mjs under a private PM2 daemon: `instances` of it in `mode`. */
+/**
+ * Starts testkit/pm2-app.mjs under a private PM2 daemon: `instances` of it in `mode`; `env` is
+ * added to the app's environment (CONCLAVE_AGENT=1: each instance runs the process agent too).
+ */
 export async function startPm2App(
   mode: 'cluster' | 'fork',
   instances: number,
   leaseMs = 2_000,
+  env: Record<string, string> = {},
 ): Promise<Pm2App> {
   const home = makeTempDir('pm2')
   const records = join(home, 'records')
   const sockets = join(home, 'local')
   mkdirSync(records)
   mkdirSync(sockets, { mode: 0o700 })
-  const env = { ...process.env, PM2_HOME: join(home, 'home') }
-  killAtExit(env.PM2_HOME)
+  const pm2Env = { ...process.env, PM2_HOME: join(home, 'home') }
+  killAtExit(pm2Env.PM2_HOME)
   const pm2 = async (...args: string[]) =>
-    (await run(process.execPath, [PM2_BIN, ...args], { env, cwd: ROOT, timeout: 60_000 })).stdout
+    (await run(process.execPath, [PM2_BIN, ...args], { env: pm2Env, cwd: ROOT, timeout: 60_000 }))
+      .stdout
   const ecosystem = join(home, 'ecosystem.json')
   writeFileSync(
     ecosystem,
@@ -89,6 +94,7 @@ export async function startPm2App(
             CONCLAVE_RECORDS: records,
             CONCLAVE_DIR: sockets,
             CONCLAVE_LEASE: String(leaseMs),
+            ...env,
           },
         },
       ],
@@ -116,7 +122,7 @@ export async function startPm2App(
     },
     async close() {
       await pm2('kill').catch(() => '')
-      liveHomes.delete(env.PM2_HOME)
+      liveHomes.delete(pm2Env.PM2_HOME)
       await removeDir(home)
     },
   }

@@ -33,6 +33,7 @@ import { PrimaryRouter } from './primary-router.js'
 import { errorFromWire, type Outcome, type Peer, type WireEntry } from './protocol.js'
 import type { AgentCore, AgentRole } from './role.js'
 import { assertCarriable, copyValue, type Serialization } from './serialize.js'
+import { carrierOf } from './transport.js'
 import { WorkerLink } from './worker-link.js'
 
 /** One worker's answer in a `gather`. */
@@ -51,9 +52,15 @@ export interface AgentEvents {
 
 /** One process's agent (usually the default one: startAgent); see the module comment. */
 export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisposable {
-  /** Which half this process runs, fixed at construction by `cluster.isPrimary`. */
+  /**
+   * Which half this process runs, fixed at construction by `cluster.isPrimary`; always `worker`
+   * over a backend that carries the agent (`local`: the app's hub routes).
+   */
   readonly role: 'primary' | 'worker'
-  /** This process as messages name it (workerId 0: the primary). */
+  /**
+   * This process as messages name it (workerId 0: the primary). Over `local`, workerId is the
+   * hub's number for this process (-1 until the hub welcomed it; a new hub renumbers).
+   */
   readonly self: Peer
   /** The key marking this agent's IPC messages. */
   readonly namespace: string
@@ -76,11 +83,16 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
     this.#settings = settings
     this.resource = settings.resource
     this.namespace = settings.namespace
-    this.role = cluster.isPrimary ? 'primary' : 'worker'
-    this.self = { workerId: cluster.isPrimary ? 0 : (cluster.worker?.id ?? -1), pid: process.pid }
-    if (this.role === 'worker' && typeof process.send !== 'function') {
+    const carrier = carrierOf(settings.backend)
+    this.role = cluster.isPrimary && !carrier ? 'primary' : 'worker'
+    this.self = {
+      workerId: carrier ? -1 : cluster.isPrimary ? 0 : (cluster.worker?.id ?? -1),
+      pid: process.pid,
+    }
+    if (this.role === 'worker' && !carrier && typeof process.send !== 'function') {
       throw new NoIpcError()
     }
+    const overIpc = this.role === 'worker' && !carrier
     this.#ownsBackend = settings.backend === undefined
     this.#backend = settings.backend ?? clusterBackend()
     this.#election = new Election(this.#backend, this.resource, {
@@ -89,7 +101,7 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
     })
     this.#election.on('error', (error) => {
       // A worker cut off from the primary has already lost its grants there: nothing to report.
-      if (this.role === 'worker' && !process.connected) return
+      if (overIpc && !process.connected) return
       this.#report(error)
     })
     this.#handlers = new Handlers(
@@ -106,7 +118,10 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
       campaign: () => this.#campaign(),
       report: (error) => this.#report(error),
     }
-    this.#remote = this.role === 'primary' ? new PrimaryRouter(core) : new WorkerLink(core)
+    this.#remote =
+      this.role === 'primary'
+        ? new PrimaryRouter(core)
+        : new WorkerLink(core, carrier?.agentChannel(settings.namespace, settings.resource))
   }
 
   /** True while this process holds the designated term (reads the clock). */

@@ -6,7 +6,6 @@
  * broadcasts out to every worker and collects one entry each; and when a worker exits it fails
  * or cancels everything that involved it.
  */
-import cluster, { type Worker } from 'node:cluster'
 import type { Holder } from '../backend.js'
 import {
   AgentTimeoutError,
@@ -28,6 +27,20 @@ import {
 } from './protocol.js'
 import type { AgentCore, AgentRole } from './role.js'
 import { primarySerialization, type Serialization } from './serialize.js'
+import { clusterPool, type PoolWorker, type WorkerPool } from './transport.js'
+
+/** Where a router runs: node:cluster's primary by default, or the `local` hub. */
+export interface RouterOptions {
+  /** The workers it routes between. Default: node:cluster's (clusterPool). */
+  pool?: WorkerPool
+  /**
+   * The holders of the designated resource, each with metadata `{ workerId, pid }` naming the
+   * pool worker. Default: the agent's election (`observe`).
+   */
+  holders?: (signal: AbortSignal) => AsyncIterable<Holder[]>
+  /** What values must survive. Default: the cluster primary's setting. */
+  serialization?: Serialization
+}
 
 /** A designated call being routed. */
 interface Relay {
@@ -59,6 +72,8 @@ interface GatherOp {
 /** The agent's role in the cluster primary (see the module comment). */
 export class PrimaryRouter implements AgentRole {
   readonly #core: AgentCore
+  readonly #pool: WorkerPool
+  readonly #options: RouterOptions
   readonly #prefix = idPrefix()
   #seq = 0
   #off: (() => void)[] = []
@@ -75,20 +90,16 @@ export class PrimaryRouter implements AgentRole {
   readonly #gatherByWorker = new Map<number, Map<string, () => void>>()
 
   /** Starts routing at once: worker messages and exits, the holder watch, a primary campaign. */
-  constructor(core: AgentCore) {
+  constructor(core: AgentCore, options: RouterOptions = {}) {
     this.#core = core
-    const onMessage = (worker: Worker, message: unknown) => {
-      if (!isOurs(message, this.#core.settings.namespace)) return
-      this.#onWorkerMessage(worker, message)
-    }
-    const onGone = (worker: Worker) => this.#workerGone(worker.id)
-    cluster.on('message', onMessage)
-    cluster.on('disconnect', onGone)
-    cluster.on('exit', onGone)
+    this.#options = options
+    this.#pool = options.pool ?? clusterPool()
     this.#off.push(
-      () => cluster.off('message', onMessage),
-      () => cluster.off('disconnect', onGone),
-      () => cluster.off('exit', onGone),
+      this.#pool.onMessage((worker, message) => {
+        if (!isOurs(message, this.#core.settings.namespace)) return
+        this.#onWorkerMessage(worker, message)
+      }),
+      this.#pool.onGone((id) => this.#workerGone(id)),
     )
     void this.#watchHolder()
     if (this.#core.settings.designated === 'primary') this.#core.campaign()
@@ -96,7 +107,7 @@ export class PrimaryRouter implements AgentRole {
 
   /** The primary's setting, read each time (what `cluster.fork()` uses). */
   get serialization(): Serialization {
-    return primarySerialization()
+    return this.#options.serialization ?? primarySerialization()
   }
 
   /** The primary needs no welcome. */
@@ -165,7 +176,9 @@ export class PrimaryRouter implements AgentRole {
 
   async #watchHolder(): Promise<void> {
     try {
-      for await (const holders of this.#core.election.observe({ signal: this.#core.stop })) {
+      const signal = this.#core.stop
+      const source = this.#options.holders?.(signal) ?? this.#core.election.observe({ signal })
+      for await (const holders of source) {
         this.#setHolder(holders)
       }
     } catch (error) {
@@ -203,36 +216,21 @@ export class PrimaryRouter implements AgentRole {
     }
   }
 
-  #workerSend(worker: Worker, body: FromPrimary, onFail?: (error: Error) => void): void {
-    if (!worker.isConnected()) {
-      onFail?.(new Error(`worker ${worker.id} is not connected`))
-      return
-    }
-    try {
-      worker.send(
-        envelope(this.#core.settings.namespace, body),
-        undefined,
-        (error: Error | null) => {
-          if (error) {
-            if (onFail) onFail(error)
-            else this.#core.report(error)
-          }
-        },
-      )
-    } catch (error) {
-      if (onFail) onFail(error as Error)
-      else this.#core.report(error)
-    }
+  #workerSend(worker: PoolWorker, body: FromPrimary, onFail?: (error: Error) => void): void {
+    worker.send(
+      envelope(this.#core.settings.namespace, body),
+      onFail ?? ((error) => this.#core.report(error)),
+    )
   }
 
-  #onWorkerMessage(worker: Worker, raw: Record<string, unknown>): void {
+  #onWorkerMessage(worker: PoolWorker, raw: Record<string, unknown>): void {
     let m: FromWorker
     try {
       m = parseFromWorker(raw)
     } catch (error) {
       const err = error as Error
       this.#core.report(
-        new ProtocolError(`From worker ${worker.id} (pid ${worker.process.pid}): ${err.message}`),
+        new ProtocolError(`From worker ${worker.id} (pid ${worker.pid}): ${err.message}`),
       )
       // With a usable id the sender gets the error as the answer to that id.
       if (isId(raw.id)) {
@@ -246,13 +244,14 @@ export class PrimaryRouter implements AgentRole {
       }
       return
     }
-    const from: Peer = { workerId: worker.id, pid: worker.process.pid ?? 0 }
+    const from: Peer = { workerId: worker.id, pid: worker.pid }
     switch (m.type) {
       case 'hello':
         this.#workerSend(worker, {
           type: 'welcome',
-          serialization: primarySerialization(),
+          serialization: this.serialization,
           designated: this.#core.settings.designated,
+          workerId: worker.id,
         })
         return
       case 'call': {
@@ -349,7 +348,7 @@ export class PrimaryRouter implements AgentRole {
     if (relay.done) return
     relay.target = undefined
     const holder = this.#holder
-    const worker = holder && holder.workerId !== 0 ? cluster.workers?.[holder.workerId] : undefined
+    const worker = holder && holder.workerId !== 0 ? this.#pool.get(holder.workerId) : undefined
     if (!holder || (holder.workerId !== 0 && !worker?.isConnected())) {
       this.#holderWaiters.push(relay)
       return
@@ -426,15 +425,13 @@ export class PrimaryRouter implements AgentRole {
     })
     if (target === 0) this.#core.handlers.cancel(relay.id)
     else if (target !== undefined) {
-      const worker = cluster.workers?.[target]
+      const worker = this.#pool.get(target)
       if (worker) this.#workerSend(worker, { type: 'cancel', id: relay.id }, () => {})
     }
   }
 
-  #connectedWorkers(): Worker[] {
-    return Object.values(cluster.workers ?? {})
-      .filter((w): w is Worker => w !== undefined && w.isConnected())
-      .sort((a, b) => a.id - b.id)
+  #connectedWorkers(): PoolWorker[] {
+    return this.#pool.workers()
   }
 
   /** Asks every connected worker; each gets exactly one entry (value, error, lost, timeout). */
@@ -471,7 +468,7 @@ export class PrimaryRouter implements AgentRole {
     }
     for (const worker of this.#connectedWorkers()) {
       const id = `${this.#prefix}-g${++this.#seq}`
-      const peer = { workerId: worker.id, pid: worker.process.pid ?? 0 }
+      const peer = { workerId: worker.id, pid: worker.pid }
       op.waiting.set(worker.id, id)
       op.entries.set(worker.id, { ...peer, ok: false })
       let lost = this.#gatherByWorker.get(worker.id)
@@ -501,7 +498,7 @@ export class PrimaryRouter implements AgentRole {
     }
     op.timer = setTimeout(() => {
       for (const [workerId, id] of [...op.waiting]) {
-        const worker = cluster.workers?.[workerId]
+        const worker = this.#pool.get(workerId)
         if (worker) this.#workerSend(worker, { type: 'cancel', id }, () => {})
         const pid = op.entries.get(workerId)?.pid ?? 0
         settle(workerId, {
@@ -529,7 +526,7 @@ export class PrimaryRouter implements AgentRole {
     for (const [workerId, id] of op.waiting) {
       this.#outbound.delete(id)
       this.#gatherByWorker.get(workerId)?.delete(id)
-      const worker = cluster.workers?.[workerId]
+      const worker = this.#pool.get(workerId)
       if (worker) this.#workerSend(worker, { type: 'cancel', id }, () => {})
     }
     op.waiting.clear()

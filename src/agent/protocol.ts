@@ -1,18 +1,18 @@
 /**
- * The agent's messages on the cluster IPC channel, in conclave's shared envelope
+ * The agent's messages on the cluster IPC channel (or the `local` backend's socket), in conclave's shared envelope
  * (src/ipc/envelope.ts): each carries `[namespace]: 1` (default key `conclave-agent`), so it
  * shares the channel with the cluster backend's hub (`conclave`) and the application; anything
  * without the key is someone else's and is ignored. Errors cross as the envelope's WireError.
  *
  * worker → primary
- *   hello                                          ask for the welcome (serialization, mode)
+ *   hello     { candidate? }                       ask for the welcome (serialization, mode)
  *   call      { id, name, args, timeoutMs }        run `name` in the designated process
  *   gather    { id, name, args, timeoutMs }        run `name` in every worker, one entry each
  *   broadcast { name, args }                       run `name` in every worker, no answer
  *   cancel    { id }                               the caller gave up on call/gather `id`
  *   reply     { id, ok, value | error }            answer to a `run` or `invoke` below
  * primary → worker
- *   welcome   { serialization, designated }
+ *   welcome   { serialization, designated, workerId }
  *   run       { id, name, args, timeoutMs, from }  you are the designated process: run it
  *   invoke    { id | null, name, args, timeoutMs, from }  run your handler (null: no answer)
  *   cancel    { id }                               stop run/invoke `id` (its signal aborts)
@@ -56,7 +56,7 @@ export interface WireEntry {
 
 /** What a worker sends the primary. */
 export type FromWorker =
-  | { type: 'hello' }
+  | { type: 'hello'; candidate?: string }
   | { type: 'call' | 'gather'; id: string; name: string; args: unknown[]; timeoutMs: number }
   | { type: 'broadcast'; name: string; args: unknown[] }
   | { type: 'cancel'; id: string }
@@ -65,7 +65,13 @@ export type FromWorker =
 
 /** What the primary sends a worker. */
 export type FromPrimary =
-  | { type: 'welcome'; serialization: Serialization; designated: 'worker' | 'primary' }
+  | {
+      type: 'welcome'
+      serialization: Serialization
+      designated: 'worker' | 'primary'
+      /** The worker's id in the router's pool (local: it changes with the hub). */
+      workerId?: number
+    }
   | {
       type: 'run' | 'invoke'
       id: string | null
@@ -110,7 +116,8 @@ export function parseFromWorker(m: Record<string, unknown>): FromWorker {
   const type = m.type
   switch (type) {
     case 'hello':
-      return { type }
+      // The candidate id of its designated election: how the local hub finds the holder.
+      return isId(m.candidate) ? { type, candidate: m.candidate } : { type }
     case 'call':
     case 'gather':
       if (!isId(m.id))

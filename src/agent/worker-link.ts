@@ -17,6 +17,7 @@ import {
 } from './protocol.js'
 import type { AgentCore, AgentRole } from './role.js'
 import type { Serialization } from './serialize.js'
+import { clusterChannel, type RouterChannel } from './transport.js'
 
 /** How often a worker greets a primary whose agent has not answered yet. */
 const HELLO_EVERY_MS = 1_000
@@ -30,6 +31,7 @@ interface Pending {
 /** The agent's role in a cluster worker (see the module comment). */
 export class WorkerLink implements AgentRole {
   readonly #core: AgentCore
+  readonly #channel: RouterChannel
   readonly #pending = new Map<string, Pending>()
   readonly #prefix = idPrefix()
   readonly #welcome: Promise<void>
@@ -40,8 +42,9 @@ export class WorkerLink implements AgentRole {
   #onWelcome: (() => void) | undefined
 
   /** Starts listening and greeting at once; the agent checks the IPC channel exists first. */
-  constructor(core: AgentCore) {
+  constructor(core: AgentCore, channel: RouterChannel = clusterChannel()) {
     this.#core = core
+    this.#channel = channel
     const onMessage = (message: unknown) => {
       if (!isOurs(message, core.settings.namespace)) return
       try {
@@ -50,24 +53,26 @@ export class WorkerLink implements AgentRole {
         core.report(error)
       }
     }
-    process.on('message', onMessage)
     const onDisconnect = () => {
       const error = new AgentDisconnectedError('The IPC channel to the primary closed.')
       for (const pending of [...this.#pending.values()]) pending.fail(error)
     }
-    process.on('disconnect', onDisconnect)
+    const hello = () => {
+      // No channel yet (local: still reaching the hub): greeted when it connects.
+      if (!channel.connected) return
+      try {
+        this.#send({ type: 'hello', candidate: core.election.id })
+      } catch (error) {
+        core.report(error)
+      }
+    }
     this.#off.push(
-      () => process.off('message', onMessage),
-      () => process.off('disconnect', onDisconnect),
+      channel.onMessage(onMessage),
+      channel.onDisconnect(onDisconnect),
+      // A new router (local: a new hub) knows nothing of this worker: greet it.
+      channel.onConnect(hello),
     )
     this.#welcome = new Promise<void>((resolve) => {
-      const hello = () => {
-        try {
-          this.#send({ type: 'hello' })
-        } catch (error) {
-          core.report(error)
-        }
-      }
       // The primary's agent may start after this worker: keep asking until it answers.
       const timer = setInterval(hello, HELLO_EVERY_MS)
       timer.unref()
@@ -147,6 +152,10 @@ export class WorkerLink implements AgentRole {
     const core = this.#core
     switch (m.type) {
       case 'welcome':
+        // The router's number for this worker (local: each hub numbers its connections).
+        if (Number.isSafeInteger(m.workerId) && (m.workerId as number) > 0) {
+          core.self.workerId = m.workerId as number
+        }
         if (this.#welcomed) return
         this.#welcomed = true
         this.#serialization = m.serialization === 'advanced' ? 'advanced' : 'json'
@@ -260,16 +269,8 @@ export class WorkerLink implements AgentRole {
   }
 
   #send(body: FromWorker | { type: 'cancel'; id: string }): void {
-    if (!process.connected) {
-      throw new AgentDisconnectedError('The IPC channel to the primary is closed.')
-    }
-    process.send!(
-      envelope(this.#core.settings.namespace, body),
-      undefined,
-      undefined,
-      (error: Error | null) => {
-        if (error) this.#core.report(error)
-      },
+    this.#channel.send(envelope(this.#core.settings.namespace, body), (error) =>
+      this.#core.report(error),
     )
   }
 }

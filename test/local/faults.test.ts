@@ -2,7 +2,8 @@
 // hold and wait, the hub and the holder killed together, a stale socket file, a paused hub,
 // two apps and two users on one host. The elections run here; each backend is a separate peer
 // process, so killing a peer kills a hub or a client, never the election that checks safety.
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -180,6 +181,81 @@ describe('local: hub takeover', () => {
     await until(async () => await a.isHub(), 2 * L, 'a to become the hub')
     await sleep(L)
     expect(held.active).toBe(true)
+  }, 30_000)
+})
+
+describe('local: holder crash', () => {
+  // A lease long enough that "before it would have ended" cannot be met by the lease running out.
+  const LONG = 20_000
+
+  it('kill -9 of a holder: the hub sees its process is dead and frees its grant at once; the waiter wins long before the lease would have ended', async () => {
+    const dir = newDir()
+    await peer('crash', dir) // the hub
+    const a = await peer('crash', dir)
+    const b = await peer('crash', dir)
+    const res = 'faults/holder-crash'
+    const askedAt = performance.now()
+    const got = await a.backend.acquire({
+      resource: res,
+      candidate: 'a',
+      tickets: 1,
+      leaseMs: LONG,
+      metadata: null,
+    })
+    expect(got.acquired).toBe(true)
+    const eb = new Election(b.backend, res, { leaseMs: LONG, id: 'b' })
+    eb.on('error', () => {})
+    elections.push(eb)
+    const waiting = eb.campaign()
+    await sleep(200)
+    const killedAt = performance.now()
+    await a.kill()
+    const next = await waiting
+    const wonAt = performance.now()
+    expect(next.candidate).toBe('b')
+    expect(next.token).toBeGreaterThan(got.acquired ? got.token : 0)
+    expect(wonAt).toBeLessThan(askedAt + LONG)
+    console.log(
+      `[local] holder crash: waiter holds ${(wonAt - killedAt).toFixed(1)} ms after kill -9 (lease ${LONG} ms)`,
+    )
+  }, 60_000)
+
+  it('a live process whose socket closes keeps its grant until its lease ends (a closed socket is not a death)', async () => {
+    const dir = newDir()
+    await peer('reset', dir) // the hub
+    const b = await peer('reset', dir)
+    const res = 'faults/socket-reset'
+    const lease = 3_000
+    const startedAt = performance.now()
+    const raw = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        fileURLToPath(new URL('./raw-client.ts', import.meta.url)),
+        join(dir, 'reset.sock'),
+        res,
+        'raw',
+        String(lease),
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      const lines = createInterface({ input: raw.stdout })[Symbol.asyncIterator]()
+      const answer = JSON.parse((await lines.next()).value as string) as { acquired: boolean }
+      expect(answer.acquired).toBe(true)
+      expect((await lines.next()).value).toBe('dropped')
+      const eb = new Election(b.backend, res, { leaseMs: lease, id: 'b' })
+      eb.on('error', () => {})
+      elections.push(eb)
+      const next = await eb.campaign()
+      // The hub granted raw's lease after we started it, so it ran at least this long.
+      expect(performance.now()).toBeGreaterThanOrEqual(startedAt + lease)
+      expect(next.candidate).toBe('b')
+      expect(raw.exitCode).toBe(null) // alive all along
+    } finally {
+      raw.kill('SIGKILL')
+    }
   }, 30_000)
 })
 

@@ -1,11 +1,18 @@
 // The local backend's pieces without processes: option and URL checks, the hub state file, and
 // the memory store's adopt/tokenFloor/snapshot the hub is built on.
+import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { backendFromUrl, localBackend } from '../../src/backends/local/index.js'
 import { readState, TOKEN_SPAN, writeState } from '../../src/backends/local/state.js'
+import {
+  liveness,
+  parseIdentity,
+  selfIdentity,
+  surelyDead,
+} from '../../src/backends/local/identity.js'
 import { Hub } from '../../src/backends/cluster/hub.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { backendFromUrl as cliBackend, requireSharedBackend } from '../../src/cli/backends.js'
@@ -195,6 +202,137 @@ describe('the hub a local socket is served by', () => {
     expect(((await a.call('acquire', ask('a'))).value as { acquired: boolean }).acquired).toBe(true)
     await a.close()
     expect(await store.holders('r')).toEqual([])
+    await store.close()
+  })
+})
+
+describe('telling a dead client process from a live one (identity.ts)', () => {
+  const startTime = (pid: number) => {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return text.slice(text.lastIndexOf(')') + 2).split(' ')[19]!
+  }
+
+  it('is sure of a process that exited, and of a pid whose start time differs (reused)', async () => {
+    const child = spawn('sleep', ['30'])
+    try {
+      const who = { ...selfIdentity(), pid: child.pid!, startTime: startTime(child.pid!) }
+      expect(liveness(who)).toBe('alive')
+      expect(liveness({ ...who, startTime: String(Number(who.startTime) + 1) })).toBe('dead')
+      child.kill('SIGKILL')
+      await new Promise((resolve) => child.once('exit', resolve))
+      expect(liveness(who)).toBe('dead')
+      expect(await surelyDead(who)).toBe(true)
+    } finally {
+      child.kill('SIGKILL')
+    }
+  })
+
+  it('is sure of a zombie (exited, not reaped yet), not of a live process', async () => {
+    // The shell's background child exits; the exec'd sleep never reaps it.
+    const parent = spawn('sh', ['-c', 'sleep 0.1 & echo $!; exec sleep 30'])
+    try {
+      const pid = Number(
+        await new Promise<string>((resolve) => parent.stdout.once('data', (d) => resolve(`${d}`))),
+      )
+      const who = { ...selfIdentity(), pid, startTime: startTime(pid) }
+      expect(await surelyDead(who, 10_000)).toBe(true)
+      expect(readFileSync(`/proc/${pid}/stat`, 'utf8')).toMatch(/\) Z /)
+      expect(
+        await surelyDead({ ...who, pid: parent.pid!, startTime: startTime(parent.pid!) }, 50),
+      ).toBe(false)
+    } finally {
+      parent.kill('SIGKILL')
+    }
+  })
+
+  it('is never sure across pid namespaces, without a start time, or of itself', async () => {
+    const child = spawn('sleep', ['30'])
+    try {
+      const who = { ...selfIdentity(), pid: child.pid!, startTime: startTime(child.pid!) }
+      child.kill('SIGKILL')
+      await new Promise((resolve) => child.once('exit', resolve))
+      expect(liveness({ ...who, pidNs: 'pid:[1]' })).toBe('unknown')
+      expect(liveness({ ...who, pidNs: null })).toBe('unknown')
+      expect(liveness({ ...who, startTime: null })).toBe('unknown')
+      expect(await surelyDead({ ...who, pidNs: 'pid:[1]' })).toBe(false)
+      expect(liveness(selfIdentity())).toBe('alive')
+    } finally {
+      child.kill('SIGKILL')
+    }
+  })
+
+  it('reads only a well-formed claim', () => {
+    const good = { pid: 12, pidNs: 'pid:[4026531836]', startTime: '123' }
+    expect(parseIdentity(good)).toEqual(good)
+    expect(parseIdentity({ pid: 12, pidNs: null, startTime: null })).toEqual({
+      pid: 12,
+      pidNs: null,
+      startTime: null,
+    })
+    for (const bad of [
+      null,
+      'x',
+      { ...good, pid: 0 },
+      { ...good, pid: 1.5 },
+      { ...good, pidNs: 'net:[1]' },
+      { ...good, startTime: '-1' },
+      { ...good, startTime: 7 },
+    ]) {
+      expect(parseIdentity(bad), JSON.stringify(bad)).toBeUndefined()
+    }
+  })
+})
+
+describe("a hub connection's own releaseOnClose", () => {
+  function open(hub: Hub, releaseOnClose: () => boolean | Promise<boolean>) {
+    const answers = new Map<string, (value: unknown) => void>()
+    const connection = hub.connect(
+      (m) => answers.get((m as { id: string }).id)?.((m as { value: unknown }).value),
+      { releaseOnClose },
+    )
+    let n = 0
+    return {
+      call: (op: string, args: unknown) =>
+        new Promise<unknown>((resolve) => {
+          const id = `c${n++}`
+          answers.set(id, resolve)
+          connection.receive({ conclave: 1, type: 'request', id, op, args })
+        }),
+      close: () => connection.close(),
+    }
+  }
+  const ask = { resource: 'r', candidate: 'a', tickets: 1, leaseMs: 60_000, metadata: null }
+
+  it('releases at once when it says the peer is gone, keeps the grants when it says not', async () => {
+    const store = new MemoryBackend()
+    const hub = new Hub(store, { releaseOnClose: false, adopt: (g) => store.adopt(g) })
+    const gone = open(hub, () => Promise.resolve(true))
+    await gone.call('acquire', ask)
+    await gone.close()
+    expect(await store.holders('r')).toEqual([])
+    const alive = open(hub, () => false)
+    await alive.call('acquire', ask)
+    await alive.close()
+    expect((await store.holders('r')).map((h) => h.candidate)).toEqual(['a'])
+    await store.close()
+  })
+
+  it('does not release a grant taken over while it decided (adopted by a new connection)', async () => {
+    const store = new MemoryBackend()
+    const hub = new Hub(store, { releaseOnClose: false, adopt: (g) => store.adopt(g) })
+    let decide!: (dead: boolean) => void
+    const old = open(hub, () => new Promise<boolean>((resolve) => (decide = resolve)))
+    const got = (await old.call('acquire', ask)) as { token: number }
+    const closing = old.close()
+    const again = open(hub, () => false)
+    const grant = { ...ask, token: got.token, remainingMs: 30_000 }
+    delete (grant as { leaseMs?: number }).leaseMs
+    expect(await again.call('adopt', grant)).toBe(true)
+    decide(true)
+    await closing
+    expect((await store.holders('r')).map((h) => [h.candidate, h.token])).toEqual([
+      ['a', got.token],
+    ])
     await store.close()
   })
 })

@@ -45,6 +45,17 @@ export interface HubOptions {
   releaseOnClose?: boolean
 }
 
+/** Options of one connection. */
+export interface ConnectionOptions {
+  /**
+   * Asked when the connection closes, instead of the hub's `releaseOnClose`: true when its peer
+   * is surely gone, so its grants are released at once (the `local` hub asks whether the
+   * peer's process is dead). A grant someone took over meanwhile (adopted, or acquired by the
+   * same candidate) is not released.
+   */
+  releaseOnClose?: () => boolean | Promise<boolean>
+}
+
 const MAX_WATCHES_PER_CONNECTION = 100_000
 
 /** An optional Backend method of the served backend, or a ProtocolError saying it has none. */
@@ -81,16 +92,16 @@ export class Hub {
    * to the returned connection, and close it when the peer goes (its grants go with it, unless
    * `releaseOnClose` is false).
    */
-  connect(send: (message: object) => void): HubConnection {
+  connect(send: (message: object) => void, options: ConnectionOptions = {}): HubConnection {
     const ns = this.namespace
-    const releaseOnClose = this.#releaseOnClose
+    const releaseOnClose = options.releaseOnClose ?? this.#releaseOnClose
     const backend = this.backend
     const onError = this.#onError
     const owners = this.#owners
     const adopt = this.#adopt
     const self = Symbol('connection')
     const watches = new Map<string, Promise<Unwatch | undefined>>()
-    const held = new Map<string, { resource: string; candidate: string }>()
+    const held = new Map<string, { resource: string; candidate: string; token: number }>()
     /** Places in line taken through this connection (withdrawn with its grants on close). */
     const queued = new Map<string, { resource: string; candidate: string }>()
     let closed = false
@@ -148,7 +159,7 @@ export class Hub {
             }
           } else queued.delete(key)
           if (result.acquired) {
-            held.set(key, { resource: req.resource, candidate: req.candidate })
+            held.set(key, { resource: req.resource, candidate: req.candidate, token: result.token })
             // Acquired after the peer left: give it straight back.
             if (closed) {
               await backend.release({ resource: req.resource, candidate: req.candidate })
@@ -188,7 +199,11 @@ export class Hub {
           if (owner !== undefined && owner !== self) return false
           if (!adopt(grant)) return false
           owners.set(key, self)
-          held.set(key, { resource: grant.resource, candidate: grant.candidate })
+          held.set(key, {
+            resource: grant.resource,
+            candidate: grant.candidate,
+            token: grant.token,
+          })
           return true
         }
         case 'holders':
@@ -262,30 +277,40 @@ export class Hub {
       async close(): Promise<void> {
         if (closed) return
         closed = true
-        const releases = [...held.entries()].map(async ([key, h]) => {
-          // Unowned either way: the peer may reconnect and adopt the grant it still holds.
-          if (owners.get(key) === self) owners.delete(key)
-          if (releaseOnClose) {
-            await backend.release({ resource: h.resource, candidate: h.candidate }).catch(onError)
-          }
-        })
+        const grants = [...held.entries()]
         held.clear()
-        // A gone peer's places too; not one another connection now holds under that id.
-        if (releaseOnClose) {
-          for (const [key, q] of queued) {
-            if (owners.has(key)) continue
-            releases.push(
-              backend.release({ resource: q.resource, candidate: q.candidate }).catch(onError),
-            )
-          }
-        }
+        const places = [...queued.entries()]
         queued.clear()
+        // Unowned either way: the peer may reconnect and adopt the grant it still holds.
+        for (const [key] of grants) if (owners.get(key) === self) owners.delete(key)
+        const release = async (decide: boolean | Promise<boolean>) => {
+          if (!(await decide)) return
+          // Taken over meanwhile (while a decision was awaited): no longer this peer's.
+          await Promise.all([
+            ...grants
+              .filter(([key]) => !owners.has(key))
+              .map(([, h]) => backend.release(h).catch(onError)),
+            // A gone peer's places too; not one another connection now holds under that id.
+            ...places
+              .filter(([key]) => !owners.has(key))
+              .map(([, q]) =>
+                backend.release({ resource: q.resource, candidate: q.candidate }).catch(onError),
+              ),
+          ])
+        }
+        const releases = release(
+          typeof releaseOnClose === 'function'
+            ? Promise.resolve()
+                .then(releaseOnClose)
+                .catch((error: unknown) => (onError(error as Error), false))
+            : releaseOnClose,
+        )
         const unwatches = [...watches.values()].map(async (pending) => {
           const unwatch = await pending
           if (unwatch) await unwatch().catch(onError)
         })
         watches.clear()
-        await Promise.all([...releases, ...unwatches])
+        await Promise.all([releases, ...unwatches])
       },
     }
   }

@@ -20,10 +20,13 @@ import type {
   Unwatch,
   WatchChange,
 } from '../../backend.js'
-import { BackendError, BackendTimeoutError } from '../../errors.js'
+import { AgentDisconnectedError, BackendError, BackendTimeoutError } from '../../errors.js'
 import { RemoteBackend, type Transport } from '../cluster/remote.js'
 import { CloseGate, errorText } from '../kit.js'
+import { envelope, isOurs } from '../../ipc/envelope.js'
+import type { RouterChannel } from '../../agent/transport.js'
 import { HubHost, hostedHub } from './host.js'
+import { LOCAL_NAMESPACE, selfIdentity } from './identity.js'
 import type { LocalSettings } from './options.js'
 import { connectSocket, socketTransport } from './socket.js'
 
@@ -48,6 +51,7 @@ interface Watch {
 
 interface Link {
   remote: RemoteBackend
+  transport: Transport
   /** The hub is in this process. */
   host: HubHost | undefined
   broken: boolean
@@ -56,6 +60,14 @@ interface Link {
 /** Errors that mean "no hub listens there": try to become it. */
 const NO_HUB = new Set(['ENOENT', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE'])
 
+/** One agent's channel through this handle (agentChannel). */
+interface AgentLine {
+  resource: string
+  onMessage: Set<(message: unknown) => void>
+  onDisconnect: Set<() => void>
+  onConnect: Set<() => void>
+}
+
 /** The `local` Backend (see the module comment). */
 export class LocalBackend implements Backend {
   readonly name = 'local'
@@ -63,6 +75,7 @@ export class LocalBackend implements Backend {
   readonly #gate = new CloseGate('local')
   readonly #held = new Map<string, Held>()
   readonly #watches = new Set<Watch>()
+  readonly #agents = new Map<string, AgentLine>()
   #link: Link | undefined
   #connecting: Promise<Link> | undefined
   #hostUsed: HubHost | undefined
@@ -142,6 +155,48 @@ export class LocalBackend implements Backend {
     return this.#gate.onClose(hook)
   }
 
+  /**
+   * The process agent's channel to the router in the hub's process (conclave/agent over
+   * `local`: every process is a worker). It follows this handle to each new hub, and says so
+   * (onConnect), so the agent greets the new hub's router.
+   */
+  agentChannel(namespace: string, resource: string): RouterChannel {
+    let line = this.#agents.get(namespace)
+    if (!line) {
+      line = { resource, onMessage: new Set(), onDisconnect: new Set(), onConnect: new Set() }
+      this.#agents.set(namespace, line)
+    }
+    const agent = line
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the getter below has its own this
+    const self = this
+    // Reach the hub now: the agent greets it once connected.
+    if (!this.#gate.closing) void this.#ready().catch(() => {})
+    const on = <T>(set: Set<T>, listener: T) => (set.add(listener), () => set.delete(listener))
+    return {
+      get connected() {
+        return self.#link !== undefined && !self.#link.broken
+      },
+      send: (message) => {
+        const link = this.#link
+        if (!link || link.broken) {
+          throw new AgentDisconnectedError('No connection to the local hub now (reconnecting).')
+        }
+        try {
+          link.transport.send(
+            envelope(LOCAL_NAMESPACE, { type: 'agent', ns: namespace, resource, message }),
+          )
+        } catch (error) {
+          throw new AgentDisconnectedError(
+            `The connection to the local hub closed: ${errorText(error)}`,
+          )
+        }
+      },
+      onMessage: (listener) => on(agent.onMessage, listener),
+      onDisconnect: (listener) => on(agent.onDisconnect, listener),
+      onConnect: (listener) => on(agent.onConnect, listener),
+    }
+  }
+
   close(): Promise<void> {
     return this.#gate.close(async () => {
       const link = this.#link
@@ -181,6 +236,12 @@ export class LocalBackend implements Backend {
       if (!host) {
         try {
           transport = socketTransport(await connectSocket(address))
+          // Who this process is, first: the hub frees our grants at once if we die (only then).
+          try {
+            transport.send(envelope(LOCAL_NAMESPACE, { type: 'hello', identity: selfIdentity() }))
+          } catch {
+            // Closed already: the next call finds out and reconnects.
+          }
         } catch (error) {
           last = error
           if (!NO_HUB.has((error as NodeJS.ErrnoException).code ?? '')) {
@@ -220,9 +281,20 @@ export class LocalBackend implements Backend {
       requestTimeoutMs: this.settings.timeoutMs,
       hint: `Is the hub process (the holder of ${this.settings.address}) paused or overloaded?`,
     })
-    const link: Link = { remote, host, broken: false }
+    const link: Link = { remote, transport, host, broken: false }
+    transport.onMessage((message) => {
+      if (!isOurs(message, LOCAL_NAMESPACE) || message.type !== 'agent') return
+      const line = typeof message.ns === 'string' ? this.#agents.get(message.ns) : undefined
+      if (line) for (const listener of [...line.onMessage]) listener(message.message)
+    })
     transport.onClose(() => {
+      const wasCurrent = this.#link === link && !link.broken
       link.broken = true
+      if (wasCurrent) {
+        for (const line of this.#agents.values()) {
+          for (const listener of [...line.onDisconnect]) listener()
+        }
+      }
       // Reconnect at once (not at the next call), so a new hub is found and this handle's
       // grants are re-registered there before any other process's grace ends.
       if (this.#link === link && !this.#gate.closing) {
@@ -257,6 +329,10 @@ export class LocalBackend implements Backend {
     this.#link = link
     // Holders may have changed while there was no hub: let every watcher look again.
     for (const watch of this.#watches) queueMicrotask(() => watch.onChange())
+    // The agents greet this hub's router.
+    for (const line of this.#agents.values()) {
+      for (const listener of [...line.onConnect]) queueMicrotask(listener)
+    }
     return link
   }
 }

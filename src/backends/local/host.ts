@@ -14,8 +14,11 @@ import { createServer, type Server, type Socket } from 'node:net'
 import type { AcquireRequest, Backend } from '../../backend.js'
 import { Hub, type HubConnection } from '../cluster/hub.js'
 import type { Transport } from '../cluster/remote.js'
+import { isOurs } from '../../ipc/envelope.js'
 import { forwardingBackend } from '../kit.js'
+import { LOCAL_NAMESPACE, parseIdentity, type ProcessIdentity, surelyDead } from './identity.js'
 import { MemoryBackend } from '../memory.js'
+import { AgentRelay, type RelayPeer } from './agent-relay.js'
 import { type HubLock, tryLock } from './lock.js'
 import type { LocalSettings } from './options.js'
 import { probe, readLines, writeLine } from './socket.js'
@@ -40,6 +43,8 @@ export class HubHost {
   readonly #sockets = new Set<Socket>()
   readonly #local = new Set<() => void>()
   readonly #state: HubState
+  /** The process agent's routers (src/backends/local/agent-relay.ts). */
+  readonly #agents: AgentRelay
   /** performance.now() until which only adopted holders are served (after a crash). */
   readonly graceUntil: number
   #users = 0
@@ -66,6 +71,7 @@ export class HubHost {
       ...(settings.onError ? { onError: settings.onError } : {}),
     })
     this.#server = server
+    this.#agents = new AgentRelay(this.#store, settings.onError ?? (() => {}))
   }
 
   /**
@@ -139,18 +145,30 @@ export class HubHost {
     const listeners = new Set<(message: unknown) => void>()
     const closers = new Set<() => void>()
     let open = !this.#stopped
-    const connection = this.#hub.connect((message) => {
+    const deliver = (message: object) => {
       // A copy, as a socket would deliver: neither side shares objects with the other.
       const copy = JSON.parse(JSON.stringify(message)) as unknown
       queueMicrotask(() => {
         for (const listener of [...listeners]) listener(copy)
       })
-    })
+    }
+    const connection = this.#hub.connect(deliver)
+    const peer: RelayPeer = {
+      id: this.#agents.nextId(),
+      pid: () => process.pid,
+      send(message) {
+        if (!open) throw new Error('the hub in this process has stopped')
+        deliver(message)
+      },
+      connected: () => open,
+    }
+    const agents = this.#agents
     const close = () => {
       if (!open) return
       open = false
       this.#local.delete(close)
       void connection.close()
+      this.#agents.gone(peer)
       for (const closer of [...closers]) closer()
     }
     this.#local.add(close)
@@ -158,7 +176,11 @@ export class HubHost {
       send(message) {
         if (!open) throw new Error('the hub in this process has stopped')
         const copy = JSON.parse(JSON.stringify(message)) as unknown
-        queueMicrotask(() => connection.receive(copy))
+        queueMicrotask(() => {
+          if (isOurs(copy, LOCAL_NAMESPACE)) {
+            if (copy.type === 'agent' && open) agents.receive(peer, copy)
+          } else connection.receive(copy)
+        })
       },
       onMessage(listener) {
         listeners.add(listener)
@@ -181,6 +203,7 @@ export class HubHost {
     this.#stopped = true
     hosted.delete(this.settings.address)
     this.#server.close()
+    this.#agents.close()
     try {
       writeState(this.settings.statePath, {
         ...this.#state,
@@ -210,17 +233,45 @@ export class HubHost {
     socket.unref()
     this.#sockets.add(socket)
     const onError = this.settings.onError ?? (() => {})
-    const connection: HubConnection = this.#hub.connect((message) => {
-      try {
-        writeLine(socket, message)
-      } catch (error) {
-        onError(error as Error)
-      }
-    })
-    readLines(socket, (message) => connection.receive(message), onError)
+    // Who the peer process says it is (its first message); unknown: its grants run out.
+    let peer: ProcessIdentity | undefined
+    let introduced = false
+    const connection: HubConnection = this.#hub.connect(
+      (message) => {
+        try {
+          writeLine(socket, message)
+        } catch (error) {
+          onError(error as Error)
+        }
+      },
+      // A socket can close while its process lives on (a reset, an oversized line), so its
+      // grants are freed at once only if that process is surely dead; else they run out.
+      { releaseOnClose: () => (peer ? surelyDead(peer) : false) },
+    )
+    const relayPeer: RelayPeer = {
+      id: this.#agents.nextId(),
+      pid: () => peer?.pid ?? 0,
+      send: (message) => writeLine(socket, message),
+      connected: () => !socket.destroyed,
+    }
+    readLines(
+      socket,
+      (message) => {
+        if (isOurs(message, LOCAL_NAMESPACE)) {
+          if (message.type === 'hello' && !introduced) {
+            introduced = true
+            peer = parseIdentity(message.identity)
+          } else if (message.type === 'agent') this.#agents.receive(relayPeer, message)
+          return
+        }
+        connection.receive(message)
+      },
+      onError,
+    )
     socket.on('error', () => {})
     socket.on('close', () => {
       this.#sockets.delete(socket)
+      this.#agents.gone(relayPeer)
       // Stopping hands the grants over instead: they stay in the snapshot.
       if (!this.#stopped) void connection.close()
     })

@@ -1,0 +1,175 @@
+// The process agent over `local`, in plain separate processes (test/local/agent-app.ts): no
+// node:cluster primary; the app's hub routes. runInPrimary/call go to the one designated
+// process, gather/broadcast/clusterHealth/clusterMetrics reach every process with an agent, and
+// the designated role fails over when its process is killed.
+import { type ChildProcess, fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { localDir } from '../../testkit/local.js'
+import { until } from '../helpers/wait.js'
+
+const APP = fileURLToPath(new URL('./agent-app.ts', import.meta.url))
+const dirs: { remove(): Promise<void> }[] = []
+const apps: AgentApp[] = []
+afterEach(async () => {
+  await Promise.all(apps.splice(0).map((a) => a.kill()))
+})
+afterAll(async () => {
+  for (const d of dirs) await d.remove()
+})
+
+interface Answer {
+  ok: boolean
+  value?: unknown
+  error?: { name: string; code?: string; message: string }
+}
+interface AgentApp {
+  pid: number
+  ask(cmd: string, more?: object): Promise<Answer>
+  kill(): Promise<void>
+}
+
+async function start(name: string, dir: string, leaseMs = 2_000): Promise<AgentApp> {
+  const child: ChildProcess = fork(APP, [JSON.stringify({ name, dir, leaseMs })], {
+    execArgv: ['--import', 'tsx'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  })
+  child.on('error', () => {})
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  const waiting = new Map<number, (a: Answer) => void>()
+  let next = 0
+  await new Promise<void>((resolve, reject) => {
+    child.on('message', (m: { ready?: boolean; id?: number } & Answer) => {
+      if (m.ready) resolve()
+      else if (m.id !== undefined) waiting.get(m.id)?.(m)
+    })
+    child.once('exit', (code) => reject(new Error(`agent app exited early (${code})`)))
+  })
+  const app: AgentApp = {
+    pid: child.pid!,
+    ask: (cmd, more = {}) =>
+      new Promise((resolve) => {
+        const id = next++
+        waiting.set(id, resolve)
+        child.send({ id, cmd, ...more })
+      }),
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      await exited
+    },
+  }
+  apps.push(app)
+  return app
+}
+
+function newDir(): string {
+  const d = localDir()
+  dirs.push(d)
+  return d.dir
+}
+
+describe('the process agent over local, in plain processes', () => {
+  it('runInPrimary runs in the one designated process; gather, broadcast, clusterHealth and clusterMetrics reach every process', async () => {
+    const dir = newDir()
+    const ps = [await start('agent', dir), await start('agent', dir), await start('agent', dir)]
+    const pids = ps.map((p) => p.pid).sort((a, b) => a - b)
+    await until(
+      async () => (await Promise.all(ps.map((p) => p.ask('designated')))).some((a) => a.value),
+      10_000,
+      'a designated process',
+    )
+    const answers = await Promise.all(ps.map((p) => p.ask('whoami')))
+    expect(answers.every((a) => a.ok)).toBe(true)
+    const designated = answers[0]!.value as number
+    expect(answers.map((a) => a.value)).toEqual([designated, designated, designated])
+    expect(pids).toContain(designated)
+
+    const gathered = await ps[1]!.ask('gather', { name: 'pid' })
+    const entries = gathered.value as {
+      pid: number
+      ok: boolean
+      value: number
+      workerId: number
+    }[]
+    expect(entries.map((e) => e.value).sort((a, b) => a - b)).toEqual(pids)
+    expect(entries.every((e) => e.ok && e.pid === e.value)).toBe(true)
+    // In worker id order, one entry per process.
+    expect(entries.map((e) => e.workerId)).toEqual(
+      [...entries.map((e) => e.workerId)].sort((a, b) => a - b),
+    )
+
+    await ps[2]!.ask('broadcast', { name: 'note', args: ['hi'] })
+    await until(
+      async () =>
+        (await Promise.all(ps.map((p) => p.ask('notes')))).every(
+          (a) => JSON.stringify(a.value) === '["hi"]',
+        ),
+      10_000,
+      'every process to get the broadcast',
+    )
+
+    const health = (await ps[0]!.ask('health')).value as [number, string][]
+    expect(health.map(([pid]) => pid).sort((a, b) => a - b)).toEqual(pids)
+    expect(health.every(([, status]) => status === 'healthy')).toBe(true)
+    const metrics = (await ps[0]!.ask('metrics')).value as string
+    expect(metrics).toMatch(/app_requests_total 6/)
+  }, 60_000)
+
+  it('gather has partial results: a process that does not answer gets a timeout entry, the others their values', async () => {
+    const dir = newDir()
+    const ps = [await start('partial', dir), await start('partial', dir)]
+    const gathered = await ps[0]!.ask('gather', { name: 'hang', timeoutMs: 300 })
+    const entries = gathered.value as { ok: boolean; error?: { code?: string } }[]
+    expect(entries).toHaveLength(2)
+    expect(entries.map((e) => e.error?.code)).toEqual([
+      'ERR_CONCLAVE_AGENT_TIMEOUT',
+      'ERR_CONCLAVE_AGENT_TIMEOUT',
+    ])
+    const call = await ps[1]!.ask('call', { name: 'hang', timeoutMs: 300 })
+    expect(call.error?.code).toBe('ERR_CONCLAVE_AGENT_TIMEOUT')
+  }, 60_000)
+
+  it('fails over: kill -9 of the designated process (a client, then the hub itself), and the next calls run in a survivor', async () => {
+    const dir = newDir()
+    const ps = [
+      await start('failover', dir),
+      await start('failover', dir),
+      await start('failover', dir),
+      await start('failover', dir),
+    ]
+    let alive = ps
+    for (let round = 0; round < 2; round++) {
+      const first = (await alive[0]!.ask('whoami')).value as number
+      const victim = alive.find((p) => p.pid === first)!
+      const hub = ps[0]! // the first process hosts the hub
+      // Round 0: a designated client (if the hub is designated, kill it in round 1 instead).
+      if (round === 0 && victim === hub) continue
+      await victim.kill()
+      alive = alive.filter((p) => p !== victim)
+      let next: number | undefined
+      await until(
+        async () => {
+          const answer = await alive[0]!.ask('whoami', {})
+          if (answer.ok) next = answer.value as number
+          return answer.ok
+        },
+        20_000,
+        'a call answered by a new designated process',
+      )
+      expect(next).not.toBe(first)
+      expect(alive.map((p) => p.pid)).toContain(next)
+      const gathered = (await alive.at(-1)!.ask('gather', { name: 'pid' })).value as unknown[]
+      expect(gathered).toHaveLength(alive.length)
+      if (round === 0) {
+        // Then the hub itself, designated or not: a survivor becomes the hub, calls go on.
+        await hub.kill()
+        alive = alive.filter((p) => p !== hub)
+        await until(
+          async () => (await alive[0]!.ask('whoami')).ok,
+          20_000,
+          'calls after the hub was killed',
+        )
+      }
+    }
+  }, 120_000)
+})
