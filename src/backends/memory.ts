@@ -144,6 +144,16 @@ export class MemoryBackend implements Backend {
     return out
   }
 
+  /**
+   * The candidates waiting in the resource's line, first first (live places only, read on
+   * the backend's clock without pruning): for tests and diagnostics.
+   */
+  waiters(resource: string): string[] {
+    const now = this.#clock.now()
+    const line = this.#resources.get(resource)?.line ?? new Map<string, number>()
+    return [...line].filter(([, expiresAt]) => expiresAt > now).map(([candidate]) => candidate)
+  }
+
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#checkOpen()
     validateAcquire(request)

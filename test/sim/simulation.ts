@@ -166,6 +166,7 @@ export async function runScenario(
   const makeBackend = (i: number) => {
     const backend = new SimBackend(clock, store, `c${i}`, random, log)
     backend.maxDelayMs = Math.floor(random() * 40)
+    backend.deaf = random() < 0.25
     return backend
   }
   const makeElection = (i: number, backend: SimBackend): Candidate => {
@@ -351,6 +352,37 @@ export async function runScenario(
       }
       await clock.advance(Math.floor(random() * 50))
       checkHolders(`after ${action.kind}`)
+    }
+    // First come, first served never starves the line: once the faults stop (and places left
+    // by the faulty part have expired), a ticket never stays free for a lease while someone
+    // stands in line. A waiter not next in line sets no timer, so this is what catches a
+    // waiter nobody wakes.
+    for (const c of candidates) {
+      c.backend.cutUntil = 0
+      c.backend.lossRate = 0
+    }
+    await clock.advance(2 * OPTIONS.leaseMs)
+    let starvedSince: number | undefined
+    for (let step = 0; step < 60; step++) {
+      // Hand the tickets on now and then, so the line has to move (run() asks again).
+      if (step % 10 === 5) {
+        for (const c of candidates)
+          if (c.election.isLeader) c.settling.push(c.election.resign().catch(() => {}))
+      }
+      await clock.advance(50)
+      const free = (await store.holders(RESOURCE)).length < scenario.tickets
+      const line = store.waiters(RESOURCE)
+      if (!free || line.length === 0) {
+        starvedSince = undefined
+        continue
+      }
+      starvedSince ??= clock.now()
+      if (clock.now() - starvedSince >= OPTIONS.leaseMs) {
+        fail(
+          `a ticket stayed free for ${clock.now() - starvedSince} ms while ${line.join(', ')} stood in line`,
+        )
+        break
+      }
     }
     // Wind down: close everything, let every timer fire, then nothing may be left.
     for (let i = 0; i < CANDIDATES; i++) {

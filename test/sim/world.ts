@@ -13,6 +13,7 @@ import type {
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WatchChange,
 } from '../../src/backend.js'
 import { CloseGate } from '../../src/backends/kit.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
@@ -56,6 +57,11 @@ export class SimBackend implements Backend {
   cutUntil = 0
   lossRate = 0
   maxDelayMs = 0
+  /**
+   * No push ever arrives (a subscriber cut off from its server): only the core's timers and
+   * its queued renewals can move a waiter.
+   */
+  deaf = false
 
   constructor(
     readonly clock: ManualClock,
@@ -109,8 +115,12 @@ export class SimBackend implements Backend {
     return this.#call(() => this.#inner.holders(resource))
   }
 
-  watch(resource: string, onChange: () => void): Promise<Unwatch> {
-    return this.#call(() => this.#inner.watch(resource, onChange))
+  watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
+    return this.#call(() =>
+      this.#inner.watch(resource, (change) => {
+        if (!this.deaf) onChange(change)
+      }),
+    )
   }
 
   onClose(hook: () => Promise<void>): () => void {
