@@ -174,6 +174,8 @@ export interface WaitersConfig {
   leaseMs: number
   /** Candidates (Elections) in this process, on one backend. */
   count: number
+  /** Campaigns started at once; the next starts as one is answered. */
+  startInFlight: number
   [key: string]: string | number | boolean
 }
 
@@ -183,10 +185,11 @@ export type WaiterCommand = { cmd: 'resign' } | { cmd: 'cpu' } | { cmd: 'close' 
 /** Messages a waiter process sends its parent; times are `now()` there. */
 export type WaiterMessage =
   | { type: 'ready' }
+  | { type: 'progress'; answered: number; errors: number }
   | { type: 'elected'; at: number }
   | { type: 'resigned'; at: number }
   | { type: 'cpu'; ms: number }
-  | { type: 'closed'; errors: number }
+  | { type: 'closed'; errors: number; firstError?: string }
   | { type: 'failed'; error: string }
 
 /** A process of waiting candidates (bench/waiters.ts). */
@@ -196,6 +199,8 @@ export interface WaiterProcess {
   readonly ready: Promise<void>
   /** Calls `listener` with the time (see `now`) of each election there. */
   onElected(listener: (at: number) => void): void
+  /** How many of its candidates were answered so far, and the errors they emitted (reported). */
+  progress(): { answered: number; errors: number }
   /** How many of its candidates hold now (as it reported). */
   holding(): number
   /** Resigns a term held there; resolves with when resign() was called there. */
@@ -203,7 +208,7 @@ export interface WaiterProcess {
   /** Its CPU time (user + system) so far, in ms. */
   cpuMs(): Promise<number>
   /** Closes its candidates and waits for it to exit; resolves with the errors they emitted. */
-  close(): Promise<number>
+  close(): Promise<{ errors: number; firstError?: string }>
 }
 
 /** bench/waiters.ts, the one waiter program every conclave backend shares. */
@@ -229,6 +234,7 @@ export function spawnWaiters(module: string, config: WaitersConfig): WaiterProce
   const elected: ((at: number) => void)[] = []
   const waiting: { type: WaiterMessage['type']; resolve: (m: WaiterMessage) => void }[] = []
   let holding = 0
+  let progress = { answered: 0, errors: 0 }
   let markReady!: () => void
   let failReady!: (error: Error) => void
   const ready = new Promise<void>(
@@ -237,6 +243,7 @@ export function spawnWaiters(module: string, config: WaitersConfig): WaiterProce
   ready.catch(() => {})
   child.on('message', (m: WaiterMessage) => {
     if (m.type === 'ready') markReady()
+    if (m.type === 'progress') progress = { answered: m.answered, errors: m.errors }
     if (m.type === 'elected') {
       holding++
       for (const listener of elected) listener(m.at)
@@ -263,15 +270,17 @@ export function spawnWaiters(module: string, config: WaitersConfig): WaiterProce
     pid: child.pid!,
     ready,
     onElected: (listener) => void elected.push(listener),
+    progress: () => progress,
     holding: () => holding,
     resign: async () => (await ask({ cmd: 'resign' }, 'resigned')).at,
     cpuMs: async () => (await ask({ cmd: 'cpu' }, 'cpu')).ms,
     async close() {
-      if (gone) return 0
+      if (gone) return { errors: 0 }
       try {
-        return (await ask({ cmd: 'close' }, 'closed')).errors
+        const { errors, firstError } = await ask({ cmd: 'close' }, 'closed')
+        return { errors, ...(firstError ? { firstError } : {}) }
       } catch {
-        return 0
+        return { errors: 0 }
       } finally {
         if (!gone) child.kill('SIGKILL')
         await exited

@@ -4,8 +4,8 @@
  * bench/scenarios.ts), prints a markdown table per suite with each row's ratio to conclave's row
  * of the same scenario and metric (a "baseline: ..." row shows conclave's ratio to it instead),
  * and writes bench/results/latest.json. The many-waiters sizes: --waiters N, --processes N,
- * --lease MS, --rounds N, --idle-leases N (defaults 500, 5, 10000, 10, 2; --quick 50, 2, 3000,
- * 3, 2).
+ * --lease MS, --rounds N, --idle-leases N, --start-in-flight N (campaigns each waiter process
+ * starts at once; defaults 500, 5, 10000, 10, 2, 5; --quick 50, 2, 3000, 3, 2, 5).
  */
 import { mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
@@ -38,6 +38,7 @@ const sizes: Partial<ManyWaitersOptions> = {
   leaseMs: count('--lease'),
   rounds: count('--rounds'),
   idleLeases: count('--idle-leases'),
+  startInFlight: count('--start-in-flight'),
 }
 const many = Object.fromEntries(
   Object.entries(sizes).filter(([, v]) => v !== undefined),

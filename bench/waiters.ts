@@ -36,22 +36,34 @@ try {
   const held: Term[] = []
   let answered = 0
   let errors = 0
+  let firstError: string | undefined
   let ready = false
+  // Campaigns start a few at a time, the next as one is answered: thousands of first asks at
+  // once on a loaded host time out (etcd), and this measures waiting, not a start-up storm.
+  const inFlight = Number(config.startInFlight)
+  let started = 0
+  const startNext = () => {
+    if (started < config.count) campaign(started++)
+  }
   const answer = () => {
     if (++answered === config.count && !ready) {
       ready = true
       send({ type: 'ready' })
     }
+    startNext()
   }
-  for (let i = 0; i < config.count; i++) {
+  const campaign = (i: number) => {
     const e = new Election(backend, config.resource, { leaseMs: config.leaseMs })
+    elections[i] = e
     let first = true
     e.on('waiting', () => {
       if (first) answer()
       first = false
     })
-    e.on('error', () => errors++)
-    elections.push(e)
+    e.on('error', (error) => {
+      errors++
+      firstError ??= error.message
+    })
     e.campaign().then(
       (term) => {
         const at = now()
@@ -63,6 +75,12 @@ try {
       () => {},
     )
   }
+  for (let i = 0; i < Math.min(inFlight, config.count); i++) startNext()
+  // Progress for the parent, which reports how far each process got if they take too long.
+  const progress = setInterval(() => {
+    send({ type: 'progress', answered, errors })
+    if (ready) clearInterval(progress)
+  }, 2_000)
   process.on('message', (command: WaiterCommand) => {
     void (async () => {
       if (command.cmd === 'resign') {
@@ -76,7 +94,7 @@ try {
       } else if (command.cmd === 'close') {
         await Promise.all(elections.map((e) => e.close()))
         await backend.close()
-        send({ type: 'closed', errors })
+        send({ type: 'closed', errors, ...(firstError ? { firstError } : {}) })
         process.exit(0)
       }
     })().catch((error: unknown) =>

@@ -135,12 +135,13 @@ export function etcdSubject(name: (typeof ETCD_SUBJECTS)[number], target: EtcdTa
         })
         return { backend, close: () => backend.close() }
       },
-      spawnWaiters: (resource, count, leaseMs) =>
+      spawnWaiters: (resource, count, leaseMs, startInFlight) =>
         spawnWaiters('etcd', {
           subject: name,
           resource,
           leaseMs,
           count,
+          startInFlight,
           host: target.host,
           port: target.port,
           prefix: target.prefix,

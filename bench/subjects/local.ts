@@ -42,12 +42,13 @@ export async function localSubject(dir: string): Promise<Subject> {
         name: `bench-${app}`,
         dir,
       }),
-    spawnWaiters: (resource, count, leaseMs) =>
+    spawnWaiters: (resource, count, leaseMs, startInFlight) =>
       spawnWaiters('local', {
         subject: 'conclave/local',
         resource,
         leaseMs,
         count,
+        startInFlight,
         name: `bench-${app}`,
         dir,
       }),

@@ -91,12 +91,13 @@ export function postgresSubject(
         const backend = postgresBackend({ connectionString: url(target), schema: target.schema })
         return { backend, close: () => backend.close() }
       },
-      spawnWaiters: (resource, count, leaseMs) =>
+      spawnWaiters: (resource, count, leaseMs, startInFlight) =>
         spawnWaiters('postgres', {
           subject: name,
           resource,
           leaseMs,
           count,
+          startInFlight,
           url: url(target),
           schema: target.schema,
         }),

@@ -203,12 +203,13 @@ export function redisSubject(name: (typeof REDIS_SUBJECTS)[number], target: Redi
         const backend = redisBackend({ url: url(target.host, target.port), startupGrace: false })
         return { backend, close: () => backend.close() }
       },
-      spawnWaiters: (resource, count, leaseMs) =>
+      spawnWaiters: (resource, count, leaseMs, startInFlight) =>
         spawnWaiters('redis', {
           subject: name,
           resource,
           leaseMs,
           count,
+          startInFlight,
           host: target.host,
           port: target.port,
         }),
