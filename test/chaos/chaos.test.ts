@@ -36,7 +36,7 @@ describe('chaos (short runs, fixed seed)', () => {
         const records = await runChaos({
           backend,
           seed: SEED,
-          seconds: 10,
+          seconds: 6,
           procs,
           tickets,
           leaseMs: 500,
