@@ -20,6 +20,12 @@ const plan = hostPlan()
 if (!plan) throw new Error('agent-host.ts is started by the bench runner (bench/suite.ts)')
 const designated = plan.subjects.includes(AGENT_SUBJECTS.worker) ? 'worker' : 'primary'
 const midwayToo = plan.subjects.includes(AGENT_SUBJECTS.midway)
+// Every process's agent on localBackend (one app per run: named by the primary's pid).
+const overLocal = plan.subjects.includes(AGENT_SUBJECTS.local)
+const { localBackend } = await import('../../src/backends/local/index.js')
+const localApp = overLocal
+  ? localBackend({ name: `bench-agent-${cluster.isPrimary ? process.pid : process.ppid}` })
+  : undefined
 
 const { runInPrimary, startAgent, shareMetrics, clusterMetrics } =
   await import('../../src/agent/index.js')
@@ -32,7 +38,9 @@ const midway = require('@midwayjs/process-agent') as {
 
 // The same handler for both: a small object answer, as a cache or lookup would give.
 const getUser = (id: number) => ({ id, name: `user-${id}`, roles: ['reader', 'writer'] })
-const agent = startAgent({ designated, timeoutMs: 30_000 })
+const agent = startAgent(
+  localApp ? { backend: localApp, timeoutMs: 30_000 } : { designated, timeoutMs: 30_000 },
+)
 const conclaveGetUser = runInPrimary('bench/getUser', getUser)
 
 class MidwayService {
@@ -129,5 +137,6 @@ if (cluster.isWorker) {
   if (midwayToo) await midwayConfig.onStop()
   for (const worker of workers) worker.process.kill()
   await agent.close()
+  await localApp?.close()
   process.exit(0)
 }

@@ -1,7 +1,8 @@
 /**
  * The agent subjects, in the primary of a 4-worker cluster app (bench/subjects/agent-host.ts):
  * conclave's agent (designated process: the primary, or a worker as by default),
- * `@midwayjs/process-agent`'s `@RunInPrimary()` and prom-client's `AggregatorRegistry`. Every
+ * `@midwayjs/process-agent`'s `@RunInPrimary()` and prom-client's `AggregatorRegistry`; and
+ * conclave's agent over `local` (every process's agent on localBackend, the hub routing). Every
  * worker has the same registries (default metrics plus labelled counters and histograms).
  */
 import type { Registry } from 'prom-client'
@@ -13,6 +14,7 @@ export const AGENT_SUBJECTS = {
   worker: 'conclave agent (designated: worker, the default)',
   midway: '@midwayjs/process-agent @RunInPrimary',
   prom: 'prom-client AggregatorRegistry',
+  local: 'conclave agent over local (no node:cluster routing)',
 } as const
 
 /** The workers of every app. */
@@ -95,6 +97,17 @@ export async function agentSubject(name: string, app: AgentApp): Promise<AgentSu
         prepareMerge: async () => conclaveMerge(await workerParts(prom)),
       }
     case AGENT_SUBJECTS.worker:
+      return {
+        name,
+        call: inWorkers(app, 'call-conclave'),
+        cannot: {
+          scrape: METRICS_AS_PRIMARY,
+          'scrape-worker': METRICS_AS_PRIMARY,
+          merge: METRICS_AS_PRIMARY,
+        },
+      }
+    case AGENT_SUBJECTS.local:
+      // The same app, but every process's agent is on localBackend: the hub's process routes.
       return {
         name,
         call: inWorkers(app, 'call-conclave'),

@@ -17,6 +17,7 @@ export default defineSuite<AgentSubject>({
         // Designated primary: Midway's topology (worker → primary), so the peers share its app.
         hosted(host, [AGENT_SUBJECTS.primary, AGENT_SUBJECTS.midway, AGENT_SUBJECTS.prom]),
         hosted(host, [AGENT_SUBJECTS.worker]),
+        hosted(host, [AGENT_SUBJECTS.local]),
       ],
       teardown: async () => {},
     }
@@ -24,6 +25,7 @@ export default defineSuite<AgentSubject>({
   order: [
     AGENT_SUBJECTS.primary,
     AGENT_SUBJECTS.worker,
+    AGENT_SUBJECTS.local,
     AGENT_SUBJECTS.midway,
     AGENT_SUBJECTS.prom,
   ],

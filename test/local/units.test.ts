@@ -14,6 +14,7 @@ import {
   surelyDead,
 } from '../../src/backends/local/identity.js'
 import { Hub } from '../../src/backends/cluster/hub.js'
+import { AgentRelay, MAX_AGENT_NAMESPACES } from '../../src/backends/local/agent-relay.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { backendFromUrl as cliBackend, requireSharedBackend } from '../../src/cli/backends.js'
 import { OptionsError } from '../../src/errors.js'
@@ -333,6 +334,35 @@ describe("a hub connection's own releaseOnClose", () => {
     expect((await store.holders('r')).map((h) => [h.candidate, h.token])).toEqual([
       ['a', got.token],
     ])
+    await store.close()
+  })
+})
+
+describe("the hub's agent relay", () => {
+  it(`routes at most ${MAX_AGENT_NAMESPACES} agent namespaces, and says so beyond`, async () => {
+    const store = new MemoryBackend()
+    const errors: Error[] = []
+    const relay = new AgentRelay(store, (error) => errors.push(error))
+    const sent: unknown[] = []
+    const peer = {
+      id: relay.nextId(),
+      pid: () => process.pid,
+      send: (message: object) => void sent.push(message),
+      connected: () => true,
+    }
+    const hello = (ns: string) =>
+      relay.receive(peer, { ns, resource: 'r', message: { [ns]: 1, type: 'hello' } })
+    for (let i = 0; i < MAX_AGENT_NAMESPACES; i++) hello(`ns${i}`)
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(sent).toHaveLength(MAX_AGENT_NAMESPACES) // one welcome each
+    expect(errors).toEqual([])
+    hello('one-too-many')
+    await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(sent).toHaveLength(MAX_AGENT_NAMESPACES)
+    expect(errors.map((e) => e.message)).toEqual([
+      expect.stringMatching(/beyond the 32 this hub routes/),
+    ])
+    relay.close()
     await store.close()
   })
 })

@@ -45,17 +45,6 @@ export interface HubOptions {
   releaseOnClose?: boolean
 }
 
-/** Options of one connection. */
-export interface ConnectionOptions {
-  /**
-   * Asked when the connection closes, instead of the hub's `releaseOnClose`: true when its peer
-   * is surely gone, so its grants are released at once (the `local` hub asks whether the
-   * peer's process is dead). A grant someone took over meanwhile (adopted, or acquired by the
-   * same candidate) is not released.
-   */
-  releaseOnClose?: () => boolean | Promise<boolean>
-}
-
 const MAX_WATCHES_PER_CONNECTION = 100_000
 
 /** An optional Backend method of the served backend, or a ProtocolError saying it has none. */
@@ -92,7 +81,18 @@ export class Hub {
    * to the returned connection, and close it when the peer goes (its grants go with it, unless
    * `releaseOnClose` is false).
    */
-  connect(send: (message: object) => void, options: ConnectionOptions = {}): HubConnection {
+  connect(
+    send: (message: object) => void,
+    options: {
+      /**
+       * Asked when the connection closes, instead of the hub's `releaseOnClose`: true when its
+       * peer is surely gone, so its grants are released at once (the `local` hub asks whether
+       * the peer's process is dead). A grant someone took over meanwhile (adopted, or acquired
+       * by the same candidate) is not released.
+       */
+      releaseOnClose?: () => boolean | Promise<boolean>
+    } = {},
+  ): HubConnection {
     const ns = this.namespace
     const releaseOnClose = options.releaseOnClose ?? this.#releaseOnClose
     const backend = this.backend

@@ -19,6 +19,9 @@ import type { AgentCore } from '../../agent/role.js'
 import type { PoolWorker, WorkerPool } from '../../agent/transport.js'
 import { LOCAL_NAMESPACE } from './identity.js'
 
+/** Agent namespaces one hub routes at most: a peer cannot make it keep routers without end. */
+export const MAX_AGENT_NAMESPACES = 32
+
 /** One connection to the hub as the agent relay sees it. */
 export interface RelayPeer {
   readonly id: number
@@ -64,7 +67,15 @@ export class AgentRelay {
     if (typeof ns !== 'string' || ns === '' || ns.length > 128 || !isOurs(message, ns)) return
     let r = this.#routers.get(ns)
     if (!r) {
-      if (typeof resource !== 'string' || resource === '') return
+      if (typeof resource !== 'string' || resource === '' || resource.length > 1024) return
+      if (this.#routers.size >= MAX_AGENT_NAMESPACES) {
+        this.#report(
+          new Error(
+            `local: an agent namespace beyond the ${MAX_AGENT_NAMESPACES} this hub routes (${ns.slice(0, 40)}); its messages are dropped`,
+          ),
+        )
+        return
+      }
       r = this.#start(ns, resource)
     }
     if (!r.members.has(peer.id)) r.members.set(peer.id, peer)
