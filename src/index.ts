@@ -11,6 +11,7 @@ export type {
   RenewRequest,
   Unwatch,
   WaitReason,
+  Waiter,
 } from './backend.js'
 export {
   validateAcquire,

@@ -32,6 +32,7 @@ import {
   type RenewRequest,
   type StoredRecord,
   type Unwatch,
+  type Waiter,
   type WriteRecordRequest,
   type WriteRecordResult,
   validateAcquire,
@@ -293,6 +294,36 @@ export class EtcdBackend implements Backend {
     return (await this.#rank(resource, range.kvs, new Map())).holders
   }
 
+  /**
+   * Backend.waiters: the resource's keys that do not hold (queued behind the holders), in
+   * create-revision order, which is the order they would be granted in. remainingMs: until the
+   * key's lease runs out (etcd's whole seconds, as for holders) or its leaseMs, whichever comes
+   * first; a live campaign keeps it alive, so this is how long the place outlives its candidate.
+   */
+  async waiters(resource: string): Promise<Waiter[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const range = await this.#call('read', (client, options) =>
+      client.kv.range(this.#rangeRequest(resource), options),
+    )
+    const queued = rank(range.kvs).keys.filter((k) => !k.holder)
+    const known = await this.#leaseTtls(
+      queued.map((q) => q.kv.lease),
+      new Map(),
+    )
+    const waiters: Waiter[] = []
+    for (const { kv, stored } of queued) {
+      const ttlSec = kv.lease === '0' ? Number.POSITIVE_INFINITY : known.get(kv.lease)
+      if (ttlSec === undefined) continue // its lease is gone: so is the key, a moment later
+      waiters.push({
+        candidate: this.#layout.candidateOf(resource, keyString(kv.key)),
+        metadata: stored.metadata,
+        remainingMs: Math.min(ttlSec * 1000, stored.leaseMs, 2 ** 31 - 1),
+      })
+    }
+    return waiters
+  }
+
   /** Backend.readRecord (see records.ts). */
   async readRecord(resource: string, key: string): Promise<StoredRecord | undefined> {
     this.#checkOpen()
@@ -533,15 +564,12 @@ export class EtcdBackend implements Backend {
    * release or expiry is pushed by the watch anyway). It is also capped at the holder's leaseMs,
    * after which a live holder that stopped renewing deletes its own key.
    */
-  async #rank(
-    resource: string,
-    kvs: IKeyValue[],
-    known: LeaseTtls,
-  ): Promise<{ holders: Holder[]; soonestMs: number }> {
-    const ranked: Ranked[] = rank(kvs).keys.filter((k) => k.holder)
-    const unknown = [...new Set(ranked.map((r) => r.kv.lease))].filter(
-      (id) => id !== '0' && !known.has(id),
-    )
+  /**
+   * Adds to `known` the TTL (whole seconds, rounded up; undefined: gone) of each lease of `ids`
+   * it lacks, asked of etcd at once; '0' (no lease) is never asked.
+   */
+  async #leaseTtls(ids: readonly string[], known: LeaseTtls): Promise<LeaseTtls> {
+    const unknown = [...new Set(ids)].filter((id) => id !== '0' && !known.has(id))
     const answers = await Promise.all(
       unknown.map((id) => this.#timeToLive(id, false, this.#options.timeoutMs)),
     )
@@ -552,6 +580,19 @@ export class EtcdBackend implements Backend {
         ttl < 0 ? undefined : Math.min(ttl + 1, Math.max(1, Number(info.grantedTTL))),
       )
     })
+    return known
+  }
+
+  async #rank(
+    resource: string,
+    kvs: IKeyValue[],
+    known: LeaseTtls,
+  ): Promise<{ holders: Holder[]; soonestMs: number }> {
+    const ranked: Ranked[] = rank(kvs).keys.filter((k) => k.holder)
+    await this.#leaseTtls(
+      ranked.map((r) => r.kv.lease),
+      known,
+    )
     const holders: Holder[] = []
     for (const { kv, stored } of ranked) {
       const ttlSec = kv.lease === '0' ? Number.POSITIVE_INFINITY : known.get(kv.lease)
