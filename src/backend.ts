@@ -34,6 +34,21 @@ export interface Holder {
   remainingMs: number
 }
 
+/**
+ * A candidate waiting for a resource, as a backend that keeps a queue reports it (the
+ * optional `Backend.waiters`). Only what the backend knows: no token (a waiter has none yet).
+ */
+export interface Waiter {
+  candidate: string
+  /** The metadata its campaign published, when the backend keeps it. */
+  metadata?: Json
+  /**
+   * Milliseconds until its place in the queue lapses on the backend's clock unless its
+   * candidate asks again (a live campaign keeps renewing it), when the backend knows.
+   */
+  remainingMs?: number
+}
+
 /** What a candidate asks for: a grant on `resource` for `leaseMs`, published with `metadata`. */
 export interface AcquireRequest {
   resource: string
@@ -134,6 +149,13 @@ export interface Backend {
   release(request: ReleaseRequest): Promise<void>
   /** The unexpired holders of a resource, ordered by token. */
   holders(resource: string): Promise<Holder[]>
+  /**
+   * Optional: the candidates queued for a resource, in the order they would be granted, for
+   * people and tools (`conclave status`); never used to decide a grant. Only a backend that
+   * keeps a queue has it (etcd: keys ranked by create revision); without it, the waiting
+   * candidates are known only to themselves.
+   */
+  waiters?(resource: string): Promise<Waiter[]>
   /**
    * Call `onChange` (with no promise of exactly-once) whenever the holders of `resource` may
    * have changed by a release or an acquire. Resolves once the watch is in place, so a

@@ -12,6 +12,7 @@ export type {
   Unwatch,
   WatchChange,
   WaitReason,
+  Waiter,
 } from './backend.js'
 export {
   validateAcquire,

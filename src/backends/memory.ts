@@ -14,6 +14,7 @@ import type {
   RenewRequest,
   StoredRecord,
   Unwatch,
+  Waiter,
   WatchChange,
   WriteRecordRequest,
   WriteRecordResult,
@@ -148,10 +149,25 @@ export class MemoryBackend implements Backend {
    * The candidates waiting in the resource's line, first first (live places only, read on
    * the backend's clock without pruning): for tests and diagnostics.
    */
-  waiters(resource: string): string[] {
+  lineOf(resource: string): string[] {
+    return this.#livePlaces(resource).map(([candidate]) => candidate)
+  }
+
+  /** Backend.waiters: the live places in line, first first, with what is left of each. */
+  async waiters(resource: string): Promise<Waiter[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const now = this.#clock.now()
+    return this.#livePlaces(resource).map(([candidate, expiresAt]) => ({
+      candidate,
+      remainingMs: expiresAt - now,
+    }))
+  }
+
+  #livePlaces(resource: string): [string, number][] {
     const now = this.#clock.now()
     const line = this.#resources.get(resource)?.line ?? new Map<string, number>()
-    return [...line].filter(([, expiresAt]) => expiresAt > now).map(([candidate]) => candidate)
+    return [...line].filter(([, expiresAt]) => expiresAt > now)
   }
 
   async acquire(request: AcquireRequest): Promise<AcquireResult> {

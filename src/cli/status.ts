@@ -3,7 +3,7 @@
  * lines for people or (`--json`) one JSON object per line for scripts. `watch` says when the
  * backend becomes unreachable and when it is back, with timestamps, and keeps watching.
  */
-import type { Backend, Holder } from '../backend.js'
+import type { Backend, Holder, Waiter } from '../backend.js'
 import { Election } from '../election.js'
 import { formatDuration } from '../validate.js'
 import type { Palette } from './color.js'
@@ -29,19 +29,27 @@ function holderJson(h: Holder) {
   }
 }
 
-/**
- * What the backend can tell of the candidates waiting for a resource. The Backend contract
- * lists holders only (a waiting candidate is known to itself, not to the others), so status
- * says so rather than inventing a list.
- */
-function waitersNote(backend: Backend): string {
-  return `not visible: the ${backend.name} backend lists holders only (a waiting candidate is known only to itself)`
+/** A waiter as `--json` prints it (what the backend knows: null for what it does not). */
+function waiterJson(w: Waiter) {
+  return {
+    candidate: w.candidate,
+    remainingMs: w.remainingMs ?? null,
+    metadata: w.metadata ?? null,
+  }
 }
 
-/** `conclave status`: the holders of each resource now. */
+/**
+ * `conclave status`: the holders of each resource now, and the candidates queued for it when
+ * the backend keeps a queue it can list (the optional Backend.waiters); otherwise the waiters
+ * are known only to themselves, and status says so rather than inventing a list.
+ */
 export async function printStatus(backend: Backend, names: string[], o: Output): Promise<void> {
-  const resources = []
-  for (const name of names) resources.push({ resource: name, holders: await backend.holders(name) })
+  const resources: { resource: string; holders: Holder[]; waiters: Waiter[] | null }[] = []
+  for (const name of names) {
+    const holders = await backend.holders(name)
+    const waiters = backend.waiters ? await backend.waiters(name) : null
+    resources.push({ resource: name, holders, waiters })
+  }
   if (o.json) {
     o.out(
       redact(
@@ -51,16 +59,15 @@ export async function printStatus(backend: Backend, names: string[], o: Output):
           resources: resources.map((r) => ({
             resource: r.resource,
             holders: r.holders.map(holderJson),
-            waiters: null,
-            waitersNote: waitersNote(backend),
+            waiters: r.waiters && r.waiters.map(waiterJson),
           })),
         }),
       ),
     )
     return
   }
-  const { bold, dim, green } = o.color
-  for (const { resource, holders } of resources) {
+  const { bold, dim, green, yellow } = o.color
+  for (const { resource, holders, waiters } of resources) {
     o.out(
       `${bold(resource)}: ${holders.length === 0 ? dim('no holder') : `${holders.length} holder(s)`}`,
     )
@@ -71,7 +78,20 @@ export async function printStatus(backend: Backend, names: string[], o: Output):
         ),
       )
     }
-    o.out(dim(`  waiters: ${waitersNote(backend)}`))
+    if (waiters === null) {
+      o.out(dim('  waiters: not reported by this backend'))
+      continue
+    }
+    o.out(`  ${waiters.length === 0 ? dim('no waiter') : `${waiters.length} waiter(s)`}`)
+    for (const w of waiters) {
+      const left =
+        w.remainingMs === undefined ? '' : `  queued ${(w.remainingMs / 1000).toFixed(1)}s more`
+      const metadata =
+        w.metadata === undefined || w.metadata === null
+          ? ''
+          : `  ${dim(JSON.stringify(w.metadata))}`
+      o.out(redact(`  ${yellow(w.candidate)}  waiting${left}${metadata}`))
+    }
   }
 }
 

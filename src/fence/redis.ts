@@ -3,8 +3,8 @@
  * the highest token the key has seen, and remembers that token in a companion key in the same
  * hash slot (so it works on Redis Cluster). A stale writer gets a StaleTokenError.
  *
- * Takes any client with ioredis' `evalsha`/`eval` (a `Redis` or a `Cluster`); ioredis is not
- * imported here.
+ * Takes any client with ioredis' `evalsha`/`eval` (a `Redis` or a `Cluster`), or a connected
+ * node-redis client (through the Redis backend's adapter); neither library is imported here.
  */
 import {
   defineScript,
@@ -14,6 +14,12 @@ import {
   type ScriptClient,
 } from '../backends/redis/scripts.js'
 import fencedWriteLua from '../backends/redis/scripts/fenced-write.lua.js'
+import {
+  checkNodeRedisClient,
+  connectionOf,
+  looksLikeNodeRedis,
+  type NodeRedisClient,
+} from '../backends/redis/client.js'
 import { validateToken } from '../validate.js'
 import { BackendError, OptionsError, StaleTokenError } from '../errors.js'
 
@@ -66,13 +72,17 @@ export function fenceKeyFor(key: string): string {
  * StaleTokenError (code ERR_CONCLAVE_STALE_TOKEN) carrying the token and the highest seen.
  */
 export async function fencedWrite(
-  client: RedisScriptClient,
+  client: RedisScriptClient | NodeRedisClient,
   key: string,
   token: number,
   value: string | Buffer,
   options: FencedWriteOptions = {},
 ): Promise<void> {
   validateToken(token)
+  if (looksLikeNodeRedis(client)) {
+    checkNodeRedisClient(client)
+    client = connectionOf(client).commands
+  }
   const fenceKey = options.fenceKey ?? fenceKeyFor(key)
   const px = options.pxMs ?? 0
   if (!Number.isInteger(px) || px < 0) {

@@ -10,7 +10,8 @@ import { createClient as createClient5 } from 'redis5'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
-import { OptionsError, REDIS_EVICTION_WARNING } from '../../src/errors.js'
+import { OptionsError, REDIS_EVICTION_WARNING, StaleTokenError } from '../../src/errors.js'
+import { fencedWrite } from '../../src/fence/redis.js'
 import { startRedis, type RedisServer } from '../../testkit/index.js'
 import { until } from './helpers.js'
 
@@ -111,6 +112,16 @@ describe.each([
     expect((await ask(backend, res, 'a')).acquired).toBe(true)
     await until(() => wakes > before, 10_000, 'the wake-up of a grant')
     await unwatch()
+  })
+
+  it('fencedWrite: writes with the highest token, refuses an older one', async () => {
+    const client = await connected(make)
+    const key = resource('fenced')
+    await fencedWrite(client, key, 5, 'five')
+    await expect(fencedWrite(client, key, 4, 'four')).rejects.toBeInstanceOf(StaleTokenError)
+    await client.sendCommand(['SCRIPT', 'FLUSH'])
+    await fencedWrite(client, key, 6, 'six')
+    expect(await client.sendCommand(['GET', key])).toBe('six')
   })
 
   it('runs its scripts again after SCRIPT FLUSH (NOSCRIPT: EVAL), pipelined renewals too', async () => {

@@ -371,7 +371,7 @@ export async function runScenario(
       }
       await clock.advance(50)
       const free = (await store.holders(RESOURCE)).length < scenario.tickets
-      const line = store.waiters(RESOURCE)
+      const line = store.lineOf(RESOURCE)
       if (!free || line.length === 0) {
         starvedSince = undefined
         continue

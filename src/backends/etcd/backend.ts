@@ -32,6 +32,7 @@ import {
   type RenewRequest,
   type StoredRecord,
   type Unwatch,
+  type Waiter,
   type WatchChange,
   type WriteRecordRequest,
   type WriteRecordResult,
@@ -343,6 +344,37 @@ export class EtcdBackend implements Backend {
       client.kv.range(this.#rangeRequest(resource), options),
     )
     return (await this.#rank(resource, rank(range.kvs).keys, new Map())).holders
+  }
+
+  /**
+   * Backend.waiters: the resource's keys that do not hold (queued behind the holders), in
+   * create-revision order, which is the order they would be granted in. remainingMs: until the
+   * key's lease runs out (etcd's whole seconds, as for holders) or its leaseMs, whichever comes
+   * first; a live campaign keeps it alive, so this is how long the place outlives its candidate.
+   */
+  async waiters(resource: string): Promise<Waiter[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const range = await this.#call('read', (client, options) =>
+      client.kv.range(this.#rangeRequest(resource), options),
+    )
+    // A key within the tickets but still marked waiting is a place too (its ticket is free).
+    const queued = rank(range.kvs).keys.filter((k) => !k.granted)
+    const known = await this.#leaseTtls(
+      queued.map((q) => q.kv.lease),
+      new Map(),
+    )
+    const waiters: Waiter[] = []
+    for (const { kv, stored } of queued) {
+      const ttlSec = kv.lease === '0' ? Number.POSITIVE_INFINITY : known.get(kv.lease)
+      if (ttlSec === undefined) continue // its lease is gone: so is the key, a moment later
+      waiters.push({
+        candidate: this.#layout.candidateOf(resource, keyString(kv.key)),
+        metadata: stored.metadata,
+        remainingMs: Math.min(ttlSec * 1000, stored.leaseMs, 2 ** 31 - 1),
+      })
+    }
+    return waiters
   }
 
   /** Backend.readRecord (see records.ts). */
@@ -724,15 +756,12 @@ export class EtcdBackend implements Backend {
    * release or expiry is pushed by the watch anyway). It is also capped at the holder's leaseMs,
    * after which a live holder that stopped renewing deletes its own key.
    */
-  async #rank(
-    resource: string,
-    line: readonly RankedKey<IKeyValue>[],
-    known: LeaseTtls,
-  ): Promise<{ holders: Holder[]; soonestMs: number }> {
-    const ranked = line.filter((k) => k.holder)
-    const unknown = [...new Set(ranked.map((r) => r.kv.lease))].filter(
-      (id) => id !== '0' && !known.has(id),
-    )
+  /**
+   * Adds to `known` the TTL (whole seconds, rounded up; undefined: gone) of each lease of `ids`
+   * it lacks, asked of etcd at once; '0' (no lease) is never asked.
+   */
+  async #leaseTtls(ids: readonly string[], known: LeaseTtls): Promise<LeaseTtls> {
+    const unknown = [...new Set(ids)].filter((id) => id !== '0' && !known.has(id))
     const answers = await Promise.all(
       unknown.map((id) => this.#timeToLive(id, false, this.#options.timeoutMs)),
     )
@@ -743,6 +772,19 @@ export class EtcdBackend implements Backend {
         ttl < 0 ? undefined : Math.min(ttl + 1, Math.max(1, Number(info.grantedTTL))),
       )
     })
+    return known
+  }
+
+  async #rank(
+    resource: string,
+    line: readonly RankedKey<IKeyValue>[],
+    known: LeaseTtls,
+  ): Promise<{ holders: Holder[]; soonestMs: number }> {
+    const ranked = line.filter((k) => k.holder)
+    await this.#leaseTtls(
+      ranked.map((r) => r.kv.lease),
+      known,
+    )
     const holders: Holder[] = []
     // Tickets free for waiters that have not asked yet: taken within their lease, or free then.
     const free: Holder[] = []

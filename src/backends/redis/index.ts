@@ -7,6 +7,7 @@ import type { RedisBackendOptions } from './options.js'
 
 export { RedisBackend } from './backend.js'
 export { keySlot, keyspaceChannels, resourceKeys, type ResourceKeys } from './layout.js'
+export type { NodeRedisClient, RedisClientInput } from './client.js'
 export {
   OWNED_CLIENT_DEFAULTS,
   parseRedisUrl,
@@ -20,7 +21,10 @@ export {
 } from './options.js'
 export { KEYSPACE_FLAGS, KEYSPACE_WARNING, missingKeyspaceFlags } from './wakeups.js'
 
-/** Makes a Redis backend: `{ client }` (your ioredis client) or `{ url }` (its own). */
+/**
+ * Makes a Redis backend: `{ client }` (your ioredis client, or a connected node-redis one) or
+ * `{ url }` (its own, made with ioredis).
+ */
 export function redisBackend(options: RedisBackendOptions): RedisBackend {
   return new RedisBackend(options)
 }
