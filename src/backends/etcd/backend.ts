@@ -118,6 +118,15 @@ type LeaseTtls = Map<string, number | undefined>
 
 const now = () => performance.now()
 
+/**
+ * Calls that wait their turn beyond MAX_IN_FLIGHT at once: asks and reads, which come in
+ * bursts (10,000 campaigns started together). Renewals, releases and lease grants never wait
+ * behind them: a renewal stuck in a queue could cost a term.
+ */
+const LIMITED = new Set(['acquire', 'read', 'lease read'])
+/** Enough to keep etcd busy (it batches concurrent writes into one raft round). */
+const MAX_IN_FLIGHT = 100
+
 /** The etcd backend: a key per candidate on one shared lease, ranked by create revision. */
 export class EtcdBackend implements Backend {
   readonly name: string = 'etcd'
@@ -152,6 +161,9 @@ export class EtcdBackend implements Backend {
   #down = false
   /** `etcd at host:port[,host:port]`, for messages. */
   readonly #label: string
+  /** Limited calls in flight (see LIMITED), and the ones waiting for a turn. */
+  #inFlight = 0
+  readonly #turns: (() => void)[] = []
 
   constructor(options: EtcdBackendOptions) {
     this.#options = resolveEtcdOptions(options)
@@ -979,6 +991,29 @@ export class EtcdBackend implements Backend {
     fn: (client: Namespace, options: { deadline: Date }) => Promise<T>,
     timeoutMs = this.#options.timeoutMs,
     tryMs = this.#options.memberTimeoutMs,
+  ): Promise<T> {
+    if (!LIMITED.has(what)) return this.#send(what, fn, timeoutMs, tryMs)
+    // At most MAX_IN_FLIGHT of these at once; the rest wait their turn, with their deadline
+    // counted from when they go out (waiting only shortens a term: its deadline runs from the
+    // core's send time).
+    if (this.#inFlight < MAX_IN_FLIGHT) this.#inFlight++
+    else await new Promise<void>((resolve) => this.#turns.push(resolve))
+    try {
+      this.#checkOpen()
+      return await this.#send(what, fn, timeoutMs, tryMs)
+    } finally {
+      const next = this.#turns.shift()
+      if (next) next()
+      else this.#inFlight--
+    }
+  }
+
+  /** #call without the limit. */
+  async #send<T>(
+    what: string,
+    fn: (client: Namespace, options: { deadline: Date }) => Promise<T>,
+    timeoutMs: number,
+    tryMs: number,
   ): Promise<T> {
     const members = this.#members
     const until = now() + timeoutMs
