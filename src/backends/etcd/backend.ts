@@ -119,11 +119,12 @@ type LeaseTtls = Map<string, number | undefined>
 const now = () => performance.now()
 
 /**
- * Calls that wait their turn beyond MAX_IN_FLIGHT at once: asks and reads, which come in
- * bursts (10,000 campaigns started together). Renewals, releases and lease grants never wait
- * behind them: a renewal stuck in a queue could cost a term.
+ * Calls that wait their turn beyond MAX_IN_FLIGHT at once: asks, reads and releases, which come
+ * in bursts (10,000 campaigns started or closed together; a release that waits only delays the
+ * next holder). Renewals and lease grants never wait behind them: a renewal stuck in a queue
+ * could cost a term.
  */
-const LIMITED = new Set(['acquire', 'read', 'lease read'])
+const LIMITED = new Set(['acquire', 'read', 'lease read', 'release'])
 /** Enough to keep etcd busy (it batches concurrent writes into one raft round). */
 const MAX_IN_FLIGHT = 100
 
