@@ -2,10 +2,13 @@
  * The etcd backend, after etcd's `clientv3/concurrency`: a key per candidate under the resource's
  * range, created only if absent and attached to a lease; the first `tickets` keys by create
  * revision hold the resource; the token is the key's create revision (cluster-wide, strictly
- * increasing); waiters are woken by a watch on the range. Unlike etcd3's `Election`:
- * - every wake-up re-reads the whole ranking (never trusts one predecessor's delete: etcd3 #176);
+ * increasing); waiters are served first come, first served (a waiting key is marked, and becomes
+ * a grant when its own candidate asks once it ranks within the tickets) and woken by one watch
+ * per backend that names the waiters a change frees a ticket for. Unlike etcd3's `Election`:
+ * - every answer goes by the whole ranking (never trusts one predecessor's delete: etcd3 #176);
  * - one lease per backend instance (per lease length in whole seconds) carries every key it
- *   writes, kept alive by exactly one keepalive per renew() call, whatever the number of grants;
+ *   writes (grants and places in line), kept alive by exactly one keepalive per renew() call,
+ *   whatever the number of grants and places, on one long-lived keepalive stream per member;
  *   no background keepalive loop: the election core owns all timing, and its deadline (send time
  *   + leaseMs - margin) lands before the server's expiry, since each keepalive gives the lease at
  *   least leaseMs from when etcd handles it;
