@@ -2,10 +2,13 @@
  * The etcd backend, after etcd's `clientv3/concurrency`: a key per candidate under the resource's
  * range, created only if absent and attached to a lease; the first `tickets` keys by create
  * revision hold the resource; the token is the key's create revision (cluster-wide, strictly
- * increasing); waiters are woken by a watch on the range. Unlike etcd3's `Election`:
- * - every wake-up re-reads the whole ranking (never trusts one predecessor's delete: etcd3 #176);
+ * increasing); waiters are served first come, first served (a waiting key is marked, and becomes
+ * a grant when its own candidate asks once it ranks within the tickets) and woken by one watch
+ * per backend that names the waiters a change frees a ticket for. Unlike etcd3's `Election`:
+ * - every answer goes by the whole ranking (never trusts one predecessor's delete: etcd3 #176);
  * - one lease per backend instance (per lease length in whole seconds) carries every key it
- *   writes, kept alive by exactly one keepalive per renew() call, whatever the number of grants;
+ *   writes (grants and places in line), kept alive by exactly one keepalive per renew() call,
+ *   whatever the number of grants and places, on one long-lived keepalive stream per member;
  *   no background keepalive loop: the election core owns all timing, and its deadline (send time
  *   + leaseMs - margin) lands before the server's expiry, since each keepalive gives the lease at
  *   least leaseMs from when etcd handles it;
@@ -119,6 +122,16 @@ type LeaseTtls = Map<string, number | undefined>
 
 const now = () => performance.now()
 
+/**
+ * Calls that wait their turn beyond MAX_IN_FLIGHT at once: asks, reads and releases, which come
+ * in bursts (10,000 campaigns started or closed together; a release that waits only delays the
+ * next holder). Renewals and lease grants never wait behind them: a renewal stuck in a queue
+ * could cost a term.
+ */
+const LIMITED = new Set(['acquire', 'read', 'lease read', 'release'])
+/** Enough to keep etcd busy (it batches concurrent writes into one raft round). */
+const MAX_IN_FLIGHT = 100
+
 /** The etcd backend: a key per candidate on one shared lease, ranked by create revision. */
 export class EtcdBackend implements Backend {
   readonly name: string = 'etcd'
@@ -153,6 +166,9 @@ export class EtcdBackend implements Backend {
   #down = false
   /** `etcd at host:port[,host:port]`, for messages. */
   readonly #label: string
+  /** Limited calls in flight (see LIMITED), and the ones waiting for a turn. */
+  #inFlight = 0
+  readonly #turns: (() => void)[] = []
 
   constructor(options: EtcdBackendOptions) {
     this.#options = resolveEtcdOptions(options)
@@ -1021,6 +1037,29 @@ export class EtcdBackend implements Backend {
     fn: (client: Namespace, options: { deadline: Date }) => Promise<T>,
     timeoutMs = this.#options.timeoutMs,
     tryMs = this.#options.memberTimeoutMs,
+  ): Promise<T> {
+    if (!LIMITED.has(what)) return this.#send(what, fn, timeoutMs, tryMs)
+    // At most MAX_IN_FLIGHT of these at once; the rest wait their turn, with their deadline
+    // counted from when they go out (waiting only shortens a term: its deadline runs from the
+    // core's send time).
+    if (this.#inFlight < MAX_IN_FLIGHT) this.#inFlight++
+    else await new Promise<void>((resolve) => this.#turns.push(resolve))
+    try {
+      this.#checkOpen()
+      return await this.#send(what, fn, timeoutMs, tryMs)
+    } finally {
+      const next = this.#turns.shift()
+      if (next) next()
+      else this.#inFlight--
+    }
+  }
+
+  /** #call without the limit. */
+  async #send<T>(
+    what: string,
+    fn: (client: Namespace, options: { deadline: Date }) => Promise<T>,
+    timeoutMs: number,
+    tryMs: number,
   ): Promise<T> {
     const members = this.#members
     const until = now() + timeoutMs
