@@ -4,6 +4,7 @@ import m1 from './001_initial.sql.js'
 import m2 from './002_grant_tickets.sql.js'
 import m3 from './003_promotion_grace.sql.js'
 import m4 from './004_records.sql.js'
+import m5 from './005_grace_length.sql.js'
 
 /** The migrations in version order: each one's version, name and text. */
 const migrations: readonly { version: number; name: string; text: string }[] = [
@@ -11,5 +12,6 @@ const migrations: readonly { version: number; name: string; text: string }[] = [
   { version: 2, name: 'grant_tickets', text: m2 },
   { version: 3, name: 'promotion_grace', text: m3 },
   { version: 4, name: 'records', text: m4 },
+  { version: 5, name: 'grace_length', text: m5 },
 ]
 export default migrations
