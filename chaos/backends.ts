@@ -32,10 +32,18 @@ export interface ChaosBackend {
   /** `fork`: candidates are child processes; `cluster`: workers of the harness (the primary). */
   mode: 'fork' | 'cluster'
   faults: readonly FaultKind[]
-  /** In the harness: start the server (for cluster, install the hub). */
-  start(): Promise<ChaosServer>
+  /**
+   * In the harness: start the server (for cluster, install the hub). `leaseMs`: the candidates'
+   * lease, for a backend whose grace after a failover must know the longest one (maxLeaseMs).
+   */
+  start(settings?: { leaseMs?: number }): Promise<ChaosServer>
   /** In a candidate process: the backend for the URL the harness gave it. */
   connect: (url: string) => Promise<Backend>
+}
+
+/** `&maxLeaseMs=` of the run's lease: the failover grace lasts it (not the 60 s default). */
+function maxLeaseParam(settings: { leaseMs?: number } | undefined): string {
+  return settings?.leaseMs === undefined ? '' : `&maxLeaseMs=${settings.leaseMs}`
 }
 
 const NETWORKED: readonly FaultKind[] = ['kill', 'pause', 'stall', 'partition', 'restart']
@@ -159,11 +167,13 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
   'postgres-standby': {
     mode: 'fork',
     faults: NETWORKED,
-    async start() {
+    async start(settings) {
       const { startPostgresStandby } = await import('../testkit/index.js')
       const pair = await startPostgresStandby()
       let current = pair.primary
-      const url = (h: string, p: number) => `postgres://postgres@${h}:${p}/postgres`
+      // The promotion grace lasts maxLeaseMs: the run's lease, not the 60 s default.
+      const query = maxLeaseParam(settings).replace('&', '?')
+      const url = (h: string, p: number) => `postgres://postgres@${h}:${p}/postgres${query}`
       return {
         target: { host: '127.0.0.1', port: pair.vip.port },
         url,
@@ -202,10 +212,10 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     mode: 'fork',
     // Candidates find the master through the sentinels, not through one proxied path.
     faults: ['kill', 'pause', 'restart'],
-    async start() {
+    async start(settings) {
       const { startSentinelTopology } = await import('../testkit/index.js')
       const topo = await startSentinelTopology()
-      const url = `${topo.url}?replicas=1&replicaTimeoutMs=100`
+      const url = `${topo.url}?replicas=1&replicaTimeoutMs=100${maxLeaseParam(settings)}`
       return {
         url: () => url,
         async restart(downMs) {
@@ -236,10 +246,10 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
   'redis-cluster': {
     mode: 'fork',
     faults: ['kill', 'pause', 'restart'],
-    async start() {
+    async start(settings) {
       const { startRedisCluster } = await import('../testkit/index.js')
       const cluster = await startRedisCluster()
-      const url = `redis+cluster://${cluster.startupNodes.map((n) => `${n.host}:${n.port}`).join(',')}?replicas=1&replicaTimeoutMs=100`
+      const url = `redis+cluster://${cluster.startupNodes.map((n) => `${n.host}:${n.port}`).join(',')}?replicas=1&replicaTimeoutMs=100${maxLeaseParam(settings)}`
       let turn = 0
       return {
         url: () => url,

@@ -127,7 +127,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosRecords> {
   let spawned = 0
   killChildrenOnExit()
 
-  const server: ChaosServer = await entry.start()
+  const server: ChaosServer = await entry.start({ leaseMs: options.leaseMs })
   const proxies: FaultProxy[] = []
 
   const onMessage = (c: Candidate, message: unknown): void => {

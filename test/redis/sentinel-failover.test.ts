@@ -37,7 +37,7 @@ function sentinelBackend(): Backend {
   })
   client.on('error', () => {})
   clients.push(client)
-  const backend = redisBackend({ client, timeoutMs: 2_000 })
+  const backend = redisBackend({ client, timeoutMs: 2_000, maxLeaseMs: LEASE_MS })
   backends.push(backend)
   return backend
 }

@@ -32,7 +32,13 @@ afterAll(async () => {
 
 function track(client: Redis, replicas: number) {
   clients.push(client)
-  const backend = redisBackend({ client, timeoutMs: 1_500, replicas, replicaTimeoutMs: 300 })
+  const backend = redisBackend({
+    client,
+    timeoutMs: 1_500,
+    replicas,
+    replicaTimeoutMs: 300,
+    maxLeaseMs: LEASE_MS,
+  })
   backends.push(backend)
   const election = new Election(backend, 'job', { leaseMs: LEASE_MS })
   election.on('error', () => {})
