@@ -9,7 +9,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { Backend } from '../src/backend.js'
-import type { ServerHandle } from '../testkit/index.js'
+import type { FaultProxy, ServerHandle } from '../testkit/index.js'
 import type { FaultKind } from './records.js'
 import { forwardingBackend } from '../src/backends/kit.js'
 import { backendFromUrl } from '../src/cli/backends.js'
@@ -22,6 +22,12 @@ export interface ChaosServer {
   url(host: string, port: number): string
   /** Kill the server (SIGKILL, as a crash), keep it down for downMs, start it on the same port(s). */
   restart?(downMs: number): Promise<void>
+  /**
+   * The `partition` fault of a replicated server: isolate its master from everything but the
+   * holder (`others`: the other candidates' proxies, cut too) until a replica is promoted, then
+   * downMs more, then heal. False when it cannot now (nothing was cut).
+   */
+  isolate?(others: FaultProxy[], downMs: number): Promise<boolean>
   /** The holders of a resource, asked straight from the server: grants left behind. */
   holders(resource: string): Promise<{ candidate: string; token: number }[]>
   /** Stops the server and closes the harness's own client. */
@@ -32,10 +38,18 @@ export interface ChaosBackend {
   /** `fork`: candidates are child processes; `cluster`: workers of the harness (the primary). */
   mode: 'fork' | 'cluster'
   faults: readonly FaultKind[]
-  /** In the harness: start the server (for cluster, install the hub). */
-  start(): Promise<ChaosServer>
+  /**
+   * In the harness: start the server (for cluster, install the hub). `leaseMs`: the candidates'
+   * lease, for a backend whose grace after a failover must know the longest one (maxLeaseMs).
+   */
+  start(settings?: { leaseMs?: number }): Promise<ChaosServer>
   /** In a candidate process: the backend for the URL the harness gave it. */
   connect: (url: string) => Promise<Backend>
+}
+
+/** `&maxLeaseMs=` of the run's lease: the failover grace lasts it (not the 60 s default). */
+function maxLeaseParam(settings: { leaseMs?: number } | undefined): string {
+  return settings?.leaseMs === undefined ? '' : `&maxLeaseMs=${settings.leaseMs}`
 }
 
 const NETWORKED: readonly FaultKind[] = ['kill', 'pause', 'stall', 'partition', 'restart']
@@ -159,11 +173,13 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
   'postgres-standby': {
     mode: 'fork',
     faults: NETWORKED,
-    async start() {
+    async start(settings) {
       const { startPostgresStandby } = await import('../testkit/index.js')
       const pair = await startPostgresStandby()
       let current = pair.primary
-      const url = (h: string, p: number) => `postgres://postgres@${h}:${p}/postgres`
+      // The promotion grace lasts maxLeaseMs: the run's lease, not the 60 s default.
+      const query = maxLeaseParam(settings).replace('&', '?')
+      const url = (h: string, p: number) => `postgres://postgres@${h}:${p}/postgres${query}`
       return {
         target: { host: '127.0.0.1', port: pair.vip.port },
         url,
@@ -196,26 +212,56 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
     connect: (url) => backendFromUrl(url),
   },
   // Redis behind Sentinel (1 master, 2 replicas, 3 sentinels) with the documented settings:
-  // replicas: 1 and the failover grace. `restart` kills the master the sentinels name, waits
-  // for the promotion of a replica, then starts the old one again (Sentinel makes it a replica).
+  // replicas: 1, the failover grace and maxLeaseMs. `restart` kills the master the sentinels
+  // name, waits for the promotion of a replica, then starts the old one again (Sentinel makes it
+  // a replica). `partition` isolates the first master from the sentinels, the replicas and
+  // every candidate but the holder, until Sentinel promotes a replica, then heals (the issue's
+  // 26.7 s of two holders without replicas: 1). For that the sentinels reach the first master
+  // through a proxy (masterLink) and so does replication (links); each candidate reaches it
+  // through its own proxy (the harness's, to `target`): ioredis' natMap maps the address the
+  // sentinels give for it to that proxy (the URL's #via=host:port, read by `connect`).
   'redis-sentinel': {
     mode: 'fork',
-    // Candidates find the master through the sentinels, not through one proxied path.
-    faults: ['kill', 'pause', 'restart'],
-    async start() {
+    faults: ['kill', 'pause', 'restart', 'partition'],
+    async start(settings) {
       const { startSentinelTopology } = await import('../testkit/index.js')
-      const topo = await startSentinelTopology()
-      const url = `${topo.url}?replicas=1&replicaTimeoutMs=100`
+      const topo = await startSentinelTopology({
+        replicas: [{ proxied: true }, { proxied: true }],
+        masterProxied: true,
+      })
+      const masterLink = topo.masterLink!
+      const url = `${topo.url}?replicas=1&replicaTimeoutMs=100${maxLeaseParam(settings)}`
+      // The port the sentinels name a server by: the first master's is its proxy's.
+      const announced = (server: { port: number }) =>
+        server === topo.master ? masterLink.port : server.port
       return {
-        url: () => url,
+        target: { host: '127.0.0.1', port: topo.master.port },
+        url: (h, p) => `${url}#via=127.0.0.1:${masterLink.port}>${h}:${p}`,
         async restart(downMs) {
           const port = await topo.masterPort()
-          const master = topo.servers.find((s) => s.port === port)
+          const master = topo.servers.find((s) => announced(s) === port)
           if (!master) return
           await master.kill()
-          await topo.waitForFailover(master.port)
+          await topo.waitForFailover(port!)
           await sleep(downMs)
           await master.restart()
+        },
+        async isolate(others, downMs) {
+          // Only the first master has the proxies that can isolate it.
+          if ((await topo.masterPort()) !== masterLink.port) return false
+          const cut = [masterLink, ...topo.links.filter((l) => l !== undefined), ...others]
+          for (const proxy of cut) proxy.cut({ mode: 'blackhole' })
+          try {
+            await topo.waitForFailover(masterLink.port).catch(() => undefined)
+            await sleep(downMs)
+          } finally {
+            for (const proxy of cut) {
+              // Drop the held connections: the healed master is told by Sentinel to follow.
+              proxy.cut({ mode: 'reset' })
+              proxy.restore()
+            }
+          }
+          return true
         },
         async holders(resource) {
           const backend = await backendFromUrl(url)
@@ -228,7 +274,17 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
         stop: () => topo.stop(),
       }
     },
-    connect: (url) => backendFromUrl(url),
+    async connect(url) {
+      const [base, via] = url.split('#via=')
+      if (!via) return backendFromUrl(url)
+      const [from, to] = via.split('>')
+      const [host, port] = to!.split(':')
+      const { redisBackend } = await import('../src/backends/redis/index.js')
+      return redisBackend({
+        url: base!,
+        clientOptions: { natMap: { [from!]: { host: host!, port: Number(port) } } },
+      })
+    },
   },
   // A Redis Cluster (3 masters, 3 replicas) through a Cluster client, replicas: 1. `restart`
   // kills a master, waits until its replica took its slots, then starts it again (it rejoins
@@ -236,10 +292,10 @@ export const CHAOS_BACKENDS: Record<string, ChaosBackend> = {
   'redis-cluster': {
     mode: 'fork',
     faults: ['kill', 'pause', 'restart'],
-    async start() {
+    async start(settings) {
       const { startRedisCluster } = await import('../testkit/index.js')
       const cluster = await startRedisCluster()
-      const url = `redis+cluster://${cluster.startupNodes.map((n) => `${n.host}:${n.port}`).join(',')}?replicas=1&replicaTimeoutMs=100`
+      const url = `redis+cluster://${cluster.startupNodes.map((n) => `${n.host}:${n.port}`).join(',')}?replicas=1&replicaTimeoutMs=100${maxLeaseParam(settings)}`
       let turn = 0
       return {
         url: () => url,

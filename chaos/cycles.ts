@@ -122,7 +122,7 @@ export async function runCycles(options: CyclesOptions): Promise<CyclesResult> {
   const prng = new Prng(options.seed)
   const counts = { acquired: 0, timedOut: 0, aborted: 0, crashed: 0, errors: 0 }
   const started = performance.now()
-  const server = await entry.start()
+  const server = await entry.start({ leaseMs })
   const url = urlOf(server)
   await firstGrant(entry.connect, url, leaseMs)
   let next = 0

@@ -127,7 +127,7 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosRecords> {
   let spawned = 0
   killChildrenOnExit()
 
-  const server: ChaosServer = await entry.start()
+  const server: ChaosServer = await entry.start({ leaseMs: options.leaseMs })
   const proxies: FaultProxy[] = []
 
   const onMessage = (c: Candidate, message: unknown): void => {
@@ -317,6 +317,14 @@ export async function runChaos(options: ChaosOptions): Promise<ChaosRecords> {
       case 'partition': {
         const proxy = target.proxy
         if (!proxy) return
+        if (server.isolate) {
+          // The server's own partition: its master cut off from all but this holder.
+          const others = proxies.filter((p) => p !== proxy)
+          if (!(await server.isolate(others, Math.round(leases * leaseMs)))) return
+          fault.variant = 'master isolated but from the holder'
+          fault.end = now()
+          break
+        }
         fault.variant = variant
         if (variant === 'delay') proxy.delay(Math.round(leaseMs * prng.between(0.2, 0.6)))
         else proxy.cut({ mode: variant })

@@ -93,6 +93,40 @@ export function optionalMilliseconds(
   return value === undefined ? fallback : milliseconds(field, value, min, max)
 }
 
+/** The longest lease a candidate may use, and the failover grace, when no maxLeaseMs is given. */
+export const DEFAULT_MAX_LEASE_MS = 60_000
+
+/**
+ * maxLeaseMs checked (default DEFAULT_MAX_LEASE_MS): from 10 ms, the shortest lease, to MAX_MS.
+ * Shared by the backends with a grace after a failover (redis, postgres).
+ */
+export function checkMaxLeaseMs(value: unknown): number {
+  if (value === undefined) return DEFAULT_MAX_LEASE_MS
+  if (!Number.isInteger(value) || (value as number) < 10 || (value as number) > MAX_MS) {
+    throw new OptionsError(
+      'maxLeaseMs',
+      value,
+      `maxLeaseMs must be an integer number of milliseconds from 10 to ${MAX_MS}: the longest lease any candidate uses (the same on every candidate).`,
+    )
+  }
+  return value as number
+}
+
+/**
+ * A lease longer than the backend's maxLeaseMs, refused: a grace after a failover lasts
+ * maxLeaseMs, so a longer grant could outlive it on a server that missed it.
+ */
+export function checkLeaseWithin(backend: string, leaseMs: number, maxLeaseMs: number): void {
+  if (leaseMs > maxLeaseMs) {
+    throw new OptionsError(
+      'leaseMs',
+      leaseMs,
+      `leaseMs must be at most the ${backend} backend's maxLeaseMs (${maxLeaseMs}): a grace after a failover lasts maxLeaseMs, so a longer grant could outlive it.`,
+      `Give maxLeaseMs: ${leaseMs} or more (in a URL ?maxLeaseMs=${leaseMs}) to the backend of every candidate.`,
+    )
+  }
+}
+
 // The rules the core checks at construction and every backend on each call.
 
 const RESOURCE = /^[A-Za-z0-9_.@=:-]+(\/[A-Za-z0-9_.@=:-]+)*$/

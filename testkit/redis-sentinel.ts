@@ -14,10 +14,9 @@ import {
   removeDir,
   retryOnPortClash,
   sleep,
-  waitReady,
 } from './process.js'
 import { startProxy, type FaultProxy } from './proxy.js'
-import { redisServerBinary, redisServerPid, startRedis, type RedisServer } from './redis.js'
+import { launchRedisProcess, redisServerBinary, startRedis, type RedisServer } from './redis.js'
 
 /** How each replica of the topology is made. */
 export interface SentinelReplicaOptions {
@@ -113,20 +112,10 @@ class SentinelImpl extends BaseServer implements SentinelServer {
     // Sentinel rewrites its config file: a fresh, writable one in its own folder.
     const file = join(this.dir, 'sentinel.conf')
     writeFileSync(file, this.config)
-    const proc = await ManagedProcess.launch({
+    return launchRedisProcess(this.what, this, this.startTimeoutMs, {
       command: this.binary,
       args: [file, '--sentinel'],
-      cwd: this.dir,
-      logFile: this.logFile,
     })
-    await waitReady({
-      what: this.what,
-      proc,
-      logFile: this.logFile,
-      timeoutMs: this.startTimeoutMs,
-      check: async () => (await redisServerPid(this.host, this.port, 1_000)) === proc.pid,
-    })
-    return proc
   }
 }
 

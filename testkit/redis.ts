@@ -61,8 +61,8 @@ class RedisServerImpl extends BaseServer implements RedisServer {
     return `redis://${this.host}:${this.port}`
   }
 
-  protected async spawnAndWait(): Promise<ManagedProcess> {
-    const proc = await ManagedProcess.launch({
+  protected spawnAndWait(): Promise<ManagedProcess> {
+    return launchRedisProcess(this.what, this, this.startTimeoutMs, {
       command: this.binary,
       args: [
         '--port',
@@ -81,19 +81,29 @@ class RedisServerImpl extends BaseServer implements RedisServer {
         '',
         ...this.extraArgs,
       ],
-      cwd: this.dir,
-      logFile: this.logFile,
     })
-    await waitReady({
-      what: this.what,
-      proc,
-      logFile: this.logFile,
-      timeoutMs: this.startTimeoutMs,
-      // Our process, not whatever else may answer on the port: INFO tells its pid.
-      check: async () => (await redisServerPid(this.host, this.port, 1_000)) === proc.pid,
-    })
-    return proc
   }
+}
+
+/**
+ * Launches a redis-server process (a server or a sentinel) and waits until the one answering on
+ * `server.port` is that process: INFO tells its pid, so nothing else on the port counts.
+ */
+export async function launchRedisProcess(
+  what: string,
+  server: { host: string; port: number; dir: string; logFile: string },
+  timeoutMs: number,
+  launch: { command: string; args: string[] },
+): Promise<ManagedProcess> {
+  const proc = await ManagedProcess.launch({ ...launch, cwd: server.dir, logFile: server.logFile })
+  await waitReady({
+    what,
+    proc,
+    logFile: server.logFile,
+    timeoutMs,
+    check: async () => (await redisServerPid(server.host, server.port, 1_000)) === proc.pid,
+  })
+  return proc
 }
 
 /** Starts a private redis-server and waits until it answers PING. */

@@ -10,6 +10,7 @@ import {
   type PostgresBackend,
 } from '../../src/backends/postgres/index.js'
 import { backendFromUrl as cliBackendFromUrl } from '../../src/cli/backends.js'
+import { migrations, render, sqlFile } from '../../src/backends/postgres/layout.js'
 import { OptionsError } from '../../src/errors.js'
 import { startPostgres } from '../../testkit/index.js'
 import {
@@ -220,6 +221,63 @@ describe('migrations', () => {
     await migrate({ pool: admin, schema: unmigrated })
     expect(await off.holders('off/x')).toEqual([])
     await expect(migrate({ pool: admin, schema: 'Upper' })).rejects.toBeInstanceOf(OptionsError)
+  })
+  // Migration 6 adds a six-argument acquire (the promotion grace's length) that must keep
+  // migration 5's line; migration 5's five-argument one stays for a process of the older
+  // conclave (its acquire.sql, below as it was) that runs on during the upgrade.
+  it('upgrades a schema at version 5 in use: the older acquire goes on, both keep one line', async () => {
+    const upgraded = uniqueSchema('upgrade')
+    const client = await admin.connect()
+    try {
+      await client.query('BEGIN')
+      await client.query(render(sqlFile('migrate-prepare.sql'), upgraded))
+      for (const m of migrations().filter((m) => m.version <= 5)) {
+        await client.query(render(m.text, upgraded))
+        await client.query(render(sqlFile('migrate-record.sql'), upgraded), [m.version, m.name])
+      }
+      await client.query('COMMIT')
+    } finally {
+      client.release()
+    }
+    const olderAcquire = render(
+      `SELECT a.granted, a.ahead FROM {schema}.acquire($1::text, $2::text, 1, 30000, 'null'::jsonb) a`,
+      upgraded,
+    )
+    const older = async (candidate: string) =>
+      (
+        await admin.query<{ granted: boolean; ahead: number | null }>(olderAcquire, [
+          'up/r',
+          candidate,
+        ])
+      ).rows[0]
+    expect(await older('a')).toEqual({ granted: true, ahead: null })
+    expect(await older('b')).toEqual({ granted: false, ahead: 0 })
+
+    expect(await migrate({ pool: admin, schema: upgraded })).toEqual({
+      schema: upgraded,
+      from: 5,
+      to: latestSchemaVersion(),
+    })
+    const { rows } = await admin.query<{ args: number }>(
+      `SELECT p.pronargs AS args FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1 AND p.proname = 'acquire' ORDER BY p.pronargs`,
+      [upgraded],
+    )
+    expect(rows.map((r) => r.args)).toEqual([5, 6]) // its input arguments
+
+    // The older process and this one stand in the same line, in the order they asked.
+    expect(await older('c')).toEqual({ granted: false, ahead: 1 })
+    const b = open({ connectionString: server.connectionString, schema: upgraded })
+    expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 2 })
+    expect(await b.acquire(req('up/r', 'b'))).toMatchObject({ acquired: false, ahead: 0 })
+    await b.release({ resource: 'up/r', candidate: 'a' })
+    // A ticket is free now: it goes to the first in line (b), not to a later asker, through
+    // either acquire.
+    expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 2 })
+    expect(await older('c')).toEqual({ granted: false, ahead: 1 })
+    expect(await b.acquire(req('up/r', 'b'))).toMatchObject({ acquired: true })
+    expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 1 })
   })
 })
 

@@ -339,6 +339,35 @@ describe('errors', () => {
     expect(await connections(app)).toBeGreaterThanOrEqual(1)
   })
 
+  it('takes maxLeaseMs from the URL (default 60 s) and refuses a lease longer than it, naming leaseMs', async () => {
+    const byDefault = postgresBackend({ connectionString: server.connectionString, schema })
+    backends.push(byDefault)
+    expect(byDefault.maxLeaseMs).toBe(60_000)
+    const b = await backendFromUrl(
+      withParam(withParam(server.connectionString, 'maxLeaseMs', '2000'), 'schema', schema),
+    )
+    backends.push(b)
+    expect(b.maxLeaseMs).toBe(2_000)
+    const ask = { resource: 'errors/long', candidate: 'c', tickets: 1, metadata: null }
+    await expect(b.acquire({ ...ask, leaseMs: 2_001 })).rejects.toMatchObject({
+      field: 'leaseMs',
+      value: 2_001,
+    })
+    await expect(
+      b.renew([{ resource: 'errors/long', candidate: 'c', token: 1, leaseMs: 2_001 }]),
+    ).rejects.toMatchObject({ field: 'leaseMs' })
+    expect((await b.acquire({ ...ask, leaseMs: 2_000 })).acquired).toBe(true)
+    for (const value of ['1m', '5']) {
+      const error = await backendFromUrl(
+        withParam(server.connectionString, 'maxLeaseMs', value),
+      ).catch((e: unknown) => e)
+      expect(error).toMatchObject({ field: 'maxLeaseMs' })
+    }
+    expect(() =>
+      postgresBackend({ connectionString: server.connectionString, maxLeaseMs: 0 }),
+    ).toThrow(OptionsError)
+  })
+
   it('fails at once with a MissingPeerError when pg is not installed', async () => {
     const out = await runWithoutPeers(`
       const seen = (e) => ({ name: e?.name, code: e?.code, peer: e?.peer, message: e?.message })

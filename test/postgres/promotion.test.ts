@@ -33,6 +33,7 @@ function candidate(resource: string, deaf = false): Election {
   const backend = postgresBackend({
     connectionString: pair.vipConnectionString,
     timeoutMs: 1_000,
+    maxLeaseMs: lease, // every candidate's lease: the promotion grace lasts it
     ...(deaf ? { listen: { connectionString: pair.primary.connectionString } } : {}),
   })
   backends.push(backend)
@@ -99,4 +100,73 @@ it('keeps the holder whose grant the promoted standby had; never two holders; to
   expect(overlapMs).toBe(0)
   expect(kept).toBe(true)
   expect(tb.token).toBeGreaterThan(old.token)
+}, 60_000)
+
+// Mixed leases: holder A's long grant, which the promoted standby missed, must be waited out
+// by B even though B asks with a short lease: the grace lasts maxLeaseMs (migration 6), not
+// the asking lease (migration 3's grace granted B one short lease after the promotion).
+it('a short-lease candidate waits out the long lease of a grant the promoted standby missed', async () => {
+  const LONG_MS = 10_000
+  const SHORT_MS = 1_000
+  const resource = `mixed/${randomBytes(4).toString('hex')}`
+  const make = () => {
+    const backend = postgresBackend({
+      connectionString: pair.vipConnectionString,
+      timeoutMs: 1_000,
+      maxLeaseMs: LONG_MS,
+    })
+    backends.push(backend)
+    return backend
+  }
+  const a = make()
+  const b = make()
+  // Both migrate (the schema reaches the standby) before replication is frozen.
+  await a.holders(resource)
+  await b.holders(resource)
+  await pair.caughtUp()
+  pair.replication.cut({ mode: 'blackhole' })
+  const sentAt = performance.now()
+  const granted = await a.acquire({
+    resource,
+    candidate: 'A',
+    tickets: 1,
+    leaseMs: LONG_MS,
+    metadata: null,
+  })
+  expect(granted.acquired).toBe(true)
+  const tokenA = granted.acquired ? granted.token : 0
+  await pair.primary.kill()
+  await pair.promote()
+  pair.vip.switchTo(pair.standby.port)
+
+  const codes = new Set<string>()
+  let firstRefused: boolean | undefined
+  let grantedAt = 0
+  for (;;) {
+    let answer
+    try {
+      answer = await b.acquire({
+        resource,
+        candidate: 'B',
+        tickets: 1,
+        leaseMs: SHORT_MS,
+        metadata: null,
+      })
+    } catch {
+      await sleep(100) // connections to the dead primary fail first
+      continue
+    }
+    firstRefused ??= !answer.acquired
+    if (!answer.acquired) {
+      if (answer.wait) codes.add(answer.wait.code)
+      await sleep(Math.min(answer.retryInMs, 250))
+      continue
+    }
+    grantedAt = performance.now()
+    expect(answer.token).toBeGreaterThan(tokenA)
+    break
+  }
+  expect(firstRefused, 'B granted at its first ask, while A may still hold').toBe(true)
+  expect([...codes]).toContain('promotion-grace')
+  expect(grantedAt - sentAt, 'B granted while A may still hold').toBeGreaterThanOrEqual(LONG_MS)
 }, 60_000)

@@ -440,6 +440,17 @@ describe('options', () => {
     ['replicas negative', () => redisBackend({ client: client(), replicas: -1 }), 'replicas'],
     ['replicas fraction', () => redisBackend({ client: client(), replicas: 1.5 }), 'replicas'],
     ['replicas text', () => redisBackend({ client: client(), replicas: '1' as never }), 'replicas'],
+    ['maxLeaseMs tiny', () => redisBackend({ client: client(), maxLeaseMs: 5 }), 'maxLeaseMs'],
+    [
+      'maxLeaseMs text',
+      () => redisBackend({ client: client(), maxLeaseMs: '60000' as never }),
+      'maxLeaseMs',
+    ],
+    [
+      'maxLeaseMs in the URL and as an option',
+      () => redisBackend({ url: `${server.url}?maxLeaseMs=1000`, maxLeaseMs: 1_000 }),
+      'maxLeaseMs',
+    ],
     [
       'replicaTimeoutMs zero',
       () => redisBackend({ client: client(), replicas: 1, replicaTimeoutMs: 0 }),
@@ -464,8 +475,9 @@ describe('options', () => {
     expect(BACKEND_SCHEMES).toEqual(expect.arrayContaining(['redis:', 'rediss:']))
     const byDefault = await backendFromUrl(server.url)
     opened.backends.push(byDefault)
-    expect(byDefault).toMatchObject({ startupGrace: true })
-    const b = await backendFromUrl(`${server.url}?startupGrace=false`)
+    expect(byDefault).toMatchObject({ startupGrace: true, maxLeaseMs: 60_000 })
+    const b = await backendFromUrl(`${server.url}?startupGrace=false&maxLeaseMs=20000`)
+    expect(b).toMatchObject({ maxLeaseMs: 20_000 })
     expect(b.name).toBe('redis')
     expect(b).toMatchObject({ startupGrace: false })
     const resource = unique('url')

@@ -32,7 +32,13 @@ function clusterBackend(): Backend {
   })
   client.on('error', () => {})
   clients.push(client)
-  const backend = redisBackend({ client, startupGrace: false, timeoutMs: 2_000 })
+  // maxLeaseMs: the longest lease of this file; the failover grace lasts it.
+  const backend = redisBackend({
+    client,
+    startupGrace: false,
+    timeoutMs: 2_000,
+    maxLeaseMs: 10_000,
+  })
   backends.push(backend)
   return backend
 }

@@ -13,6 +13,23 @@ export function fastFailingClient(url: string, options: RedisOptions = {}): Redi
   return client
 }
 
+/** A fast-failing client that finds the master through the sentinels of `topo`. */
+export function fastFailingSentinelClient(topo: {
+  sentinelAddresses: { host: string; port: number }[]
+  name: string
+}): Redis {
+  const client = new Redis({
+    sentinels: topo.sentinelAddresses,
+    name: topo.name,
+    commandTimeout: 1_000,
+    maxRetriesPerRequest: 1,
+    retryStrategy: () => 100,
+    sentinelRetryStrategy: () => 100,
+  })
+  client.on('error', () => {}) // a failover makes errors
+  return client
+}
+
 export { sleep, until } from '../helpers/wait.js'
 
 /** calls per command name, from INFO commandstats (e.g. { evalsha: 12, publish: 3 }). */

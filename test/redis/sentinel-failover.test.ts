@@ -7,7 +7,7 @@ import type { AcquireResult, Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { backendFromUrl } from '../../src/cli/backends.js'
 import { startSentinelTopology, type SentinelTopology } from '../../testkit/index.js'
-import { sleep } from './helpers.js'
+import { fastFailingSentinelClient, sleep } from './helpers.js'
 
 const LEASE_MS = 8_000
 let topo: SentinelTopology
@@ -27,17 +27,9 @@ afterAll(async () => {
 })
 
 function sentinelBackend(): Backend {
-  const client = new Redis({
-    sentinels: topo.sentinelAddresses,
-    name: topo.name,
-    commandTimeout: 1_000,
-    maxRetriesPerRequest: 1,
-    retryStrategy: () => 100,
-    sentinelRetryStrategy: () => 100,
-  })
-  client.on('error', () => {})
+  const client = fastFailingSentinelClient(topo)
   clients.push(client)
-  const backend = redisBackend({ client, timeoutMs: 2_000 })
+  const backend = redisBackend({ client, timeoutMs: 2_000, maxLeaseMs: LEASE_MS })
   backends.push(backend)
   return backend
 }

@@ -9,7 +9,7 @@ import type { Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { Election } from '../../src/election.js'
 import { startSentinelTopology, type SentinelTopology } from '../../testkit/index.js'
-import { fastFailingClient, until } from './helpers.js'
+import { fastFailingClient, fastFailingSentinelClient, until } from './helpers.js'
 
 const LEASE_MS = 3_000
 let topo: SentinelTopology
@@ -32,7 +32,13 @@ afterAll(async () => {
 
 function track(client: Redis, replicas: number) {
   clients.push(client)
-  const backend = redisBackend({ client, timeoutMs: 1_500, replicas, replicaTimeoutMs: 300 })
+  const backend = redisBackend({
+    client,
+    timeoutMs: 1_500,
+    replicas,
+    replicaTimeoutMs: 300,
+    maxLeaseMs: LEASE_MS,
+  })
   backends.push(backend)
   const election = new Election(backend, 'job', { leaseMs: LEASE_MS })
   election.on('error', () => {})
@@ -58,16 +64,7 @@ it('with replicas: 1, the holder on an isolated master steps down before a promo
   }
   await partition()
   await topo.waitForFailover(topo.masterLink!.port)
-  const b = track(
-    new Redis({
-      sentinels: topo.sentinelAddresses,
-      name: topo.name,
-      commandTimeout: 1_000,
-      maxRetriesPerRequest: 1,
-      retryStrategy: () => 100,
-    }).on('error', () => {}),
-    1,
-  )
+  const b = track(fastFailingSentinelClient(topo), 1)
   b.election.on('elected', () => {
     if (a.election.isLeader) violations.push('B elected while A is leader')
   })

@@ -36,6 +36,7 @@ describe('redis+sentinel:// URLs', () => {
     ['an unknown parameter', 'redis+sentinel://h/m?retries=3', 'retries'],
     ['replicas not a number', 'redis+sentinel://h/m?replicas=one', 'replicas'],
     ['failoverGrace not a boolean', 'redis+sentinel://h/m?failoverGrace=no', 'failoverGrace'],
+    ['maxLeaseMs not a number', 'redis+sentinel://h/m?maxLeaseMs=1m', 'maxLeaseMs'],
   ]
   for (const [label, url, field] of refused) {
     it(`refuses ${label}, naming ${field}`, () => {
@@ -62,11 +63,9 @@ describe('redis+sentinel:// URLs', () => {
   })
 
   it('also takes the new settings in a redis:// URL', () => {
-    expect(parseRedisUrl('redis://h:6379?replicas=2&failoverGrace=false')).toEqual({
-      url: 'redis://h:6379',
-      replicas: 2,
-      failoverGrace: false,
-    })
+    expect(parseRedisUrl('redis://h:6379?replicas=2&failoverGrace=false&maxLeaseMs=30000')).toEqual(
+      { url: 'redis://h:6379', replicas: 2, failoverGrace: false, maxLeaseMs: 30_000 },
+    )
   })
 
   it('redis+cluster:// names the nodes to start from and the credentials; unknown parameters are refused', () => {

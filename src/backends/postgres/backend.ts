@@ -28,7 +28,12 @@ import {
   validateRenew,
   validateResource,
 } from '../../backend.js'
-import { validateRecordKey, validateWriteRecord } from '../../validate.js'
+import {
+  checkLeaseWithin,
+  checkMaxLeaseMs,
+  validateRecordKey,
+  validateWriteRecord,
+} from '../../validate.js'
 import { BackendError, OptionsError, TicketsMismatchError, describe } from '../../errors.js'
 import { CloseGate, unwatchOnce } from '../kit.js'
 import { channel, type Statements, statements } from './layout.js'
@@ -82,6 +87,8 @@ export class PostgresBackend implements Backend {
   readonly #autoMigrate: boolean
   /** synchronous_commit for grants and renewals (null: the session's). */
   readonly #synchronousCommit: SynchronousCommit | null
+  /** The longest lease a candidate may use here; the promotion grace lasts this long. */
+  readonly maxLeaseMs: number
   readonly #listener: Listener
   readonly #sql: Statements
   readonly #gate = new CloseGate('postgres')
@@ -100,6 +107,7 @@ export class PostgresBackend implements Backend {
     this.#timeoutMs = timeoutMs
     this.#autoMigrate = options.migrate ?? true
     this.#synchronousCommit = validateSynchronousCommit(options.synchronousCommit) ?? null
+    this.maxLeaseMs = checkMaxLeaseMs(options.maxLeaseMs)
     this.#pool = pool
     this.#ownsPool = ownsPool
     this.#sql = statements(this.schema)
@@ -131,6 +139,7 @@ export class PostgresBackend implements Backend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#checkOpen()
     validateAcquire(request)
+    checkLeaseWithin('postgres', request.leaseMs, this.maxLeaseMs)
     const [row] = await this.#query<AcquireRow>(
       this.#sql.acquire,
       [
@@ -140,6 +149,8 @@ export class PostgresBackend implements Backend {
         request.leaseMs,
         JSON.stringify(request.metadata ?? null),
         this.#synchronousCommit,
+        // The grace after a promotion covers the longest lease of any candidate, not this one's.
+        this.maxLeaseMs,
       ],
       `acquire of "${request.resource}"`,
     )
@@ -157,14 +168,14 @@ export class PostgresBackend implements Backend {
     const retryInMs = Number(row.retry_ms ?? 0)
     const ahead = Number(row.ahead ?? 0)
     // A free ticket refused to the first in line can only be the promotion grace (migration
-    // 3's acquire); otherwise the tickets free are those of the waiters ahead.
+    // 6's acquire); otherwise the tickets free are those of the waiters ahead.
     if (holders.length + ahead < request.tickets) {
       return {
         acquired: false,
         holders,
         retryInMs,
         ahead,
-        wait: promotionGraceWait(request.leaseMs),
+        wait: promotionGraceWait(this.maxLeaseMs),
       }
     }
     return { acquired: false, holders, retryInMs, ahead }
@@ -175,7 +186,10 @@ export class PostgresBackend implements Backend {
     if (!Array.isArray(requests)) {
       throw new OptionsError('requests', requests, 'renew() takes an array of renew requests.')
     }
-    requests.forEach(validateRenew)
+    for (const request of requests) {
+      validateRenew(request)
+      checkLeaseWithin('postgres', request.leaseMs, this.maxLeaseMs)
+    }
     if (requests.length === 0) return []
     // One row per grant: the same grant asked twice in a batch gets one update, both answers.
     const slotOf = new Map<string, number>()
@@ -350,9 +364,9 @@ function toToken(value: unknown, what: string): number {
 }
 
 /** Why nothing is granted on a database that was promoted less than a lease ago. */
-function promotionGraceWait(leaseMs: number): WaitReason {
+function promotionGraceWait(graceMs: number): WaitReason {
   return {
     code: 'promotion-grace',
-    reason: `the database started a new WAL timeline (a standby was promoted, or a point-in-time recovery) less than the lease (${leaseMs} ms) ago, and it may have missed grants whose holders still run: no new grant until then (see docs/postgres.md)`,
+    reason: `the database started a new WAL timeline (a standby was promoted, or a point-in-time recovery) less than the longest lease (maxLeaseMs, ${graceMs} ms) ago, and it may have missed grants whose holders still run: no new grant until then (see docs/postgres.md)`,
   }
 }

@@ -5,7 +5,13 @@
  */
 import type { ClientConfig, Pool } from 'pg'
 import { OptionsError } from '../../errors.js'
-import { checkOptions, optionalMilliseconds, renamedOption, shownValue } from '../../validate.js'
+import {
+  checkMaxLeaseMs,
+  checkOptions,
+  optionalMilliseconds,
+  renamedOption,
+  shownValue,
+} from '../../validate.js'
 import { redactUrl } from '../kit.js'
 
 /** What postgresBackend() takes: where the pool comes from, the schema, and the timings. */
@@ -42,6 +48,14 @@ export interface PostgresBackendOptions {
    * Default: the session's setting.
    */
   synchronousCommit?: SynchronousCommit
+  /**
+   * The longest lease any candidate of this database uses: the same on every candidate's
+   * backend. After a promotion (a new WAL timeline) nothing new is granted for this long,
+   * whatever lease the asking candidate has, because the grant the promoted standby missed may
+   * be another candidate's longer one; an acquire or renewal with a longer lease is refused (an
+   * OptionsError). In a URL: `?maxLeaseMs=`. Default 60000.
+   */
+  maxLeaseMs?: number
 }
 
 /**
@@ -95,6 +109,7 @@ const KNOWN_OPTIONS = [
   'heartbeatMs',
   'migrate',
   'synchronousCommit',
+  'maxLeaseMs',
 ]
 const KNOWN_MIGRATE_OPTIONS = ['pool', 'connectionString', 'schema', 'timeoutMs']
 
@@ -157,6 +172,7 @@ export function checkBackendOptions(options: PostgresBackendOptions): number {
   }
   validateSchema(options.schema ?? DEFAULT_SCHEMA)
   validateSynchronousCommit(options.synchronousCommit)
+  checkMaxLeaseMs(options.maxLeaseMs)
   return callTimeoutMs(options)
 }
 
@@ -251,10 +267,12 @@ const PG_URL_PARAMS = [
 ]
 const URL_RULE =
   'A PostgreSQL backend URL looks like postgres://user:password@host:5432/db?schema=conclave.'
+/** The query parameters of a backend URL that are conclave's (taken out of the connection string). */
+const CONCLAVE_URL_PARAMS = ['schema', 'maxLeaseMs']
 
 /**
- * `postgres://user@host:5432/db?schema=name` (or `postgresql://`) to options. `schema` is
- * conclave's; the parameters pg reads stay in the connection string; any other is refused (pg
+ * `postgres://user@host:5432/db?schema=name&maxLeaseMs=N` (or `postgresql://`) to options.
+ * `schema` and `maxLeaseMs` are conclave's; the parameters pg reads stay in the connection string; any other is refused (pg
  * would ignore it). A password never appears in an error.
  */
 export function optionsFromUrl(url: string): PostgresBackendOptions {
@@ -273,20 +291,40 @@ export function optionsFromUrl(url: string): PostgresBackendOptions {
     )
   }
   for (const [name, value] of parsed.searchParams) {
-    if (name !== 'schema' && !PG_URL_PARAMS.includes(name)) {
+    if (!CONCLAVE_URL_PARAMS.includes(name) && !PG_URL_PARAMS.includes(name)) {
       throw new OptionsError(
         name,
         shownValue(name, value),
         `"${name}" is not a parameter of PostgreSQL backend URLs.`,
-        `Known: schema (conclave's), and pg's ${PG_URL_PARAMS.join(', ')}.`,
+        `Known: ${CONCLAVE_URL_PARAMS.join(' and ')} (conclave's), and pg's ${PG_URL_PARAMS.join(', ')}.`,
       )
     }
   }
-  const schemas = parsed.searchParams.getAll('schema')
-  if (schemas.length > 1) {
-    throw new OptionsError('schema', schemas, 'Give the schema parameter once.')
+  for (const name of CONCLAVE_URL_PARAMS) {
+    const values = parsed.searchParams.getAll(name)
+    if (values.length > 1) {
+      throw new OptionsError(name, values, `Give the ${name} parameter once.`)
+    }
   }
+  const schemaText = parsed.searchParams.get('schema')
+  const maxLeaseText = parsed.searchParams.get('maxLeaseMs')
   parsed.searchParams.delete('schema')
-  const schema = schemas[0] === undefined ? undefined : validateSchema(schemas[0], 'schema')
-  return { connectionString: parsed.toString(), ...(schema ? { schema } : {}) }
+  parsed.searchParams.delete('maxLeaseMs')
+  const schema = schemaText === null ? undefined : validateSchema(schemaText, 'schema')
+  let maxLeaseMs: number | undefined
+  if (maxLeaseText !== null) {
+    if (!/^\d+$/.test(maxLeaseText)) {
+      throw new OptionsError(
+        'maxLeaseMs',
+        maxLeaseText,
+        'maxLeaseMs in a PostgreSQL URL is a whole number of milliseconds (e.g. ?maxLeaseMs=30000).',
+      )
+    }
+    maxLeaseMs = checkMaxLeaseMs(Number(maxLeaseText))
+  }
+  return {
+    connectionString: parsed.toString(),
+    ...(schema ? { schema } : {}),
+    ...(maxLeaseMs === undefined ? {} : { maxLeaseMs }),
+  }
 }

@@ -32,6 +32,7 @@ import {
   TicketsMismatchError,
 } from '../../errors.js'
 import {
+  checkLeaseWithin,
   validateAcquire,
   validateRelease,
   validateRecordKey,
@@ -91,6 +92,10 @@ export class RedisBackend implements Backend {
   readonly startupGrace: boolean
   /** Whether a server whose replication history changed grants no new ticket for a lease. */
   readonly failoverGrace: boolean
+  /** The longest lease a candidate may use here; the failover grace lasts this long. */
+  readonly maxLeaseMs: number
+  /** Whether maxLeaseMs was given: only then does the startup grace last it too. */
+  readonly #maxLeaseMsGiven: boolean
   /** How many replicas must acknowledge each grant and renewal (0: none). */
   readonly replicas: number
   /** How long WAIT waits for them. */
@@ -114,6 +119,8 @@ export class RedisBackend implements Backend {
     this.heartbeatMs = resolved.heartbeatMs
     this.startupGrace = resolved.startupGrace
     this.failoverGrace = resolved.failoverGrace
+    this.maxLeaseMs = resolved.maxLeaseMs
+    this.#maxLeaseMsGiven = resolved.maxLeaseMsGiven
     this.replicas = resolved.replicas
     this.replicaTimeoutMs = resolved.replicaTimeoutMs
     if (resolved.client !== undefined) {
@@ -162,8 +169,18 @@ export class RedisBackend implements Backend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#gate.check()
     validateAcquire(request)
+    checkLeaseWithin('redis', request.leaseMs, this.maxLeaseMs)
     this.#checkEviction()
     const keys = resourceKeys(this.prefix, request.resource)
+    // Each grace covers the grants a server may lack, which may be another candidate's longer
+    // lease: the failover grace lasts maxLeaseMs; the startup grace too when it was given (not
+    // by default: a fresh server would wait a minute for its first grant).
+    const startupGraceMs = !this.startupGrace
+      ? 0
+      : this.#maxLeaseMsGiven
+        ? this.maxLeaseMs
+        : request.leaseMs
+    const failoverGraceMs = this.failoverGrace ? this.maxLeaseMs : 0
     const call: ScriptCall = [
       [keys.holders, keys.grants, keys.token, keys.guard, keys.history, keys.line, keys.places],
       [
@@ -173,8 +190,8 @@ export class RedisBackend implements Backend {
         JSON.stringify(request.metadata ?? null),
         keys.channel,
         String(TOKEN_TTL_MS),
-        this.startupGrace ? '1' : '0',
-        this.failoverGrace ? '1' : '0',
+        String(startupGraceMs),
+        String(failoverGraceMs),
       ],
     ]
     const wait = this.#replicaWait()
@@ -216,8 +233,8 @@ export class RedisBackend implements Backend {
         ahead,
         wait:
           Number(list[0]) === 4
-            ? failoverGraceWait(this.#conn.endpoint(), request.leaseMs)
-            : startupGraceWait(this.#conn.endpoint(), request.leaseMs),
+            ? failoverGraceWait(this.#conn.endpoint(), failoverGraceMs)
+            : startupGraceWait(this.#conn.endpoint(), startupGraceMs),
       }
     return {
       acquired: false,
@@ -231,7 +248,10 @@ export class RedisBackend implements Backend {
   /** Every grant of one renewal tick in one pipelined round trip, batched per script call. */
   async renew(requests: RenewRequest[]): Promise<boolean[]> {
     this.#gate.check()
-    requests.forEach(validateRenew)
+    for (const request of requests) {
+      validateRenew(request)
+      checkLeaseWithin('redis', request.leaseMs, this.maxLeaseMs)
+    }
     if (requests.length === 0) return []
     const script = SCRIPTS.renew
     // One script call per batch of grants: 10,000 renewals are 10 commands, not 10,000, and no
@@ -464,18 +484,18 @@ export class RedisBackend implements Backend {
 }
 
 /** Why a fresh server grants nothing yet (AcquireResult's `wait`, the election's `waiting`). */
-function startupGraceWait(where: string, leaseMs: number): WaitReason {
+function startupGraceWait(where: string, graceMs: number): WaitReason {
   return {
     code: 'startup-grace',
-    reason: `the redis server at ${where} has been up for less than the lease (${leaseMs} ms) plus 1 s, and a restart may have lost grants whose holders still run: no new grant until then (startupGrace; see docs/redis.md)`,
+    reason: `the redis server at ${where} has been up for less than the lease (${graceMs} ms) plus 1 s, and a restart may have lost grants whose holders still run: no new grant until then (startupGrace; see docs/redis.md)`,
   }
 }
 
 /** Why nothing is granted on a server whose replication history changed (a promoted replica). */
-function failoverGraceWait(where: string, leaseMs: number): WaitReason {
+function failoverGraceWait(where: string, graceMs: number): WaitReason {
   return {
     code: 'failover-grace',
-    reason: `the redis server at ${where} changed replication history (a replica was promoted) less than the lease (${leaseMs} ms) ago, and it may lack grants whose holders still run: no new grant until then (failoverGrace; see docs/redis.md)`,
+    reason: `the redis server at ${where} changed replication history (a replica was promoted) less than the longest lease (maxLeaseMs, ${graceMs} ms) ago, and it may lack grants whose holders still run: no new grant until then (failoverGrace; see docs/redis.md)`,
   }
 }
 

@@ -12,7 +12,7 @@ import {
   looksLikeNodeRedis,
   type RedisClientInput,
 } from './client.js'
-import { checkOptions, optionalMilliseconds } from '../../validate.js'
+import { checkMaxLeaseMs, checkOptions, optionalMilliseconds } from '../../validate.js'
 
 /** What redisBackend() takes: your client or a URL, the key prefix, and the timings. */
 export interface RedisBackendOptions {
@@ -26,8 +26,8 @@ export interface RedisBackendOptions {
   client?: RedisClientInput
   /**
    * Or a `redis://` / `rediss://` URL: the backend makes its own client and closes it. Its
-   * query may set `prefix`, `startupGrace`, `failoverGrace`, `replicas`, `replicaTimeoutMs`,
-   * and ioredis' `db`, `family`, `username`, `password`, `connectionName`; any other parameter
+   * query may set `prefix`, `startupGrace`, `failoverGrace`, `maxLeaseMs`, `replicas`,
+   * `replicaTimeoutMs`, and ioredis' `db`, `family`, `username`, `password`, `connectionName`; any other parameter
    * is refused. Or `redis+sentinel://[user:password@]host:port,host:port/mastername[?...]`: the
    * master Sentinel names (see parseRedisUrl).
    */
@@ -66,9 +66,19 @@ export interface RedisBackendOptions {
    * by Sentinel or by hand, which may lack the latest grants: replication is asynchronous), it
    * grants no new ticket for one lease from when conclave first saw the change (renewals of the
    * grants it has go on). An ordinary reconnect to the same master changes nothing. Default
-   * true. See docs/redis.md.
+   * true. It lasts `maxLeaseMs`, not the asking candidate's lease. See docs/redis.md.
    */
   failoverGrace?: boolean
+  /**
+   * The longest lease any candidate of this Redis uses: the same on every candidate's backend.
+   * The failover grace lasts this long, whatever lease the asking candidate has, because the
+   * grant a promoted replica missed may be another candidate's longer one; and an acquire or
+   * renewal with a longer lease is refused (an OptionsError), so no grant outlives a grace.
+   * Given, the startup grace lasts it too (not given, the startup grace is the asking lease,
+   * so a fresh server waits only a lease + 1 s: give it when candidates use different leases).
+   * Default 60000.
+   */
+  maxLeaseMs?: number
   /**
    * A grant or renewal counts only once this many replicas acknowledged it (`WAIT` in the same
    * round trip): a renewal they did not acknowledge in time fails (the term's deadline does not
@@ -88,6 +98,9 @@ export interface ResolvedRedisOptions {
   heartbeatMs: number
   startupGrace: boolean
   failoverGrace: boolean
+  maxLeaseMs: number
+  /** Whether maxLeaseMs was given (option or URL): only then does the startup grace last it. */
+  maxLeaseMsGiven: boolean
   replicas: number
   replicaTimeoutMs: number
   /** Your client, or undefined when the backend makes its own from `url`. */
@@ -132,6 +145,7 @@ const OPTION_NAMES = [
   'heartbeatMs',
   'startupGrace',
   'failoverGrace',
+  'maxLeaseMs',
   'replicas',
   'replicaTimeoutMs',
 ] as const
@@ -197,6 +211,8 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
   if (typeof failoverGrace !== 'boolean') {
     throw new OptionsError('failoverGrace', failoverGrace, 'failoverGrace must be true or false.')
   }
+  const maxLeaseGiven = options.maxLeaseMs === undefined ? fromUrl?.maxLeaseMs : options.maxLeaseMs
+  const maxLeaseMs = checkMaxLeaseMs(maxLeaseGiven)
   const replicas = options.replicas === undefined ? (fromUrl?.replicas ?? 0) : options.replicas
   if (
     typeof replicas !== 'number' ||
@@ -245,6 +261,8 @@ export function resolveRedisOptions(options: RedisBackendOptions): ResolvedRedis
     heartbeatMs,
     startupGrace,
     failoverGrace,
+    maxLeaseMs,
+    maxLeaseMsGiven: maxLeaseGiven !== undefined,
     replicas,
     replicaTimeoutMs,
     client,
@@ -287,6 +305,7 @@ const URL_SETTINGS = [
   'startupGrace',
   'prefix',
   'failoverGrace',
+  'maxLeaseMs',
   'replicas',
   'replicaTimeoutMs',
 ] as const
@@ -315,6 +334,8 @@ export interface RedisUrlSettings {
   prefix?: string
   /** `?failoverGrace=true|false`, when given. */
   failoverGrace?: boolean
+  /** `?maxLeaseMs=N`, when given (checked by the backend's rule). */
+  maxLeaseMs?: number
   /** `?replicas=N`, when given (checked by the backend's rule). */
   replicas?: number
   /** `?replicaTimeoutMs=N`, when given (checked by the backend's rule). */
@@ -468,7 +489,7 @@ function readUrlSetting(
   value: string,
 ): void {
   if (name === 'prefix') settings.prefix = value
-  else if (name === 'replicas' || name === 'replicaTimeoutMs') {
+  else if (name === 'replicas' || name === 'replicaTimeoutMs' || name === 'maxLeaseMs') {
     if (!/^\d+$/.test(value)) {
       throw new OptionsError(
         name,

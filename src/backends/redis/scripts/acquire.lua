@@ -13,7 +13,7 @@
 --                  keys were deleted by hand while grants may live on in their holders' minds.
 -- KEYS[5] history: string "<master_replid>:<sinceMs>", the replication id acquire last saw this
 --                  server run under for this resource, and since when (server TIME; 0: no grace
---                  owed). Expires with the token key. Only used when ARGV[8] is "1".
+--                  owed). Expires with the token key. Only used when ARGV[8] is not "0".
 -- KEYS[6] line:    sorted set, candidate -> order of its place (lib/line.lua)
 -- KEYS[7] places:  sorted set, candidate -> its place's expiry (ms, server TIME)
 -- ARGV[1] candidate
@@ -22,10 +22,12 @@
 -- ARGV[4] metadata (JSON text)
 -- ARGV[5] channel to PUBLISH on when the holders change
 -- ARGV[6] how long the token key outlives the lease of the last new grant, in ms
--- ARGV[7] "1": no new grant until the server has surely been up for leaseMs (startup grace),
---         "0": off
--- ARGV[8] "1": no new grant for leaseMs after the server's replication history changed (a
---         replica promoted, a master demoted: failover grace), "0": off
+-- ARGV[7] startup grace, in ms: no new grant until the server has surely been up this long
+--         ("0": off)
+-- ARGV[8] failover grace, in ms: no new grant for this long after the server's replication
+--         history changed (a replica promoted, a master demoted; "0": off). Not the asking
+--         lease: the grant a promoted replica missed may be another candidate's longer one, so
+--         the caller gives the longest lease any candidate uses (the backend's maxLeaseMs).
 --
 -- Returns {1, token, -1, holders...} when granted, {0, waitMs, ahead, holders...} when not,
 -- where holders is the flat list candidate, token, metadata, remainingMs of every unexpired
@@ -41,8 +43,10 @@
 local holders, grants, tokenKey, guard = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local candidate, tickets, leaseMs = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local metadata, channel, tokenTtl = ARGV[4], ARGV[5], tonumber(ARGV[6])
-local startupGrace = ARGV[7] == '1'
-local failoverGrace = ARGV[8] == '1'
+local startupGraceMs, failoverGraceMs = tonumber(ARGV[7]), tonumber(ARGV[8])
+-- Never shorter than the asking lease (as Postgres' greatest(p_lease_ms, p_grace_ms)); the
+-- backend refuses a lease over maxLeaseMs, so this only guards a caller that gives less.
+if failoverGraceMs > 0 and failoverGraceMs < leaseMs then failoverGraceMs = leaseMs end
 local historyKey = KEYS[5]
 local line, places = KEYS[6], KEYS[7]
 
@@ -116,18 +120,19 @@ if mine then
 elseif count + ahead < tickets then
   -- A server up for less than a lease may have lost grants in a restart whose holders still
   -- believe in their terms (until at most one lease after their last renewal, which reached
-  -- the server before it stopped, so before this server started). uptime_in_seconds is the
+  -- the server before it stopped, so before this server started; the caller gives the lease:
+  -- startupGraceMs). uptime_in_seconds is the
   -- server's cached unixtime minus its start time(NULL), both whole seconds: it reads 1 as
   -- little as a few ms after the start, so it can exceed the real uptime by almost 1 s (never
   -- by 1 s: a stale cached time only makes it smaller). Hence no grant before it reaches
-  -- leaseMs + 1 s: the real uptime is then more than leaseMs.
+  -- startupGraceMs + 1 s: the real uptime is then more than startupGraceMs.
   local waitMs = 0
-  if startupGrace then
+  if startupGraceMs > 0 then
     -- A server whose INFO lacks the field (none known) cannot be judged: no grace then.
     local uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')
     if uptime then
       uptime = tonumber(uptime)
-      local needed = math.ceil((leaseMs + 1000) / 1000)
+      local needed = math.ceil((startupGraceMs + 1000) / 1000)
       if uptime < needed then
         -- The field grows by 1 at each whole second of server time: it reaches `needed` in
         -- (needed - uptime) seconds less the part of the current second already gone (>= 1 ms).
@@ -138,13 +143,13 @@ elseif count + ahead < tickets then
   end
   -- A promoted replica may lack the latest grants (replication is asynchronous) while their
   -- holders, who talked to the old master, still believe in their terms: until at most one
-  -- lease after their last write there, which came before the promotion, so before this server
-  -- first ran under its new replication id. The id is remembered in KEYS[5]; a replica that got
+  -- lease after their last write there (the longest lease any candidate uses: failoverGraceMs),
+  -- which came before the promotion, so before this server first ran under its new replication id. The id is remembered in KEYS[5]; a replica that got
   -- the old master's copy sees another id than its own, one that got none (it missed every
   -- grant) sees its own former history in master_replid2. Reconnecting changes nothing here: the
   -- id belongs to the server, not to the connection.
   local failoverWait = false
-  if failoverGrace then
+  if failoverGraceMs > 0 then
     local info = redis.call('INFO', 'replication')
     if string.match(info, 'role:(%a+)') ~= 'master' then
       return redis.error_reply('READONLY conclave grants only on a master (this server is a replica)')
@@ -168,9 +173,9 @@ elseif count + ahead < tickets then
       end
       -- Written on every ask for a free ticket (not only on a change): it lives as long as the
       -- token key, so a resource in use never forgets the history it saw.
-      redis.call('SET', historyKey, replid .. ':' .. since, 'PX', leaseMs + tokenTtl)
-      if since > 0 and now < since + leaseMs then
-        local wait = since + leaseMs - now
+      redis.call('SET', historyKey, replid .. ':' .. since, 'PX', failoverGraceMs + tokenTtl)
+      if since > 0 and now < since + failoverGraceMs then
+        local wait = since + failoverGraceMs - now
         if wait > waitMs then
           waitMs = wait
           failoverWait = true

@@ -5,6 +5,7 @@ import m2 from './002_grant_tickets.sql.js'
 import m3 from './003_promotion_grace.sql.js'
 import m4 from './004_records.sql.js'
 import m5 from './005_waiters.sql.js'
+import m6 from './006_grace_length.sql.js'
 
 /** The migrations in version order: each one's version, name and text. */
 const migrations: readonly { version: number; name: string; text: string }[] = [
@@ -13,5 +14,6 @@ const migrations: readonly { version: number; name: string; text: string }[] = [
   { version: 3, name: 'promotion_grace', text: m3 },
   { version: 4, name: 'records', text: m4 },
   { version: 5, name: 'waiters', text: m5 },
+  { version: 6, name: 'grace_length', text: m6 },
 ]
 export default migrations
