@@ -343,9 +343,9 @@ describe('errors', () => {
     const byDefault = postgresBackend({ connectionString: server.connectionString, schema })
     backends.push(byDefault)
     expect(byDefault.maxLeaseMs).toBe(60_000)
-    const b = (await backendFromUrl(
+    const b = await backendFromUrl(
       withParam(withParam(server.connectionString, 'maxLeaseMs', '2000'), 'schema', schema),
-    )) as PostgresBackend
+    )
     backends.push(b)
     expect(b.maxLeaseMs).toBe(2_000)
     const ask = { resource: 'errors/long', candidate: 'c', tickets: 1, metadata: null }
