@@ -77,7 +77,8 @@ lease (default 3s, from 100ms to 1m): 500ms, 1.5s, 3s, 1m or a number of millise
 Prints the holders of each named resource: candidate, token, time left, metadata, and
 what the backend can tell of its waiters. --json: one JSON object on one line,
 { time, backend, resources: [{ resource, holders: [{ candidate, token, remainingMs,
-metadata }], waiters, waitersNote }] } (waiters is null where the backend cannot list them).
+metadata }], waiters: [{ candidate, remainingMs, metadata }] }] } (waiters is null where
+the backend cannot list them).
 URL: ${SHARED_SCHEMES.join(' ')} (see conclave --help for exit codes).`,
   watch: `conclave watch [--json] --backend URL NAME
 

@@ -94,6 +94,36 @@ it('skips a place not kept for its lease', async () => {
   tokenOf(await ask(b, resource, 'long'))
 })
 
+it('waiters() lists the live places in line order, skipping an expired one, and writes nothing', async () => {
+  const b = backend()
+  const resource = unique('waiters')
+  const a = tokenOf(await ask(b, resource, 'a'))
+  await ask(b, resource, 'w1')
+  await ask(b, resource, 'short', 1, 200)
+  await ask(b, resource, 'w2')
+  const listed = await b.waiters(resource)
+  expect(listed.map((w) => w.candidate)).toEqual(['w1', 'short', 'w2'])
+  for (const w of listed) {
+    // On the server's clock, at most the lease; places carry no metadata.
+    expect(w.remainingMs).toBeGreaterThan(0)
+    expect(w.remainingMs).toBeLessThanOrEqual(10_000)
+    expect(w).not.toHaveProperty('metadata')
+  }
+  await sleep(400) // the short place runs out (no timing is asserted)
+  expect(await b.waiters(resource)).toEqual([
+    { candidate: 'w1', remainingMs: expect.any(Number) as number },
+    { candidate: 'w2', remainingMs: expect.any(Number) as number },
+  ])
+  // Read-only: the expired place is skipped, not pruned (the writing scripts do that).
+  const keys = resourceKeys(b.prefix, resource)
+  expect(await admin.zrange(keys.line, '0', '-1')).toEqual(['w1', 'short', 'w2'])
+  // A granted candidate stands in no line; a resource nobody waits for has an empty one.
+  await b.release({ resource, candidate: 'a', token: a })
+  tokenOf(await ask(b, resource, 'w1'))
+  expect((await b.waiters(resource)).map((w) => w.candidate)).toEqual(['w2'])
+  expect(await b.waiters(unique('nobody'))).toEqual([])
+})
+
 it('renews queued places and grants in one call: true while no ticket is free for the place', async () => {
   const b = backend()
   const resource = unique('queued')

@@ -19,6 +19,7 @@ import {
   type RenewRequest,
   type StoredRecord,
   type Unwatch,
+  type Waiter,
   type WaitReason,
   type WatchChange,
   type WriteRecordRequest,
@@ -74,6 +75,12 @@ interface HolderRow {
   candidate: string
   token: string
   metadata: Json
+  remaining_ms: string
+}
+
+/** A row waiters.sql returns. */
+interface WaiterRow {
+  candidate: string
   remaining_ms: string
 }
 
@@ -244,6 +251,21 @@ export class PostgresBackend implements Backend {
       metadata: r.metadata,
       remainingMs: Number(r.remaining_ms),
     }))
+  }
+
+  /**
+   * Backend.waiters: the live places of the waiters table (migration 5) in line order, with
+   * what is left of each on the database clock. Read-only; places carry no metadata.
+   */
+  async waiters(resource: string): Promise<Waiter[]> {
+    this.#checkOpen()
+    validateResource(resource)
+    const rows = await this.#query<WaiterRow>(
+      this.#sql.waiters,
+      [resource],
+      `waiters of "${resource}"`,
+    )
+    return rows.map((r) => ({ candidate: r.candidate, remainingMs: Number(r.remaining_ms) }))
   }
 
   async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {

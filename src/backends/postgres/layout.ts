@@ -14,6 +14,7 @@ import migrateVersionSql from './sql/migrate-version.sql.js'
 import migrationIndex from './sql/migrations/index.js'
 import releaseSql from './sql/release.sql.js'
 import renewSql from './sql/renew.sql.js'
+import waitersSql from './sql/waiters.sql.js'
 
 /** The statements under `sql/` (migrations apart), by file name. */
 const SQL = {
@@ -26,6 +27,7 @@ const SQL = {
   'migrate-version.sql': migrateVersionSql,
   'release.sql': releaseSql,
   'renew.sql': renewSql,
+  'waiters.sql': waitersSql,
 } as const
 
 /** The text of `sql/<name>`. */
@@ -57,12 +59,14 @@ export function channel(schema: string): string {
   return `conclave:${schema}`
 }
 
-/** The statements of the four operations, one each, rendered for one schema. */
+/** The statements of the operations, one each, rendered for one schema. */
 export interface Statements {
   acquire: string
   renew: string
   release: string
   holders: string
+  /** Backend.waiters: the live places in line (read-only). */
+  waiters: string
 }
 
 /** Renders the operations' statements for `schema` (once per backend). */
@@ -72,5 +76,6 @@ export function statements(schema: string): Statements {
     renew: render(sqlFile('renew.sql'), schema),
     release: render(sqlFile('release.sql'), schema),
     holders: render(sqlFile('holders.sql'), schema),
+    waiters: render(sqlFile('waiters.sql'), schema),
   }
 }

@@ -19,6 +19,7 @@ import type {
   RenewRequest,
   StoredRecord,
   Unwatch,
+  Waiter,
   WaitReason,
   WatchChange,
   WriteRecordRequest,
@@ -58,6 +59,7 @@ import acquireLua from './scripts/acquire.lua.js'
 import holdersLua from './scripts/holders.lua.js'
 import releaseLua from './scripts/release.lua.js'
 import renewLua from './scripts/renew.lua.js'
+import waitersLua from './scripts/waiters.lua.js'
 import { checkEviction } from './eviction.js'
 import { Wakeups } from './wakeups.js'
 import { parseRecordReply, parseTime, parseWriteReply, recordKey, WRITE_RECORD } from './records.js'
@@ -74,6 +76,7 @@ const SCRIPTS = {
   renew: defineScript('renew', renewLua),
   release: defineScript('release', releaseLua),
   holders: defineScript('holders', holdersLua),
+  waiters: defineScript('waiters', waitersLua),
 }
 
 /** The Redis backend: one Lua script per operation, pub/sub wake-ups. */
@@ -350,6 +353,26 @@ export class RedisBackend implements Backend {
       [keys.channel],
     ])
     return parseHolders(asArray(reply, 'holders'), 0)
+  }
+
+  /**
+   * Backend.waiters: one waiters.lua call, the live places in line order with what is left of
+   * each on the server's clock. Read-only (an expired place is skipped, not pruned); places
+   * carry no metadata, so none is reported.
+   */
+  async waiters(resource: string): Promise<Waiter[]> {
+    this.#gate.check()
+    validateResource(resource)
+    const keys = resourceKeys(this.prefix, resource)
+    const list = asArray(
+      await this.#run('waiters', SCRIPTS.waiters, [[keys.line, keys.places], []]),
+      'waiters',
+    )
+    const waiters: Waiter[] = []
+    for (let i = 0; i + 1 < list.length; i += 2) {
+      waiters.push({ candidate: String(list[i]), remainingMs: Number(list[i + 1]) })
+    }
+    return waiters
   }
 
   /** Through the backend's one subscriber connection (wakeups.ts). */
