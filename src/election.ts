@@ -22,6 +22,13 @@ import { anySignal } from './signals.js'
 import { type Term, TermState } from './term.js'
 import { publish, tracing } from './trace.js'
 
+/**
+ * A waiter further back than the next in line asks again at least once in this many leases: a
+ * safety net for a wake-up lost unseen (an etcd watch on a member cut off from its quorum stays
+ * connected but silent). Rare enough to cost under 0.1 requests per waiter per lease.
+ */
+const FAR_WAITER_LEASES = 16
+
 /** Why a campaign waits (the `waiting` event): every ticket held, or the backend's own wait. */
 export interface WaitingInfo {
   /**
@@ -35,7 +42,7 @@ export interface WaitingInfo {
   /**
    * When a ticket can next free up (the backend's answer), in ms. A candidate next in line
    * (`ahead` below `tickets`) asks again then unless woken first; one further back waits for
-   * its turn (a release's wake-up, or its queued renewal saying so).
+   * its turn (a release's wake-up, or its queued renewal saying so; at most 16 leases).
    */
   retryInMs: number
   /** The holders the backend answered with. */
@@ -457,9 +464,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             continue
           }
           // Only a candidate next in line asks again when a grant can expire: the others wait
-          // for a wake-up naming them or their queued renewal's "ask again".
+          // for a wake-up naming them or their queued renewal's "ask again", and, in case a
+          // backend's view of its line goes stale unseen, ask again after FAR_WAITER_LEASES.
           const next = result.ahead === undefined || result.ahead < tickets
-          waitMs = next ? Math.min(result.retryInMs + 1, leaseMs) : Infinity
+          waitMs = next ? Math.min(result.retryInMs + 1, leaseMs) : FAR_WAITER_LEASES * leaseMs
           this.#waiting(result, signal)
         } catch (error) {
           if (signal.aborted) throw signal.reason

@@ -18,6 +18,8 @@ class Counting extends Faulty {
   mute = false
   /** Renewals fail (unknown outcome); other calls work. */
   failRenew = false
+  /** Queued renewals answer "place kept" from a stale view, whatever the store says. */
+  staleQueued = false
   override async acquire(...a: Parameters<Backend['acquire']>) {
     this.asks++
     return super.acquire(...a)
@@ -25,7 +27,9 @@ class Counting extends Faulty {
   override async renew(requests: RenewRequest[]) {
     this.renewals.push(requests)
     if (this.failRenew) throw new Error('injected fault: renewals are cut')
-    return super.renew(requests)
+    if (!this.staleQueued) return super.renew(requests)
+    const grants = await super.renew(requests.filter((r) => !r.queued))
+    return requests.map((r) => (r.queued ? true : grants.shift()!))
   }
   override async watch(resource: string, onChange: (change?: WatchChange) => void) {
     return super.watch(resource, (change) => {
@@ -108,6 +112,25 @@ describe('first come, first served in the core', () => {
     expect(waiters[0]!.backend.renewals.slice(sent).flat()).toEqual([])
     expect(errors).toEqual([])
     for (const w of [holder, ...waiters]) await w.election.close()
+  })
+
+  it('a waiter further back asks again within 16 leases when nothing ever tells it', async () => {
+    const { clock, holder, waiters, errors } = setup(2)
+    const first = await holder.election.campaign()
+    const far = waiters[1]!
+    // A backend whose view of the line went stale unseen: no push, and "place kept" forever.
+    far.backend.mute = true
+    far.backend.staleQueued = true
+    const { campaigns } = await campaignInOrder(waiters.map((w) => w.election))
+    const asked = far.backend.asks
+    await clock.advance(15_000)
+    expect(far.backend.asks).toBe(asked)
+    await clock.advance(2_000)
+    expect(far.backend.asks).toBeGreaterThan(asked)
+    expect(first.active).toBe(true)
+    expect(errors).toEqual([])
+    for (const w of [holder, ...waiters]) await w.election.close()
+    await Promise.allSettled(campaigns)
   })
 
   it('asks again when its queued renewal says so: a dead waiter ahead is skipped', async () => {

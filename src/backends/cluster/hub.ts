@@ -150,19 +150,31 @@ export class Hub {
             if (!held.has(key) && owners.get(key) === self) owners.delete(key)
             throw error
           }
+          // After the peer left, another connection may have taken the id over (the peer came
+          // back): what that one holds is not ours to give back.
+          const stillOurs = () => {
+            const now = owners.get(key)
+            return now === undefined || now === self
+          }
           if (!result.acquired && result.ahead !== undefined) {
             queued.set(key, { resource: req.resource, candidate: req.candidate })
             // Queued after the peer left: withdraw the place, or it would block the line.
-            if (closed && releaseOnClose) {
+            if (closed && releaseOnClose && stillOurs()) {
               await backend.release({ resource: req.resource, candidate: req.candidate })
               queued.delete(key)
             }
           } else queued.delete(key)
           if (result.acquired) {
             held.set(key, { resource: req.resource, candidate: req.candidate, token: result.token })
-            // Acquired after the peer left: give it straight back.
+            // Acquired after the peer left: give that grant (its token only) straight back.
             if (closed) {
-              await backend.release({ resource: req.resource, candidate: req.candidate })
+              if (stillOurs()) {
+                await backend.release({
+                  resource: req.resource,
+                  candidate: req.candidate,
+                  token: result.token,
+                })
+              }
               held.delete(key)
               if (owners.get(key) === self) owners.delete(key)
             }
