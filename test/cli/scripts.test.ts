@@ -68,7 +68,8 @@ let url: string
 const closers: (() => Promise<void> | void)[] = []
 beforeAll(async () => {
   server = await startRedis()
-  url = `redis://127.0.0.1:${server.port}?startupGrace=false`
+  // Leases up to 2 m below: over the default maxLeaseMs (60 s), which the URL must then raise.
+  url = `redis://127.0.0.1:${server.port}?startupGrace=false&maxLeaseMs=120000`
 }, 60_000)
 afterAll(async () => {
   for (const close of closers.splice(0).reverse()) await close()
@@ -226,6 +227,22 @@ describe('conclave for scripts', () => {
       ])
       expect(await exitOf(run), `${lease}: ${run.stderr()}`).toBe(0)
     }
+    // Without maxLeaseMs, a lease over its 60 s default is refused, saying what to give.
+    const long = cli([
+      'run',
+      '--backend',
+      `redis://127.0.0.1:${server.port}?startupGrace=false`,
+      '--name',
+      resource(),
+      '--lease',
+      '1m30s',
+      '--',
+      'true',
+    ])
+    expect(await exitOf(long)).toBe(2)
+    expect(long.stderr()).toMatch(
+      /leaseMs must be at most the redis backend's maxLeaseMs \(60000\).*\?maxLeaseMs=90000/s,
+    )
     // demo's range is 100ms to 1m: 1m30s is read (and refused for its size), 30s1m is not a duration.
     const big = cli(['demo', '--lease', '1m30s'])
     expect(await exitOf(big)).toBe(2)
