@@ -4,6 +4,7 @@
 --
 -- KEYS[1] line:   sorted set, candidate -> order of its place (lib/line.lua)
 -- KEYS[2] places: sorted set, candidate -> its place's expiry (ms, server TIME)
+-- ARGV: none
 --
 -- Returns the flat list candidate, remainingMs of every live place, in line order.
 
