@@ -107,8 +107,8 @@ end
 local ahead, hasPlace = 0, false
 if not mine then ahead, hasPlace = placesAhead(line, candidate, lineSize) end
 
--- The grace in force, if any: (waitMs, failoverWait), waitMs 0 when none; nil on a replica. Asked before a new
--- grant and before extending a grant of the asker's own: a restarted or promoted server may
+-- The grace in force, if any: (waitMs, failoverWait), waitMs 0 when none; nil on a replica.
+-- Asked before a new grant and before extending a grant of the asker's own: a restarted or promoted server may
 -- hold a grant its asker released (the release lost with the grants after it), so extending
 -- it within the grace could overlap a term granted meanwhile and lost (renewals go on).
 local function graceWait()
@@ -165,8 +165,8 @@ local function graceWait()
         local former = string.match(info, 'master_replid2:(%x+)')
         if former and string.find(former, '[^0]') then since = now end
       end
-      -- Written on every ask for a free ticket or an own grant (not only on a change): it lives as long as the
-      -- token key, so a resource in use never forgets the history it saw.
+      -- Written on every ask for a free ticket or an own grant (not only on a change): it lives
+      -- as long as the token key, so a resource in use never forgets the history it saw.
       redis.call('SET', historyKey, replid .. ':' .. since, 'PX', failoverGraceMs + tokenTtl)
       if since > 0 and now < since + failoverGraceMs then
         local wait = since + failoverGraceMs - now
