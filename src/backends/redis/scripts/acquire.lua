@@ -108,9 +108,10 @@ local ahead, hasPlace = 0, false
 if not mine then ahead, hasPlace = placesAhead(line, candidate, lineSize) end
 
 -- The grace in force, if any: (waitMs, failoverWait), waitMs 0 when none; nil on a replica.
--- Asked before a new grant and before extending a grant of the asker's own: a restarted or promoted server may
--- hold a grant its asker released (the release lost with the grants after it), so extending
--- it within the grace could overlap a term granted meanwhile and lost (renewals go on).
+-- Asked before a new grant and before extending a grant of the asker's own: a restarted or
+-- promoted server may hold a grant its asker released (the release lost with the grants after
+-- it), so extending it within the grace could overlap a term granted meanwhile and lost
+-- (renewals go on).
 local function graceWait()
   -- A server up for less than a lease may have lost grants in a restart whose holders still
   -- believe in their terms (until at most one lease after their last renewal, which reached
