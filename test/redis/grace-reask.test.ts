@@ -7,6 +7,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { AcquireResult, Backend } from '../../src/backend.js'
 import { redisBackend } from '../../src/backends/redis/index.js'
 import { startRedis, type RedisServer } from '../../testkit/index.js'
+import { freePort } from '../../testkit/ports.js'
 import { fastFailingClient, sleep } from './helpers.js'
 
 let server: RedisServer
@@ -22,12 +23,16 @@ afterAll(async () => {
   await server?.stop()
 })
 
-function backend(): Backend {
+/** The startup grace only by default: a restart may give the server another replication id. */
+function backend(grace: 'startup' | 'failover' = 'startup'): Backend {
   const client = fastFailingClient(server.url, { commandTimeout: 500 })
   clients.push(client)
-  // The startup grace only: a restart may give the server another replication id, and the
-  // failover grace (maxLeaseMs) would then be the longer wait.
-  const b = redisBackend({ client, timeoutMs: 1_000, startupGrace: true, failoverGrace: false })
+  const b = redisBackend({
+    client,
+    timeoutMs: 1_000,
+    startupGrace: grace === 'startup',
+    failoverGrace: grace === 'failover',
+  })
   backends.push(b)
   return b
 }
@@ -71,6 +76,28 @@ it('does not extend a grant brought back by a restart within the startup grace',
     expect(again.wait?.code).toBe('startup-grace')
     expect(again.retryInMs).toBeGreaterThan(0)
     // The grant is untouched: still A's, with its old token.
+    expect(again.holders.map((h) => [h.candidate, h.token])).toEqual([['A', tokenA]])
+  }
+}, 60_000)
+
+it('does not extend a grant the server has within the failover grace', async () => {
+  const lease = 8_000
+  const resource = `reask-failover/${randomBytes(4).toString('hex')}`
+  const a = backend('failover')
+  const admin = fastFailingClient(server.url)
+  clients.push(admin)
+  const first = await ask(a, resource, 'A', lease)
+  expect(first.acquired).toBe(true)
+  const tokenA = first.acquired ? first.token : 0
+  // A new replication history, as a promoted replica has (the data kept: the master named
+  // never answers, so nothing is synced): its grants may include one released on the old master.
+  const unused = await freePort()
+  await admin.call('REPLICAOF', '127.0.0.1', String(unused))
+  await admin.call('REPLICAOF', 'NO', 'ONE')
+  const again = await ask(a, resource, 'A', lease)
+  expect(again.acquired, 'A granted again within the failover grace').toBe(false)
+  if (!again.acquired) {
+    expect(again.wait?.code).toBe('failover-grace')
     expect(again.holders.map((h) => [h.candidate, h.token])).toEqual([['A', tokenA]])
   }
 }, 60_000)
