@@ -5,7 +5,8 @@
  * Every backend must pass `test/conformance/`. Rules every implementation keeps:
  * - Expiry is measured on the backend's own clock, starting when it executes the request.
  * - `acquire` by a candidate that already holds the resource extends that grant and returns
- *   its token (so a retried acquire whose first answer was lost is harmless).
+ *   its token (so a retried acquire whose first answer was lost is harmless); a backend may
+ *   refuse it instead, the grant untouched, while a grace says it may lack later grants.
  * - Tokens of a resource only grow; a renewal keeps its token.
  * - `release` is idempotent and removes only the grant with the given token (or, without a
  *   token, whatever this candidate has on the resource, queued or held).

@@ -170,3 +170,70 @@ it('a short-lease candidate waits out the long lease of a grant the promoted sta
   expect([...codes]).toContain('promotion-grace')
   expect(grantedAt - sentAt, 'B granted while A may still hold').toBeGreaterThanOrEqual(LONG_MS)
 }, 60_000)
+
+// A released, B granted, both lost with the primary (the standby's replication frozen after
+// A's grant): the promoted standby still has A's grant, unexpired. A asking again must not get
+// it extended within the promotion grace: B may still believe in its term.
+it('does not extend a grant the promoted standby kept after its holder released it', async () => {
+  const LEASE_MS = 10_000
+  const resource = `reask/${randomBytes(4).toString('hex')}`
+  const make = () => {
+    const backend = postgresBackend({
+      connectionString: pair.vipConnectionString,
+      timeoutMs: 1_000,
+      maxLeaseMs: LEASE_MS,
+    })
+    backends.push(backend)
+    return backend
+  }
+  const a = make()
+  const b = make()
+  await a.holders(resource)
+  await b.holders(resource)
+  const granted = await a.acquire({
+    resource,
+    candidate: 'A',
+    tickets: 1,
+    leaseMs: LEASE_MS,
+    metadata: null,
+  })
+  expect(granted.acquired).toBe(true)
+  const tokenA = granted.acquired ? granted.token : 0
+  await pair.caughtUp() // the standby has A's grant
+  pair.replication.cut({ mode: 'blackhole' })
+  await a.release({ resource, candidate: 'A', token: tokenA })
+  const gotB = await b.acquire({
+    resource,
+    candidate: 'B',
+    tickets: 1,
+    leaseMs: LEASE_MS,
+    metadata: null,
+  })
+  expect(gotB.acquired, 'B granted after A released').toBe(true)
+  await pair.primary.kill()
+  await pair.promote()
+  pair.vip.switchTo(pair.standby.port)
+
+  let again
+  for (;;) {
+    try {
+      again = await a.acquire({
+        resource,
+        candidate: 'A',
+        tickets: 1,
+        leaseMs: LEASE_MS,
+        metadata: null,
+      })
+      break
+    } catch {
+      await sleep(100) // connections to the dead primary fail first
+    }
+  }
+  expect(again.acquired, 'A granted again while B may still hold').toBe(false)
+  if (!again.acquired) {
+    expect(again.wait?.code).toBe('promotion-grace')
+    expect(again.retryInMs).toBeGreaterThan(0)
+    // The grant is untouched: still A's, with its old token.
+    expect(again.holders.map((h) => [h.candidate, h.token])).toEqual([['A', tokenA]])
+  }
+}, 60_000)

@@ -175,8 +175,10 @@ export class PostgresBackend implements Backend {
     const retryInMs = Number(row.retry_ms ?? 0)
     const ahead = Number(row.ahead ?? 0)
     // A free ticket refused to the first in line can only be the promotion grace (migration
-    // 6's acquire); otherwise the tickets free are those of the waiters ahead.
-    if (holders.length + ahead < request.tickets) {
+    // 6's acquire); otherwise the tickets free are those of the waiters ahead. The asker's own
+    // grant, listed when the grace held back its extension, takes no ticket from it.
+    const others = holders.filter((h) => h.candidate !== request.candidate).length
+    if (others + ahead < request.tickets) {
       return {
         acquired: false,
         holders,

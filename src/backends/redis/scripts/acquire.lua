@@ -1,5 +1,6 @@
 -- acquire: grant one of a resource's tickets to a candidate, or say who holds them.
--- A candidate that already holds keeps its token and gets a fresh lease. First come, first
+-- A candidate that already holds keeps its token and gets a fresh lease, except within a grace
+-- (startup or failover: not granted, its grant untouched, as a new ask). First come, first
 -- served: a free ticket goes only to a candidate with held + ahead < tickets (ahead: the live
 -- places before its own in the line, or the whole line without one); one not granted takes a
 -- place at the end of the line, or keeps its own (lib/line.lua).
@@ -106,18 +107,12 @@ end
 local ahead, hasPlace = 0, false
 if not mine then ahead, hasPlace = placesAhead(line, candidate, lineSize) end
 
-if mine then
-  local token = splitGrant(mine)
-  local value = token .. ':' .. metadata
-  if value ~= mine then
-    redis.call('HSET', grants, candidate, value)
-    changed = true
-  end
-  redis.call('ZADD', holders, now + leaseMs, candidate)
-  -- A holder stands in no line (a place left over would hold back the waiters behind it).
-  if lineSize > 0 and leaveLine(line, places, candidate) then changed = true end
-  result = {1, token}
-elseif count + ahead < tickets then
+-- The grace in force, if any: (waitMs, failoverWait), waitMs 0 when none; nil on a replica.
+-- Asked before a new grant and before extending a grant of the asker's own: a restarted or
+-- promoted server may hold a grant its asker released (the release lost with the grants after
+-- it), so extending it within the grace could overlap a term granted meanwhile and lost
+-- (renewals go on).
+local function graceWait()
   -- A server up for less than a lease may have lost grants in a restart whose holders still
   -- believe in their terms (until at most one lease after their last renewal, which reached
   -- the server before it stopped, so before this server started; the caller gives the lease:
@@ -152,7 +147,7 @@ elseif count + ahead < tickets then
   if failoverGraceMs > 0 then
     local info = redis.call('INFO', 'replication')
     if string.match(info, 'role:(%a+)') ~= 'master' then
-      return redis.error_reply('READONLY conclave grants only on a master (this server is a replica)')
+      return nil -- the caller answers with the READONLY error
     end
     local replid = string.match(info, 'master_replid:(%x+)')
     if replid then
@@ -171,8 +166,8 @@ elseif count + ahead < tickets then
         local former = string.match(info, 'master_replid2:(%x+)')
         if former and string.find(former, '[^0]') then since = now end
       end
-      -- Written on every ask for a free ticket (not only on a change): it lives as long as the
-      -- token key, so a resource in use never forgets the history it saw.
+      -- Written on every ask for a free ticket or an own grant (not only on a change): it lives
+      -- as long as the token key, so a resource in use never forgets the history it saw.
       redis.call('SET', historyKey, replid .. ':' .. since, 'PX', failoverGraceMs + tokenTtl)
       if since > 0 and now < since + failoverGraceMs then
         local wait = since + failoverGraceMs - now
@@ -182,6 +177,34 @@ elseif count + ahead < tickets then
         end
       end
     end
+  end
+  return waitMs, failoverWait
+end
+
+if mine then
+  local waitMs, failoverWait = graceWait()
+  if waitMs == nil then
+    return redis.error_reply('READONLY conclave grants only on a master (this server is a replica)')
+  end
+  if waitMs > 0 then
+    -- Not granted, the grant untouched: the same answer as a new ask gets (4: failover grace).
+    result = {failoverWait and 4 or 0, waitMs}
+  else
+    local token = splitGrant(mine)
+    local value = token .. ':' .. metadata
+    if value ~= mine then
+      redis.call('HSET', grants, candidate, value)
+      changed = true
+    end
+    redis.call('ZADD', holders, now + leaseMs, candidate)
+    -- A holder stands in no line (a place left over would hold back the waiters behind it).
+    if lineSize > 0 and leaveLine(line, places, candidate) then changed = true end
+    result = {1, token}
+  end
+elseif count + ahead < tickets then
+  local waitMs, failoverWait = graceWait()
+  if waitMs == nil then
+    return redis.error_reply('READONLY conclave grants only on a master (this server is a replica)')
   end
   if waitMs > 0 then
     -- 4: the failover grace is the longer wait; 0: the startup grace.
@@ -211,6 +234,9 @@ end
 -- nothing; the answer says how many live places are ahead of it. Granted: -1.
 if result[1] == 1 then
   result[3] = -1
+elseif mine then
+  -- A holder refused within a grace keeps its grant and takes no place (it would count twice).
+  result[3] = 0
 else
   keepPlace(line, places, candidate, now, nowUs, leaseMs, hasPlace, tickets)
   lineSize = lineSize + (hasPlace and 0 or 1)

@@ -11,7 +11,8 @@
 -- Runs inside migrate()'s transaction, under its advisory lock; no parameters.
 
 -- acquire: migration 5's (first come, first served: the line, `ahead`, notify_change), with the
--- promotion grace lasting greatest(p_lease_ms, p_grace_ms).
+-- promotion grace lasting greatest(p_lease_ms, p_grace_ms), and holding back the extension of a
+-- grant the asker holds already too (not only a new grant).
 CREATE FUNCTION {schema}.acquire(
   p_resource text,
   p_candidate text,
@@ -39,6 +40,7 @@ DECLARE
   v_grace bigint := 0;
   v_joined bigint;
   v_ahead int;
+  v_mine boolean;
 BEGIN
   -- Under REPEATABLE READ or SERIALIZABLE every statement below would read the snapshot taken
   -- before the lock was granted, so a grant committed meanwhile could be missed.
@@ -74,10 +76,20 @@ BEGIN
     RETURN;
   END IF;
 
-  -- Held already by this candidate: extend it, keep its token.
+  -- Held already by this candidate: extend it, keep its token; but not within the promotion
+  -- grace: a promoted standby may still have a grant its candidate released (the release, run
+  -- with synchronous_commit off, lost with the grants made after it), and extending it could
+  -- overlap one of those. Not granted then, the grant untouched, as a new ask (renewals go on).
   SELECT g.metadata INTO v_old FROM {schema}.grants g
     WHERE g.resource = p_resource AND g.candidate = p_candidate;
-  IF FOUND THEN
+  v_mine := FOUND;
+  IF v_mine THEN
+    v_grace := {schema}.promotion_grace_ms(greatest(p_lease_ms, p_grace_ms), v_now);
+  END IF;
+  IF v_mine AND v_grace > 0 THEN
+    granted := false;
+    ahead := 0;
+  ELSIF v_mine THEN
     UPDATE {schema}.grants g
       SET expires_at = v_now + p_lease_ms * interval '1 millisecond', metadata = p_metadata,
           tickets = p_tickets
