@@ -126,6 +126,19 @@ export interface WatchChange {
    * metadata change). Absent: unknown, so every waiter asks again.
    */
   wake?: string[]
+  /**
+   * Grants the change ended: their records are gone (a release, an operator's delete, a lease
+   * the server revoked). The holder of one ends its term on this alone, with no round trip
+   * more: a waiter granted by the same change is one round trip away from its grant. Absent:
+   * unknown (the holder reads the holders to find out). Only ever names grants that are gone.
+   */
+  ended?: EndedGrant[]
+}
+
+/** A grant a change ended (see `WatchChange.ended`). */
+export interface EndedGrant {
+  candidate: string
+  token: number
 }
 
 /**

@@ -620,7 +620,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 
   /**
    * Watches the term's own grant, so a grant deleted behind our back (an operator's `del`, a
-   * revoked lease) ends the term within a round trip of the change, not at the next renewal.
+   * revoked lease) ends the term at the change when the backend names the grant in
+   * `WatchChange.ended`, else within a round trip of it; not at the next renewal.
    * Best effort: if the watch fails, the renewals still guard the term.
    */
   async #watchGrant(state: TermState): Promise<void> {
@@ -649,7 +650,15 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     }
     let unwatch: Unwatch
     try {
-      unwatch = await this.backend.watch(this.resource, () => void check())
+      unwatch = await this.backend.watch(this.resource, (change) => {
+        // The change itself says the grant went: end now, not a round trip later, since a
+        // waiter this change frees a ticket for is granted one round trip from now.
+        if (change?.ended?.some((g) => g.candidate === this.id && g.token === token)) {
+          if (!state.endReason) void this.end(state, 'lost')
+          return
+        }
+        void check()
+      })
     } catch {
       return
     }

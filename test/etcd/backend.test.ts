@@ -347,3 +347,32 @@ describe('options', () => {
     await expect(b.holders('ok')).rejects.toMatchObject({ code: 'ERR_CONCLAVE_CLOSED' })
   })
 })
+
+it('a holder whose lease etcd revokes steps down before a waiter on another process is granted', async () => {
+  // etcd itself may revoke a live lease: an operator's `etcdctl lease revoke`, or an old leader
+  // that was stuck past a lease and revokes what it thinks expired when it resumes (etcd
+  // #15247, fixed in 3.4.30 and 3.5.13). Both processes hear of it from their watches at about
+  // the same moment; the holder must end its term on that event alone, since the waiter is
+  // granted one round trip after it.
+  const lease = 5_000
+  const rounds = 12
+  const overlaps: number[] = []
+  for (let round = 0; round < rounds; round++) {
+    const res = resource('revoked-race')
+    const a = election(backend(), res, lease)
+    const b = election(backend(), res, lease)
+    const ta = await a.campaign()
+    let holderAtGrant: boolean | undefined
+    b.on('elected', () => (holderAtGrant = a.isLeader))
+    const waiting = b.campaign()
+    await until(async () => (await queuedKeys(raw, prefix, res)).length === 2, 5_000, 'b in line')
+    const kv = (await raw.getAll().prefix(`${prefix}${res}#${a.id}`).exec()).kvs[0]!
+    await raw.leaseClient.leaseRevoke({ ID: kv.lease })
+    const tb = await waiting
+    if (holderAtGrant) overlaps.push(round)
+    await until(() => !ta.active, lease, 'the holder stepped down')
+    expect(tb.token).toBeGreaterThan(ta.token)
+    await Promise.all([a.close(), b.close()])
+  }
+  expect(overlaps).toEqual([])
+}, 120_000)

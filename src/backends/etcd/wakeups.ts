@@ -9,6 +9,8 @@
  * - `wake`: the waiting keys that rank within the tickets after the change (a ticket is free for
  *   each: its candidate is granted when it asks again), told whenever that list gains a key;
  * - a new queued key, or a queued key's new metadata, changes no holder: nobody is told;
+ * - `ended`: the grants whose keys went (their holders step down on it, before a waiter is
+ *   granted: that takes the waiter another round trip);
  * - a grant (a key created granted, or a waiting key's own acquire dropping its flag), a grant's
  *   key going, a queued key going, a holder's new metadata: watchers are told.
  * After a reconnect (etcd3 resumes the watch where it was, so the copy stays exact) and after
@@ -16,7 +18,7 @@
  * change. The backend also answers from the copy (see `view`) while the watch is connected.
  */
 import type { IEvent, IKeyValue, Namespace, Watcher } from 'etcd3'
-import type { WatchChange } from '../../backend.js'
+import type { EndedGrant, WatchChange } from '../../backend.js'
 import { BackendError } from '../../errors.js'
 import { backendError, timeoutError, unwatchOnce, withDeadline } from '../kit.js'
 import { type Decoded, decodeValue, keyString, rankDecoded } from './layout.js'
@@ -400,14 +402,21 @@ export class Watches {
     for (const key of was.granted.keys()) if (!after.granted.has(key)) changed = true
     for (const key of after.free) if (!was.free.includes(key)) changed = true
     const candidate = (key: string) => key.slice(this.#base.length + tracked.resource.length + 1)
-    if (changed) this.#notify(tracked, { wake: after.free.map(candidate) })
+    // A grant whose key went, or came back as another key (another create revision): ended.
+    const ended: EndedGrant[] = []
+    for (const [key, token] of was.tokens) {
+      if (after.tokens.get(key) !== token) ended.push({ candidate: candidate(key), token })
+    }
+    if (changed) this.#notify(tracked, { wake: after.free.map(candidate), ended })
   }
 
   #notify(tracked: Tracked, change: WatchChange | undefined): void {
     for (const listener of [...tracked.listeners]) {
       queueMicrotask(() => {
         try {
-          listener(change && { wake: [...change.wake!] })
+          listener(
+            change && { wake: [...change.wake!], ended: change.ended!.map((g) => ({ ...g })) },
+          )
         } catch {
           // The others still hear of the change.
         }
@@ -493,6 +502,8 @@ export class Watches {
 /** What a line's watchers care about: its grants (with their values) and its free places. */
 interface LineState {
   granted: Map<string, Buffer>
+  /** The token (create revision) of each grant. */
+  tokens: Map<string, number>
   /** Waiting keys within the tickets: a ticket is free for each. */
   free: string[]
 }
@@ -505,11 +516,14 @@ interface Before extends LineState {
 
 function lineOf(keys: readonly LineKey[]): LineState {
   const granted = new Map<string, Buffer>()
+  const tokens = new Map<string, number>()
   const free: string[] = []
   const ranked = rankDecoded(keys.map((k) => ({ kv: k, stored: k.stored })))
   for (const k of ranked.keys) {
-    if (k.granted) granted.set(k.kv.key, k.kv.kv.value)
-    else if (k.holder) free.push(k.kv.key)
+    if (k.granted) {
+      granted.set(k.kv.key, k.kv.kv.value)
+      tokens.set(k.kv.key, Number(k.kv.kv.create_revision))
+    } else if (k.holder) free.push(k.kv.key)
   }
-  return { granted, free }
+  return { granted, tokens, free }
 }
