@@ -630,11 +630,14 @@ export const STANDALONE_CLUSTER_WARNING = 'CONCLAVE_STANDALONE_CLUSTER'
 export const REDIS_KEYSPACE_WARNING = 'CONCLAVE_REDIS_KEYSPACE'
 /** The Redis server's maxmemory-policy may evict conclave's keys (a live grant, a token). */
 export const REDIS_EVICTION_WARNING = 'CONCLAVE_REDIS_EVICTION'
+/** The etcd cluster runs a release whose leases are unsafe across a leader change (docs/etcd.md). */
+export const ETCD_VERSION_WARNING = 'CONCLAVE_ETCD_VERSION'
 /** The codes of conclave's process warnings (`process.emitWarning`, type ConclaveWarning): not errors. */
 export const WARNING_CODES: readonly string[] = [
   STANDALONE_CLUSTER_WARNING,
   REDIS_KEYSPACE_WARNING,
   REDIS_EVICTION_WARNING,
+  ETCD_VERSION_WARNING,
 ]
 
 // --- messages --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ export type {
   RenewRequest,
   Unwatch,
   WatchChange,
+  EndedGrant,
   WaitReason,
   Waiter,
 } from './backend.js'
@@ -52,6 +53,7 @@ export {
   Pm2Error,
   ProtocolError,
   REDIS_EVICTION_WARNING,
+  ETCD_VERSION_WARNING,
   REDIS_KEYSPACE_WARNING,
   RemoteError,
   RemoteHubError,

@@ -12,8 +12,8 @@ import { sleep } from './helpers.js'
 const lease = 5_000
 /**
  * How long a fault lasts: two leases, so the term lives only by renewing elsewhere. (A 6 s
- * SIGSTOP of the leader, ending about a second after a lease, loses the holder's term at the
- * resume on the current etcd backend: under investigation, see docs/etcd.md.)
+ * SIGSTOP of the leader, ending about a second after a lease, may cost the holder its term at the
+ * resume when the old leader revokes its lease, an etcd bug: see the last case.)
  */
 const FAULT_MS = 10_000
 const prefix = `etcd-cluster-${randomBytes(4).toString('hex')}/`
@@ -158,4 +158,47 @@ it('a candidate talking to a restarted member campaigns on; the holder keeps its
   expect(b.isLeader).toBe(false)
   await ta.resign()
   expect((await waiting).token).toBeGreaterThan(ta.token)
+}, 60_000)
+
+it('never two holders through a SIGSTOP of the leader that ends a second after the lease', async () => {
+  // On etcd before 3.4.31 and 3.5.13 (the test servers run 3.4.23), the old leader, resuming
+  // with the holder's lease expired on its own clock, may revoke that live lease (etcd #15247):
+  // the holder's key goes mid-term. Then the holder must step down on that change, before the
+  // waiter's grant, which comes a round trip after it; else the term is kept.
+  const leader = await cluster.leader()
+  const first = cluster.members.find((m) => m !== leader)!
+  const resource = `pause-past-lease/${randomBytes(4).toString('hex')}`
+  const a = election(backend(first), resource)
+  const b = election(backend(first), resource)
+  const ta = await a.campaign()
+  let endedAt = Number.POSITIVE_INFINITY
+  let electedAt = Number.POSITIVE_INFINITY
+  let holderAtGrant = false
+  ta.signal.addEventListener('abort', () => (endedAt = performance.now()))
+  b.on('elected', () => {
+    electedAt = performance.now()
+    holderAtGrant = a.isLeader
+  })
+  const waiting = b.campaign()
+  waiting.catch(() => {}) // closed at the end
+  await sleep(lease / 2)
+  await leader.server.pause()
+  try {
+    await sleep(lease + 1_000)
+  } finally {
+    await leader.server.resume()
+  }
+  await sleep(lease)
+  console.log(
+    `etcd cluster: leader paused ${lease + 1_000} ms: term ${ta.active ? 'kept' : 'lost at the resume'}`,
+  )
+  expect(holderAtGrant).toBe(false)
+  if (ta.active) {
+    expect(b.isLeader).toBe(false)
+    await ta.resign()
+  } else {
+    expect(endedAt).toBeLessThan(electedAt)
+  }
+  const tb = await waiting
+  expect(tb.token).toBeGreaterThan(ta.token)
 }, 60_000)

@@ -77,6 +77,7 @@ import {
   type Stored,
 } from './layout.js'
 import { KeepAlives } from './keepalive.js'
+import { checkVersion } from './versions.js'
 import {
   ETCD_CLIENT_DEFAULTS,
   ETCD_GRPC_KEEPALIVE,
@@ -150,6 +151,9 @@ export class EtcdBackend implements Backend {
   readonly #watches: Watches
   /** One LeaseKeepAlive stream per member client, shared by every acquire and renewal. */
   readonly #keepalives = new KeepAlives()
+  #versionChecked = false
+  /** The endpoints, for messages. */
+  readonly #where: string
   /** The current lease per requested TTL in seconds (a grant may still be in flight). */
   readonly #slots = new Map<number, Promise<{ lease: Lease; issuedAt: number }>>()
   /** Every lease this instance was granted and etcd has not reported gone. */
@@ -204,6 +208,7 @@ export class EtcdBackend implements Backend {
       this.#options.hosts ?? (this.#client as unknown as { options?: IOptions }).options?.hosts,
     )
     this.#label = serverLabel('etcd', where)
+    this.#where = where
     this.#watches = new Watches(
       this.#client,
       this.#options.timeoutMs,
@@ -227,6 +232,7 @@ export class EtcdBackend implements Backend {
   async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#checkOpen()
     validateAcquire(request)
+    this.#checkVersion()
     const key = this.#layout.key(request.resource, request.candidate)
     return this.#withKey(key, () => this.#acquire(request, key))
   }
@@ -1097,6 +1103,17 @@ export class EtcdBackend implements Backend {
     const cause = list[list.length - 1]?.[1].error
     if (list.every(([, f]) => f.timedOut)) throw new BackendTimeoutError(message, { cause })
     throw new BackendError(message, { cause })
+  }
+
+  /** Warns once if the cluster runs an etcd with unsafe leases (versions.ts); asks again after no answer. */
+  #checkVersion(): void {
+    if (this.#versionChecked) return
+    this.#versionChecked = true
+    const { client, where } = this.#members[this.#preferred]!
+    void checkVersion(client, where || this.#where, this.#options.timeoutMs).then(
+      (settled) => (this.#versionChecked = settled),
+      () => (this.#versionChecked = false),
+    )
   }
 
   #checkOpen(): void {
