@@ -403,9 +403,12 @@ export class Watches {
     for (const key of after.free) if (!was.free.includes(key)) changed = true
     const candidate = (key: string) => key.slice(this.#base.length + tracked.resource.length + 1)
     // A grant whose key went, or came back as another key (another create revision): ended.
+    // (A key still there under its token is not named, whatever its rank now.)
     const ended: EndedGrant[] = []
     for (const [key, token] of was.tokens) {
-      if (after.tokens.get(key) !== token) ended.push({ candidate: candidate(key), token })
+      const still = tracked.keys.find((k) => k.key === key)
+      if (!still || Number(still.kv.create_revision) !== token)
+        ended.push({ candidate: candidate(key), token })
     }
     if (changed) this.#notify(tracked, { wake: after.free.map(candidate), ended })
   }
