@@ -16,6 +16,7 @@ import type {
   Unwatch,
   Waiter,
   WatchChange,
+  EndedGrant,
   WriteRecordRequest,
   WriteRecordResult,
 } from '../backend.js'
@@ -248,11 +249,13 @@ export class MemoryBackend implements Backend {
     // Without a token the candidate withdraws: its place in line goes too.
     let changed = request.token === undefined && state.line.delete(request.candidate)
     const grant = state.grants.get(request.candidate)
+    const ended: EndedGrant[] = []
     if (grant && (request.token === undefined || grant.token === request.token)) {
       state.grants.delete(request.candidate)
+      ended.push({ candidate: request.candidate, token: grant.token })
       changed = true
     }
-    if (changed) this.#notify(request.resource)
+    if (changed) this.#notify(request.resource, ended)
   }
 
   async holders(resource: string): Promise<Holder[]> {
@@ -411,8 +414,11 @@ export class MemoryBackend implements Backend {
       .sort((a, b) => a.token - b.token)
   }
 
-  /** Tells the resource's watchers; `wake` names the waiters a free ticket now goes to. */
-  #notify(resource: string): void {
+  /**
+   * Tells the resource's watchers; `wake` names the waiters a free ticket now goes to, `ended`
+   * the grants a release removed (an expiry names none: its holder's deadline came first).
+   */
+  #notify(resource: string, ended: readonly EndedGrant[] = []): void {
     const set = this.#watchers.get(resource)
     if (!set) return
     const state = this.#resources.get(resource)
@@ -421,7 +427,7 @@ export class MemoryBackend implements Backend {
     for (const fn of [...set]) {
       queueMicrotask(() => {
         try {
-          fn({ wake: [...wake] })
+          fn({ wake: [...wake], ended: ended.map((g) => ({ ...g })) })
         } catch {
           // A watcher's own failure is its business; the backend keeps serving others.
         }
