@@ -264,7 +264,7 @@ describe('migrations', () => {
         WHERE n.nspname = $1 AND p.proname = 'acquire' ORDER BY p.pronargs`,
       [upgraded],
     )
-    expect(rows.map((r) => r.args)).toEqual([5, 6]) // its input arguments
+    expect(rows.map((r) => r.args)).toEqual([5, 6, 7]) // its input arguments
     // The older release (three arguments) stays beside migration 7's.
     const releases = await admin.query<{ args: number }>(
       `SELECT p.pronargs AS args FROM pg_proc p
@@ -280,10 +280,10 @@ describe('migrations', () => {
     expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 2 })
     expect(await b.acquire(req('up/r', 'b'))).toMatchObject({ acquired: false, ahead: 0 })
     await b.release({ resource: 'up/r', candidate: 'a' })
-    // The freed ticket goes to the first in line (b, a place the older acquire took): the
-    // release grants it itself (migration 7), not to a later asker through either acquire.
-    expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 1 })
-    expect(await older('c')).toEqual({ granted: false, ahead: 0 })
+    // A ticket is free now: it goes to the first in line (b), not to a later asker, through
+    // either acquire.
+    expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 2 })
+    expect(await older('c')).toEqual({ granted: false, ahead: 1 })
     expect(await b.acquire(req('up/r', 'b'))).toMatchObject({ acquired: true })
     expect(await b.acquire(req('up/r', 'd'))).toMatchObject({ acquired: false, ahead: 1 })
   })

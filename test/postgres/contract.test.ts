@@ -165,8 +165,6 @@ describe('tickets', () => {
     expect(await b.holders(resource)).toHaveLength(3)
     // The same tickets still queue as before.
     expect((await b.acquire(req(resource, 'd', 3))).acquired).toBe(false)
-    // Withdrawn: a release would hand its freed ticket to that place (migration 7).
-    await b.release({ resource, candidate: 'd' })
 
     for (const [i, c] of ['a', 'b', 'c'].entries()) {
       const r = three[i]!

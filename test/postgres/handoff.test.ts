@@ -39,6 +39,12 @@ const tokenOf = async (asked: ReturnType<typeof ask>) => {
   if (!r.acquired) throw new Error('expected a grant')
   return r.token
 }
+/** Watches `resource` on `b` (so its asks take places a release may grant), collecting changes. */
+const watching = async (b: PostgresBackend, resource: string) => {
+  const changes: WatchChange[] = []
+  const unwatch = await b.watch(resource, (c) => c && changes.push(c)) // not connecting's wake-all
+  return { changes, unwatch }
+}
 const line = async (inSchema: string, resource: string) =>
   (
     await admin.query<{ candidate: string }>(
@@ -50,11 +56,11 @@ const line = async (inSchema: string, resource: string) =>
 it('a release grants the first in line: a larger token, its metadata, its place’s life', async () => {
   const b = backend()
   const resource = unique('grant')
+  const { changes, unwatch } = await watching(b, resource)
   const a = await tokenOf(ask(b, resource, 'a'))
   await b.acquire({ resource, candidate: 'w1', tickets: 1, leaseMs: 20_000, metadata: { m: 1 } })
   await ask(b, resource, 'w2')
-  const changes: WatchChange[] = []
-  const unwatch = await b.watch(resource, (c) => c && changes.push(c)) // not the wake-all of connecting
+  const from = changes.length
   await b.release({ resource, candidate: 'a', token: a })
   const holders = await b.holders(resource)
   expect(holders.map((h) => [h.candidate, h.metadata])).toEqual([['w1', { m: 1 }]])
@@ -62,8 +68,8 @@ it('a release grants the first in line: a larger token, its metadata, its place�
   // What was left of w1's place (20 s from its ask), not a fresh lease from the release.
   expect(holders[0]!.remainingMs).toBeLessThanOrEqual(20_000)
   expect(await line(schema, resource)).toEqual(['w2'])
-  await until(() => changes.length > 0, 5_000, 'the release’s NOTIFY')
-  expect(changes[0]).toEqual({
+  await until(() => changes.length > from, 5_000, 'the release’s NOTIFY')
+  expect(changes[from]).toEqual({
     wake: ['w1'],
     granted: [{ candidate: 'w1', token: holders[0]!.token }],
   })
@@ -76,6 +82,7 @@ it('names the grant only to the backend whose ask took the place', async () => {
   const mine = backend()
   const other = backend()
   const resource = unique('whose')
+  const own = await watching(mine, resource)
   const a = await tokenOf(ask(mine, resource, 'a'))
   await ask(mine, resource, 'w1')
   const seen: WatchChange[] = []
@@ -85,11 +92,13 @@ it('names the grant only to the backend whose ask took the place', async () => {
   // Woken (its process may still ask), but not told it holds: it never asked for that place.
   expect(seen[0]).toEqual({ wake: ['w1'] })
   await unwatch()
+  await own.unwatch()
 })
 
 it('an absent waiter holds no longer than its place would have stood', async () => {
   const b = backend()
   const resource = unique('absent')
+  const { unwatch } = await watching(b, resource)
   const a = await tokenOf(ask(b, resource, 'a'))
   await ask(b, resource, 'gone', 300) // then never heard from again
   await ask(b, resource, 'next')
@@ -100,29 +109,46 @@ it('an absent waiter holds no longer than its place would have stood', async () 
   await sleep(500) // the place's life is over (no timing is asserted)
   expect(await b.holders(resource)).toEqual([])
   expect(await tokenOf(ask(b, resource, 'next'))).toBeGreaterThan(held!.token)
+  await unwatch()
+})
+
+it('grants no place whose backend does not listen for the resource, nor one behind it', async () => {
+  const listening = backend()
+  const deaf = backend()
+  const resource = unique('deaf')
+  const { unwatch } = await watching(listening, resource)
+  const a = await tokenOf(ask(listening, resource, 'a'))
+  await ask(deaf, resource, 'w1') // takes no handoff: it asks for itself when woken
+  await ask(listening, resource, 'w2')
+  await listening.release({ resource, candidate: 'a', token: a })
+  expect(await listening.holders(resource)).toEqual([])
+  expect(await line(schema, resource)).toEqual(['w1', 'w2'])
+  expect(await tokenOf(ask(deaf, resource, 'w1'))).toBeGreaterThan(a)
+  await unwatch()
 })
 
 it('grants nothing within a promotion’s grace: the waiter is woken to ask', async () => {
   const graceSchema = uniqueSchema('handoff_grace')
   const b = backend(graceSchema)
   const resource = unique('grace')
+  const { changes, unwatch } = await watching(b, resource)
   const a = await tokenOf(ask(b, resource, 'a'))
   await ask(b, resource, 'w1')
   // As if this timeline had just begun: its first sighting is now (migration 3).
   await admin.query(`DELETE FROM "${graceSchema}".timelines`)
-  const changes: WatchChange[] = []
-  const unwatch = await b.watch(resource, (c) => c && changes.push(c)) // not the wake-all of connecting
+  const from = changes.length
   await b.release({ resource, candidate: 'a', token: a })
   expect(await b.holders(resource)).toEqual([])
   expect(await line(graceSchema, resource)).toEqual(['w1'])
-  await until(() => changes.length > 0, 5_000, 'the release’s NOTIFY')
-  expect(changes[0]).toEqual({ wake: ['w1'] })
+  await until(() => changes.length > from, 5_000, 'the release’s NOTIFY')
+  expect(changes[from]).toEqual({ wake: ['w1'] })
   await unwatch()
 })
 
 it('a release that grants commits with the given synchronous_commit, one that does not with off', async () => {
   const b = backend()
   const resource = unique('commit')
+  const { unwatch } = await watching(b, resource)
   const a = await tokenOf(ask(b, resource, 'a'))
   const c = await tokenOf(ask(b, unique('alone'), 'c'))
   await ask(b, resource, 'w1')
@@ -143,6 +169,7 @@ it('a release that grants commits with the given synchronous_commit, one that do
   } finally {
     client.release()
   }
+  await unwatch()
 })
 
 it('an Election waiting in line holds the handed grant without asking again', async () => {

@@ -165,6 +165,8 @@ export class PostgresBackend implements Backend {
         this.#synchronousCommit,
         // The grace after a promotion covers the longest lease of any candidate, not this one's.
         this.maxLeaseMs,
+        // A release may grant the place only if a watcher here hears of it (migration 7).
+        this.#listener.hears(request.resource),
       ],
       `acquire of "${request.resource}"`,
     )

@@ -41,6 +41,11 @@ export class Listener {
     return this.#listening
   }
 
+  /** Whether LISTEN is active now and `resource` has a watcher here (who hears its NOTIFY). */
+  hears(resource: string): boolean {
+    return this.#listening && this.#watchers.has(resource)
+  }
+
   /** Adds a watcher of `resource`; returns the function that removes it. */
   add(resource: string, fn: (change?: PlacedChange) => void): () => void {
     let set = this.#watchers.get(resource)

@@ -1,8 +1,10 @@
 -- Migration 7: a release hands the freed ticket to the next in line itself (issue 18: the
 -- graceful handoff in one round trip, not two). A place now keeps its candidate's metadata (the
--- grant it may be given carries it), the acquire says which place it took (`place`, the
--- waiter_order number: a place is granted at most once, so (candidate, place) names one grant),
--- and the five-argument release grants the first live places in line, each for what is left of
+-- grant it may be given carries it) and whether its process takes a grant made for it (handoff:
+-- the seven-argument acquire of a backend that listens for the resource's NOTIFY), the acquire
+-- says which place it took (`place`, the waiter_order number: a place is granted at most once,
+-- so (candidate, place) names one grant), and the five-argument release grants the first live
+-- places in line that take it (never one behind a place that does not), each for what is left of
 -- the place's own life (its expires_at: at most one lease after its candidate's last ask or
 -- queued renewal, so a waiter that is gone never holds longer than its place would have
 -- stood), with a token larger than every earlier one of the resource, unless a promotion's
@@ -10,22 +12,20 @@
 -- off), and its NOTIFY names the grants: {"resource", "wake", "granted": [{"candidate",
 -- "token", "place"}]}, so the waiter's process can hold it without asking again; one that does
 -- not understand "granted" is named in "wake", asks, and finds its grant (an extension).
--- Migration 5's three-argument release and the acquire's arguments stay, for processes of an
--- older conclave during an upgrade (their SQL names the columns it reads).
+-- Migration 5's three-argument release and migration 6's six-argument acquire stay, unchanged,
+-- for processes of an older conclave during an upgrade (their places never take a handoff).
 -- Placeholders (substituted by migrate() before running, after validation):
 --   {schema}   the schema, as a quoted identifier, e.g. "conclave"
 --   {channel}  the NOTIFY channel of this schema, as a string literal, e.g. 'conclave:conclave'
 -- Runs inside migrate()'s transaction, under its advisory lock; no parameters.
 
--- What the grant a release makes for the place carries (NULL: a place an older acquire took).
-ALTER TABLE {schema}.waiters ADD COLUMN metadata jsonb;
+-- metadata: what the grant a release makes for the place carries. handoff: whether a release
+-- may grant the place (false for the places older acquires take).
+ALTER TABLE {schema}.waiters ADD COLUMN metadata jsonb,
+  ADD COLUMN handoff boolean NOT NULL DEFAULT false;
 
--- A new OUT column (place) changes the result type, which CREATE OR REPLACE cannot do; the
--- arguments are unchanged (see migration 5).
-DROP FUNCTION {schema}.acquire(text, text, int, int, jsonb, int);
-
--- acquire: migration 6's, keeping the metadata in the place and answering `place` (the place's
--- number; NULL when granted or not queued).
+-- acquire: migration 6's, keeping the metadata and p_handoff in the place and answering `place`
+-- (the place's number; NULL when granted or not queued).
 CREATE FUNCTION {schema}.acquire(
   p_resource text,
   p_candidate text,
@@ -33,6 +33,7 @@ CREATE FUNCTION {schema}.acquire(
   p_lease_ms int,
   p_metadata jsonb,
   p_grace_ms int,
+  p_handoff boolean,
   OUT granted boolean,
   OUT grant_token bigint,
   OUT holder_list jsonb,
@@ -144,14 +145,16 @@ BEGIN
       granted := false;
       ahead := v_ahead;
       IF v_joined IS NULL THEN
-        INSERT INTO {schema}.waiters (resource, candidate, joined, expires_at, tickets, metadata)
+        INSERT INTO {schema}.waiters
+            (resource, candidate, joined, expires_at, tickets, metadata, handoff)
           VALUES (p_resource, p_candidate, nextval('{schema}.waiter_order'),
-                  v_now + p_lease_ms * interval '1 millisecond', p_tickets, p_metadata)
+                  v_now + p_lease_ms * interval '1 millisecond', p_tickets, p_metadata,
+                  coalesce(p_handoff, false))
           RETURNING joined INTO place;
       ELSE
         UPDATE {schema}.waiters w
           SET expires_at = v_now + p_lease_ms * interval '1 millisecond', tickets = p_tickets,
-              metadata = p_metadata
+              metadata = p_metadata, handoff = coalesce(p_handoff, false)
           WHERE w.resource = p_resource AND w.candidate = p_candidate;
         place := v_joined;
       END IF;
@@ -180,7 +183,8 @@ $fn$;
 -- release(resource, candidate, token, synchronous_commit, grace_ms): migration 5's release
 -- (the grant with that token, or with token NULL whatever the candidate has there, its place
 -- included), which then grants every ticket now free to the first live places in line (those
--- notify_change would wake), in order, stopping at a place asked with other tickets. Nothing is
+-- notify_change would wake), in order, stopping at a place asked with other tickets or one that
+-- takes no handoff (its process asks when woken, as with migration 5's release). Nothing is
 -- granted within a promotion's grace (grace_ms: the backend's maxLeaseMs; NULL: never). Commits
 -- with synchronous_commit off when it grants nothing (a release a crash loses only leaves the
 -- grant to run out its lease), else with p_synchronous_commit (NULL: the session's), as an
@@ -247,14 +251,14 @@ BEGIN
     -- An expired grant is free (acquire deletes it the same way), and its candidate may be next.
     DELETE FROM {schema}.grants g WHERE g.resource = p_resource AND g.expires_at <= v_now;
     FOR v_place IN
-      SELECT w.candidate, w.joined, w.expires_at, w.metadata, w.tickets
+      SELECT w.candidate, w.joined, w.expires_at, w.metadata, w.tickets, w.handoff
         FROM {schema}.waiters w
        WHERE w.resource = p_resource AND w.expires_at > v_now
        ORDER BY w.joined
        LIMIT v_tickets - v_held
     LOOP
       -- Never overtaken: a place asked with other tickets stops the handing out.
-      EXIT WHEN v_place.tickets <> v_tickets;
+      EXIT WHEN v_place.tickets <> v_tickets OR NOT v_place.handoff;
       -- Larger than every earlier token of this resource, and than the database clock in
       -- microseconds, as acquire's.
       v_token := greatest(v_last + 1, floor(extract(epoch FROM v_now) * 1000000)::bigint);
@@ -278,6 +282,13 @@ BEGIN
     RETURN true;
   END IF;
   UPDATE {schema}.resources r SET last_token = v_last WHERE r.resource = p_resource;
+  -- Tickets still free (the handing out stopped at a place that asks for itself): its waiters
+  -- are woken to ask, as notify_change would.
+  v_wake := v_wake || (SELECT coalesce(jsonb_agg(l.candidate ORDER BY l.joined), '[]'::jsonb)
+    FROM (SELECT w.candidate, w.joined FROM {schema}.waiters w
+           WHERE w.resource = p_resource AND w.expires_at > v_now
+           ORDER BY w.joined
+           LIMIT greatest(v_tickets - v_held - jsonb_array_length(v_granted), 0)) l);
   -- A grant: its commit waits as an acquire's does (and its NOTIFY is delivered after that).
   PERFORM set_config('synchronous_commit', v_commit, true);
   v_payload := jsonb_build_object('resource', p_resource, 'wake', v_wake,
