@@ -211,6 +211,8 @@ DECLARE
   v_granted jsonb := '[]'::jsonb;
   v_wake jsonb := '[]'::jsonb;
   v_payload text;
+  v_seen timestamptz;
+  v_checked boolean := false;
 BEGIN
   -- Set here, not in the calling statement, so the session's setting is read first (above).
   PERFORM set_config('synchronous_commit', 'off', true);
@@ -243,13 +245,7 @@ BEGIN
     WHERE g.resource = p_resource AND g.expires_at > v_now;
 
   IF v_last IS NOT NULL AND v_tickets IS NOT NULL AND v_held < v_tickets
-     AND p_grace_ms IS NOT NULL
-     AND EXISTS (SELECT 1 FROM {schema}.waiters w
-                  WHERE w.resource = p_resource AND w.expires_at > v_now)
-     -- A promoted standby may have missed grants whose holders still run: as acquire does.
-     AND {schema}.promotion_grace_ms(p_grace_ms, v_now) = 0 THEN
-    -- An expired grant is free (acquire deletes it the same way), and its candidate may be next.
-    DELETE FROM {schema}.grants g WHERE g.resource = p_resource AND g.expires_at <= v_now;
+     AND p_grace_ms IS NOT NULL THEN
     FOR v_place IN
       SELECT w.candidate, w.joined, w.expires_at, w.metadata, w.tickets, w.handoff
         FROM {schema}.waiters w
@@ -259,6 +255,18 @@ BEGIN
     LOOP
       -- Never overtaken: a place asked with other tickets stops the handing out.
       EXIT WHEN v_place.tickets <> v_tickets OR NOT v_place.handoff;
+      IF NOT v_checked THEN
+        -- A promoted standby may have missed grants whose holders still run: as acquire does,
+        -- once, and only when a place would be granted. The timeline's sighting is read here
+        -- (current_timeline()'s expression); promotion_grace_ms records a first one and tells.
+        v_checked := true;
+        SELECT t.seen_at INTO v_seen FROM {schema}.timelines t
+          WHERE t.timeline =
+                ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint;
+        IF NOT FOUND OR v_seen + p_grace_ms * interval '1 millisecond' > v_now THEN
+          EXIT WHEN {schema}.promotion_grace_ms(p_grace_ms, v_now) > 0;
+        END IF;
+      END IF;
       -- Larger than every earlier token of this resource, and than the database clock in
       -- microseconds, as acquire's.
       v_token := greatest(v_last + 1, floor(extract(epoch FROM v_now) * 1000000)::bigint);
@@ -266,7 +274,8 @@ BEGIN
         VALUES (p_resource, v_place.candidate, v_token, v_place.expires_at, v_place.metadata,
                 v_tickets)
         ON CONFLICT (resource, candidate) DO NOTHING;
-      -- A candidate that holds already stands in no line; should it, it keeps its grant.
+      -- A candidate that holds already stands in no line; should it (or an expired grant of it
+      -- be left, which acquire deletes), it is woken to ask below.
       EXIT WHEN NOT FOUND;
       DELETE FROM {schema}.waiters w
         WHERE w.resource = p_resource AND w.candidate = v_place.candidate;
@@ -284,11 +293,13 @@ BEGIN
   UPDATE {schema}.resources r SET last_token = v_last WHERE r.resource = p_resource;
   -- Tickets still free (the handing out stopped at a place that asks for itself): its waiters
   -- are woken to ask, as notify_change would.
-  v_wake := v_wake || (SELECT coalesce(jsonb_agg(l.candidate ORDER BY l.joined), '[]'::jsonb)
-    FROM (SELECT w.candidate, w.joined FROM {schema}.waiters w
-           WHERE w.resource = p_resource AND w.expires_at > v_now
-           ORDER BY w.joined
-           LIMIT greatest(v_tickets - v_held - jsonb_array_length(v_granted), 0)) l);
+  IF jsonb_array_length(v_granted) < v_tickets - v_held THEN
+    v_wake := v_wake || (SELECT coalesce(jsonb_agg(l.candidate ORDER BY l.joined), '[]'::jsonb)
+      FROM (SELECT w.candidate, w.joined FROM {schema}.waiters w
+             WHERE w.resource = p_resource AND w.expires_at > v_now
+             ORDER BY w.joined
+             LIMIT greatest(v_tickets - v_held - jsonb_array_length(v_granted), 0)) l);
+  END IF;
   -- A grant: its commit waits as an acquire's does (and its NOTIFY is delivered after that).
   PERFORM set_config('synchronous_commit', v_commit, true);
   v_payload := jsonb_build_object('resource', p_resource, 'wake', v_wake,
