@@ -127,9 +127,17 @@ export interface WatchChange {
    */
   wake?: string[]
   /**
+   * Grants the change itself made to waiters in line (a release handing its freed ticket to the
+   * next in line, on backends that do). A backend names a grant here only to the process whose
+   * refused, queued acquire placed that candidate in line, and only when the grant lasts at least
+   * the candidate's lease from the moment that acquire was sent: so the waiter may hold it at
+   * once, with that deadline, without asking again (it renews it as any grant). Absent: none.
+   */
+  granted?: { candidate: string; token: number }[]
+  /**
    * Grants the change ended: their records are gone (a release, an operator's delete, a lease
    * the server revoked). The holder of one ends its term on this alone, with no round trip
-   * more: a waiter granted by the same change is one round trip away from its grant. Absent:
+   * more, so it steps down before a waiter woken by the same change can have asked. Absent:
    * unknown (the holder reads the holders to find out). Only ever names grants that are gone.
    */
   ended?: EndedGrant[]

@@ -401,9 +401,18 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     let needWatch = false
     let attempt = 0
     let won: Term | undefined
+    // A grant a release made for this candidate's place in line (WatchChange.granted): it
+    // lasts at least the lease from placedAt, the send time of the refused ask that queued it,
+    // so it is held from there without asking again. One pushed while an ask is out is left to
+    // that ask's answer (or the next ask, which finds the grant and extends it).
+    let asking = false
+    let placedAt: number | undefined
+    let handed: number | undefined
     const onChange = (change?: WatchChange) => {
       // First come, first served: a change that names whom it wakes concerns only them.
       if (change?.wake && !change.wake.includes(this.id)) return
+      const grant = change?.granted?.find((g) => g.candidate === this.id)
+      if (grant && !asking && placedAt !== undefined) handed = grant.token
       woken = true
       wake?.()
     }
@@ -425,9 +434,20 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           if (this.#mustWithdraw) {
             // An earlier term's release failed, so its grant may live on; asking now would
             // hand that old grant (and its token) to a new term.
+            handed = undefined // the withdrawal took any grant made for the place
             await this.backend.release({ resource: this.resource, candidate: this.id })
             this.#mustWithdraw = false
             signal.throwIfAborted()
+          }
+          if (handed !== undefined && placedAt !== undefined) {
+            const token = handed
+            const deadline = placedAt + leaseMs - marginMs
+            handed = undefined
+            if (this.#clock.now() < deadline) {
+              place.leave() // the grant took the place
+              return (won = this.#startTerm(token, deadline))
+            }
+            // Too late to count from that ask: ask again (it finds the grant and extends it).
           }
           if (needWatch) {
             unwatch ??= await this.backend.watch(this.resource, onChange)
@@ -435,14 +455,18 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           }
           woken = false
           const sentAt = this.#clock.now()
-          const result = await this.backend.acquire({
-            resource: this.resource,
-            candidate: this.id,
-            tickets,
-            leaseMs,
-            metadata,
-          })
+          asking = true
+          const result = await this.backend
+            .acquire({
+              resource: this.resource,
+              candidate: this.id,
+              tickets,
+              leaseMs,
+              metadata,
+            })
+            .finally(() => (asking = false))
           attempt = 0
+          handed = undefined
           if (result.acquired) {
             place.leave() // the grant took the place
             const deadline = sentAt + leaseMs - marginMs
@@ -458,7 +482,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           }
           if (once) return undefined
           if (result.ahead === undefined) place.leave()
-          else place.join()
+          else {
+            place.join()
+            placedAt = sentAt
+          }
           if (!unwatch) {
             needWatch = true
             continue

@@ -207,18 +207,19 @@ export function postgresUpsertBaseline(target: PostgresTarget): Subject {
       client.on('error', () => {})
       await client.connect()
       await client.query(
-        'CREATE TABLE IF NOT EXISTS bench_baseline (k text PRIMARY KEY, v bigint NOT NULL)',
+        // Its own table: the 'baseline: upsert' subject's bench_baseline has a timestamptz v.
+        'CREATE TABLE IF NOT EXISTS bench_upsert (k text PRIMARY KEY, v bigint NOT NULL)',
       )
       let n = 0
       return {
         async acquire(resource) {
           await client.query(
-            `INSERT INTO bench_baseline (k, v) VALUES ($1, $2)
+            `INSERT INTO bench_upsert (k, v) VALUES ($1, $2)
                ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v`,
             [resource, ++n],
           )
           return async () =>
-            void (await client.query('DELETE FROM bench_baseline WHERE k = $1', [resource]))
+            void (await client.query('DELETE FROM bench_upsert WHERE k = $1', [resource]))
         },
         close: () => client.end(),
       }

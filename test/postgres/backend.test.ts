@@ -264,7 +264,15 @@ describe('migrations', () => {
         WHERE n.nspname = $1 AND p.proname = 'acquire' ORDER BY p.pronargs`,
       [upgraded],
     )
-    expect(rows.map((r) => r.args)).toEqual([5, 6]) // its input arguments
+    expect(rows.map((r) => r.args)).toEqual([5, 6, 7]) // its input arguments
+    // The older release (three arguments) stays beside migration 7's.
+    const releases = await admin.query<{ args: number }>(
+      `SELECT p.pronargs AS args FROM pg_proc p
+         JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = $1 AND p.proname = 'release' ORDER BY p.pronargs`,
+      [upgraded],
+    )
+    expect(releases.rows.map((r) => r.args)).toEqual([3, 5])
 
     // The older process and this one stand in the same line, in the order they asked.
     expect(await older('c')).toEqual({ granted: false, ahead: 1 })

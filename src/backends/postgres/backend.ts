@@ -48,7 +48,7 @@ import {
   validateSynchronousCommit,
 } from './options.js'
 import { type ClientClass, poolQuery, serverAddress } from './pool.js'
-import { Listener } from './wakeups.js'
+import { Listener, type PlacedChange } from './wakeups.js'
 import {
   type RecordRow,
   recordStatements,
@@ -68,6 +68,8 @@ interface AcquireRow {
   held_tickets: number | null
   /** Not granted: the live places in line before the candidate's (migration 5). */
   ahead: number | null
+  /** Not granted, queued: the number of the candidate's place (migration 7). */
+  place: string | null
 }
 
 /** A row holders.sql returns. */
@@ -101,6 +103,11 @@ export class PostgresBackend implements Backend {
   readonly #gate = new CloseGate('postgres')
   #migrated: Promise<void> | undefined
   #recordSql: RecordStatements | undefined
+  /**
+   * The place each queued candidate of this backend last took (resource, newline, candidate):
+   * a release's grant for that place is this process's to hold (watch passes it on).
+   */
+  readonly #places = new Map<string, number>()
 
   /** Use postgresBackend(options). `pool` is made by the factory when a connectionString is given. */
   constructor(
@@ -158,6 +165,8 @@ export class PostgresBackend implements Backend {
         this.#synchronousCommit,
         // The grace after a promotion covers the longest lease of any candidate, not this one's.
         this.maxLeaseMs,
+        // A release may grant the place only if a watcher here hears of it (migration 7).
+        this.#listener.hears(request.resource),
       ],
       `acquire of "${request.resource}"`,
     )
@@ -165,6 +174,10 @@ export class PostgresBackend implements Backend {
     if (row.held_tickets !== null && row.held_tickets !== undefined) {
       throw new TicketsMismatchError(request.resource, request.tickets, Number(row.held_tickets))
     }
+    const placeKey = `${request.resource}\n${request.candidate}`
+    if (!row.granted && row.place !== null && row.place !== undefined)
+      this.#places.set(placeKey, Number(row.place))
+    else this.#places.delete(placeKey)
     const holders: Holder[] = row.holder_list.map((h) => ({
       candidate: h.candidate,
       token: toToken(h.token, 'acquire'),
@@ -232,9 +245,18 @@ export class PostgresBackend implements Backend {
   async release(request: ReleaseRequest): Promise<void> {
     this.#checkOpen()
     validateRelease(request)
+    if (request.token === undefined || request.token === null)
+      this.#places.delete(`${request.resource}\n${request.candidate}`)
     await this.#query(
       this.#sql.release,
-      [request.resource, request.candidate, request.token ?? null],
+      [
+        request.resource,
+        request.candidate,
+        request.token ?? null,
+        this.#synchronousCommit,
+        // A release hands the freed ticket on, but not within a promotion's grace.
+        this.maxLeaseMs,
+      ],
       `release of "${request.resource}"`,
     )
   }
@@ -277,7 +299,7 @@ export class PostgresBackend implements Backend {
       throw new OptionsError('onChange', onChange, 'watch() takes a function to call on changes.')
     }
     // Registered before LISTEN completes, so nothing pushed after that point is missed.
-    const remove = this.#listener.add(resource, (change) => onChange(change))
+    const remove = this.#listener.add(resource, (change) => onChange(this.#ours(resource, change)))
     try {
       await this.#listener.ready()
     } catch (error) {
@@ -286,6 +308,19 @@ export class PostgresBackend implements Backend {
       throw error
     }
     return unwatchOnce(remove)
+  }
+
+  /**
+   * A change as its watchers see it: of the grants a release made, only those for the place
+   * this backend's acquire last took for its candidate (a grant for an older place, say of a
+   * campaign since withdrawn, was not made for the ask the waiter now counts from).
+   */
+  #ours(resource: string, change: PlacedChange | undefined): WatchChange | undefined {
+    if (!change?.granted) return change
+    const granted = change.granted
+      .filter((g) => this.#places.get(`${resource}\n${g.candidate}`) === g.place)
+      .map((g) => ({ candidate: g.candidate, token: g.token }))
+    return granted.length ? { wake: change.wake, granted } : { wake: change.wake }
   }
 
   /** Registers a hook close() runs and awaits before it gives anything up (the Backend contract). */

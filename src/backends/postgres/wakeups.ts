@@ -14,7 +14,7 @@ import { postgresLabel } from './pool.js'
 
 /** The LISTEN connection of one backend and the watchers it wakes. */
 export class Listener {
-  readonly #watchers = new Map<string, Set<(change?: WatchChange) => void>>()
+  readonly #watchers = new Map<string, Set<(change?: PlacedChange) => void>>()
   #client: Client | undefined
   #listening = false
   #connecting: Promise<void> | undefined
@@ -41,8 +41,13 @@ export class Listener {
     return this.#listening
   }
 
+  /** Whether LISTEN is active now and `resource` has a watcher here (who hears its NOTIFY). */
+  hears(resource: string): boolean {
+    return this.#listening && this.#watchers.has(resource)
+  }
+
   /** Adds a watcher of `resource`; returns the function that removes it. */
-  add(resource: string, fn: (change?: WatchChange) => void): () => void {
+  add(resource: string, fn: (change?: PlacedChange) => void): () => void {
     let set = this.#watchers.get(resource)
     if (!set) this.#watchers.set(resource, (set = new Set()))
     set.add(fn)
@@ -173,7 +178,7 @@ export class Listener {
     this.#heartbeatTimer = undefined
   }
 
-  #wake(resource: string, change: WatchChange | undefined): void {
+  #wake(resource: string, change: PlacedChange | undefined): void {
     const set = this.#watchers.get(resource)
     if (!set) return
     if (!change) return fanOut(set)
@@ -181,7 +186,10 @@ export class Listener {
       queueMicrotask(() => {
         try {
           // Each its own copy: a watcher that edits the list does not change another's.
-          fn({ wake: [...change.wake!] })
+          fn({
+            wake: [...change.wake!],
+            ...(change.granted ? { granted: change.granted.map((g) => ({ ...g })) } : {}),
+          })
         } catch {
           // The others still hear of the change.
         }
@@ -199,17 +207,47 @@ export class Listener {
  * NOTIFY: unknown, every waiter asks again), or notify_change's JSON (never a resource: no
  * resource name has a brace). JSON that does not read as ours counts as unknown.
  */
-export function parsePayload(payload: string): { resource: string; change?: WatchChange } {
+export function parsePayload(payload: string): { resource: string; change?: PlacedChange } {
   if (payload.charCodeAt(0) !== 123 /* { */) return { resource: payload }
   try {
-    const { resource, wake } = JSON.parse(payload) as { resource?: unknown; wake?: unknown }
+    const { resource, wake, granted } = JSON.parse(payload) as {
+      resource?: unknown
+      wake?: unknown
+      granted?: unknown
+    }
     if (typeof resource !== 'string') return { resource: '' }
-    if (Array.isArray(wake) && wake.every((id) => typeof id === 'string'))
-      return { resource, change: { wake } }
-    return { resource }
+    if (!Array.isArray(wake) || !wake.every((id) => typeof id === 'string')) return { resource }
+    // Migration 7's release: the grants it made, each naming the place it was made for. One
+    // that does not read as ours is left out (its candidate is in `wake`: it asks again).
+    const grants = Array.isArray(granted) ? granted.filter(isPlacedGrant) : []
+    return { resource, change: grants.length ? { wake, granted: grants } : { wake } }
   } catch {
     return { resource: '' }
   }
+}
+
+/** A grant a release made, as its NOTIFY names it: for the place numbered `place`. */
+export interface PlacedGrant {
+  candidate: string
+  token: number
+  place: number
+}
+
+/** A change as the LISTEN connection reads it: grants still name their places. */
+export interface PlacedChange extends Omit<WatchChange, 'granted'> {
+  granted?: PlacedGrant[]
+}
+
+function isPlacedGrant(value: unknown): value is PlacedGrant {
+  const g = value as Partial<PlacedGrant> | null
+  return (
+    typeof g === 'object' &&
+    g !== null &&
+    typeof g.candidate === 'string' &&
+    Number.isSafeInteger(g.token) &&
+    g.token! > 0 &&
+    Number.isSafeInteger(g.place)
+  )
 }
 
 /** Ends a client at once, without waiting for the server (whose path may be hung). */

@@ -6,6 +6,7 @@ import m3 from './003_promotion_grace.sql.js'
 import m4 from './004_records.sql.js'
 import m5 from './005_waiters.sql.js'
 import m6 from './006_grace_length.sql.js'
+import m7 from './007_release_grants.sql.js'
 
 /** The migrations in version order: each one's version, name and text. */
 const migrations: readonly { version: number; name: string; text: string }[] = [
@@ -15,5 +16,6 @@ const migrations: readonly { version: number; name: string; text: string }[] = [
   { version: 4, name: 'records', text: m4 },
   { version: 5, name: 'waiters', text: m5 },
   { version: 6, name: 'grace_length', text: m6 },
+  { version: 7, name: 'release_grants', text: m7 },
 ]
 export default migrations
