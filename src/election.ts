@@ -402,8 +402,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     let attempt = 0
     let won: Term | undefined
     // A grant a release made for this candidate's place in line (WatchChange.granted): it
-    // lasts at least the lease from placedAt, the send time of the refused ask that queued it,
-    // so it is held from there without asking again. One pushed while an ask is out is left to
+    // lasts at least the lease from placedAt, the send time of the refused ask that queued it
+    // or of the last queued renewal that kept the place, so it is held from there without
+    // asking again. One pushed while an ask is out is left to
     // that ask's answer (or the next ask, which finds the grant and extends it).
     let asking = false
     let placedAt: number | undefined
@@ -417,10 +418,17 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       wake?.()
     }
     // A refused ask took a place in the resource's line: the renewal batch keeps it.
-    const place = this.#queuedMember(signal, () => {
-      woken = true
-      wake?.()
-    })
+    const place = this.#queuedMember(
+      signal,
+      () => {
+        woken = true
+        wake?.()
+      },
+      // A kept place lives a fresh lease from the keep: so does a grant made for it.
+      (sentAt) => {
+        if (placedAt !== undefined) placedAt = Math.max(placedAt, sentAt)
+      },
+    )
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
     const keepAlive = setInterval(() => {}, 2 ** 30)
@@ -538,6 +546,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   #queuedMember(
     signal: AbortSignal,
     askAgain: () => void,
+    kept: (sentAt: number) => void,
   ): { readonly joined: boolean; join(): void; leave(): void } {
     const { leaseMs, renewMs, retryMs } = this.options
     let leave: (() => void) | undefined
@@ -553,8 +562,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       get ended() {
         return leave === undefined || signal.aborted
       },
-      renewed: () => {
+      renewed: (sentAt) => {
         failures = 0
+        kept(sentAt)
       },
       lost: () => {
         if (signal.aborted) return
