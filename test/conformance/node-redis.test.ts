@@ -48,10 +48,13 @@ const CLIENT_PATHS = new Set([
   'keeps records: a fenced compare-and-set per (resource, key), and a wall clock',
 ])
 
+// NODE_REDIS_ALL=1 runs the whole suite on v5 and v4 too (before a release, after an adapter change).
+const subset = process.env.NODE_REDIS_ALL === '1' ? undefined : CLIENT_PATHS
+
 const versions = {
   'node-redis v6': { make: () => createClient6({ url: server.url }), only: undefined },
-  'node-redis v5': { make: () => createClient5({ url: server.url }), only: CLIENT_PATHS },
-  'node-redis v4': { make: () => createClient4({ url: server.url }), only: CLIENT_PATHS },
+  'node-redis v5': { make: () => createClient5({ url: server.url }), only: subset },
+  'node-redis v4': { make: () => createClient4({ url: server.url }), only: subset },
 }
 
 const offered = new Set<string>()
@@ -75,5 +78,6 @@ for (const [name, { make, only }] of Object.entries(versions)) {
 
 // A renamed case would drop out of the v5/v4 runs silently: every listed title must exist.
 it('names only cases the suite has in CLIENT_PATHS', () => {
+  if (subset === undefined) return
   expect([...CLIENT_PATHS].filter((title) => !offered.has(title))).toEqual([])
 })
