@@ -24,4 +24,4 @@ it('TypeDoc documents every export of every entry point, with no warning', async
   // One line per undocumented export, if any.
   expect(result.output.split('\n').filter((line) => /warning|error/i.test(line))).toEqual([])
   expect(result.failed).toBe(false)
-}, 600_000) // a hang guard: a busy machine (or the other pure file beside it) slows TypeDoc
+}, 300_000)

@@ -122,5 +122,5 @@ describe.each([
 ] as const)('under %s resolution', (_, options) => {
   it('every TypeScript block of README.md and docs/*.md type-checks (strict)', () => {
     expect(diagnostics(options)).toEqual([])
-  }, 300_000) // a hang guard: a busy machine (or the other pure file beside it) slows tsc
+  }, 120_000)
 })
