@@ -18,6 +18,11 @@ export class TermState {
   readonly term: Term
   resolveEnded!: (reason: TermEndReason) => void
   readonly ended: Promise<TermEndReason>
+  /**
+   * The election's own clean-ups (leave the renewal batch, stop the grant's watch), run once as
+   * the term ends, just before its signal fires: plain calls, not listeners on the signal.
+   */
+  readonly cleanups: (() => void)[] = []
 
   constructor(
     readonly owner: TermOwner,
