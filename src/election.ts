@@ -377,7 +377,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // The election's own clean-ups, then the term's signal: the work steps down before
     // anything else runs.
     for (const cleanup of state.cleanups.splice(0)) cleanup()
-    state.controller.abort(endedError(this.resource, state.term.token, reason))
+    state.abort(() => endedError(this.resource, state.term.token, reason))
     if ((reason === 'lost' || reason === 'expired') && tracing('lost'))
       publish('lost', {
         resource: this.resource,

@@ -150,12 +150,16 @@ export class Wakeups {
   }
 
   /**
-   * The Backend contract's watch (the resource already validated): resolves once the server
-   * confirmed the SUBSCRIBE, so a release after that is never missed.
+   * The Backend contract's watch (the resource already validated; `name`, its channel, when the
+   * caller has it): resolves once the server confirmed the SUBSCRIBE, so a release after that
+   * is never missed.
    */
-  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
+  async watch(
+    resource: string,
+    onChange: (change?: WatchChange) => void,
+    name = resourceKeys(this.#settings.prefix, resource).channel,
+  ): Promise<Unwatch> {
     const { prefix, connection, gate } = this.#settings
-    const name = resourceKeys(prefix, resource).channel
     gate.check()
     const slot = connection.cluster ? keySlot(resource) : undefined
     if (!this.#channels.has(name) && slot !== undefined) await this.#knowSlot(slot)
