@@ -519,10 +519,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * waits: `renewed` keeps nothing but the place; `lost` (no place, or a ticket is free for it)
    * calls `askAgain`; an unknown outcome is reported and asks again after a backoff.
    */
-  #queuedMember(
-    signal: AbortSignal,
-    askAgain: () => void,
-  ): QueuedPlace {
+  #queuedMember(signal: AbortSignal, askAgain: () => void): QueuedPlace {
     const { leaseMs, renewMs, retryMs } = this.options
     let leave: (() => void) | undefined
     let retry: ReturnType<Clock['setTimeout']> | undefined

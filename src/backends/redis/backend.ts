@@ -362,10 +362,7 @@ export class RedisBackend implements Backend {
     this.#gate.check()
     validateResource(resource)
     const { keys, release } = this.#keysOf(resource)
-    const reply = await this.#run('holders', SCRIPTS.holders, [
-      release,
-      [keys.channel],
-    ])
+    const reply = await this.#run('holders', SCRIPTS.holders, [release, [keys.channel]])
     return parseHolders(asArray(reply, 'holders'), 0)
   }
 
