@@ -66,6 +66,13 @@ export interface ElectionEvents {
   error: [error: Error]
 }
 
+/** A waiting campaign's place in line, kept by the renewal batch while it is joined. */
+interface QueuedPlace {
+  readonly joined: boolean
+  join(): void
+  leave(): void
+}
+
 /** Which election's work (run callback) the current async context belongs to. */
 const workContext = new AsyncLocalStorage<Election>()
 
@@ -367,8 +374,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       if (this.#current === state) this.#current = undefined
       state.resolveEnded(reason)
     })()
-    // The term's signal fires first: the work steps down before anything else runs.
-    state.controller.abort(new LeadershipLostError(this.resource, state.term.token, reason))
+    // The election's own clean-ups, then the term's signal: the work steps down before
+    // anything else runs.
+    for (const cleanup of state.cleanups.splice(0)) cleanup()
+    state.abort(() => endedError(this.resource, state.term.token, reason))
     if ((reason === 'lost' || reason === 'expired') && tracing('lost'))
       publish('lost', {
         resource: this.resource,
@@ -417,21 +426,12 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       woken = true
       wake?.()
     }
-    // A refused ask took a place in the resource's line: the renewal batch keeps it.
-    const place = this.#queuedMember(
-      signal,
-      () => {
-        woken = true
-        wake?.()
-      },
-      // A kept place lives a fresh lease from the keep: so does a grant made for it.
-      (sentAt) => {
-        if (placedAt !== undefined) placedAt = Math.max(placedAt, sentAt)
-      },
-    )
+    // A refused ask took a place in the resource's line: the renewal batch keeps it. Made at
+    // the first refusal (most campaigns win at their first ask).
+    let place: QueuedPlace | undefined
     // Someone awaits this campaign: keep the process alive until it ends (all other timers
     // are unref'd, so an idle or merely holding election never keeps a process up).
-    const keepAlive = setInterval(() => {}, 2 ** 30)
+    holdProcess()
     if (tracing('campaign'))
       publish('campaign', { resource: this.resource, candidate: this.id, tickets, leaseMs })
     try {
@@ -452,7 +452,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             const deadline = placedAt + leaseMs - marginMs
             handed = undefined
             if (this.#clock.now() < deadline) {
-              place.leave() // the grant took the place
+              place?.leave() // the grant took the place
               return (won = this.#startTerm(token, deadline))
             }
             // Too late to count from that ask: ask again (it finds the grant and extends it).
@@ -476,7 +476,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           attempt = 0
           handed = undefined
           if (result.acquired) {
-            place.leave() // the grant took the place
+            place?.leave() // the grant took the place
             const deadline = sentAt + leaseMs - marginMs
             // Aborted meanwhile: the withdrawal on the way out hands the grant back.
             signal.throwIfAborted()
@@ -489,6 +489,17 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             return (won = this.#startTerm(result.token, deadline))
           }
           if (once) return undefined
+          place ??= this.#queuedMember(
+            signal,
+            () => {
+              woken = true
+              wake?.()
+            },
+            // A kept place lives a fresh lease from the keep: so does a grant made for it.
+            (sentAt) => {
+              if (placedAt !== undefined) placedAt = Math.max(placedAt, sentAt)
+            },
+          )
           if (result.ahead === undefined) place.leave()
           else {
             place.join()
@@ -516,10 +527,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         if (!woken) await waitForWake(this.#clock, waitMs, signal, (fn) => (wake = fn))
       }
     } finally {
-      clearInterval(keepAlive)
+      releaseProcess()
       wake = undefined
-      const queued = place.joined
-      place.leave()
+      const queued = place?.joined ?? false
+      place?.leave()
       if (unwatch) await unwatch().catch((error: unknown) => this.#report(error))
       // Withdraw a queued entry (or a grant whose answer we never saw) on the way out. A term
       // won is never withdrawn here, even if the abort came meanwhile: it is resigned (signal
@@ -547,7 +558,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     signal: AbortSignal,
     askAgain: () => void,
     kept: (sentAt: number) => void,
-  ): { readonly joined: boolean; join(): void; leave(): void } {
+  ): QueuedPlace {
     const { leaseMs, renewMs, retryMs } = this.options
     let leave: (() => void) | undefined
     let retry: ReturnType<Clock['setTimeout']> | undefined
@@ -647,7 +658,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       },
     }
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
-    state.controller.signal.addEventListener('abort', leave, { once: true })
+    state.cleanups.push(leave)
     void this.#watchGrant(state)
     if (tracing('elected'))
       publish('elected', { resource: this.resource, candidate: this.id, token, leaseMs })
@@ -700,8 +711,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       return
     }
     const stop = () => void unwatch().catch(() => {})
-    if (state.controller.signal.aborted) stop()
-    else state.controller.signal.addEventListener('abort', stop, { once: true })
+    if (state.endReason) stop()
+    else state.cleanups.push(stop)
   }
 
   /** Releases the grant with `token`; false when that failed (reported). */
@@ -809,6 +820,36 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       )
     }
   }
+}
+
+/**
+ * The reason of an ended term's signal. Made without stack frames: they would only show this
+ * file's end() (never the caller's code), and capturing them is most of what ending costs.
+ */
+function endedError(resource: string, token: number, reason: TermEndReason): LeadershipLostError {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  try {
+    return new LeadershipLostError(resource, token, reason)
+  } finally {
+    Error.stackTraceLimit = limit
+  }
+}
+
+/**
+ * One interval shared by every campaign of the process, ref'd while any campaign runs: what
+ * keeps the process up while someone awaits a campaign (a ref/unref per campaign, not a timer).
+ */
+let keepAlive: ReturnType<typeof setInterval> | undefined
+let campaigning = 0
+
+function holdProcess(): void {
+  keepAlive ??= setInterval(() => {}, 2 ** 30)
+  if (campaigning++ === 0) keepAlive.ref()
+}
+
+function releaseProcess(): void {
+  if (--campaigning === 0) keepAlive?.unref()
 }
 
 /** Waits `ms`, or until `setWake`'s function is called, or rejects when `signal` aborts. */

@@ -13,8 +13,11 @@ export interface CombinedSignal {
 
 /** Combines `signals` (undefined entries are skipped); see CombinedSignal. */
 export function anySignal(signals: readonly (AbortSignal | undefined)[]): CombinedSignal {
-  const controller = new AbortController()
   const sources = signals.filter((s): s is AbortSignal => s !== undefined)
+  // One source is its own combination: no controller, no listener (a campaign without a signal
+  // of its own runs on the election's close signal alone, once per acquire).
+  if (sources.length === 1) return { signal: sources[0]!, dispose: noop }
+  const controller = new AbortController()
   const onAbort = (event: Event) => {
     dispose()
     controller.abort((event.target as AbortSignal).reason)
@@ -27,3 +30,5 @@ export function anySignal(signals: readonly (AbortSignal | undefined)[]): Combin
   else for (const source of sources) source.addEventListener('abort', onAbort)
   return { signal: controller.signal, dispose }
 }
+
+function noop(): void {}

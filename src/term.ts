@@ -8,16 +8,28 @@ export interface TermOwner {
   end(state: TermState, reason: TermEndReason): Promise<void>
 }
 
-/** @internal The election's private view of a term: mutable deadline, timer, controller. */
+/** @internal The election's private view of a term: mutable deadline, timer, signal. */
 export class TermState {
   deadline: number
   endReason: TermEndReason | undefined
   timer: ClockTimer | undefined
   endPromise: Promise<void> | undefined
-  readonly controller = new AbortController()
+  /**
+   * The term's signal, made when first asked for (Node's AbortSignal is costly to make and to
+   * fire): a term whose signal nobody took ends without one, and a signal first asked for after
+   * the end is made aborted, with the same reason.
+   */
+  #controller: AbortController | undefined
+  /** Why the term ended (the signal's reason), made when first needed. */
+  #reason: (() => Error) | Error | undefined
   readonly term: Term
   resolveEnded!: (reason: TermEndReason) => void
   readonly ended: Promise<TermEndReason>
+  /**
+   * The election's own clean-ups (leave the renewal batch, stop the grant's watch), run once as
+   * the term ends, just before its signal fires: plain calls, not listeners on the signal.
+   */
+  readonly cleanups: (() => void)[] = []
 
   constructor(
     readonly owner: TermOwner,
@@ -34,6 +46,28 @@ export class TermState {
     this.deadline = init.deadline
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve))
     this.term = new Term(this, init)
+  }
+
+  /** The term's signal (see #controller). */
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController()
+      if (this.#reason !== undefined) this.#controller.abort(this.reason)
+    }
+    return this.#controller.signal
+  }
+
+  /** The ended term's reason (undefined while it lasts); `abort` says how to make it. */
+  get reason(): Error | undefined {
+    if (typeof this.#reason === 'function') this.#reason = this.#reason()
+    return this.#reason
+  }
+
+  /** Fires the signal, if anyone took it, with the reason `make` makes (once, when needed). */
+  abort(make: () => Error): void {
+    if (this.#reason !== undefined) return
+    this.#reason = make
+    this.#controller?.abort(this.reason)
   }
 
   /** Reads the monotonic clock: a term past its deadline ends now, even if its timer is late. */
@@ -59,7 +93,6 @@ export class Term implements AsyncDisposable {
   readonly token: number
   readonly leaseMs: number
   readonly metadata: Json
-  readonly signal: AbortSignal
   /** Resolves with the reason once the term ended and its grant was released. */
   readonly ended: Promise<TermEndReason>
   readonly #state: TermState
@@ -75,8 +108,12 @@ export class Term implements AsyncDisposable {
     this.token = init.token
     this.leaseMs = init.leaseMs
     this.metadata = init.metadata
-    this.signal = state.controller.signal
     this.ended = state.ended
+  }
+
+  /** Aborts (with a LeadershipLostError) the moment the term ends. */
+  get signal(): AbortSignal {
+    return this.#state.signal
   }
 
   /** The monotonic instant (the election clock's `now()`) at which the term ends unless renewed. */
@@ -102,8 +139,9 @@ export class Term implements AsyncDisposable {
   /** Throws a LeadershipLostError if the term has ended: call it before each side effect. */
   assertActive(): void {
     if (!this.active) {
-      throw this.signal.reason instanceof LeadershipLostError
-        ? this.signal.reason
+      const reason = this.#state.reason
+      throw reason instanceof LeadershipLostError
+        ? reason
         : new LeadershipLostError(this.resource, this.token, this.#state.endReason ?? 'expired')
     }
   }

@@ -24,21 +24,32 @@ const COUNTED = new Set(['acquire', 'renew', 'release', 'holders', 'watch'])
 
 /** `inner` with each call counted in `calls` and each renew call's duration added to `rounds`. */
 function instrument(inner: Backend, calls: { n: number }, rounds: number[]): Backend {
+  // Each method wrapped once, not at every call: the counting must not add to what is timed.
+  const wrapped = new Map<PropertyKey, { of: unknown; fn: unknown }>()
   return new Proxy(inner, {
     get(target, property) {
       // Read on the backend itself: its getters and methods use private fields.
       const value = Reflect.get(target, property) as unknown
       if (typeof value !== 'function') return value
+      const known = wrapped.get(property)
+      if (known?.of === value) return known.fn
       const method = (value as (...args: unknown[]) => unknown).bind(target)
-      if (!COUNTED.has(String(property))) return method
-      return async (...args: unknown[]) => {
-        calls.n++
-        if (property !== 'renew') return method(...args)
-        const t0 = performance.now()
-        const result = await method(...args)
-        rounds.push(performance.now() - t0)
-        return result
-      }
+      const fn = !COUNTED.has(String(property))
+        ? method
+        : property !== 'renew'
+          ? (...args: unknown[]) => {
+              calls.n++
+              return method(...args)
+            }
+          : async (...args: unknown[]) => {
+              calls.n++
+              const t0 = performance.now()
+              const result = await method(...args)
+              rounds.push(performance.now() - t0)
+              return result
+            }
+      wrapped.set(property, { of: value, fn })
+      return fn
     },
   })
 }

@@ -99,13 +99,24 @@ export function withDeadline<T>(
   ms: number,
   onTimeout: () => Error,
 ): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(onTimeout()), ms)
+  // One promise and one timer per call (every backend call comes here): `promise` is observed
+  // by the then() below, so a late rejection never goes unhandled, and settling twice is a no-op.
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), ms)
     timer.unref()
+    promise.then(
+      (value) => {
+        clearTimeout(timer)
+        resolve(value)
+      },
+      (error: unknown) => {
+        clearTimeout(timer)
+        // Passed on as it came, as Promise.race did: it is the caller's to wrap.
+        // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
+        reject(error)
+      },
+    )
   })
-  // Promise.race observes both, so neither a late rejection nor the timeout goes unhandled.
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
 // --- watchers --------------------------------------------------------------------------------

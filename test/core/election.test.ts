@@ -204,6 +204,31 @@ describe('election core timing', () => {
     await election.close()
   })
 
+  it('gives a term whose signal was first asked for after it ended an aborted signal, with one reason', async () => {
+    const { election } = setup()
+    const term = await election.campaign()
+    await term.resign()
+    // Nobody took the signal while the term lasted: it is made now, already aborted.
+    expect(term.signal.aborted).toBe(true)
+    const reason = term.signal.reason as LeadershipLostError
+    expect(reason).toBeInstanceOf(LeadershipLostError)
+    expect(reason.reason).toBe('resigned')
+    expect(reason.token).toBe(term.token)
+    expect(term.signal).toBe(term.signal)
+    expect(() => term.assertActive()).toThrow(reason)
+    // A signal taken while the term lasted fires at its end, with the same kind of reason.
+    const next = await election.campaign()
+    const signal = next.signal
+    const fired: unknown[] = []
+    signal.addEventListener('abort', () => fired.push(signal.reason))
+    expect(signal.aborted).toBe(false)
+    await next.resign()
+    expect(fired).toHaveLength(1)
+    expect((fired[0] as LeadershipLostError).reason).toBe('resigned')
+    expect(() => next.assertActive()).toThrow(fired[0] as Error)
+    await election.close()
+  })
+
   it('warns once instead of throwing when an error has no listener', async () => {
     const clock = new ManualClock()
     const backend = new Faulty(new MemoryBackend({ clock }))

@@ -43,7 +43,7 @@ import {
 } from '../../validate.js'
 import type { Cluster } from 'ioredis'
 import { CloseGate, requirePeer, withDeadline } from '../kit.js'
-import { keySlot, resourceKeys, TOKEN_TTL_MS } from './layout.js'
+import { keySlot, type ResourceKeys, resourceKeys, TOKEN_TTL_MS } from './layout.js'
 import { connectionOf, type RedisConnection } from './client.js'
 import { OWNED_CLIENT_DEFAULTS, type RedisBackendOptions, resolveRedisOptions } from './options.js'
 import {
@@ -63,6 +63,18 @@ import waitersLua from './scripts/waiters.lua.js'
 import { checkEviction } from './eviction.js'
 import { Wakeups } from './wakeups.js'
 import { parseRecordReply, parseTime, parseWriteReply, recordKey, WRITE_RECORD } from './records.js'
+
+/** Resources whose key lists a backend keeps made (see #keysOf); past it, the cache starts over. */
+const KEY_CACHE_SIZE = 10_000
+
+/** A resource's keys as the scripts take them, made once per resource (acquire runs often). */
+interface ScriptKeys {
+  readonly keys: ResourceKeys
+  /** acquire.lua's KEYS. */
+  readonly acquire: readonly string[]
+  /** release.lua's and holders.lua's KEYS. */
+  readonly release: readonly string[]
+}
 
 /** Grants renewed by one script call (a call runs alone on the server: keep each one short). */
 const RENEW_BATCH = 1_000
@@ -112,6 +124,8 @@ export class RedisBackend implements Backend {
   readonly #wakeups: Wakeups
   /** maxmemory-policy was read (or refused), or is being read: not asked again. */
   #evictionChecked = false
+  /** Per resource (validated), its keys as the scripts take them. */
+  readonly #keyCache = new Map<string, ScriptKeys>()
 
   /** Checks every option first (see options.ts); makes a client only for `{ url }`. */
   constructor(options: RedisBackendOptions) {
@@ -174,7 +188,7 @@ export class RedisBackend implements Backend {
     validateAcquire(request)
     checkLeaseWithin('redis', request.leaseMs, this.maxLeaseMs)
     this.#checkEviction()
-    const keys = resourceKeys(this.prefix, request.resource)
+    const { keys, acquire: acquireKeys } = this.#keysOf(request.resource)
     // Each grace covers the grants a server may lack, which may be another candidate's longer
     // lease: the failover grace lasts maxLeaseMs; the startup grace too when it was given (not
     // by default: a fresh server would wait a minute for its first grant).
@@ -185,7 +199,7 @@ export class RedisBackend implements Backend {
         : request.leaseMs
     const failoverGraceMs = this.failoverGrace ? this.maxLeaseMs : 0
     const call: ScriptCall = [
-      [keys.holders, keys.grants, keys.token, keys.guard, keys.history, keys.line, keys.places],
+      acquireKeys,
       [
         request.candidate,
         String(request.tickets),
@@ -336,9 +350,9 @@ export class RedisBackend implements Backend {
   async release(request: ReleaseRequest): Promise<void> {
     this.#gate.check()
     validateRelease(request)
-    const keys = resourceKeys(this.prefix, request.resource)
+    const { keys, release } = this.#keysOf(request.resource)
     await this.#run('release', SCRIPTS.release, [
-      [keys.holders, keys.grants, keys.guard, keys.line, keys.places],
+      release,
       [request.candidate, request.token === undefined ? '' : String(request.token), keys.channel],
     ])
   }
@@ -347,11 +361,8 @@ export class RedisBackend implements Backend {
   async holders(resource: string): Promise<Holder[]> {
     this.#gate.check()
     validateResource(resource)
-    const keys = resourceKeys(this.prefix, resource)
-    const reply = await this.#run('holders', SCRIPTS.holders, [
-      [keys.holders, keys.grants, keys.guard, keys.line, keys.places],
-      [keys.channel],
-    ])
+    const { keys, release } = this.#keysOf(resource)
+    const reply = await this.#run('holders', SCRIPTS.holders, [release, [keys.channel]])
     return parseHolders(asArray(reply, 'holders'), 0)
   }
 
@@ -379,7 +390,7 @@ export class RedisBackend implements Backend {
   async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     this.#gate.check()
     validateResource(resource)
-    return this.#wakeups.watch(resource, onChange)
+    return this.#wakeups.watch(resource, onChange, this.#keysOf(resource).keys.channel)
   }
 
   /** The contract's onClose: `hook` runs first thing in close(), while calls still work. */
@@ -397,6 +408,30 @@ export class RedisBackend implements Backend {
       this.#wakeups.close()
       if (this.#owned) this.#conn.disconnect()
     })
+  }
+
+  /** The keys of a validated resource, made at its first use (see ScriptKeys). */
+  #keysOf(resource: string): ScriptKeys {
+    let cached = this.#keyCache.get(resource)
+    if (cached === undefined) {
+      if (this.#keyCache.size >= KEY_CACHE_SIZE) this.#keyCache.clear()
+      const keys = resourceKeys(this.prefix, resource)
+      cached = {
+        keys,
+        acquire: [
+          keys.holders,
+          keys.grants,
+          keys.token,
+          keys.guard,
+          keys.history,
+          keys.line,
+          keys.places,
+        ],
+        release: [keys.holders, keys.grants, keys.guard, keys.line, keys.places],
+      }
+      this.#keyCache.set(resource, cached)
+    }
+    return cached
   }
 
   /** Warns once if the server may evict conclave's keys (eviction.ts); asks again after no answer. */

@@ -111,10 +111,18 @@ interface Channel {
   own: boolean
   /** Settles when the server confirmed our SUBSCRIBE (undefined: not subscribed). */
   subscribed: Promise<void> | undefined
+  /** `subscribed` once it resolved: a watch then has nothing to wait for. */
+  confirmed: Promise<void> | undefined
   /** The last SUBSCRIBE/UNSUBSCRIBE sent, so they reach the server in order. */
   queue: Promise<void>
-  /** Set while the channel has no listeners but stays subscribed a little longer. */
+  /**
+   * Set while the channel has no listeners but stays subscribed a little longer, and not always
+   * cleared by a new watch: one timer per linger period, not one per unwatch. When it fires,
+   * the channel is unsubscribed only if it has had no listener for lingerMs (`idleSince`).
+   */
   linger: NodeJS.Timeout | undefined
+  /** When (performance.now()) the last listener left. */
+  idleSince: number
 }
 
 /** The subscriber connections of one backend and the watchers they wake. */
@@ -142,16 +150,20 @@ export class Wakeups {
   }
 
   /**
-   * The Backend contract's watch (the resource already validated): resolves once the server
-   * confirmed the SUBSCRIBE, so a release after that is never missed.
+   * The Backend contract's watch (the resource already validated; `name`, its channel, when the
+   * caller has it): resolves once the server confirmed the SUBSCRIBE, so a release after that
+   * is never missed.
    */
-  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
+  async watch(
+    resource: string,
+    onChange: (change?: WatchChange) => void,
+    name = resourceKeys(this.#settings.prefix, resource).channel,
+  ): Promise<Unwatch> {
     const { prefix, connection, gate } = this.#settings
-    const name = resourceKeys(prefix, resource).channel
     gate.check()
     const slot = connection.cluster ? keySlot(resource) : undefined
     if (!this.#channels.has(name) && slot !== undefined) await this.#knowSlot(slot)
-    void this.#checkKeyspaceEvents()
+    if (!this.#keyspaceChecked) void this.#checkKeyspaceEvents()
     let channel = this.#channels.get(name)
     if (!channel) {
       // The keys' keyspace channels are subscribed whatever the server's setting says (it may
@@ -166,34 +178,58 @@ export class Wakeups {
         wake: undefined,
         own: false,
         subscribed: undefined,
+        confirmed: undefined,
         queue: Promise.resolve(),
         linger: undefined,
+        idleSince: 0,
       }
       this.#channels.set(name, channel)
       for (const n of channel.names) this.#routes.set(n, channel)
     }
     const ch = channel
-    clearTimeout(ch.linger)
-    ch.linger = undefined
     const entry = (change?: WatchChange) => onChange(change)
     ch.listeners.add(entry)
     // Idempotent (a second call finds its entry gone). With lingerMs 0 it resolves after the
     // UNSUBSCRIBE, which unwatch() then awaits.
     const stop = (lingerMs: number) => {
       if (!ch.listeners.delete(entry) || ch.listeners.size > 0 || gate.closing) return
-      if (lingerMs === 0) return this.#unsubscribe(ch, name)
-      ch.linger = setTimeout(() => void this.#unsubscribe(ch, name), lingerMs)
-      ch.linger.unref()
+      if (lingerMs === 0) {
+        clearTimeout(ch.linger)
+        return this.#unsubscribe(ch, name)
+      }
+      ch.idleSince = performance.now()
+      // A linger timer still running from an earlier unwatch checks idleSince when it fires.
+      ch.linger ??= this.#lingerTimer(ch, name, lingerMs)
     }
     try {
-      ch.subscribed ??= this.#subscribe(ch)
-      await this.#settings.timed('watch', () => ch.subscribed!, 'subscriber')
+      // Subscribed and confirmed already (the usual case of a resource used again): no wait.
+      if (ch.subscribed === undefined || ch.confirmed !== ch.subscribed) {
+        const subscribed = (ch.subscribed ??= this.#subscribe(ch))
+        await this.#settings.timed('watch', () => subscribed, 'subscriber')
+        if (ch.subscribed === subscribed) ch.confirmed = subscribed
+      }
     } catch (error) {
       await stop(0)
       throw error
     }
     const unwatch: Unwatch = async () => stop(this.#settings.lingerMs)
     return unwatch
+  }
+
+  /**
+   * Unsubscribes `ch` once it has had no listener for `lingerMs`: fires lingerMs after it is
+   * set, and sets itself again for the rest when a listener came and went meanwhile.
+   */
+  #lingerTimer(ch: Channel, name: string, lingerMs: number): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      ch.linger = undefined
+      if (ch.listeners.size > 0 || this.#settings.gate.closing) return
+      const left = ch.idleSince + lingerMs - performance.now()
+      if (left > 1) ch.linger = this.#lingerTimer(ch, name, left)
+      else void this.#unsubscribe(ch, name)
+    }, lingerMs)
+    timer.unref()
+    return timer
   }
 
   /** Forgets every watch and drops the subscriber connections (part of the backend's close). */
@@ -386,6 +422,7 @@ export class Wakeups {
     ch.linger = undefined
     if (ch.listeners.size > 0 || this.#settings.gate.closing) return
     ch.subscribed = undefined
+    ch.confirmed = undefined
     const { subscriber } = ch.link
     const op = ch.queue.then(() => subscriber.unsubscribe(ch.names)).then(noop, noop)
     ch.queue = op
