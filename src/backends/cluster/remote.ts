@@ -135,7 +135,10 @@ export class RemoteBackend implements Backend {
       // Gone from the map: close() unwatched it already. A broken channel has no hub to tell.
       // During close()'s hooks this still reaches the hub, so no watch is left behind there.
       if (!this.#watchers.delete(watch) || this.#broken) return
-      await this.#send('unwatch', { watch })
+      // Sent, not awaited: events of a dropped watch are ignored here already, and the channel
+      // keeps order, so nothing later can overtake it. Awaiting the answer would cost a won
+      // campaign (which unwatches before it resolves) one more round trip to the hub.
+      this.#send('unwatch', { watch }).catch(() => {})
     }
   }
 
