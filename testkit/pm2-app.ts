@@ -28,7 +28,7 @@ void election.run(async (term) => {
 })
 // With CONCLAVE_AGENT=1, the process agent over the same backend: every 250 ms a call of the
 // designated process (`called <its pid> <at>` or `callfailed <code> <at>`), every second a
-// gather of every instance (`gathered <answers> <at>`).
+// gather of every instance (`gathered <answers> <at>`); `hub <at>` when it becomes the hub.
 const agent =
   process.env.CONCLAVE_AGENT === '1'
     ? new ProcessAgent({
@@ -40,7 +40,13 @@ const agent =
 if (agent) {
   const whoami = agent.runInPrimary('whoami', () => process.pid, { timeoutMs: 2_000 })
   agent.register('pid', () => process.pid)
+  let wasHub = false
   const calls = setInterval(() => {
+    // `hub <at>` when this instance becomes the app's hub (the test stops it by that).
+    if (backend.isHub !== wasHub) {
+      wasHub = backend.isHub
+      if (wasHub) log(`hub ${at()}`)
+    }
     whoami().then(
       (pid) => log(`called ${pid} ${at()}`),
       (error: { code?: string }) => log(`callfailed ${error.code ?? 'none'} ${at()}`),
@@ -54,6 +60,23 @@ if (agent) {
   }, 1_000)
   calls.unref()
   gathers.unref()
+  if (process.env.CONCLAVE_AGENT_SLOW === '1') {
+    // With CONCLAVE_AGENT_SLOW=1, every second a call that runs 40 s in the designated process
+    // (timeout 120 s): `slowdone <its pid> <at>` or `slowfailed <code> <at>`. One in flight when
+    // the designated process or the hub goes must fail at once, never wait out its timeout.
+    const slow = agent.runInPrimary(
+      'slow',
+      () => new Promise((resolve) => setTimeout(() => resolve(process.pid), 40_000)),
+      { timeoutMs: 120_000 },
+    )
+    const slows = setInterval(() => {
+      slow().then(
+        (pid) => log(`slowdone ${String(pid)} ${at()}`),
+        (error: { code?: string }) => log(`slowfailed ${error.code ?? 'none'} ${at()}`),
+      )
+    }, 1_000)
+    slows.unref()
+  }
 }
 const keepAlive = setInterval(() => {}, 1_000)
 let stopping = false

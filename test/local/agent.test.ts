@@ -172,4 +172,42 @@ describe('the process agent over local, in plain processes', () => {
       }
     }
   }, 120_000)
+
+  it('a call in flight when the hub or the designated process dies fails at once with AgentDisconnectedError (it does not wait out its timeout); the next calls run', async () => {
+    const dir = newDir()
+    const ps = [
+      await start('inflight', dir),
+      await start('inflight', dir),
+      await start('inflight', dir),
+      await start('inflight', dir),
+    ]
+    let alive = ps
+    // Two rounds: the hub dies under a call, then the designated process does.
+    for (const victimOf of ['hub', 'designated'] as const) {
+      const designated = (await alive.at(-1)!.ask('whoami')).value as number
+      const hub = alive[0]! // the oldest survivor hosts the hub
+      const victim = victimOf === 'hub' ? hub : alive.find((p) => p.pid === designated)!
+      // A caller that is neither: its call hangs in the designated process until the end.
+      const caller = alive.find((p) => p !== victim && p !== hub && p.pid !== designated)!
+      const inFlight = caller.ask('call', { name: 'hang', timeoutMs: 120_000 })
+      // The call has reached the designated process: a gather shows the hub routes (a hop in order).
+      await caller.ask('gather', { name: 'pid' })
+      await victim.kill()
+      alive = alive.filter((p) => p !== victim)
+      const answer = await Promise.race([
+        inFlight,
+        new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 30_000)),
+      ])
+      expect(answer, `${victimOf}: the call in flight`).not.toBe('hung')
+      expect((answer as Answer).error?.name, `${victimOf}: ${JSON.stringify(answer)}`).toBe(
+        'AgentDisconnectedError',
+      )
+      await until(
+        async () => (await caller.ask('whoami')).ok,
+        20_000,
+        `calls after the ${victimOf} was killed`,
+      )
+      if (alive.length < 3) break
+    }
+  }, 120_000)
 })

@@ -28,8 +28,16 @@ function lines(a: Pm2App): Line[] {
     const pid = Number(file.replace('.log', ''))
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
       const [kind, value, at] = line.split(' ')
-      if (kind === 'called' || kind === 'callfailed' || kind === 'gathered') {
+      if (
+        kind === 'called' ||
+        kind === 'callfailed' ||
+        kind === 'gathered' ||
+        kind === 'slowfailed' ||
+        kind === 'slowdone'
+      ) {
         out.push({ pid, kind, value: value!, at: Number(at) })
+      } else if (kind === 'hub') {
+        out.push({ pid, kind, value: '', at: Number(value) })
       }
     }
   }
@@ -45,6 +53,31 @@ function latestCalls(a: Pm2App, since: number): Map<number, number> {
 }
 
 const now = () => performance.timeOrigin + performance.now()
+
+/** Waits until every instance in `pids` has its calls since `since` answered by one process. */
+async function oneDesignated(a: Pm2App, pids: number[], since: number, what: string) {
+  let designated = 0
+  await until(
+    () => {
+      const latest = latestCalls(a, since)
+      const answers = new Set(pids.map((p) => latest.get(p)))
+      if (answers.size !== 1 || answers.has(undefined)) return false
+      designated = [...answers][0]!
+      return pids.includes(designated)
+    },
+    60_000,
+    what,
+  )
+  return designated
+}
+
+/** The pm2 id of the instance with this pid. */
+async function pmId(a: Pm2App, pid: number): Promise<number> {
+  const list = JSON.parse(await a.pm2('jlist')) as { pid: number; pm_id: number }[]
+  const found = list.find((p) => p.pid === pid)
+  if (!found) throw new Error(`no pm2 instance has pid ${pid}`)
+  return found.pm_id
+}
 
 describe.each(['cluster', 'fork'] as const)(
   'the process agent over local under PM2 %s mode',
@@ -103,5 +136,93 @@ describe.each(['cluster', 'fork'] as const)(
         `[pm2 ${mode} agent] designated ${designated} -> ${successor}; ${failedAfter.length} calls failed around the kill (${[...new Set(failedAfter.map((l) => l.value))].join(', ')})`,
       )
     }, 180_000)
+
+    it('pm2 stop of the designated process, pm2 stop of the hub, then pm2 reload: calls keep working after each failover; calls in flight fail at once with a clear error (DesignatedLostError, AgentDisconnectedError), none waits out its timeout', async () => {
+      const n = 3
+      app = await startPm2App(mode, n, 2_000, { CONCLAVE_AGENT: '1', CONCLAVE_AGENT_SLOW: '1' })
+      const a = app
+      const pids = await a.pids()
+      const designated = await oneDesignated(a, pids, 0, 'one designated process')
+      const startedAt = now()
+      /** Slow calls (one a second, 40 s each) are in flight in the designated process by now. */
+      const slowInFlight = () => new Promise((resolve) => setTimeout(resolve, 3_000))
+      /** Every one of `who` had a slow call fail after `since` with one of `codes`. */
+      const slowFailed = async (who: number[], since: number, codes: string[], what: string) =>
+        until(
+          () =>
+            who.every((pid) =>
+              lines(a).some(
+                (l) =>
+                  l.pid === pid &&
+                  l.kind === 'slowfailed' &&
+                  codes.includes(l.value) &&
+                  l.at > since,
+              ),
+            ),
+          30_000,
+          what,
+        ).catch((error: Error) => {
+          const seen = lines(a).filter((l) => l.kind.startsWith('slow') && l.at > since)
+          throw new Error(
+            `${error.message}; since ${since.toFixed(0)}: ${[...new Set(seen.map((l) => `${l.pid} ${l.kind} ${l.value}`))].join('; ')}`,
+          )
+        })
+      await slowInFlight()
+
+      // 1. pm2 stop of the designated process.
+      const designatedId = String(await pmId(a, designated))
+      const stoppedAt = now()
+      await a.pm2('stop', designatedId)
+      const survivors = pids.filter((p) => p !== designated)
+      const successor = await oneDesignated(a, survivors, stoppedAt, 'a new designated process')
+      expect(successor).not.toBe(designated)
+      // Their slow calls running in the stopped process failed, long before their 40 s run or
+      // 120 s timeout: DesignatedLostError (AgentDisconnectedError if it was the hub too).
+      await slowFailed(
+        survivors,
+        stoppedAt,
+        ['ERR_CONCLAVE_AGENT_DESIGNATED_LOST', 'ERR_CONCLAVE_AGENT_DISCONNECTED'],
+        'the slow calls in the stopped designated process failing',
+      )
+      await a.pm2('start', designatedId)
+
+      // 2. pm2 stop of the hub's process (the latest instance to say it became the hub).
+      await slowInFlight()
+      const hub = lines(a)
+        .filter((l) => l.kind === 'hub')
+        .at(-1)!.pid
+      const online = await a.pids()
+      const hubId = String(await pmId(a, hub))
+      const hubStoppedAt = now()
+      await a.pm2('stop', hubId)
+      const rest = online.filter((p) => p !== hub)
+      await oneDesignated(a, rest, hubStoppedAt, 'calls answered after the hub stopped')
+      // The calls in flight through the old hub fail at once: AgentDisconnectedError (the
+      // channel to the hub closed), or DesignatedLostError when the hub's process was the
+      // designated one too (its agent gives the role up first as it stops).
+      await slowFailed(
+        rest,
+        hubStoppedAt,
+        ['ERR_CONCLAVE_AGENT_DISCONNECTED', 'ERR_CONCLAVE_AGENT_DESIGNATED_LOST'],
+        'the slow calls in flight through the stopped hub failing',
+      )
+      await a.pm2('start', hubId)
+
+      // 3. pm2 reload of every instance.
+      const reloadedAt = now()
+      await a.pm2('reload', 'app')
+      const fresh = await a.pids()
+      expect(fresh).toHaveLength(n)
+      expect(fresh.filter((p) => online.includes(p) && p !== hub)).toEqual([])
+      await oneDesignated(a, fresh, now(), 'one designated process after the reload')
+      const failed = lines(a).filter(
+        (l) => (l.kind === 'callfailed' || l.kind === 'slowfailed') && l.at > startedAt,
+      )
+      // A hung call would end in its timeout (2 s for the frequent ones): none did.
+      expect(failed.filter((l) => l.value.includes('TIMEOUT'))).toEqual([])
+      console.log(
+        `[pm2 ${mode} agent] stop: ${designated} -> ${successor}; hub ${hub} stopped; reload ${((now() - reloadedAt) / 1000).toFixed(1)} s; failures ${[...new Set(failed.map((l) => l.value))].join(', ')}`,
+      )
+    }, 300_000)
   },
 )
