@@ -6,10 +6,11 @@
  * lone ask goes out alone, as before, one turn later.
  *
  * What makes it safe:
- * - one item per resource per batch: every key created in one transaction gets the same create
- *   revision (the token), which is only unique within a resource; and a delete and a create of
- *   one resource in one transaction would leave the watch's copy, offered at the transaction's
- *   revision, without the delete. A second item of a resource goes in another batch.
+ * - one item per resource in flight: every key created in one transaction gets the same create
+ *   revision (the token), which is only unique within a resource; a delete and a create of one
+ *   resource in one transaction would leave the watch's copy, offered at the transaction's
+ *   revision, without the delete; and asks of one resource go to etcd in the order they came.
+ *   A second item of a resource waits for the first one's answer.
  * - one group per batch (the lease the items write on): etcd refuses a whole transaction that
  *   puts on a lease it no longer has, which must only say "gone" of that one lease.
  * - every item is a transaction that is safe to send again (see the backend's #call), so a batch
@@ -42,6 +43,8 @@ export class Batches<T, R> {
   /** Lowered when etcd refuses a batch as too big (a server with a lower --max-txn-ops). */
   #max = MAX_BATCH
   #inFlight = 0
+  /** Resources with an item in flight. */
+  readonly #busy = new Set<string>()
 
   /**
    * @param send sends one batch (items of one group, on distinct resources), results in order
@@ -72,34 +75,36 @@ export class Batches<T, R> {
 
   #flush(): void {
     const free = MAX_BATCHES_IN_FLIGHT - this.#inFlight
-    // In arrival order, into at most `free` batches: each item goes in the first one of its
-    // group with room and no item of its resource yet; what fits in none waits for the next
-    // flush (so the oldest items always go first).
-    const batches: { group: string; resources: Set<string>; items: Pending<T, R>[] }[] = []
+    // In arrival order, into at most `free` batches, each item in the first one of its group
+    // with room. An item of a resource that has one in flight (or in this flush) waits for its
+    // answer: asks of one resource go to etcd in the order they came (first come, first
+    // served), and never race each other's compares.
+    const batches: { group: string; items: Pending<T, R>[] }[] = []
     const left: Pending<T, R>[] = []
     let full = 0
     let i = 0
     for (; i < this.#pending.length && full < free; i++) {
       const p = this.#pending[i]!
-      let batch = batches.find(
-        (b) => b.group === p.group && b.items.length < this.#max && !b.resources.has(p.resource),
-      )
-      if (!batch && batches.length < free) {
-        batches.push((batch = { group: p.group, resources: new Set(), items: [] }))
+      let batch = this.#busy.has(p.resource)
+        ? undefined
+        : batches.find((b) => b.group === p.group && b.items.length < this.#max)
+      if (!batch && !this.#busy.has(p.resource) && batches.length < free) {
+        batches.push((batch = { group: p.group, items: [] }))
       }
       if (!batch) {
         left.push(p)
         continue
       }
-      batch.resources.add(p.resource)
+      this.#busy.add(p.resource)
       batch.items.push(p)
       if (batch.items.length === this.#max) full++
     }
     this.#pending = i === this.#pending.length ? left : left.concat(this.#pending.slice(i))
-    for (const batch of batches) {
+    for (const { items } of batches) {
       this.#inFlight++
-      void this.#run(batch.items).finally(() => {
+      void this.#run(items).finally(() => {
         this.#inFlight--
+        for (const p of items) this.#busy.delete(p.resource)
         this.#schedule()
       })
     }
