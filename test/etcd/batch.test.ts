@@ -92,12 +92,12 @@ it('keeps first come, first served and larger tokens for two asks of one resourc
     ...others.map((r) => ask(r, 'x')),
   ])
   expect(rest.every((r) => r.acquired)).toBe(true)
-  expect(first!.acquired).toBe(true)
-  expect(second!.acquired).toBe(false)
-  if (!first!.acquired || second!.acquired) return
-  expect(second!.ahead).toBe(0)
-  expect(second!.holders.map((h) => [h.candidate, h.token])).toEqual([['a', first!.token]])
-  const tokenA = first!.token
+  expect(first.acquired).toBe(true)
+  expect(second.acquired).toBe(false)
+  if (!first.acquired || second.acquired) return
+  expect(second.ahead).toBe(0)
+  expect(second.holders.map((h) => [h.candidate, h.token])).toEqual([['a', first.token]])
+  const tokenA = first.token
   const placeB = (await createRevision(res, 'b'))!
   expect(placeB).toBeGreaterThan(tokenA)
   // `a` releases in the same turn as `x` on the others; `b` is then granted its own place's
