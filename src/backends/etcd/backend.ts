@@ -1168,12 +1168,14 @@ function isLeaseNotFound(error: unknown): boolean {
  */
 function isTooBig(error: unknown): boolean {
   const cause = error instanceof BackendError ? error.cause : error
+  if (!(cause instanceof Error)) return false
+  // "too many requests" (also RESOURCE_EXHAUSTED) is etcd overloaded: smaller pieces won't help.
+  if (/too many requests/i.test(cause.message)) return false
   return (
-    cause instanceof Error &&
-    ((cause as { code?: unknown }).code === 8 ||
-      /too many operations|request is too large|larger than max|RESOURCE_EXHAUSTED/i.test(
-        cause.message,
-      ))
+    (cause as { code?: unknown }).code === 8 ||
+    /too many operations|request is too large|larger than max|RESOURCE_EXHAUSTED/i.test(
+      cause.message,
+    )
   )
 }
 
