@@ -24,6 +24,8 @@ import type {
   ILeaseTimeToLiveResponse,
   IOptions,
   IRangeRequest,
+  ITxnRequest,
+  ITxnResponse,
   Namespace,
 } from 'etcd3'
 import {
@@ -76,6 +78,7 @@ import {
   recordedTickets,
   type Stored,
 } from './layout.js'
+import { Batches } from './batch.js'
 import { KeepAlives } from './keepalive.js'
 import { checkVersion } from './versions.js'
 import {
@@ -118,6 +121,15 @@ interface Line {
   stored: Decoded
 }
 
+/** A transaction sent with others of its turn (see batch.ts). */
+interface Txn {
+  readonly kind: 'acquire' | 'release'
+  /** The lease its puts use (a batch holds one), and whether to keep it alive in the round trip. */
+  readonly lease?: Lease
+  readonly refresh?: boolean
+  readonly txn: ITxnRequest
+}
+
 /** Where `remainingMs` comes from: etcd's lease TTL (whole seconds, rounded down) per lease. */
 type LeaseTtls = Map<string, number | undefined>
 
@@ -154,6 +166,11 @@ export class EtcdBackend implements Backend {
   #versionChecked = false
   /** The endpoints, for messages. */
   readonly #where: string
+  /** Asks and deletes of one turn, on different resources, sent as one transaction. */
+  readonly #batches = new Batches<Txn, [number, ITxnResponse]>(
+    (items) => this.#sendBatch(items),
+    isTooBig,
+  )
   /** The current lease per requested TTL in seconds (a grant may still be in flight). */
   readonly #slots = new Map<number, Promise<{ lease: Lease; issuedAt: number }>>()
   /** Every lease this instance was granted and etcd has not reported gone. */
@@ -509,6 +526,7 @@ export class EtcdBackend implements Backend {
     // makes sure no key was created since), so whether it is a grant is known before the put.
     let readLine: Line[] = []
     let refreshed = false
+    this.#watches.prepare()
     for (let attempt = 1; ; attempt++) {
       // Every failed attempt means another candidate's key was created meanwhile.
       if (attempt > 16) throw new BackendError('etcd: the queue kept changing under this acquire')
@@ -524,34 +542,34 @@ export class EtcdBackend implements Backend {
       const created = [...readLine, { kv: { value } as IKeyValue, stored: decodeValue(value) }]
       const createAs = rankDecoded(created).keys[readLine.length]!.holder ? value : waiting
       let ttl: number
-      let response: Awaited<ReturnType<Namespace['kv']['txn']>>
+      let response: ITxnResponse
       try {
-        ;[ttl, response] = await this.#call('acquire', (client, options) =>
-          Promise.all([
-            refresh
-              ? this.#keepalives.keepalive(client, lease.id, options.deadline)
-              : Promise.resolve(lease.ttlSec),
-            client.kv.txn(
-              {
-                compare: [
-                  { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: 0 },
-                  {
-                    key: start,
-                    range_end,
-                    target: 'Create',
-                    result: 'Less',
-                    create_revision: readAt + 1,
-                  },
-                ],
-                success: [
-                  { request_put: { key: keyBuffer(key), value: createAs, lease: lease.id } },
-                  { request_range: range },
-                ],
-                failure: [{ request_range: range }],
-              },
-              options,
-            ),
-          ]),
+        // With the other asks of this turn (on other resources, on this lease): one round trip.
+        ;[ttl, response] = await this.#batches.submit(
+          {
+            kind: 'acquire',
+            lease,
+            refresh,
+            txn: {
+              compare: [
+                { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: 0 },
+                {
+                  key: start,
+                  range_end,
+                  target: 'Create',
+                  result: 'Less',
+                  create_revision: readAt + 1,
+                },
+              ],
+              success: [
+                { request_put: { key: keyBuffer(key), value: createAs, lease: lease.id } },
+                { request_range: range },
+              ],
+              failure: [{ request_range: range }],
+            },
+          },
+          request.resource,
+          lease.id,
         )
       } catch (error) {
         if (!isLeaseNotFound(error)) throw error
@@ -857,19 +875,50 @@ export class EtcdBackend implements Backend {
     return response.succeeded
   }
 
+  /** Deletes `key` if it still has create revision `token` (with the other deletes of this turn). */
   async #deleteIfToken(key: string, token: number): Promise<void> {
-    await this.#call('release', (client, options) =>
-      client.kv.txn(
-        {
+    await this.#batches.submit(
+      {
+        kind: 'release',
+        txn: {
           compare: [
             { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
           ],
           success: [{ request_delete_range: { key: keyBuffer(key) } }],
           failure: [],
         },
-        options,
-      ),
+      },
+      this.#layout.resourceOf(key),
+      '',
     )
+  }
+
+  /**
+   * One batch (see batch.ts): the items' transactions nested in one, or a lone one as it is,
+   * with one keepalive of their lease in the same round trip if any of them asked for it.
+   */
+  async #sendBatch(items: Txn[]): Promise<[number, ITxnResponse][]> {
+    const { kind, lease } = items[0]!
+    const refresh = lease !== undefined && items.some((i) => i.refresh)
+    const [ttl, response] = await this.#call(kind, (client, options) =>
+      Promise.all([
+        refresh
+          ? this.#keepalives.keepalive(client, lease.id, options.deadline)
+          : Promise.resolve(lease?.ttlSec ?? 0),
+        client.kv.txn(
+          items.length === 1
+            ? items[0]!.txn
+            : { compare: [], success: items.map((i) => ({ request_txn: i.txn })), failure: [] },
+          options,
+        ),
+      ]),
+    )
+    if (items.length === 1) return [[ttl, response]]
+    // A nested answer has no header of its own: it happened at the outer one's revision.
+    return items.map((_, i) => [
+      ttl,
+      { ...response.responses[i]!.response_txn, header: response.header },
+    ])
   }
 
   #rangeRequest(resource: string): IRangeRequest {
@@ -1127,6 +1176,23 @@ function isLeaseNotFound(error: unknown): boolean {
   return (
     cause instanceof Error &&
     (cause.constructor.name === 'EtcdLeaseInvalidError' || /lease not found/i.test(cause.message))
+  )
+}
+
+/**
+ * etcd refused a transaction for its size (--max-txn-ops, --max-request-bytes) or its answer was
+ * larger than the client takes: a batch that can be sent again in pieces.
+ */
+function isTooBig(error: unknown): boolean {
+  const cause = error instanceof BackendError ? error.cause : error
+  if (!(cause instanceof Error)) return false
+  // "too many requests" (also RESOURCE_EXHAUSTED) is etcd overloaded: smaller pieces won't help.
+  if (/too many requests/i.test(cause.message)) return false
+  return (
+    (cause as { code?: unknown }).code === 8 ||
+    /too many operations|request is too large|larger than max|RESOURCE_EXHAUSTED/i.test(
+      cause.message,
+    )
   )
 }
 

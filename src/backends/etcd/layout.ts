@@ -177,6 +177,11 @@ export class Layout {
     return `${this.resourcePrefix(resource)}${candidate}`
   }
 
+  /** The resource of a candidate's key (resource names have no `#`). */
+  resourceOf(key: string): string {
+    return key.slice(this.base.length, key.indexOf('#', this.base.length))
+  }
+
   candidateOf(resource: string, key: string): string {
     return key.slice(this.resourcePrefix(resource).length)
   }

@@ -152,6 +152,15 @@ export class Watches {
   }
 
   /**
+   * Opens the watch if there is none, without waiting: an acquire calls it before its
+   * transaction, so the watch most likely starts before the transaction's revision and can take
+   * its read as a copy (`offer` refuses a read older than the watch).
+   */
+  prepare(): void {
+    if (!this.#closed && !this.#stream) this.#open()
+  }
+
+  /**
    * A consistent read of `resource` (an acquire's transaction): kept as its copy when the watch
    * delivers every event after its revision (so a `watch()` soon after needs no read of its
    * own). Also starts the watch, for the next ones.
