@@ -130,9 +130,8 @@ export interface WatchChange {
    * Grants the change itself made to waiters in line (a release handing its freed ticket to the
    * next in line, on backends that do). A backend names a grant here only to the process whose
    * refused, queued acquire placed that candidate in line, and only when the grant lasts at least
-   * the candidate's lease from the moment that acquire (or the last queued renewal that kept the
-   * place, `true`) was sent: so the waiter may hold it at once, with that deadline, without
-   * asking again (it renews it as any grant). Absent: none.
+   * the candidate's lease from the moment that acquire was sent: so the waiter may hold it at
+   * once, with that deadline, without asking again (it renews it as any grant). Absent: none.
    */
   granted?: { candidate: string; token: number }[]
   /**

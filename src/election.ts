@@ -411,9 +411,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     let attempt = 0
     let won: Term | undefined
     // A grant a release made for this candidate's place in line (WatchChange.granted): it
-    // lasts at least the lease from placedAt, the send time of the refused ask that queued it
-    // or of the last queued renewal that kept the place, so it is held from there without
-    // asking again. One pushed while an ask is out is left to
+    // lasts at least the lease from placedAt, the send time of the refused ask that queued it,
+    // so it is held from there without asking again. (Not from a later queued renewal's: a
+    // release may read the place before that renewal's keep commits, and grant the older
+    // expiry.) One pushed while an ask is out is left to
     // that ask's answer (or the next ask, which finds the grant and extends it).
     let asking = false
     let placedAt: number | undefined
@@ -489,17 +490,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             return (won = this.#startTerm(result.token, deadline))
           }
           if (once) return undefined
-          place ??= this.#queuedMember(
-            signal,
-            () => {
-              woken = true
-              wake?.()
-            },
-            // A kept place lives a fresh lease from the keep: so does a grant made for it.
-            (sentAt) => {
-              if (placedAt !== undefined) placedAt = Math.max(placedAt, sentAt)
-            },
-          )
+          place ??= this.#queuedMember(signal, () => {
+            woken = true
+            wake?.()
+          })
           if (result.ahead === undefined) place.leave()
           else {
             place.join()
@@ -554,11 +548,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * waits: `renewed` keeps nothing but the place; `lost` (no place, or a ticket is free for it)
    * calls `askAgain`; an unknown outcome is reported and asks again after a backoff.
    */
-  #queuedMember(
-    signal: AbortSignal,
-    askAgain: () => void,
-    kept: (sentAt: number) => void,
-  ): QueuedPlace {
+  #queuedMember(signal: AbortSignal, askAgain: () => void): QueuedPlace {
     const { leaseMs, renewMs, retryMs } = this.options
     let leave: (() => void) | undefined
     let retry: ReturnType<Clock['setTimeout']> | undefined
@@ -573,9 +563,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       get ended() {
         return leave === undefined || signal.aborted
       },
-      renewed: (sentAt) => {
+      renewed: () => {
         failures = 0
-        kept(sentAt)
       },
       lost: () => {
         if (signal.aborted) return
