@@ -77,7 +77,7 @@ function urlOf(server: ChaosServer): string {
 /**
  * Waits until the fresh server grants at all: Redis grants nothing new while its startup grace
  * lasts (its first lease + 1 s of uptime), and cycles that all give up within 30 ms would
- * otherwise never acquire.
+ * otherwise never acquire. An error (a server not ready yet) is asked again, for 30 s.
  */
 async function firstGrant(
   connect: (url: string) => Promise<Backend>,
@@ -95,13 +95,21 @@ async function firstGrant(
   try {
     const end = performance.now() + 30_000
     for (;;) {
-      const result = await probe.acquire(request)
-      if (result.acquired) {
-        await probe.release({ ...request, token: result.token })
-        return
+      let retryInMs = 100
+      try {
+        const result = await probe.acquire(request)
+        if (result.acquired) {
+          await probe.release({ ...request, token: result.token })
+          return
+        }
+        retryInMs = result.retryInMs
+      } catch (error) {
+        // A fresh server may not be ready yet (a Redis Cluster replica still syncing does not
+        // acknowledge within replicaTimeoutMs): not ready is not a failure, until the deadline.
+        if (performance.now() > end) throw error
       }
       if (performance.now() > end) throw new Error(`${url} granted nothing for 30 s`)
-      await sleep(Math.min(Math.max(result.retryInMs, 10), 500))
+      await sleep(Math.min(Math.max(retryInMs, 10), 500))
     }
   } finally {
     await probe.close()
