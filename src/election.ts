@@ -414,8 +414,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     // lasts at least the lease from placedAt, the send time of the refused ask that queued it,
     // so it is held from there without asking again. (Not from a later queued renewal's: a
     // release may read the place before that renewal's keep commits, and grant the older
-    // expiry.) One pushed while an ask is out is left to
-    // that ask's answer (or the next ask, which finds the grant and extends it).
+    // expiry.) One pushed while an ask is out is left to that ask's answer (or the next ask,
+    // which finds the grant and extends it).
     let asking = false
     let placedAt: number | undefined
     let handed: number | undefined
