@@ -71,6 +71,12 @@ async function pair(first: EtcdClusterMember, label: string) {
   let endedAt = 0
   ta.signal.addEventListener('abort', () => (endedAt = performance.now()))
   lastRenewal = performance.now()
+  let electedAt = Number.POSITIVE_INFINITY
+  let holderAtGrant = false
+  b.on('elected', () => {
+    electedAt = performance.now()
+    holderAtGrant = a.isLeader
+  })
   const waiting = b.campaign()
   waiting.catch(() => {}) // closed at the end
   let twice = 0
@@ -78,6 +84,8 @@ async function pair(first: EtcdClusterMember, label: string) {
     if (a.isLeader && b.isLeader) twice++
   }, 10)
   return {
+    electedAt: () => electedAt,
+    holderAtGrant: () => holderAtGrant,
     a,
     b,
     ta,
@@ -124,16 +132,25 @@ async function survives(fault: Fault, target: Target, talksTo: readonly ('target
         `longest renewal gap ${Math.round(p.worstGap())} ms`,
     )
   }
+  // A leader paused past the lease may revoke the holder's live lease when it resumes (etcd
+  // before 3.4.31, see the last case): then the holder must have stepped down before the
+  // waiter's grant. Any other fault keeps the term.
+  const mayRevoke = fault === 'pause' && target === 'leader'
   for (const p of pairs) {
     const where = `holder talking to ${p.to === 'target' ? 'the target' : 'another member'}`
     expect(p.twice(), where).toBe(0)
+    expect(p.holderAtGrant(), where).toBe(false)
+    if (mayRevoke && !p.ta.active) {
+      expect(p.endedAt(), where).toBeLessThan(p.electedAt())
+      continue
+    }
     expect(p.b.isLeader, where).toBe(false)
     expect(p.ta.active, where).toBe(true)
     expect(p.a.isLeader, where).toBe(true)
   }
   // A handover still gives a larger token.
   for (const p of pairs) {
-    await p.ta.resign()
+    if (p.ta.active) await p.ta.resign()
     const tb = await p.waiting
     expect(tb.token).toBeGreaterThan(p.ta.token)
   }
@@ -147,7 +164,7 @@ it(
   60_000,
 )
 it(
-  'keeps the term through a 10 s SIGSTOP of the leader, talking to it and talking to a follower',
+  'keeps the term through a 10 s SIGSTOP of the leader, talking to it and talking to a follower (or, if the resumed leader revokes the lease, steps down before the waiter is granted)',
   () => survives('pause', 'leader', ['target', 'other']),
   60_000,
 )
