@@ -49,6 +49,8 @@ process.on('message', (m: Command) => {
         return notes
       case 'designated':
         return agent.isDesignated
+      case 'hub':
+        return backend.isHub
       case 'health':
         return (await clusterHealth({ agent, ...options })).workers.map((w) => [w.pid, w.status])
       case 'metrics':

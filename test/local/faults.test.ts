@@ -6,6 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
@@ -181,6 +182,50 @@ describe('local: hub takeover', () => {
     await until(async () => await a.isHub(), 2 * L, 'a to become the hub')
     await sleep(L)
     expect(held.active).toBe(true)
+  }, 30_000)
+})
+
+describe('local: a hub that dies under a reconnect', () => {
+  it('a hub that accepts the reconnect and dies before answering the re-registration: the holder keeps its grant and re-registers at the next hub', async () => {
+    const dir = newDir()
+    const hub = await peer('dying', dir)
+    // The holder's backend in this process, so the dying listener below can sit between it and
+    // the next hub.
+    const a = localBackend({ name: 'dying', dir })
+    await a.holders('faults/dying')
+    const ea = election(a, 'faults/dying', 'a')
+    const held = await ea.campaign()
+    // A hub process that dies between accepting a connection and answering it, as the kernel
+    // lets a killed hub's listening socket do for a moment: it takes the socket path, and cuts
+    // the first connection that asks to re-register a grant.
+    process.kill(hub.pid, 'SIGSTOP')
+    const address = a.settings.address
+    rmSync(address)
+    let cut = 0
+    const dying = createServer((socket) => {
+      socket.on('data', (chunk) => {
+        if (!String(chunk).includes('"adopt"')) return
+        cut++
+        socket.destroy()
+        dying.close()
+        rmSync(address, { force: true })
+      })
+      socket.on('error', () => {})
+    })
+    await new Promise<void>((resolve) => dying.listen(address, resolve))
+    try {
+      await hub.kill()
+      await until(() => Promise.resolve(a.isHub), 2 * L, 'a to become the hub')
+      expect(cut).toBe(1)
+      // Through renewals on the new hub (this process): the grant was re-registered there.
+      await sleep(L)
+      expect(held.active).toBe(true)
+      expect((await ea.leaders()).map((h) => [h.candidate, h.token])).toEqual([['a', held.token]])
+    } finally {
+      dying.close()
+      await ea.close()
+      await a.close()
+    }
   }, 30_000)
 })
 

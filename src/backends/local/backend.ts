@@ -262,7 +262,12 @@ export class LocalBackend implements Backend {
         }
         transport = host.transport()
       }
-      if (transport) return this.#attach(transport, host)
+      if (transport) {
+        const link = await this.#attach(transport, host)
+        if (link) return link
+        // That hub went away while this handle re-registered there: find the next one.
+        last = new Error('the hub closed the connection during the re-registration')
+      }
       if (performance.now() >= deadline) {
         throw new BackendTimeoutError(
           `local: no hub at ${address} within ${timeoutMs} ms (${errorText(last)}); another process holds the hub lock but does not listen.`,
@@ -274,8 +279,12 @@ export class LocalBackend implements Backend {
     }
   }
 
-  /** Uses a new channel to a hub: re-registers held grants and watches, then serves calls. */
-  async #attach(transport: Transport, host: HubHost | undefined): Promise<Link> {
+  /**
+   * Uses a new channel to a hub: re-registers held grants and watches, then serves calls.
+   * Undefined when the channel closed meanwhile (a hub dying as it accepted us): the grants it
+   * could not answer for stay held, to be re-registered at the next hub.
+   */
+  async #attach(transport: Transport, host: HubHost | undefined): Promise<Link | undefined> {
     const remote = new RemoteBackend(transport, {
       name: 'local',
       requestTimeoutMs: this.settings.timeoutMs,
@@ -316,16 +325,19 @@ export class LocalBackend implements Backend {
               remainingMs,
               metadata: held.metadata,
             })
-            .catch(() => false))
-        // Not kept: the grant is gone; the next renewal says so and the term ends.
-        if (!kept && this.#held.get(key) === held) this.#held.delete(key)
+            // No answer is not a refusal: decided below, by whether the channel still stands.
+            .catch(() => undefined))
+        // Refused (or run out): the grant is gone; the next renewal says so and the term ends.
+        if (kept === false && this.#held.get(key) === held) this.#held.delete(key)
       }),
     )
+    if (link.broken) return undefined
     await Promise.all(
       [...this.#watches].map(async (watch) => {
         watch.remote = await remote.watch(watch.resource, watch.onChange).catch(() => undefined)
       }),
     )
+    if (link.broken) return undefined
     this.#link = link
     // Holders may have changed while there was no hub: let every watcher look again.
     for (const watch of this.#watches) queueMicrotask(() => watch.onChange())
