@@ -260,17 +260,16 @@ export class ProcessAgent extends EventEmitter<AgentEvents> implements AsyncDisp
       .run(
         (term) =>
           new Promise<void>((resolve) => {
+            const ended = () => {
+              this.#handlers.termEnded(term)
+              this.#safeEmit('undesignated')
+              resolve()
+            }
             this.#handlers.termStarted(term)
+            // Listening before 'designated' is emitted: a listener may end the term at once
+            // (a synchronous resign), and a signal aborted before we listen never fires again.
+            term.signal.addEventListener('abort', ended, { once: true })
             this.#safeEmit('designated', term)
-            term.signal.addEventListener(
-              'abort',
-              () => {
-                this.#handlers.termEnded(term)
-                this.#safeEmit('undesignated')
-                resolve()
-              },
-              { once: true },
-            )
           }),
         { signal: this.#stop.signal },
       )

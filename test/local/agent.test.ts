@@ -5,6 +5,8 @@
 import { type ChildProcess, fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { ProcessAgent } from '../../src/agent/index.js'
+import { localBackend } from '../../src/backends/local/index.js'
 import { localDir } from '../../testkit/local.js'
 import { until } from '../helpers/wait.js'
 
@@ -215,4 +217,28 @@ describe('the process agent over local, in plain processes', () => {
       if (alive.length < 3) break
     }
   }, 120_000)
+})
+
+describe('the process agent over local, in this process', () => {
+  it("a 'designated' listener that gives the role up at once (a synchronous resign) does not stall the agent: it is designated again and calls run", async () => {
+    const backend = localBackend({ name: 'resign-at-once', dir: newDir() })
+    const agent = new ProcessAgent({ backend, leaseMs: 2_000, onError: () => {} })
+    const pid = agent.runInPrimary('pid', () => process.pid)
+    let designations = 0
+    let undesignations = 0
+    agent.on('undesignated', () => undesignations++)
+    agent.on('designated', (term) => {
+      if (++designations === 1) void term.resign()
+    })
+    try {
+      await agent.ready()
+      await until(() => Promise.resolve(designations >= 2), 10_000, 'designated again')
+      expect(undesignations).toBeGreaterThanOrEqual(1)
+      expect(agent.isDesignated).toBe(true)
+      expect(await pid()).toBe(process.pid)
+    } finally {
+      await agent.close()
+      await backend.close()
+    }
+  }, 30_000)
 })
