@@ -8,6 +8,7 @@ import type { AcquireResult, Backend, Holder, Unwatch, WatchChange } from './bac
 import { validateResource } from './validate.js'
 import { type Clock, sleep } from './clock.js'
 import {
+  BackendTimeoutError,
   BusyError,
   ElectionClosedError,
   isFinal,
@@ -483,7 +484,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             signal.throwIfAborted()
             if (this.#clock.now() >= deadline) {
               await this.#release(result.token)
-              throw new Error(
+              // A timeout by another name: the answer came too late to hold the grant.
+              throw new BackendTimeoutError(
                 `acquire of "${this.resource}" took longer than the lease minus the margin (${leaseMs - marginMs} ms); released and retrying`,
               )
             }

@@ -1,7 +1,7 @@
 // Real processes for test/cluster/standalone.test.ts. One JSON line on stdout per event; Node
 // prints process warnings on stderr, where the test looks for them.
 //   standalone-app.ts elect RESOURCE MS            one process electing on clusterBackend() (the README's example)
-//   standalone-app.ts cluster-app WORKERS MS       a primary that forks workers, then campaigns too (for MS / 3)
+//   standalone-app.ts cluster-app WORKERS          a primary that forks workers and campaigns too, until a worker takes over
 //   standalone-app.ts campaign-then-fork MS        a primary that wins a term, then forks a worker
 //   standalone-app.ts try [OPTIONS_JSON]           calls clusterBackend(options) and reports
 //   standalone-app.ts try-in-worker                a primary forking one worker (with this env) that calls clusterBackend()
@@ -14,15 +14,22 @@ const [mode, ...args] = process.argv.slice(2)
 const say = (event: object) => console.log(JSON.stringify({ pid: process.pid, ...event }))
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-/** Campaigns on `resource` until `ms` have passed; reports each term. */
-async function elect(resource: string, ms: number, report = say): Promise<void> {
+/** Resolves once `ok()` holds, or after `ms` (the test then sees what is missing). */
+async function waitFor(ok: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms
+  while (!ok() && Date.now() < end) await sleep(20)
+}
+
+/** Campaigns on `resource` until `ms` have passed (or `until` resolves); reports each term. */
+async function elect(resource: string, until: number | Promise<void>, report = say): Promise<void> {
   const election = new Election(clusterBackend(), resource, { leaseMs: 2_000 })
   election.on('error', (error) => report({ error: error.message }))
   const running = election.run(async (term) => {
     report({ elected: term.token, id: election.id })
     await new Promise((resolve) => term.signal.addEventListener('abort', resolve, { once: true }))
   })
-  await sleep(ms)
+  report({ campaigning: true })
+  await (typeof until === 'number' ? sleep(until) : until)
   await election.close()
   await running
 }
@@ -55,15 +62,22 @@ async function main(): Promise<void> {
       const backend = clusterBackend() // the hub, before forking, as the README says
       setupWorkers('cluster-worker')
       const workers = Array.from({ length: Number(args[0]) }, () => cluster.fork())
+      let campaigning = 0
+      let workerTerms = 0
       for (const worker of workers) {
         worker.on('message', (m: object) => {
+          if ('campaigning' in m) campaigning++
+          if ('elected' in m) workerTerms++
           if ('elected' in m || 'error' in m) say({ worker: worker.id, ...m })
         })
       }
-      // The primary takes part too: it holds for a while, then a worker takes over.
-      const ms = Number(args[1])
-      await elect('app/leader', ms / 3)
-      await sleep((2 * ms) / 3)
+      // The primary takes part too: it holds until every worker campaigns (each starts under
+      // tsx, slow on a loaded machine), then steps down, and a worker takes over.
+      await elect(
+        'app/leader',
+        waitFor(() => campaigning === workers.length, 20_000),
+      )
+      await waitFor(() => workerTerms > 0, 20_000)
       for (const worker of workers) worker.kill()
       await backend.close()
       return

@@ -70,7 +70,7 @@ describe('the cluster backend outside one node:cluster app', () => {
   })
 
   it('never warns a real cluster app whose primary forks its workers, then campaigns too', async () => {
-    const run = await runApp(['cluster-app', '2', '3000'])
+    const run = await runApp(['cluster-app', '2'])
     expect(run.code, run.stderr).toBe(0)
     const terms = run.events.filter((e) => 'elected' in e)
     // The primary's term, then (once it closed) a worker's, through the one hub.

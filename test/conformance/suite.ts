@@ -7,7 +7,7 @@ import { afterAll, afterEach, describe, expect, it as vitestIt } from 'vitest'
 import type { AcquireResult, Backend, Holder, WatchChange } from '../../src/backend.js'
 import { Election } from '../../src/election.js'
 import { schedule } from '../../src/schedule.js'
-import { OptionsError, TicketsMismatchError } from '../../src/errors.js'
+import { BackendTimeoutError, OptionsError, TicketsMismatchError } from '../../src/errors.js'
 import type { ElectionOptions } from '../../src/options.js'
 import type { Term } from '../../src/term.js'
 import { sleep, until } from '../helpers/wait.js'
@@ -878,8 +878,14 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       })
 
     afterAll(() => {
-      // Errors are expected where faults were injected; anything else is a finding.
-      const unexpected = errors.filter((e) => !/injected fault/.test(e.message))
+      // Errors are expected where faults were injected, and where a loaded machine delivered a
+      // grant too late to hold (the core releases it and asks again: safe, reported); anything
+      // else is a finding.
+      const unexpected = errors.filter(
+        (e) =>
+          !/injected fault/.test(e.message) &&
+          !(e instanceof BackendTimeoutError && /took longer than the lease/.test(e.message)),
+      )
       expect(unexpected.map((e) => e.message)).toEqual([])
     })
   })

@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest'
 import { forwardingBackend } from '../../src/backends/kit.js'
 import { MemoryBackend } from '../../src/backends/memory.js'
 import { Election } from '../../src/election.js'
+import { BackendTimeoutError } from '../../src/errors.js'
 import type { Term } from '../../src/term.js'
 import { ManualClock, settle } from '../helpers/manual-clock.js'
 
@@ -157,6 +158,38 @@ describe('the review’s cases', () => {
     await clock.advance(100)
     expect(tokens.length).toBe(2)
     expect(tokens[1]).toBeGreaterThan(tokens[0]!)
+    await a.close()
+  })
+
+  it('releases a grant whose answer came after the lease minus the margin, reports a BackendTimeoutError, and asks again', async () => {
+    const clock = new ManualClock()
+    const store = new MemoryBackend({ clock })
+    // The first acquire's answer is held back past the grant's usable life.
+    const granted: number[] = []
+    const backend = forwardingBackend(store, {
+      acquire: async (request) => {
+        const result = await store.acquire(request)
+        if (result.acquired) granted.push(result.token)
+        if (granted.length === 1) {
+          await new Promise((resolve) => clock.setTimeout(resolve, OPTIONS.leaseMs))
+        }
+        return result
+      },
+    })
+    const a = new Election(backend, 'review/slow', { ...OPTIONS, clock })
+    const errors: Error[] = []
+    a.on('error', (error) => errors.push(error))
+    const campaign = a.campaign()
+    await clock.advance(2 * OPTIONS.leaseMs)
+    const term = await campaign
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toBeInstanceOf(BackendTimeoutError)
+    expect(errors[0]!.message).toMatch(/took longer than the lease minus the margin \(950 ms\)/)
+    // Asked again, for a new grant: the late one was never used.
+    expect(granted).toHaveLength(2)
+    expect(term.token).toBe(granted[1])
+    expect(term.token).toBeGreaterThan(granted[0]!)
+    expect(term.active).toBe(true)
     await a.close()
   })
 
