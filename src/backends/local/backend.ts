@@ -9,6 +9,7 @@
  * socket starts a takeover, and the lock stays with the slow hub as long as its process lives;
  * calls to it time out and the election core retries them, as with any backend.
  */
+import { randomBytes } from 'node:crypto'
 import type {
   AcquireRequest,
   AcquireResult,
@@ -76,6 +77,8 @@ export class LocalBackend implements Backend {
   readonly #held = new Map<string, Held>()
   readonly #watches = new Set<Watch>()
   readonly #agents = new Map<string, AgentLine>()
+  /** This handle's id at every hub (the hub state file's clients). */
+  readonly #handle = randomBytes(8).toString('hex')
   #link: Link | undefined
   #connecting: Promise<Link> | undefined
   #hostUsed: HubHost | undefined
@@ -238,7 +241,13 @@ export class LocalBackend implements Backend {
           transport = socketTransport(await connectSocket(address))
           // Who this process is, first: the hub frees our grants at once if we die (only then).
           try {
-            transport.send(envelope(LOCAL_NAMESPACE, { type: 'hello', identity: selfIdentity() }))
+            transport.send(
+              envelope(LOCAL_NAMESPACE, {
+                type: 'hello',
+                identity: selfIdentity(),
+                handle: this.#handle,
+              }),
+            )
           } catch {
             // Closed already: the next call finds out and reconnects.
           }
@@ -260,7 +269,7 @@ export class LocalBackend implements Backend {
           this.#hostUsed = host
           await previous?.unuse()
         }
-        transport = host.transport()
+        transport = host.transport(this.#handle)
       }
       if (transport) {
         const link = await this.#attach(transport, host)
@@ -311,6 +320,8 @@ export class LocalBackend implements Backend {
       }
     })
     const now = performance.now()
+    // Whether every grant this handle may still act on is registered at the new hub.
+    let complete = true
     await Promise.all(
       [...this.#held.entries()].map(async ([key, held]) => {
         const remainingMs = Math.floor(held.leaseMs - (now - held.sentAt))
@@ -329,9 +340,22 @@ export class LocalBackend implements Backend {
             .catch(() => undefined))
         // Refused (or run out): the grant is gone; the next renewal says so and the term ends.
         if (kept === false && this.#held.get(key) === held) this.#held.delete(key)
+        // Not surely registered here while the term may still run (refused: until the next
+        // renewal says so; no answer: maybe never registered): this handle is not synced.
+        if (kept !== true && remainingMs > 0) complete = false
       }),
     )
     if (link.broken) return undefined
+    // The hub may end its post-crash wait once every client said this: only when nothing this
+    // handle may still act on is missing there (else the hub waits the lease out). Sent after
+    // every adopt was answered, so the hub has registered them all when it reads this.
+    if (complete) {
+      try {
+        transport.send(envelope(LOCAL_NAMESPACE, { type: 'synced' }))
+      } catch {
+        // Closed already: the next connection says it.
+      }
+    }
     await Promise.all(
       [...this.#watches].map(async (watch) => {
         watch.remote = await remote.watch(watch.resource, watch.onChange).catch(() => undefined)
