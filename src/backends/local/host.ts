@@ -330,8 +330,9 @@ export class HubHost {
         for (const listener of [...listeners]) listener(copy)
       })
     }
-    const connection = this.#hub.connect(deliver)
+    // Recorded before the connection exists: a failure leaves nothing behind.
     this.#introduce(handle, selfIdentity())
+    const connection = this.#hub.connect(deliver)
     const peer: RelayPeer = {
       id: this.#agents.nextId(),
       pid: () => process.pid,
