@@ -206,17 +206,21 @@ export class HubHost {
       })
     }
     this.#maybeEndGrace()
+    // Once every grant of an older hub has run out, its clients that never came back hold none.
+    const forgetOld = () => {
+      for (const handle of this.#pending) {
+        if (this.#clients.get(handle)?.connections === 0) this.#clients.delete(handle)
+      }
+      this.#pending.clear()
+      this.#unknownOld = false
+    }
     const carryMs = this.#carryUntil - performance.now()
-    if (carryMs > 0 && (this.#pending.size > 0 || this.#unknownOld)) {
+    if (carryMs <= 0) forgetOld()
+    else if (this.#pending.size > 0 || this.#unknownOld) {
       this.#carryTimer = setTimeout(() => {
         this.#carryTimer = undefined
         if (this.#stopped) return
-        // Every grant of an older hub has run out: its clients that never came back hold none.
-        for (const handle of this.#pending) {
-          if (this.#clients.get(handle)?.connections === 0) this.#clients.delete(handle)
-        }
-        this.#pending.clear()
-        this.#unknownOld = false
+        forgetOld()
         this.#persistLoosely()
       }, carryMs + 1)
       this.#carryTimer.unref()
