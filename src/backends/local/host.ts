@@ -46,6 +46,8 @@ interface Client {
   identity: ProcessIdentity
   /** Its connections open now (a handle reconnecting may overlap its old connection). */
   connections: number
+  /** A connection of it closed while holding a grant here (which may outlive it). */
+  mayHold?: true
 }
 
 /** The hubs this process hosts, by address. */
@@ -209,7 +211,9 @@ export class HubHost {
     // Once every grant of an older hub has run out, its clients that never came back hold none.
     const forgetOld = () => {
       for (const handle of this.#pending) {
-        if (this.#clients.get(handle)?.connections === 0) this.#clients.delete(handle)
+        const client = this.#clients.get(handle)
+        // One that re-registered here without saying synced may hold this hub's grants: kept.
+        if (client?.connections === 0 && !client.mayHold) this.#clients.delete(handle)
       }
       this.#pending.clear()
       this.#unknownOld = false
@@ -267,6 +271,7 @@ export class HubHost {
     const client = this.#clients.get(handle)
     if (!client) return
     client.connections = Math.max(0, client.connections - 1)
+    if (holding) client.mayHold = true
     if (client.connections > 0 || holding || this.#pending.has(handle)) return
     this.#clients.delete(handle)
     this.#persistLoosely()
