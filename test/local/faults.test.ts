@@ -6,7 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
@@ -239,7 +239,7 @@ describe('local: hub takeover', () => {
   }, 30_000)
 })
 
-describe('local: a hub that dies under a reconnect', () => {
+describe('local: hub takeover, a hub that dies under a reconnect', () => {
   it('a hub that accepts the reconnect and dies before answering the re-registration: the holder keeps its grant and re-registers at the next hub', async () => {
     const dir = newDir()
     const hub = await peer('dying', dir)
@@ -275,6 +275,59 @@ describe('local: a hub that dies under a reconnect', () => {
       await sleep(L)
       expect(held.active).toBe(true)
       expect((await ea.leaders()).map((h) => [h.candidate, h.token])).toEqual([['a', held.token]])
+    } finally {
+      dying.close()
+      await ea.close()
+      await a.close()
+    }
+  }, 30_000)
+  it('the same with a waiter in another process: the new hub ends its wait only once the holder re-registered there, so the waiter is never granted while the holder holds', async () => {
+    const dir = newDir()
+    const hub = await peer('dying-wait', dir)
+    const b = await peer('dying-wait', dir)
+    const a = localBackend({ name: 'dying-wait', dir })
+    await a.holders('faults/dying')
+    const ea = election(a, 'faults/dying', 'a')
+    const eb = election(b.backend, 'faults/dying', 'b')
+    const { overlaps } = track([ea, eb])
+    const held = await ea.campaign()
+    const waiting = eb.campaign()
+    await sleep(200)
+    // As above, but the dying listener cuts every connection it has at the first adopt (b's
+    // too: b holds nothing, so it re-registers no grant, only its watch, which goes unanswered).
+    process.kill(hub.pid, 'SIGSTOP')
+    const address = a.settings.address
+    rmSync(address)
+    let cut = 0
+    const sockets = new Set<Socket>()
+    const dying = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('data', (chunk) => {
+        if (!String(chunk).includes('"adopt"') || cut > 0) return
+        cut++
+        for (const s of sockets) s.destroy()
+        dying.close()
+        rmSync(address, { force: true })
+      })
+      socket.on('error', () => {})
+    })
+    await new Promise<void>((resolve) => dying.listen(address, resolve))
+    try {
+      await hub.kill()
+      await until(async () => a.isHub || (await b.isHub()), 2 * L, 'a new hub')
+      expect(cut).toBe(1)
+      // Through renewals on the new hub: a still holds its grant there, b still waits. (Before,
+      // a dropped the grant it could not re-register, told the next hub it held nothing, and
+      // that hub ended its wait early: b was granted while a's term ran on to its next renewal.)
+      await sleep(L)
+      expect(overlaps).toEqual([])
+      expect(held.active).toBe(true)
+      expect((await ea.leaders()).map((h) => [h.candidate, h.token])).toEqual([['a', held.token]])
+      await held.resign()
+      const next = await waiting
+      expect(next.candidate).toBe('b')
+      expect(next.token).toBeGreaterThan(held.token)
+      expect(overlaps).toEqual([])
     } finally {
       dying.close()
       await ea.close()
