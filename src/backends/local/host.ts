@@ -7,10 +7,20 @@
  * file, one more per hub), above every token an older hub gave; grants the old hub's clients
  * still hold come back through `adopt`; and after a crash (no clean hand-over) the new hub grants
  * nothing new for the longest lease any hub granted, so no grant of the old hub can still be
- * running when it grants one again. That wait ends early once every client handle the state file
- * names (each one written there before its first call was served) has re-registered what it holds
- * (its `synced` message, after its adopts) or is surely dead: then no grant of an older hub can
- * live anywhere the new hub does not know of.
+ * running when it grants one again.
+ *
+ * That wait may end early, on one invariant: **no process that may still believe it holds a grant
+ * of an older hub is left out.** Every client handle that may hold a grant is named in the state
+ * file before its first call is served (a handle that cannot be written down is not served; one
+ * that does not say who it is makes the list unknown, and then the wait is never cut short), and
+ * a new hub carries the old list over until every older grant has run out. The wait ends once
+ * each handle of that list has either said `synced` or is surely dead (its process gone, by
+ * identity.ts). A handle says `synced` only after every grant its terms may still run on was
+ * adopted here, each adopt answered `true`: a grant whose adopt got no answer (the hub died, the
+ * call timed out), or was refused while its lease may still run there, keeps it from saying so.
+ * So the wait goes on for a handle that has not reconnected yet, one that is paused (SIGSTOP),
+ * one whose process lives in another pid namespace, one whose adopt went unanswered: each of
+ * them may hold a grant the new hub does not know, and costs the full wait.
  */
 import { unlinkSync } from 'node:fs'
 import { createServer, type Server, type Socket } from 'node:net'
