@@ -125,3 +125,20 @@ it('tokens keep growing after the token key expired and the resource was acquire
   if (!second.acquired) throw new Error('not granted')
   expect(second.token).toBeGreaterThan(first.token)
 })
+
+it('a release lifts the guard and forgets the tickets with the last grant only', async () => {
+  const admin = client(old.url)
+  const b = backend(client(old.url), { startupGrace: false })
+  const r = resource()
+  const keys = resourceKeys(b.prefix, r)
+  const ask2 = (candidate: string) =>
+    b.acquire({ resource: r, candidate, tickets: 2, leaseMs: 5_000, metadata: null })
+  const a = await ask2('A')
+  const c = await ask2('B')
+  if (!a.acquired || !c.acquired) throw new Error('not granted')
+  await b.release({ resource: r, candidate: 'A', token: a.token })
+  expect(await admin.exists(keys.guard)).toBe(1)
+  expect(await admin.hget(keys.grants, ' tickets')).toBe('2')
+  await b.release({ resource: r, candidate: 'B', token: c.token })
+  expect(await admin.exists(keys.guard, keys.grants, keys.holders)).toBe(0)
+})
