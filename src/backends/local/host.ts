@@ -257,6 +257,9 @@ export class HubHost {
    * when the state file cannot say so: the client must not be served then.
    */
   #introduce(handle: string, identity: ProcessIdentity): void {
+    // A stopped hub serves nobody (its transports are closed) and must not touch the state
+    // file, which the next hub may own by now.
+    if (this.#stopped) return
     const known = this.#clients.get(handle)
     if (known) {
       known.connections++
@@ -273,6 +276,8 @@ export class HubHost {
 
   /** A handle re-registered what it held at an older hub (its adopts are done). */
   #synced(handle: string): void {
+    const client = this.#clients.get(handle)
+    if (client) delete client.mayHold
     if (this.#pending.delete(handle)) this.#maybeEndGrace()
   }
 
@@ -282,7 +287,9 @@ export class HubHost {
     if (!client) return
     client.connections = Math.max(0, client.connections - 1)
     if (holding) client.mayHold = true
-    if (client.connections > 0 || holding || this.#pending.has(handle)) return
+    // One of its connections closed holding a grant that outlives it: kept (the next hub after
+    // a crash must hear from it), until a later connection says synced, owning what it holds.
+    if (client.connections > 0 || holding || client.mayHold || this.#pending.has(handle)) return
     this.#clients.delete(handle)
     this.#persistLoosely()
   }
@@ -307,6 +314,9 @@ export class HubHost {
    * cannot: the file then still says what it said, which callers must treat as not written.
    */
   #persist(clean: HubState['clean'] = null): void {
+    // After stop() wrote its hand-over, the next hub may own the file: an older write would
+    // bring back this hub's epoch and drop that hand-over.
+    if (this.#stopped && !clean) throw new Error('local: this hub has stopped')
     this.#state.clients =
       this.#unknownOld || this.#unknownHere
         ? null
@@ -317,6 +327,7 @@ export class HubHost {
 
   /** #persist where a failure only makes the file more cautious (it names a client too many). */
   #persistLoosely(): void {
+    if (this.#stopped) return
     try {
       this.#persist()
     } catch (error) {
