@@ -316,7 +316,8 @@ export const crash = scenario<Subject, 'candidate' | 'spawnHolder'>({
 
 /**
  * The hub's process and the holder's are SIGKILLed together while a candidate waits (the worst
- * case of a hub crash: the new hub knows nothing and waits out one lease): from the kill to the
+ * case of a hub crash: the new hub knows none of the old grants; it waits until every client
+ * re-registered what it holds or is surely dead, at most one lease): from the kill to the
  * waiter holding, in ms and in leases.
  */
 export const hubCrash = scenario<Subject, 'candidate' | 'spawnHolder' | 'startHub'>({
@@ -346,7 +347,7 @@ export const hubCrash = scenario<Subject, 'candidate' | 'spawnHolder' | 'startHu
         await waiter.close()
       }
     }
-    const note = `lease ${leaseMs} ms; the new hub grants nothing new for one lease`
+    const note = `lease ${leaseMs} ms; the new hub grants nothing new until every client re-registered (or died), at most one lease`
     return [
       summarize('SIGKILL hub + holder → waiter holds', ms, 'ms', note),
       summarize(

@@ -20,8 +20,20 @@ process.on('message', (message: unknown) => {
 })
 process.on('disconnect', () => void backend.close().then(() => process.exit(0)))
 process.on('SIGTERM', () => void backend.close().then(() => process.exit(0)))
-// Connect (or become the hub) before saying ready: the first call is then not a cold start.
-void backend.holders('conclave/peer-ready').then(
+// Connect (or become the hub) before saying ready: the first call is then not a cold start. A
+// first call that timed out is asked again (a short timeoutMs on a loaded disk: the hub writes
+// a new handle into its state file, fsynced, before serving it).
+const ready = async (): Promise<void> => {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await backend.holders('conclave/peer-ready')
+      return
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'ERR_CONCLAVE_TIMEOUT' || attempt >= 20) throw error
+    }
+  }
+}
+void ready().then(
   () => process.send!({ 'peer-ready': true }),
   (error: Error) => {
     process.send!({ 'peer-error': error.message })

@@ -6,7 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { chmodSync, chownSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { createServer, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
@@ -111,29 +111,83 @@ describe('local: hub takeover', () => {
     )
   }, 30_000)
 
-  it('kill -9 of the hub and the holder together: the waiter wins only after the old term ended, with a larger token', async () => {
+  // A lease long enough that "before it would have ended" cannot be met by the lease running out.
+  const LONG = 20_000
+  const ask = (candidate: string) => ({
+    resource: 'faults/both',
+    candidate,
+    tickets: 1,
+    leaseMs: LONG,
+    metadata: null,
+  })
+
+  it('kill -9 of the hub and the holder together: every survivor re-registers, so the new hub ends its wait early; the waiter wins long before the lease would have ended, with a larger token', async () => {
     const dir = newDir()
     const hub = await peer('both', dir)
     const a = await peer('both', dir)
     const b = await peer('both', dir)
-    const res = 'faults/both'
-    const ea = election(a.backend, res, 'a')
-    const eb = election(b.backend, res, 'b')
-    const { overlaps } = track([ea, eb])
-    const held = await ea.campaign()
-    let endedAt = 0
-    held.signal.addEventListener('abort', () => (endedAt = performance.now()))
-    const waiting = eb.campaign()
-    await sleep(L / 3)
+    // The grant is held by a's own process (its backend), so killing a ends the holder itself.
+    const askedAt = performance.now()
+    const got = await a.backend.acquire(ask('a'))
+    expect(got.acquired).toBe(true)
+    const waiting = new Election(b.backend, 'faults/both', { leaseMs: LONG, id: 'b' })
+    waiting.on('error', () => {})
+    elections.push(waiting)
+    const won = waiting.campaign()
+    await sleep(200)
     await Promise.all([hub.kill(), a.kill()])
-    const next = await waiting
+    const next = await won
     const wonAt = performance.now()
-    expect(held.active).toBe(false)
-    expect(endedAt).toBeGreaterThan(0)
-    expect(endedAt).toBeLessThanOrEqual(wonAt)
-    expect(next.token).toBeGreaterThan(held.token)
-    expect(overlaps).toEqual([])
-  }, 30_000)
+    expect(next.candidate).toBe('b')
+    expect(next.token).toBeGreaterThan(got.acquired ? got.token : 0)
+    expect(wonAt).toBeLessThan(askedAt + LONG)
+  }, 60_000)
+
+  it('a holder paused (SIGSTOP) when the hub dies cannot re-register: the new hub grants nothing meanwhile; resumed, it keeps its grant, and the waiter wins after its release', async () => {
+    const dir = newDir()
+    const hub = await peer('paused-holder', dir)
+    const a = await peer('paused-holder', dir)
+    const b = await peer('paused-holder', dir)
+    const got = await a.backend.acquire(ask('a'))
+    expect(got.acquired).toBe(true)
+    a.child.kill('SIGSTOP')
+    try {
+      await hub.kill()
+      // b reaches the new hub (its asks are answered again), then keeps being refused.
+      await until(
+        async () =>
+          b.backend.acquire(ask('b')).then(
+            (answer) => (expect(answer.acquired).toBe(false), true),
+            () => false,
+          ),
+        10_000,
+        'an answer from the new hub',
+      )
+      for (let i = 0; i < 10; i++) {
+        const answer = await b.backend.acquire(ask('b'))
+        expect(answer.acquired).toBe(false)
+        await sleep(100)
+      }
+    } finally {
+      a.child.kill('SIGCONT')
+    }
+    // Resumed: a re-registers its grant at the new hub; b still waits for it.
+    await until(
+      async () => (await a.backend.holders('faults/both').catch(() => [])).length === 1,
+      10_000,
+      "a's grant at the new hub",
+    )
+    expect((await b.backend.holders('faults/both')).map((h) => [h.candidate, h.token])).toEqual([
+      ['a', got.acquired ? got.token : 0],
+    ])
+    expect((await b.backend.acquire(ask('b'))).acquired).toBe(false)
+    await a.backend.release({ resource: 'faults/both', candidate: 'a' })
+    await until(
+      async () => (await b.backend.acquire(ask('b'))).acquired,
+      10_000,
+      'b winning after the release',
+    )
+  }, 60_000)
 
   it('a stale socket file (its hub killed) does not block the next start', async () => {
     const dir = newDir()
@@ -185,7 +239,7 @@ describe('local: hub takeover', () => {
   }, 30_000)
 })
 
-describe('local: a hub that dies under a reconnect', () => {
+describe('local: hub takeover, a hub that dies under a reconnect', () => {
   it('a hub that accepts the reconnect and dies before answering the re-registration: the holder keeps its grant and re-registers at the next hub', async () => {
     const dir = newDir()
     const hub = await peer('dying', dir)
@@ -221,6 +275,59 @@ describe('local: a hub that dies under a reconnect', () => {
       await sleep(L)
       expect(held.active).toBe(true)
       expect((await ea.leaders()).map((h) => [h.candidate, h.token])).toEqual([['a', held.token]])
+    } finally {
+      dying.close()
+      await ea.close()
+      await a.close()
+    }
+  }, 30_000)
+  it('the same with a waiter in another process: the new hub ends its wait only once the holder re-registered there, so the waiter is never granted while the holder holds', async () => {
+    const dir = newDir()
+    const hub = await peer('dying-wait', dir)
+    const b = await peer('dying-wait', dir)
+    const a = localBackend({ name: 'dying-wait', dir })
+    await a.holders('faults/dying')
+    const ea = election(a, 'faults/dying', 'a')
+    const eb = election(b.backend, 'faults/dying', 'b')
+    const { overlaps } = track([ea, eb])
+    const held = await ea.campaign()
+    const waiting = eb.campaign()
+    await sleep(200)
+    // As above, but the dying listener cuts every connection it has at the first adopt (b's
+    // too: b holds nothing, so it re-registers no grant, only its watch, which goes unanswered).
+    process.kill(hub.pid, 'SIGSTOP')
+    const address = a.settings.address
+    rmSync(address)
+    let cut = 0
+    const sockets = new Set<Socket>()
+    const dying = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('data', (chunk) => {
+        if (!String(chunk).includes('"adopt"') || cut > 0) return
+        cut++
+        for (const s of sockets) s.destroy()
+        dying.close()
+        rmSync(address, { force: true })
+      })
+      socket.on('error', () => {})
+    })
+    await new Promise<void>((resolve) => dying.listen(address, resolve))
+    try {
+      await hub.kill()
+      await until(async () => a.isHub || (await b.isHub()), 2 * L, 'a new hub')
+      expect(cut).toBe(1)
+      // Through renewals on the new hub: a still holds its grant there, b still waits. (Before,
+      // a dropped the grant it could not re-register, told the next hub it held nothing, and
+      // that hub ended its wait early: b was granted while a's term ran on to its next renewal.)
+      await sleep(L)
+      expect(overlaps).toEqual([])
+      expect(held.active).toBe(true)
+      expect((await ea.leaders()).map((h) => [h.candidate, h.token])).toEqual([['a', held.token]])
+      await held.resign()
+      const next = await waiting
+      expect(next.candidate).toBe('b')
+      expect(next.token).toBeGreaterThan(held.token)
+      expect(overlaps).toEqual([])
     } finally {
       dying.close()
       await ea.close()

@@ -85,10 +85,29 @@ describe('localBackend options', () => {
 describe('the hub state file', () => {
   it('round-trips, and a missing one reads as fresh', () => {
     const path = join(base, 'state.json')
-    expect(readState(path)).toEqual({ epoch: 0, maxLeaseMs: 0, clean: null })
-    writeState(path, { epoch: 3, maxLeaseMs: 2000, clean: null })
-    expect(readState(path)).toEqual({ epoch: 3, maxLeaseMs: 2000, clean: null })
+    expect(readState(path)).toEqual({ epoch: 0, maxLeaseMs: 0, clean: null, clients: [] })
+    writeState(path, { epoch: 3, maxLeaseMs: 2000, clean: null, clients: null })
+    expect(readState(path)).toEqual({ epoch: 3, maxLeaseMs: 2000, clean: null, clients: null })
     expect((JSON.parse(readFileSync(path, 'utf8')) as { epoch: number }).epoch).toBe(3)
+  })
+
+  it('keeps the client handles, and reads a list it cannot trust (missing, a bad entry) as unknown, so the next hub waits its full lease', () => {
+    const path = join(base, 'clients.json')
+    const identity = { pid: 42, pidNs: 'pid:[4026531836]', startTime: '123' }
+    writeState(path, {
+      epoch: 1,
+      maxLeaseMs: 1000,
+      clean: null,
+      clients: [{ handle: '0123456789abcdef', identity }],
+    })
+    expect(readState(path).clients).toEqual([{ handle: '0123456789abcdef', identity }])
+    writeFileSync(path, JSON.stringify({ epoch: 1, maxLeaseMs: 1000, clean: null }))
+    expect(readState(path).clients).toBe(null)
+    writeFileSync(
+      path,
+      JSON.stringify({ epoch: 1, maxLeaseMs: 1000, clients: [{ handle: 'x', identity }] }),
+    )
+    expect(readState(path).clients).toBe(null)
   })
 
   it('refuses to guess a fresh state from a file it cannot read (the old tokens and wait would be lost)', () => {

@@ -23,6 +23,8 @@ export interface HubConnection {
   receive(message: unknown): void
   /** The peer is gone: release its grants and drop its watches. Idempotent. */
   close(): Promise<void>
+  /** Whether a grant acquired or adopted through this connection is held (false once closed). */
+  holding(): boolean
 }
 
 /** Options of a Hub. */
@@ -271,6 +273,7 @@ export class Hub {
     }
 
     return {
+      holding: () => held.size > 0,
       receive(message: unknown): void {
         if (closed || !isOurs(message, ns)) return
         let request: RequestMessage

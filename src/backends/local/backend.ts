@@ -9,6 +9,7 @@
  * socket starts a takeover, and the lock stays with the slow hub as long as its process lives;
  * calls to it time out and the election core retries them, as with any backend.
  */
+import { randomBytes } from 'node:crypto'
 import type {
   AcquireRequest,
   AcquireResult,
@@ -74,8 +75,16 @@ export class LocalBackend implements Backend {
   readonly settings: LocalSettings
   readonly #gate = new CloseGate('local')
   readonly #held = new Map<string, Held>()
+  /**
+   * Grants a hub refused to re-register while their terms may still run here (until a renewal
+   * answers, a release, or their lease measured here ends): while one may, this handle never
+   * tells a hub it is synced, for the hub could grant that resource to another meanwhile.
+   */
+  readonly #doubt = new Map<string, Held>()
   readonly #watches = new Set<Watch>()
   readonly #agents = new Map<string, AgentLine>()
+  /** This handle's id at every hub (the hub state file's clients). */
+  readonly #handle = randomBytes(8).toString('hex')
   #link: Link | undefined
   #connecting: Promise<Link> | undefined
   #hostUsed: HubHost | undefined
@@ -94,6 +103,8 @@ export class LocalBackend implements Backend {
     const link = await this.#ready()
     const result = await link.remote.acquire(request)
     const key = keyOf(request)
+    // A new ask: no earlier term of this candidate runs on the resource.
+    this.#doubt.delete(key)
     if (result.acquired) {
       this.#held.set(key, {
         resource: request.resource,
@@ -117,7 +128,28 @@ export class LocalBackend implements Backend {
     requests.forEach((request, i) => {
       const key = keyOf(request)
       const held = this.#held.get(key)
-      if (!held || held.token !== request.token) return
+      if (!held || held.token !== request.token) {
+        const doubted = this.#doubt.get(key)
+        if (doubted?.token !== request.token) return
+        // Answered: refused, the term ends; renewed, the hub has it after all (held again).
+        this.#doubt.delete(key)
+        if (!results[i]) return
+        doubted.sentAt = sentAt
+        doubted.leaseMs = request.leaseMs
+        this.#held.set(key, doubted)
+        // Owned by this connection at the hub, so the hub counts this handle as a holder.
+        void link.remote
+          .adopt({
+            resource: doubted.resource,
+            candidate: doubted.candidate,
+            token: doubted.token,
+            tickets: doubted.tickets,
+            remainingMs: Math.max(1, Math.floor(request.leaseMs - (performance.now() - sentAt))),
+            metadata: doubted.metadata,
+          })
+          .catch(() => undefined)
+        return
+      }
       if (results[i]) {
         held.sentAt = sentAt
         held.leaseMs = request.leaseMs
@@ -133,6 +165,10 @@ export class LocalBackend implements Backend {
     const held = this.#held.get(key)
     if (held && (request.token === undefined || request.token === held.token)) {
       this.#held.delete(key)
+    }
+    const doubted = this.#doubt.get(key)
+    if (doubted && (request.token === undefined || request.token === doubted.token)) {
+      this.#doubt.delete(key)
     }
   }
 
@@ -208,6 +244,7 @@ export class LocalBackend implements Backend {
       )
       this.#watches.clear()
       this.#held.clear()
+      this.#doubt.clear()
       await link?.remote.close()
       const host = this.#hostUsed
       this.#hostUsed = undefined
@@ -238,7 +275,13 @@ export class LocalBackend implements Backend {
           transport = socketTransport(await connectSocket(address))
           // Who this process is, first: the hub frees our grants at once if we die (only then).
           try {
-            transport.send(envelope(LOCAL_NAMESPACE, { type: 'hello', identity: selfIdentity() }))
+            transport.send(
+              envelope(LOCAL_NAMESPACE, {
+                type: 'hello',
+                identity: selfIdentity(),
+                handle: this.#handle,
+              }),
+            )
           } catch {
             // Closed already: the next call finds out and reconnects.
           }
@@ -260,7 +303,7 @@ export class LocalBackend implements Backend {
           this.#hostUsed = host
           await previous?.unuse()
         }
-        transport = host.transport()
+        transport = host.transport(this.#handle)
       }
       if (transport) {
         const link = await this.#attach(transport, host)
@@ -311,6 +354,12 @@ export class LocalBackend implements Backend {
       }
     })
     const now = performance.now()
+    // Whether every grant this handle may still act on is registered at the new hub.
+    let complete = true
+    for (const [key, doubted] of this.#doubt) {
+      if (now - doubted.sentAt >= doubted.leaseMs) this.#doubt.delete(key)
+      else complete = false
+    }
     await Promise.all(
       [...this.#held.entries()].map(async ([key, held]) => {
         const remainingMs = Math.floor(held.leaseMs - (now - held.sentAt))
@@ -328,10 +377,26 @@ export class LocalBackend implements Backend {
             // No answer is not a refusal: decided below, by whether the channel still stands.
             .catch(() => undefined))
         // Refused (or run out): the grant is gone; the next renewal says so and the term ends.
-        if (kept === false && this.#held.get(key) === held) this.#held.delete(key)
+        if (kept === false && this.#held.get(key) === held) {
+          this.#held.delete(key)
+          if (remainingMs > 0) this.#doubt.set(key, held)
+        }
+        // Not surely registered here while the term may still run (refused: until the next
+        // renewal says so; no answer: maybe never registered): this handle is not synced.
+        if (kept !== true && remainingMs > 0) complete = false
       }),
     )
     if (link.broken) return undefined
+    // The hub may end its post-crash wait once every client said this: only when nothing this
+    // handle may still act on is missing there (else the hub waits the lease out). Sent after
+    // every adopt was answered, so the hub has registered them all when it reads this.
+    if (complete) {
+      try {
+        transport.send(envelope(LOCAL_NAMESPACE, { type: 'synced' }))
+      } catch {
+        // Closed already: the next connection says it.
+      }
+    }
     await Promise.all(
       [...this.#watches].map(async (watch) => {
         watch.remote = await remote.watch(watch.resource, watch.onChange).catch(() => undefined)

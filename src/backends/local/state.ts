@@ -4,17 +4,50 @@
  *   epoch       one more per hub: the hub's tokens start at epoch * 2^32, above every older one
  *   maxLeaseMs  the longest lease any hub granted: how long a new hub after a crash waits
  *   clean       a hub that closed cleanly leaves its grants here, so the next one needs no wait
+ *   clients     every client handle that may hold a grant of this hub or of an older one still
+ *               running (a handle id and its process), written before the handle's first call is
+ *               served: after a crash, the next hub ends its wait early once each of them has
+ *               re-registered what it holds or is surely dead. null: unknown (a client that did
+ *               not say who it is, or a file of an older version), so the next hub waits it out.
  */
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { BackendError } from '../../errors.js'
 import type { GrantRecord } from '../memory.js'
+import { parseIdentity, type ProcessIdentity } from './identity.js'
+
+/** A client handle (one LocalBackend) as the state file names it. */
+export interface ClientEntry {
+  /** The handle's random id, as its hello says. */
+  handle: string
+  /** Its process. */
+  identity: ProcessIdentity
+}
 
 /** What the state file holds. */
 export interface HubState {
   epoch: number
   maxLeaseMs: number
   clean: { at: number; grants: GrantRecord[] } | null
+  clients: ClientEntry[] | null
+}
+
+/** A handle id: what a client may name itself (bounded: the hub keeps and writes it). */
+export function isHandle(value: unknown): value is string {
+  return typeof value === 'string' && /^[0-9a-f]{8,64}$/.test(value)
+}
+
+/** The clients list, or null (unknown) when it is missing or any entry is not one. */
+function parseClients(value: unknown): ClientEntry[] | null {
+  if (!Array.isArray(value)) return null
+  const out: ClientEntry[] = []
+  for (const entry of value as unknown[]) {
+    const { handle, identity } = (entry ?? {}) as Record<string, unknown>
+    const who = parseIdentity(identity)
+    if (!isHandle(handle) || !who) return null
+    out.push({ handle, identity: who })
+  }
+  return out
 }
 
 /** Tokens of one hub: epoch * TOKEN_SPAN + a counter (2^21 epochs fit in a safe integer). */
@@ -34,10 +67,10 @@ export function readState(path: string): HubState {
       raw.clean && Array.isArray(raw.clean.grants) && typeof raw.clean.at === 'number'
         ? raw.clean
         : null
-    return { epoch, maxLeaseMs, clean }
+    return { epoch, maxLeaseMs, clean, clients: parseClients(raw.clients) }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-      return { epoch: 0, maxLeaseMs: 0, clean: null }
+      return { epoch: 0, maxLeaseMs: 0, clean: null, clients: [] }
     }
     throw new BackendError(
       `local: the hub state file ${path} cannot be read (${(error as Error).message}); refusing to host the hub, which could reuse the last hub's tokens. Fix or remove the file once no process of this app runs.`,
