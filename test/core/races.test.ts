@@ -171,7 +171,7 @@ describe('the review’s cases', () => {
         const result = await store.acquire(request)
         if (result.acquired) granted.push(result.token)
         if (granted.length === 1) {
-          await new Promise((resolve) => clock.setTimeout(resolve, OPTIONS.leaseMs))
+          await new Promise<void>((resolve) => clock.setTimeout(() => resolve(), OPTIONS.leaseMs))
         }
         return result
       },
