@@ -14,7 +14,8 @@
 --                  keys were deleted by hand while grants may live on in their holders' minds.
 -- KEYS[5] history: string "<master_replid>:<sinceMs>", the replication id acquire last saw this
 --                  server run under for this resource, and since when (server TIME; 0: no grace
---                  owed). Expires with the token key. Only used when ARGV[8] is not "0".
+--                  owed). Lives about as long as the token key (at least a token TTL after
+--                  each ask). Only used when ARGV[8] is not "0".
 -- KEYS[6] line:    sorted set, candidate -> order of its place (lib/line.lua)
 -- KEYS[7] places:  sorted set, candidate -> its place's expiry (ms, server TIME)
 -- ARGV[1] candidate
@@ -52,6 +53,8 @@ local historyKey = KEYS[5]
 local line, places = KEYS[6], KEYS[7]
 
 local now, nowUs, micros = serverTime()
+-- The whole seconds of TIME, as LASTSAVE counts them (the startup grace's cheap check).
+local nowSec = math.floor(nowUs / 1000000)
 local changed = false
 
 -- The holders key deleted by hand (a raw DEL, UNLINK, RENAME...) while the guard says grants may
@@ -122,12 +125,23 @@ local function graceWait()
   -- by 1 s: a stale cached time only makes it smaller). Hence no grant before it reaches
   -- startupGraceMs + 1 s: the real uptime is then more than startupGraceMs.
   local waitMs = 0
-  if startupGraceMs > 0 then
+  local needed = math.ceil((startupGraceMs + 1000) / 1000)
+  -- The cheap proof first (INFO server and its match are a third of an uncontended acquire's
+  -- server time): LASTSAVE is time(NULL) taken at init, before the server serves anyone, or at
+  -- a later save, so the real uptime exceeds (TIME's second - LASTSAVE) - 1, and a difference
+  -- of at least `needed` proves more than startupGraceMs, the bound the INFO rule below gives.
+  -- A recent save (or start), or LASTSAVE refused (an ACL), leaves the decision to INFO.
+  local saved = startupGraceMs > 0 and redis.pcall('LASTSAVE')
+  if type(saved) == 'number' and saved > 0 and nowSec - saved >= needed then
+    saved = true
+  else
+    saved = false
+  end
+  if startupGraceMs > 0 and not saved then
     -- A server whose INFO lacks the field (none known) cannot be judged: no grace then.
     local uptime = string.match(redis.call('INFO', 'server'), 'uptime_in_seconds:(%d+)')
     if uptime then
       uptime = tonumber(uptime)
-      local needed = math.ceil((startupGraceMs + 1000) / 1000)
       if uptime < needed then
         -- The field grows by 1 at each whole second of server time: it reaches `needed` in
         -- (needed - uptime) seconds less the part of the current second already gone (>= 1 ms).
@@ -166,9 +180,14 @@ local function graceWait()
         local former = string.match(info, 'master_replid2:(%x+)')
         if former and string.find(former, '[^0]') then since = now end
       end
-      -- Written on every ask for a free ticket or an own grant (not only on a change): it lives
-      -- as long as the token key, so a resource in use never forgets the history it saw.
-      redis.call('SET', historyKey, replid .. ':' .. since, 'PX', failoverGraceMs + tokenTtl)
+      -- Kept alive on every ask for a free ticket or an own grant: a resource in use never
+      -- forgets the history it saw. Rewritten only when it changed or has lived a grace since
+      -- its last write (a TTL under tokenTtl), not on every ask: its TTL never falls below the
+      -- token TTL of a week while the resource is asked for.
+      local value = replid .. ':' .. since
+      if value ~= seen or redis.call('PTTL', historyKey) < tokenTtl then
+        redis.call('SET', historyKey, value, 'PX', failoverGraceMs + tokenTtl)
+      end
       if since > 0 and now < since + failoverGraceMs then
         local wait = since + failoverGraceMs - now
         if wait > waitMs then

@@ -22,8 +22,10 @@ local candidate, token, channel = ARGV[1], ARGV[2], ARGV[3]
 -- Effects replication, before any write (lib/grants.lua's serverTime); TIME itself is read
 -- only when there is a line to look at.
 if redis.replicate_commands then redis.replicate_commands() end
--- Keys deleted by hand: a withdrawal then must not lift the guard.
-local keepGuard = redis.call('EXISTS', holders) == 0
+-- Keys deleted by hand: a withdrawal then must not lift the guard. The count also tells, after
+-- the ZREM below, whether the last grant went (no second read of the holders key).
+local size = redis.call('ZCARD', holders)
+local keepGuard = size == 0
 -- The tickets are read before the last grant takes them along: whom the freed ticket goes to
 -- depends on them.
 local found = redis.call('HMGET', grants, candidate, TICKETS)
@@ -49,10 +51,10 @@ if not value then
 end
 if token ~= '' and splitGrant(value) ~= token then return 0 end
 
-redis.call('ZREM', holders, candidate)
+local left = size - redis.call('ZREM', holders, candidate)
 if token == '' then leaveLine(line, places, candidate) end
 -- forgetWhenEmpty's work, with the grant's own HDEL in the same call.
-if redis.call('ZCARD', holders) == 0 then
+if left == 0 then
   redis.call('HDEL', grants, candidate, TICKETS)
   if not keepGuard then redis.call('DEL', guard) end
 else
