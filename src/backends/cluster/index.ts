@@ -113,7 +113,11 @@ export function serveCluster(options: ClusterBackendOptions = {}): Hub {
   checkPm2(options)
   if (primary) return primary.hub
   const memory = new MemoryBackend(options.clock ? { clock: options.clock } : {})
-  const hub = new Hub(memory, options.onError ? { onError: options.onError } : {})
+  const hub = new Hub(memory, {
+    // A release hands the freed ticket to the next waiter in line, pushed to its worker only.
+    session: () => memory.session(),
+    ...(options.onError ? { onError: options.onError } : {}),
+  })
   const connections = new Map<number, HubConnection>()
   const state: PrimaryState = {
     memory,
