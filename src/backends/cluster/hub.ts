@@ -284,7 +284,9 @@ export class Hub {
           const watchVia = session ?? backend
           const pending = watchVia.watch(resource, (change) => {
             if (change?.granted) {
-              const granted = took(resource, change.granted)
+              // Without a session the store cannot tell whose place it granted: nobody is told
+              // (the waiter is woken, asks, and finds its grant).
+              const granted = session ? took(resource, change.granted) : []
               change = granted.length ? { ...change, granted } : withoutGranted(change)
             }
             if (closed) return
