@@ -116,7 +116,7 @@ export function parseEvent(message: Record<string, unknown>): EventMessage {
         `Invalid event wake: ${shown(wake)}. wake is absent or an array of at most ${MAX_WAKE} candidate ids (strings of 1 to ${MAX_CANDIDATE_LENGTH} characters).`,
       )
     }
-    event.wake = [...(wake as string[])]
+    event.wake = [...wake]
   }
   const granted = message.granted
   if (granted !== undefined) {
