@@ -31,7 +31,7 @@ import { Hub, type HubConnection } from './hub.js'
 import { RemoteBackend, type Transport } from './remote.js'
 import { forwardingBackend } from '../kit.js'
 
-export { Hub, type HubConnection, type HubOptions } from './hub.js'
+export { Hub, type HubConnection, type HubOptions, type HubSession } from './hub.js'
 export { RemoteBackend, type RemoteBackendOptions, type Transport } from './remote.js'
 
 /** Options of `clusterBackend()` and `serveCluster()`. */
