@@ -283,10 +283,11 @@ export class Hub {
           const resource = args.resource as string
           const watchVia = session ?? backend
           const pending = watchVia.watch(resource, (change) => {
-            if (change?.granted) {
-              // Without a session the store cannot tell whose place it granted: nobody is told
-              // (the waiter is woken, asks, and finds its grant).
-              const granted = session ? took(resource, change.granted) : []
+            // With a session the grants named are this connection's: recorded, then sent.
+            // Without one (a hub relaying another backend) they pass through as they came:
+            // only the process whose campaign stands in that place takes one.
+            if (change?.granted && session) {
+              const granted = took(resource, change.granted)
               change = granted.length ? { ...change, granted } : withoutGranted(change)
             }
             if (closed) return
