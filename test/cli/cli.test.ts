@@ -2,8 +2,10 @@ import { spawn } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { freePort } from '../../testkit/index.js'
+import { bundled } from '../../testkit/bundled.js'
 
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+// The CLI bundled once for this file (testkit/bundled.ts): it starts in a fraction of tsx's time.
+const main = await bundled(fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url)))
 
 /** The environment without color: output is compared as plain text, whatever the terminal. */
 function plainEnv(): NodeJS.ProcessEnv {
@@ -17,7 +19,7 @@ function conclave(
   timeoutMs = 60_000,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', main, ...args], {
+    const child = spawn(process.execPath, [main, ...args], {
       env: plainEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
     })

@@ -1,4 +1,4 @@
-// `conclave run` with real processes: the CLI under tsx, its supervisor, a real command
+// `conclave run` with real processes: the CLI (bundled from src/), its supervisor, a real command
 // (test/cli/run-child.mjs) and its grandchild. One runner's behaviour against the first
 // networked backend's private server (memory: and cluster: are refused: separate runners could
 // never agree on them); the cross-process behaviour (two `conclave run` competing) once per
@@ -12,8 +12,10 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { startProxy, type FaultProxy } from '../../testkit/proxy.js'
 import { processAlive } from '../../testkit/index.js'
 import { firstFamily, registeredFamilies, startServer, type NetworkedServer } from './networked.js'
+import { bundled } from '../../testkit/bundled.js'
 
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+// The CLI bundled once for this file (testkit/bundled.ts): it starts in a fraction of tsx's time.
+const main = await bundled(fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url)))
 
 /** The environment without color: output is compared as plain text, whatever the terminal. */
 function plainEnv(): NodeJS.ProcessEnv {
@@ -37,7 +39,7 @@ function conclaveRun(args: string[]): RunProcess {
 }
 
 function conclave(args: string[]): RunProcess {
-  const proc = spawn(process.execPath, ['--import', 'tsx', main, ...args], {
+  const proc = spawn(process.execPath, [main, ...args], {
     env: plainEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
   })

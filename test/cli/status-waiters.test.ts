@@ -11,12 +11,14 @@ import { Election } from '../../src/election.js'
 import { localDir } from '../../testkit/local.js'
 import { until } from '../helpers/wait.js'
 import { type NetworkedServer, startServer } from './networked.js'
+import { bundled } from '../../testkit/bundled.js'
 
-const main = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+// The CLI bundled once for this file (testkit/bundled.ts): it starts in a fraction of tsx's time.
+const main = await bundled(fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url)))
 
 /** Runs the CLI to its end: its exit code and output. */
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const proc: ChildProcess = spawn(process.execPath, ['--import', 'tsx', main, ...args], {
+  const proc: ChildProcess = spawn(process.execPath, [main, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '' },
   })

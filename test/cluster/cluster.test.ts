@@ -9,7 +9,7 @@ import {
 } from '../../src/errors.js'
 import { forkWorker, setupClusterPrimary, type TestWorker } from './fixture.js'
 
-setupClusterPrimary('json')
+await setupClusterPrimary('json')
 const workers: TestWorker[] = []
 const fork = async () => {
   const w = await forkWorker()

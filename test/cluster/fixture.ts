@@ -3,12 +3,18 @@ import { fileURLToPath } from 'node:url'
 import type { Backend } from '../../src/backend.js'
 import { serveCluster } from '../../src/backends/cluster/index.js'
 import { RemoteBackend } from '../../src/backends/cluster/remote.js'
+import { bundled } from '../../testkit/bundled.js'
 
-/** Makes the test process a cluster primary whose workers run test/cluster/worker.ts. */
-export function setupClusterPrimary(serialization: 'json' | 'advanced' = 'json'): void {
+/**
+ * Makes the test process a cluster primary whose workers run test/cluster/worker.ts, bundled,
+ * under plain node: a worker starts in a fraction of tsx's time (testkit/bundled.ts).
+ */
+export async function setupClusterPrimary(
+  serialization: 'json' | 'advanced' = 'json',
+): Promise<void> {
   cluster.setupPrimary({
-    exec: fileURLToPath(new URL('./worker.ts', import.meta.url)),
-    execArgv: ['--import', 'tsx'],
+    exec: await bundled(fileURLToPath(new URL('./worker.ts', import.meta.url))),
+    execArgv: [],
     serialization,
     silent: false,
   })
@@ -73,7 +79,8 @@ export async function stopWorker(
 /**
  * Workers forked ahead of need: `next()` hands out the oldest (ready by then, usually) and forks
  * a replacement, so a test that asks for a backend mid-lease is not held up by a worker's
- * start-up (about half a second under tsx, more than some leases' renewal interval).
+ * start-up (a fraction of a second, more on a loaded machine: more than some leases' renewal
+ * interval).
  */
 export function workerPool(spares = 2): { next(): Promise<Backend>; close(): Promise<void> } {
   const ready: Promise<TestWorker>[] = Array.from({ length: spares }, () => forkWorker())

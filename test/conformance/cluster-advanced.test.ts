@@ -3,8 +3,8 @@ import { setupClusterPrimary, workerPool } from '../cluster/fixture.js'
 import { runConformance } from './suite.js'
 
 // Each backend is a real forked worker whose calls cross the cluster IPC to this primary,
-// forked ahead of need (a worker takes about half a second to start under tsx).
-setupClusterPrimary('advanced')
+// forked ahead of need (a worker takes a fraction of a second to start, more under load).
+await setupClusterPrimary('advanced')
 const pool = workerPool()
 afterAll(() => pool.close())
 

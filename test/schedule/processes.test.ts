@@ -2,7 +2,9 @@
 // of testkit/cron-candidate.ts on a two-second cron; the holder is SIGKILLed mid-fire, then
 // SIGSTOPped mid-fire past its lease (and resumed), then SIGTERMed. With `missed: 'all'` every
 // fire time from the first to the last must have run exactly once (an interrupted fire ran
-// once and is reported, not retried). Counts, not timings: stable on a loaded machine.
+// once and is reported, not retried). Counts, not timings: stable on a loaded machine. The
+// three backends run side by side (describe.concurrent; each has its own server, processes and
+// resource): the test waits on the cron, not on the CPU.
 import { type ChildProcess, fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { Cron } from 'croner'
@@ -56,7 +58,7 @@ afterAll(() => {
 })
 
 for (const fixture of fixtures) {
-  describe(`schedule() across processes on ${fixture.name}`, () => {
+  describe.concurrent(`schedule() across processes on ${fixture.name}`, () => {
     const children: ChildProcess[] = []
     let server: ServerHandle | undefined
 
