@@ -444,8 +444,9 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           if (this.#mustWithdraw) {
             // An earlier term's release failed, so its grant may live on; asking now would
             // hand that old grant (and its token) to a new term.
-            handed = undefined // the withdrawal took any grant made for the place
+            handed = undefined // the withdrawal takes any grant made for the place
             await this.backend.release({ resource: this.resource, candidate: this.id })
+            handed = undefined // and one pushed while it was out: that grant is gone too
             this.#mustWithdraw = false
             signal.throwIfAborted()
           }

@@ -2,7 +2,13 @@
  * The reference backend: grants in a Map, expiry on an injectable clock, watchers notified
  * asynchronously (as a real backend would). One process only; the cluster backend shares it
  * across node:cluster workers. Waiters stand in a line per resource (first come, first served):
- * a Map from candidate to the expiry of its place, in the order the places were taken.
+ * a Map from candidate to its place, in the order the places were taken.
+ *
+ * A release hands the tickets it frees to the first places in line itself (the graceful handoff
+ * in one push, not a wake-up and an ask): each place remembers the session (a process: a
+ * `handle()`, a hub connection's `session()`, or the store itself) whose ask took it, and is
+ * granted only while that session watches the resource, for what is left of the place's life,
+ * and the change names the grant (`granted`) only to that session's watchers.
  */
 import type {
   AcquireRequest,
@@ -44,6 +50,24 @@ export interface MemoryBackendOptions {
   tokenFloor?: number
   /** The backend's wall clock (`now()`, ms since the epoch). Default `Date.now`. */
   wallClock?: () => number
+  /**
+   * Whether a release may hand its freed tickets to the waiters in line now (default: always).
+   * The `local` hub says no within its post-crash grace and once it has handed its grants over.
+   */
+  handoff?: () => boolean
+}
+
+/**
+ * One process's view of the store (see `MemoryBackend.session`): its asks take places that a
+ * release may grant while its watches listen, and only its watchers hear of those grants.
+ */
+export interface MemorySession {
+  /** Backend.acquire, the place it takes (if refused) owned by this session. */
+  acquire(request: AcquireRequest): Promise<AcquireResult>
+  /** Backend.watch, through this session: while one lasts, its places take handoffs. */
+  watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch>
+  /** The process is gone: its watches stop, and no place of it takes a handoff any more. */
+  end(): void
 }
 
 /** A grant as it moves from one store to the next (a `local` hub handing over). */
@@ -63,10 +87,37 @@ interface Grant {
   metadata: Json
 }
 
+/** Whose asks and watches these are: one per process (handle, hub connection, the store). */
+interface Session {
+  ended: boolean
+}
+
+/** A waiter's place in line: what a release that grants it needs. */
+interface Place {
+  expiresAt: number
+  /** The tickets and metadata of the ask that took (or last kept by asking) the place. */
+  tickets: number
+  metadata: Json
+  /** The session of that ask: only it is told of a grant made for the place. */
+  session: Session
+}
+
+interface Watcher {
+  fn: (change: WatchChange) => void
+  session: Session
+}
+
+/** A grant a release made for a place in line (see #handOff). */
+interface Handed {
+  candidate: string
+  token: number
+  session: Session
+}
+
 interface ResourceState {
   grants: Map<string, Grant>
-  /** The line of waiters: candidate to its place's expiry, in the order places were taken. */
-  line: Map<string, number>
+  /** The line of waiters: candidate to its place, in the order places were taken. */
+  line: Map<string, Place>
   lastToken: number
   /**
    * The tickets the live grants were made with (meaningless while there are none); also the
@@ -80,7 +131,10 @@ export class MemoryBackend implements Backend {
   readonly name: string = 'memory'
   readonly #clock: Clock
   readonly #resources = new Map<string, ResourceState>()
-  readonly #watchers = new Map<string, Set<(change: WatchChange) => void>>()
+  readonly #watchers = new Map<string, Set<Watcher>>()
+  /** The session of calls made on the store itself (one process: its own elections). */
+  readonly #own: Session = { ended: false }
+  readonly #handoff: () => boolean
   readonly #gate = new CloseGate('memory')
   readonly #records = new Map<string, StoredRecord>()
   readonly #wallClock: () => number
@@ -90,6 +144,33 @@ export class MemoryBackend implements Backend {
     this.#clock = options.clock ?? systemClock
     this.#wallClock = options.wallClock ?? Date.now
     this.#tokenFloor = options.tokenFloor ?? 0
+    this.#handoff = options.handoff ?? (() => true)
+  }
+
+  /**
+   * A new session on this store, for one process served through it (a hub connection): asks
+   * and watches made through it are that process's, so a release grants its places only while
+   * it listens and names those grants only to it. `end()` it when the process goes.
+   */
+  session(): MemorySession {
+    const session: Session = { ended: false }
+    const unwatches = new Set<Unwatch>()
+    return {
+      acquire: (request) => this.#acquire(request, session),
+      watch: async (resource, onChange) => {
+        const unwatch = await this.#watch(resource, onChange, session)
+        const once: Unwatch = async () => {
+          if (unwatches.delete(once)) await unwatch()
+        }
+        unwatches.add(once)
+        if (session.ended) await once()
+        return once
+      },
+      end: () => {
+        session.ended = true
+        for (const unwatch of [...unwatches]) void unwatch()
+      },
+    }
   }
 
   /**
@@ -167,11 +248,17 @@ export class MemoryBackend implements Backend {
 
   #livePlaces(resource: string): [string, number][] {
     const now = this.#clock.now()
-    const line = this.#resources.get(resource)?.line ?? new Map<string, number>()
-    return [...line].filter(([, expiresAt]) => expiresAt > now)
+    const line = this.#resources.get(resource)?.line ?? new Map<string, Place>()
+    return [...line]
+      .map(([candidate, place]): [string, number] => [candidate, place.expiresAt])
+      .filter(([, expiresAt]) => expiresAt > now)
   }
 
-  async acquire(request: AcquireRequest): Promise<AcquireResult> {
+  acquire(request: AcquireRequest): Promise<AcquireResult> {
+    return this.#acquire(request, this.#own)
+  }
+
+  async #acquire(request: AcquireRequest, session: Session): Promise<AcquireResult> {
     this.#checkOpen()
     validateAcquire(request)
     const now = this.#clock.now()
@@ -202,12 +289,18 @@ export class MemoryBackend implements Backend {
       changed = true
       result = { acquired: true, token, holders: this.#list(state, now) }
     } else {
-      // Take a place at the end, or keep the one it has (a Map keeps a key's order on set).
+      // Take a place at the end, or keep the one it has (a Map keeps a key's order on set),
+      // now this ask's: a grant a release makes for it lasts at least this ask's lease.
       // Joining the line frees no ticket: it publishes nothing.
-      state.line.set(request.candidate, now + request.leaseMs)
+      state.line.set(request.candidate, {
+        expiresAt: now + request.leaseMs,
+        tickets: request.tickets,
+        metadata: request.metadata,
+        session,
+      })
       const holders = this.#list(state, now)
       // When a ticket could next free up for it: a grant's expiry, or a place ahead's.
-      const places = [...state.line.entries()].slice(0, ahead).map(([, at]) => at - now)
+      const places = [...state.line.values()].slice(0, ahead).map((p) => p.expiresAt - now)
       result = {
         acquired: false,
         holders,
@@ -228,10 +321,12 @@ export class MemoryBackend implements Backend {
       if (!state) return false
       if (this.#prune(state, now)) this.#notify(request.resource)
       if (request.queued) {
-        if (!state.line.has(request.candidate)) return false
+        const place = state.line.get(request.candidate)
+        if (!place) return false
         // Kept (and refreshed) either way: `false` asks it to claim the ticket free for it now.
+        // Never shortened: a grant made for the place lasts at least its last ask's lease.
         const free = state.grants.size + this.#ahead(state, request.candidate) < state.tickets
-        state.line.set(request.candidate, now + request.leaseMs)
+        place.expiresAt = Math.max(place.expiresAt, now + request.leaseMs)
         return !free
       }
       const grant = state.grants.get(request.candidate)
@@ -246,6 +341,8 @@ export class MemoryBackend implements Backend {
     validateRelease(request)
     const state = this.#resources.get(request.resource)
     if (!state) return
+    // Expired places stand nowhere: none of them is handed a ticket below.
+    const pruned = this.#prune(state, this.#clock.now())
     // Without a token the candidate withdraws: its place in line goes too.
     let changed = request.token === undefined && state.line.delete(request.candidate)
     const grant = state.grants.get(request.candidate)
@@ -255,7 +352,33 @@ export class MemoryBackend implements Backend {
       ended.push({ candidate: request.candidate, token: grant.token })
       changed = true
     }
-    if (changed) this.#notify(request.resource, ended)
+    const handed = changed ? this.#handOff(request.resource, state) : []
+    if (changed || pruned) this.#notify(request.resource, ended, handed)
+  }
+
+  /**
+   * Grants the tickets now free to the first places in line, in order, each with a token above
+   * every earlier one, for what is left of the place's life (at least one lease from its last
+   * ask, so the waiter may count its term from that ask's send time, and a waiter gone since
+   * never holds longer than its place would have stood). Stops at the first place whose session
+   * does not listen for the resource (ended, or no watch: it asks for itself when woken) or
+   * that asked with other tickets: never overtaken.
+   */
+  #handOff(resource: string, state: ResourceState): Handed[] {
+    const handed: Handed[] = []
+    if (state.line.size === 0 || !this.#handoff()) return handed
+    const watchers = [...(this.#watchers.get(resource) ?? [])]
+    for (const [candidate, place] of state.line) {
+      if (state.grants.size >= state.tickets) break
+      if (place.tickets !== state.tickets || place.session.ended) break
+      if (!watchers.some((w) => w.session === place.session)) break
+      if (state.grants.has(candidate)) break // a holder stands in no line; never two grants
+      const token = ++state.lastToken
+      state.grants.set(candidate, { token, expiresAt: place.expiresAt, metadata: place.metadata })
+      state.line.delete(candidate)
+      handed.push({ candidate, token, session: place.session })
+    }
+    return handed
   }
 
   async holders(resource: string): Promise<Holder[]> {
@@ -268,13 +391,21 @@ export class MemoryBackend implements Backend {
     return this.#list(state, now)
   }
 
-  async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
+  watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
+    return this.#watch(resource, onChange, this.#own)
+  }
+
+  async #watch(
+    resource: string,
+    onChange: (change?: WatchChange) => void,
+    session: Session,
+  ): Promise<Unwatch> {
     this.#checkOpen()
     validateResource(resource)
     let set = this.#watchers.get(resource)
     if (!set) this.#watchers.set(resource, (set = new Set()))
-    // A wrapper per call, so the same function can be watched twice and unwatched once.
-    const entry = (change: WatchChange) => onChange(change)
+    // An entry per call, so the same function can be watched twice and unwatched once.
+    const entry: Watcher = { fn: (change) => onChange(change), session }
     set.add(entry)
     return async () => {
       set.delete(entry)
@@ -321,15 +452,20 @@ export class MemoryBackend implements Backend {
    */
   handle(name = this.name): Backend {
     const store = this as MemoryBackend
+    // Its own session: its places take a handoff only while it watches, and it alone hears of it.
+    const session = this.session()
     const unwatches = new Set<Unwatch>()
     const gate = new CloseGate(name)
     const check = () => gate.check()
-    const teardown = async () => void (await Promise.all([...unwatches].map((u) => u())))
+    const teardown = async () => {
+      session.end()
+      await Promise.all([...unwatches].map((u) => u()))
+    }
     // Closing the store closes its handles first, so their elections end 'closed' too.
     const offStore = this.#gate.onClose(() => gate.close(teardown))
     return {
       name,
-      acquire: async (request) => (check(), store.acquire(request)),
+      acquire: async (request) => (check(), session.acquire(request)),
       renew: async (requests) => (check(), store.renew(requests)),
       release: async (request) => (check(), store.release(request)),
       holders: async (resource) => (check(), store.holders(resource)),
@@ -338,7 +474,7 @@ export class MemoryBackend implements Backend {
       now: async () => (check(), store.now()),
       async watch(resource, onChange) {
         check()
-        const unwatch = await store.watch(resource, onChange)
+        const unwatch = await session.watch(resource, onChange)
         const once: Unwatch = async () => {
           if (unwatches.delete(once)) await unwatch()
         }
@@ -384,8 +520,8 @@ export class MemoryBackend implements Backend {
         dropped = true
       }
     }
-    for (const [candidate, expiresAt] of state.line) {
-      if (expiresAt <= now) {
+    for (const [candidate, place] of state.line) {
+      if (place.expiresAt <= now) {
         state.line.delete(candidate)
         dropped = true
       }
@@ -415,19 +551,28 @@ export class MemoryBackend implements Backend {
   }
 
   /**
-   * Tells the resource's watchers; `wake` names the waiters a free ticket now goes to, `ended`
-   * the grants a release removed (an expiry names none: its holder's deadline came first).
+   * Tells the resource's watchers; `wake` names the waiters a free ticket now goes to (those
+   * handed one first), `ended` the grants a release removed (an expiry names none: its holder's
+   * deadline came first), `granted` the grants handed to places, to their session's watchers only.
    */
-  #notify(resource: string, ended: readonly EndedGrant[] = []): void {
+  #notify(resource: string, ended: readonly EndedGrant[] = [], handed: Handed[] = []): void {
     const set = this.#watchers.get(resource)
     if (!set) return
     const state = this.#resources.get(resource)
     const free = state ? Math.max(0, state.tickets - state.grants.size) : 0
-    const wake = state ? [...state.line.keys()].slice(0, free) : []
-    for (const fn of [...set]) {
+    const wake = [
+      ...handed.map((h) => h.candidate),
+      ...(state ? [...state.line.keys()].slice(0, free) : []),
+    ]
+    for (const { fn, session } of [...set]) {
+      const granted = handed
+        .filter((h) => h.session === session)
+        .map((h) => ({ candidate: h.candidate, token: h.token }))
       queueMicrotask(() => {
         try {
-          fn({ wake: [...wake], ended: ended.map((g) => ({ ...g })) })
+          const change: WatchChange = { wake: [...wake], ended: ended.map((g) => ({ ...g })) }
+          if (granted.length) change.granted = granted
+          fn(change)
         } catch {
           // A watcher's own failure is its business; the backend keeps serving others.
         }

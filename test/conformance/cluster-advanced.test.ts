@@ -10,5 +10,6 @@ afterAll(() => pool.close())
 
 runConformance('cluster (advanced serialization)', {
   leaseMs: 400,
+  handoff: true,
   backend: () => pool.next(),
 })

@@ -13,6 +13,7 @@ afterAll(async () => {
 
 runConformance('local (separate processes)', {
   leaseMs: 400,
+  handoff: true,
   // The hub keeps grants in memory and hands them over; records would not survive a hub crash.
   records: false,
   backend: async () => (await pool.next()).backend,

@@ -6,5 +6,6 @@ const store = new MemoryBackend()
 
 runConformance('memory', {
   leaseMs: 300,
+  handoff: true,
   backend: async () => store.handle(),
 })

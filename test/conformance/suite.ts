@@ -28,6 +28,13 @@ export interface ConformanceFixture {
    * protocol), so the case list names the client paths it checks, not the backend's guarantees.
    */
   only?: (title: string) => boolean
+  /**
+   * True for a backend whose release hands the freed ticket to the next waiter in line and
+   * pushes the grant in the watch change (`WatchChange.granted`): the suite then checks that the
+   * waiter holds without asking again, and that a grant pushed to a campaign aborted at that
+   * moment is handed on, not left to block the line.
+   */
+  handoff?: boolean
 }
 
 /** Lets a test make one backend's calls fail, as if its network path were cut. */
@@ -257,6 +264,71 @@ export function runConformance(name: string, fixture: ConformanceFixture): void 
       expect(tb.token).toBeGreaterThan(ta.token)
       expect(performance.now() - resignedAt).toBeLessThan(long / 4)
     })
+
+    if (fixture.handoff) {
+      /** Counts the asks one process sends. */
+      class Asking extends Faulty {
+        asks = 0
+        override async acquire(...a: Parameters<Backend['acquire']>) {
+          this.asks++
+          return super.acquire(...a)
+        }
+      }
+
+      it('a release hands the ticket to the waiter in line: it holds without asking again', async () => {
+        const res = resource('handoff')
+        const long = 60_000 // no timer of the waiter fires within the test: only the push counts
+        const holder = election(await backend(), res, { leaseMs: long })
+        const path = new Asking(await backend())
+        const waiter = election(path, res, { leaseMs: long })
+        const first = await holder.campaign()
+        // Waiting: it watches, and its second ask keeps its place.
+        const inLine = new Promise((resolve) => waiter.once('waiting', resolve))
+        const waiting = waiter.campaign()
+        await inLine
+        const asked = path.asks
+        await first.resign()
+        const term = await waiting
+        expect(path.asks).toBe(asked)
+        expect(term.token).toBeGreaterThan(first.token)
+        const holders = await holder.leaders()
+        expect(holders.map((h) => [h.candidate, h.token])).toEqual([[waiter.id, term.token]])
+        // Its deadline lands before the backend's expiry of the grant (counted from the ask that
+        // queued it, never from the push).
+        expect(term.deadline - performance.now()).toBeLessThanOrEqual(holders[0]!.remainingMs)
+        await term.resign()
+        expect(await holder.leaders()).toEqual([])
+      })
+
+      it('a grant pushed to a campaign aborted at that moment is handed on, not left to block', async () => {
+        const res = resource('handoff-abort')
+        const long = 60_000
+        const holder = election(await backend(), res, { leaseMs: long })
+        const gone = election(await backend(), res, { leaseMs: long })
+        const next = election(await backend(), res, { leaseMs: long })
+        const first = await holder.campaign()
+        const stop = new AbortController()
+        const queued = (e: Election) => new Promise((resolve) => e.once('waiting', resolve))
+        const inLine = queued(gone)
+        const aborted = gone.campaign({ signal: stop.signal })
+        aborted.catch(() => {})
+        await inLine
+        const nextInLine = queued(next)
+        const waiting = next.campaign()
+        await nextInLine
+        // The release hands the ticket to `gone` while its campaign is being aborted.
+        const resigned = first.resign()
+        stop.abort()
+        await resigned
+        await expect(aborted).rejects.toBeDefined()
+        // Its grant (if it got one) went back at once: `next` holds long before any lease ends.
+        const term = await waiting
+        expect(term.token).toBeGreaterThan(first.token)
+        expect(gone.isLeader).toBe(false)
+        expect((await next.leaders()).map((h) => h.candidate)).toEqual([next.id])
+        await term.resign()
+      })
+    }
 
     it('wakes a waiter when the holder’s grant expires', async () => {
       const res = resource('expiry')

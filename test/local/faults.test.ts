@@ -189,6 +189,36 @@ describe('local: hub takeover', () => {
     )
   }, 60_000)
 
+  it('a grant a release handed on to the waiter in line is re-registered at the next hub like any other: kill -9 of the hub keeps it, and a third candidate is not granted meanwhile', async () => {
+    const dir = newDir()
+    const hub = await peer('pushed', dir)
+    const a = await peer('pushed', dir)
+    const b = await peer('pushed', dir)
+    const c = await peer('pushed', dir)
+    const res = 'faults/pushed'
+    const ea = election(a.backend, res, 'a')
+    const eb = election(b.backend, res, 'b')
+    const ec = election(c.backend, res, 'c')
+    const { overlaps } = track([ea, eb, ec])
+    const first = await ea.campaign()
+    const inLine = new Promise((resolve) => eb.once('waiting', resolve))
+    const waiting = eb.campaign()
+    await inLine
+    await first.resign()
+    const held = await waiting
+    const third = ec.campaign()
+    await hub.kill()
+    await until(async () => (await hubs([a, b, c])).length === 1, 2 * L, 'a new hub')
+    // Through renewals on the new hub: b still holds its grant (re-registered there); c waits.
+    await sleep(2 * L)
+    expect(held.active).toBe(true)
+    expect((await eb.leaders()).map((h) => [h.candidate, h.token])).toEqual([['b', held.token]])
+    await held.resign()
+    const next = await third
+    expect(next.token).toBeGreaterThan(held.token)
+    expect(overlaps).toEqual([])
+  }, 30_000)
+
   it('a stale socket file (its hub killed) does not block the next start', async () => {
     const dir = newDir()
     const first = await peer('stale', dir)

@@ -2,7 +2,7 @@
 // progress, runs per second and, on failure, the seed and path that replay it.
 import fc from 'fast-check'
 import { parseArgs } from 'node:util'
-import { runScenario, type Scenario, simulationProperty } from './simulation.js'
+import { runScenario, type Scenario, simStats, simulationProperty } from './simulation.js'
 
 const { values } = parseArgs({
   options: {
@@ -33,6 +33,9 @@ const result = await fc.check(property, {
   ...(values.path === undefined ? {} : { path: values.path }),
 })
 const secs = (performance.now() - started) / 1000
+console.log(
+  `sim: ${simStats.terms} terms, ${simStats.pushedTerms} of them took a grant a release pushed`,
+)
 console.log(
   `sim: ${result.numRuns} runs in ${secs.toFixed(1)} s (${(result.numRuns / secs).toFixed(0)} runs/s)`,
 )

@@ -130,6 +130,12 @@ interface Candidate {
   closeCalledAt?: number
 }
 
+/**
+ * What the runs so far exercised (summed over every scenario of this process): terms that took
+ * a grant a release pushed (WatchChange.granted) without asking, and terms in all.
+ */
+export const simStats = { terms: 0, pushedTerms: 0 }
+
 /** Thrown when an invariant breaks; the message says which and when. */
 export class Violation extends Error {}
 
@@ -141,7 +147,7 @@ export async function runScenario(
   const clock = new ManualClock()
   const store = new MemoryBackend({ clock })
   const random = prng(scenario.seed)
-  const log: CallLog = { releases: new Map() }
+  const log: CallLog = { releases: new Map(), answered: new Set() }
   const terms: TermRecord[] = []
   const violations: string[] = []
   const unhandled: unknown[] = []
@@ -191,6 +197,8 @@ export async function runScenario(
       // ever share a token.
       if (tokens.has(term.token)) fail(`#${i} won token ${term.token}, which an earlier term had`)
       tokens.add(term.token)
+      simStats.terms++
+      if (!log.answered.has(term.token)) simStats.pushedTerms++
       trace(`${clock.now()} #${i} elected token ${term.token} deadline ${term.deadline}`)
       terms.push({ term, who: i, revoked: false })
       checkHolders(`#${i} elected with token ${term.token}`)

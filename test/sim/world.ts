@@ -35,6 +35,8 @@ export function prng(seed: number): () => number {
 export interface CallLog {
   /** Releases the core sent, by token (a token-less withdrawal is not counted here). */
   releases: Map<number, number>
+  /** Tokens some acquire answer carried: a term with another token took a pushed grant. */
+  answered: Set<number>
 }
 
 /** Wait `ms` on the manual clock. */
@@ -95,9 +97,11 @@ export class SimBackend implements Backend {
     return value
   }
 
-  acquire(request: AcquireRequest): Promise<AcquireResult> {
+  async acquire(request: AcquireRequest): Promise<AcquireResult> {
     this.#touched.add(request.resource)
-    return this.#call(() => this.#inner.acquire(request), true)
+    const result = await this.#call(() => this.#inner.acquire(request), true)
+    if (result.acquired) this.log.answered.add(result.token)
+    return result
   }
 
   renew(requests: RenewRequest[]): Promise<boolean[]> {

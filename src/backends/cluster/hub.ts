@@ -3,17 +3,23 @@
  * `send` function plus the messages handed to `receive`. When a connection closes (its worker
  * exited or disconnected), every grant acquired through it is released at once and its
  * watches are dropped, so a dead worker never holds a resource for a lease.
+ *
+ * With a `session` per connection (the memory store's), a release hands the freed ticket to the
+ * next waiter in line itself: the hub records that grant as the waiter's connection's (as if it
+ * had asked) and pushes it (the event's `granted`) to that connection only.
  */
 import type {
   AcquireRequest,
+  AcquireResult,
   Backend,
   ReleaseRequest,
   RenewRequest,
   Unwatch,
+  WatchChange,
   WriteRecordRequest,
 } from '../../backend.js'
 import { CandidateInUseError, ProtocolError } from '../../errors.js'
-import type { GrantRecord } from '../memory.js'
+import type { GrantRecord, MemorySession } from '../memory.js'
 import { envelope, isId, isOurs } from '../../ipc/envelope.js'
 import { eventMessage, NAMESPACE, parseRequest, type RequestMessage, toWire } from './protocol.js'
 
@@ -45,7 +51,17 @@ export interface HubOptions {
    * run out their leases, and the process re-registers them (`adopt`) when it reconnects.
    */
   releaseOnClose?: boolean
+  /**
+   * Makes each connection's view of the store (a MemoryBackend's `session()`): its acquires and
+   * watches go through it, so the store knows which connection each waiter's place belongs to
+   * and whether it listens, and a release can hand a freed ticket to a waiter in line
+   * (`WatchChange.granted`). The hub ends it when the connection closes. Without it: no handoff.
+   */
+  session?: () => HubSession
 }
+
+/** One connection's view of the store (see `HubOptions.session`). */
+export type HubSession = MemorySession
 
 const MAX_WATCHES_PER_CONNECTION = 100_000
 
@@ -69,6 +85,7 @@ export class Hub {
   readonly #owners = new Map<string, symbol>()
   readonly #releaseOnClose: boolean
   readonly #adopt: ((grant: GrantRecord) => boolean) | undefined
+  readonly #session: (() => HubSession) | undefined
 
   constructor(backend: Backend, options: HubOptions = {}) {
     this.backend = backend
@@ -76,6 +93,7 @@ export class Hub {
     this.#onError = options.onError ?? (() => {})
     this.#adopt = options.adopt
     this.#releaseOnClose = options.releaseOnClose ?? true
+    this.#session = options.session
   }
 
   /**
@@ -102,11 +120,43 @@ export class Hub {
     const owners = this.#owners
     const adopt = this.#adopt
     const self = Symbol('connection')
+    const session = this.#session?.()
+    const acquire = (request: AcquireRequest): Promise<AcquireResult> =>
+      session ? session.acquire(request) : backend.acquire(request)
     const watches = new Map<string, Promise<Unwatch | undefined>>()
     const held = new Map<string, { resource: string; candidate: string; token: number }>()
     /** Places in line taken through this connection (withdrawn with its grants on close). */
     const queued = new Map<string, { resource: string; candidate: string }>()
     let closed = false
+    /** Set by close(): whether this peer's grants are released (a grant handed after it too). */
+    let freeing: Promise<boolean> | undefined
+
+    /**
+     * Grants a release handed to this connection's places (WatchChange.granted): recorded as
+     * its own, as for an acquire it sent, so its disconnect frees them the same way. One whose
+     * id another connection holds now is not this peer's (it is left out of the event); one made
+     * as the peer left is released once the close decided so, never left to block the line.
+     */
+    const took = (resource: string, granted: { candidate: string; token: number }[]) => {
+      const mine: { candidate: string; token: number }[] = []
+      for (const g of granted) {
+        const key = `${resource}\n${g.candidate}`
+        const owner = owners.get(key)
+        if (owner !== undefined && owner !== self) continue
+        if (closed) {
+          const grant = { resource, candidate: g.candidate, token: g.token }
+          void (freeing ?? Promise.resolve(false)).then(async (free) => {
+            if (free && !owners.has(key)) await backend.release(grant).catch(onError)
+          })
+          continue
+        }
+        owners.set(key, self)
+        held.set(key, { resource, candidate: g.candidate, token: g.token })
+        queued.delete(key)
+        mine.push(g)
+      }
+      return mine
+    }
 
     const reply = (
       id: string | null,
@@ -147,7 +197,7 @@ export class Hub {
           owners.set(key, self) // reserved now, so a concurrent acquire cannot slip in
           let result: Awaited<ReturnType<Backend['acquire']>>
           try {
-            result = await backend.acquire(req)
+            result = await acquire(req)
           } catch (error) {
             if (!held.has(key) && owners.get(key) === self) owners.delete(key)
             throw error
@@ -232,7 +282,16 @@ export class Hub {
           if (watches.size >= MAX_WATCHES_PER_CONNECTION) {
             throw new ProtocolError(`Too many watches on one connection (${watches.size}).`)
           }
-          const pending = backend.watch(args.resource as string, (change) => {
+          const resource = args.resource as string
+          const watchVia = session ?? backend
+          const pending = watchVia.watch(resource, (change) => {
+            // With a session the grants named are this connection's: recorded, then sent.
+            // Without one (a hub relaying another backend) they pass through as they came:
+            // only the process whose campaign stands in that place takes one.
+            if (change?.granted && session) {
+              const granted = took(resource, change.granted)
+              change = granted.length ? { ...change, granted } : withoutGranted(change)
+            }
             if (closed) return
             try {
               send(envelope(ns, eventMessage(watch, change)))
@@ -292,6 +351,8 @@ export class Hub {
       async close(): Promise<void> {
         if (closed) return
         closed = true
+        // No place of this peer takes a handoff from now on.
+        session?.end()
         const grants = [...held.entries()]
         held.clear()
         const places = [...queued.entries()]
@@ -313,13 +374,13 @@ export class Hub {
               ),
           ])
         }
-        const releases = release(
+        freeing =
           typeof releaseOnClose === 'function'
             ? Promise.resolve()
                 .then(releaseOnClose)
                 .catch((error: unknown) => (onError(error as Error), false))
-            : releaseOnClose,
-        )
+            : Promise.resolve(releaseOnClose)
+        const releases = release(freeing)
         const unwatches = [...watches.values()].map(async (pending) => {
           const unwatch = await pending
           if (unwatch) await unwatch().catch(onError)
@@ -329,4 +390,11 @@ export class Hub {
       },
     }
   }
+}
+
+/** The change minus its `granted` (none of them is the receiver's). */
+function withoutGranted(change: WatchChange): WatchChange {
+  const rest = { ...change }
+  delete rest.granted
+  return rest
 }

@@ -31,7 +31,7 @@ import { Hub, type HubConnection } from './hub.js'
 import { RemoteBackend, type Transport } from './remote.js'
 import { forwardingBackend } from '../kit.js'
 
-export { Hub, type HubConnection, type HubOptions } from './hub.js'
+export { Hub, type HubConnection, type HubOptions, type HubSession } from './hub.js'
 export { RemoteBackend, type RemoteBackendOptions, type Transport } from './remote.js'
 
 /** Options of `clusterBackend()` and `serveCluster()`. */
@@ -113,7 +113,11 @@ export function serveCluster(options: ClusterBackendOptions = {}): Hub {
   checkPm2(options)
   if (primary) return primary.hub
   const memory = new MemoryBackend(options.clock ? { clock: options.clock } : {})
-  const hub = new Hub(memory, options.onError ? { onError: options.onError } : {})
+  const hub = new Hub(memory, {
+    // A release hands the freed ticket to the next waiter in line, pushed to its worker only.
+    session: () => memory.session(),
+    ...(options.onError ? { onError: options.onError } : {}),
+  })
   const connections = new Map<number, HubConnection>()
   const state: PrimaryState = {
     memory,

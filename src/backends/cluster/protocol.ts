@@ -8,8 +8,9 @@
  *   request  { [ns]: 1, type: 'request', id, op, args }
  *   response { [ns]: 1, type: 'response', id, ok: true, value }
  *            { [ns]: 1, type: 'response', id, ok: false, error: WireError }
- *   event    { [ns]: 1, type: 'event', watch, wake? }   (the holders of a watched resource changed;
- *                                                       wake: whom it wakes, WatchChange.wake)
+ *   event    { [ns]: 1, type: 'event', watch, wake?, granted? }
+ *            (the holders of a watched resource changed; wake: whom it wakes, WatchChange.wake;
+ *            granted: the grants a release handed to this peer's waiters, WatchChange.granted)
  *
  * `adopt` (a grant the peer held at a previous hub, re-registered at this one) is served only by
  * a hub made with the `adopt` option (the `local` backend's).
@@ -66,6 +67,11 @@ export interface EventMessage {
   watch: string
   /** The candidates the change wakes (WatchChange.wake); absent: unknown, everyone asks. */
   wake?: string[]
+  /**
+   * Grants a release made for this peer's places in line (WatchChange.granted): the waiter
+   * holds without asking again. Sent only to the connection whose ask took the place.
+   */
+  granted?: { candidate: string; token: number }[]
 }
 
 /** How many candidates one event may name (far beyond any tickets in use). */
@@ -73,12 +79,28 @@ export const MAX_WAKE = 10_000
 
 /** The event message the hub sends for one watch notification. */
 export function eventMessage(watch: string, change: WatchChange | undefined): EventMessage {
-  return change?.wake ? { type: 'event', watch, wake: change.wake } : { type: 'event', watch }
+  const event: EventMessage = { type: 'event', watch }
+  if (change?.wake) event.wake = change.wake
+  if (change?.granted?.length)
+    event.granted = change.granted.map((g) => ({ candidate: g.candidate, token: g.token }))
+  return event
 }
 
+/** A value as an error message shows it (JSON, cut short; what JSON cannot show, its type). */
+function shown(value: unknown): string {
+  try {
+    return (JSON.stringify(value) ?? typeof value).slice(0, 200)
+  } catch {
+    return typeof value // a BigInt or a cycle, as advanced serialization can carry
+  }
+}
+
+const isCandidate = (c: unknown): c is string =>
+  typeof c === 'string' && c.length > 0 && c.length <= MAX_CANDIDATE_LENGTH
+
 /**
- * Checks an event's fields (`type` is 'event'): a watch id, and `wake` absent or an array of
- * candidate ids. Throws a ProtocolError naming the field, its value and the rule.
+ * Checks an event's fields (`type` is 'event'): a watch id, `wake` absent or an array of
+ * candidate ids, `granted` absent or an array of { candidate, token }. Throws a ProtocolError naming the field, its value and the rule.
  */
 export function parseEvent(message: Record<string, unknown>): EventMessage {
   if (!isId(message.watch)) {
@@ -86,24 +108,32 @@ export function parseEvent(message: Record<string, unknown>): EventMessage {
       `Invalid event watch: ${JSON.stringify(message.watch)}. A watch id is a string of 1 to ${MAX_ID_LENGTH} characters.`,
     )
   }
+  const event: EventMessage = { type: 'event', watch: message.watch }
   const wake = message.wake
-  if (wake === undefined) return { type: 'event', watch: message.watch }
-  if (
-    !Array.isArray(wake) ||
-    wake.length > MAX_WAKE ||
-    !wake.every((c) => typeof c === 'string' && c.length > 0 && c.length <= MAX_CANDIDATE_LENGTH)
-  ) {
-    let shown: string
-    try {
-      shown = JSON.stringify(wake) ?? typeof wake
-    } catch {
-      shown = typeof wake // a BigInt or a cycle, as advanced serialization can carry
+  if (wake !== undefined) {
+    if (!Array.isArray(wake) || wake.length > MAX_WAKE || !wake.every(isCandidate)) {
+      throw new ProtocolError(
+        `Invalid event wake: ${shown(wake)}. wake is absent or an array of at most ${MAX_WAKE} candidate ids (strings of 1 to ${MAX_CANDIDATE_LENGTH} characters).`,
+      )
     }
-    throw new ProtocolError(
-      `Invalid event wake: ${shown.slice(0, 200)}. wake is absent or an array of at most ${MAX_WAKE} candidate ids (strings of 1 to ${MAX_CANDIDATE_LENGTH} characters).`,
-    )
+    event.wake = [...wake]
   }
-  return { type: 'event', watch: message.watch, wake: [...(wake as string[])] }
+  const granted = message.granted
+  if (granted !== undefined) {
+    const grant = (g: unknown): g is { candidate: string; token: number } =>
+      typeof g === 'object' &&
+      g !== null &&
+      isCandidate((g as { candidate?: unknown }).candidate) &&
+      Number.isSafeInteger((g as { token?: unknown }).token) &&
+      (g as { token: number }).token > 0
+    if (!Array.isArray(granted) || granted.length > MAX_WAKE || !granted.every(grant)) {
+      throw new ProtocolError(
+        `Invalid event granted: ${shown(granted)}. granted is absent or an array of at most ${MAX_WAKE} grants, each { candidate, token }: a candidate id (a string of 1 to ${MAX_CANDIDATE_LENGTH} characters) and a positive whole token.`,
+      )
+    }
+    event.granted = granted.map((g) => ({ candidate: g.candidate, token: g.token }))
+  }
+  return event
 }
 
 /** Checks a request's envelope; args are checked by the backend call itself. */

@@ -221,7 +221,12 @@ export class RemoteBackend implements Backend {
         return
       }
       const onChange = this.#watchers.get(event.watch)
-      if (onChange) onChange(event.wake ? { wake: event.wake } : undefined)
+      if (!onChange) return
+      // An event that names neither: an unknown change (every waiter asks).
+      const change: WatchChange = {}
+      if (event.wake) change.wake = event.wake
+      if (event.granted) change.granted = event.granted
+      onChange(event.wake || event.granted ? change : undefined)
       return
     }
     if (message.type !== 'response' || typeof message.id !== 'string') return

@@ -43,6 +43,9 @@ interface Held {
   sentAt: number
 }
 
+/** A place in line this handle's refused ask took: what a grant the hub hands it lasts. */
+type Placed = Omit<Held, 'token'>
+
 interface Watch {
   resource: string
   onChange: (change?: WatchChange) => void
@@ -81,6 +84,8 @@ export class LocalBackend implements Backend {
    * tells a hub it is synced, for the hub could grant that resource to another meanwhile.
    */
   readonly #doubt = new Map<string, Held>()
+  /** The places this handle's last refused asks took (a release may hand one a grant). */
+  readonly #placed = new Map<string, Placed>()
   readonly #watches = new Set<Watch>()
   readonly #agents = new Map<string, AgentLine>()
   /** This handle's id at every hub (the hub state file's clients). */
@@ -105,6 +110,7 @@ export class LocalBackend implements Backend {
     const key = keyOf(request)
     // A new ask: no earlier term of this candidate runs on the resource.
     this.#doubt.delete(key)
+    this.#placed.delete(key)
     if (result.acquired) {
       this.#held.set(key, {
         resource: request.resource,
@@ -117,6 +123,16 @@ export class LocalBackend implements Backend {
       })
     } else {
       this.#held.delete(key)
+      if (result.ahead !== undefined) {
+        this.#placed.set(key, {
+          resource: request.resource,
+          candidate: request.candidate,
+          tickets: request.tickets,
+          leaseMs: request.leaseMs,
+          metadata: request.metadata ?? null,
+          sentAt,
+        })
+      }
     }
     return result
   }
@@ -162,6 +178,7 @@ export class LocalBackend implements Backend {
     const link = await this.#ready()
     await link.remote.release(request)
     const key = keyOf(request)
+    if (request.token === undefined) this.#placed.delete(key)
     const held = this.#held.get(key)
     if (held && (request.token === undefined || request.token === held.token)) {
       this.#held.delete(key)
@@ -178,8 +195,15 @@ export class LocalBackend implements Backend {
 
   async watch(resource: string, onChange: (change?: WatchChange) => void): Promise<Unwatch> {
     const link = await this.#ready()
-    const watch: Watch = { resource, onChange, remote: undefined }
-    watch.remote = await link.remote.watch(resource, onChange)
+    const watch: Watch = {
+      resource,
+      onChange: (change) => {
+        if (change?.granted) this.#took(resource, change.granted)
+        onChange(change)
+      },
+      remote: undefined,
+    }
+    watch.remote = await link.remote.watch(resource, watch.onChange)
     this.#watches.add(watch)
     return async () => {
       if (!this.#watches.delete(watch)) return
@@ -189,6 +213,20 @@ export class LocalBackend implements Backend {
 
   onClose(hook: () => Promise<void>): () => void {
     return this.#gate.onClose(hook)
+  }
+
+  /**
+   * Grants the hub handed to this handle's places: held from the ask that took the place (the
+   * grant lasts at least that ask's lease), so a next hub is asked to adopt them as any other.
+   */
+  #took(resource: string, granted: { candidate: string; token: number }[]): void {
+    for (const g of granted) {
+      const key = keyOf({ resource, candidate: g.candidate })
+      const placed = this.#placed.get(key)
+      if (!placed) continue
+      this.#placed.delete(key)
+      this.#held.set(key, { ...placed, token: g.token })
+    }
   }
 
   /**
@@ -245,6 +283,7 @@ export class LocalBackend implements Backend {
       this.#watches.clear()
       this.#held.clear()
       this.#doubt.clear()
+      this.#placed.clear()
       await link?.remote.close()
       const host = this.#hostUsed
       this.#hostUsed = undefined

@@ -24,8 +24,8 @@
  */
 import { unlinkSync } from 'node:fs'
 import { createServer, type Server, type Socket } from 'node:net'
-import type { AcquireRequest, Backend, WatchChange } from '../../backend.js'
-import { Hub, type HubConnection } from '../cluster/hub.js'
+import type { AcquireRequest, AcquireResult, Backend, WatchChange } from '../../backend.js'
+import { Hub, type HubConnection, type HubSession } from '../cluster/hub.js'
 import type { Transport } from '../cluster/remote.js'
 import { isOurs } from '../../ipc/envelope.js'
 import { forwardingBackend } from '../kit.js'
@@ -120,9 +120,15 @@ export class HubHost {
       this.#clients.set(entry.handle, { identity: entry.identity, connections: 0 })
       this.#pending.add(entry.handle)
     }
-    this.#store = new MemoryBackend({ tokenFloor: state.epoch * TOKEN_SPAN })
+    this.#store = new MemoryBackend({
+      tokenFloor: state.epoch * TOKEN_SPAN,
+      // A release hands its ticket to the next in line only when an acquire could be granted:
+      // not within the post-crash wait, and not once the grants went into the state file.
+      handoff: () => !this.#stopped && performance.now() >= this.#graceUntil,
+    })
     this.#hub = new Hub(this.#guarded(), {
       adopt: (grant) => this.#store.adopt(grant),
+      session: () => this.#guardedSession(this.#store.session()),
       // A socket can close while its process lives on (a reset, an oversized line): its grants
       // run out their leases unless it reconnects and adopts them, never freed under it.
       releaseOnClose: false,
@@ -517,34 +523,54 @@ export class HubHost {
   #guarded(): Backend {
     const store = this.#store
     return forwardingBackend(store, {
-      watch: async (resource, onChange) => {
-        const unwatch = await store.watch(resource, onChange)
-        if (this.#graceUntil <= performance.now()) return unwatch
-        this.#graceWatchers.add(onChange)
-        return async () => {
-          this.#graceWatchers.delete(onChange)
-          await unwatch()
-        }
-      },
-      acquire: async (request: AcquireRequest) => {
-        const waitMs = this.#graceUntil - performance.now()
-        if (waitMs > 0) {
-          const holders = await store.holders(request.resource)
-          if (!holders.some((h) => h.candidate === request.candidate)) {
-            return { acquired: false, holders, retryInMs: Math.ceil(waitMs) }
-          }
-        }
-        // Stopped meanwhile (awaiting the holders above): the next hub owns the state file now.
-        if (this.#stopped) {
-          return { acquired: false, holders: [], retryInMs: 100 }
-        }
-        if (Number.isInteger(request.leaseMs) && request.leaseMs > this.#state.maxLeaseMs) {
-          // Known to the next hub before any grant this long exists.
-          this.#state.maxLeaseMs = request.leaseMs
-          this.#persist()
-        }
-        return store.acquire(request)
-      },
+      watch: (resource, onChange) => this.#watch(resource, onChange, store),
+      acquire: (request: AcquireRequest) => this.#acquire(request, store),
     })
+  }
+
+  /** One connection's session on the store, its acquires and watches guarded as #guarded's. */
+  #guardedSession(session: HubSession): HubSession {
+    return {
+      ...session,
+      acquire: (request) => this.#acquire(request, session),
+      watch: (resource, onChange) => this.#watch(resource, onChange, session),
+    }
+  }
+
+  /** A watch (through `via`) that is also told when the post-crash wait ends early. */
+  async #watch(
+    resource: string,
+    onChange: (change?: WatchChange) => void,
+    via: Pick<Backend, 'watch'>,
+  ): ReturnType<Backend['watch']> {
+    const unwatch = await via.watch(resource, onChange)
+    if (this.#graceUntil <= performance.now()) return unwatch
+    this.#graceWatchers.add(onChange)
+    return async () => {
+      this.#graceWatchers.delete(onChange)
+      await unwatch()
+    }
+  }
+
+  /** An acquire as the hub serves it (through `via`: the store, or a connection's session). */
+  async #acquire(request: AcquireRequest, via: Pick<Backend, 'acquire'>): Promise<AcquireResult> {
+    const store = this.#store
+    const waitMs = this.#graceUntil - performance.now()
+    if (waitMs > 0) {
+      const holders = await store.holders(request.resource)
+      if (!holders.some((h) => h.candidate === request.candidate)) {
+        return { acquired: false, holders, retryInMs: Math.ceil(waitMs) }
+      }
+    }
+    // Stopped meanwhile (awaiting the holders above): the next hub owns the state file now.
+    if (this.#stopped) {
+      return { acquired: false, holders: [], retryInMs: 100 }
+    }
+    if (Number.isInteger(request.leaseMs) && request.leaseMs > this.#state.maxLeaseMs) {
+      // Known to the next hub before any grant this long exists.
+      this.#state.maxLeaseMs = request.leaseMs
+      this.#persist()
+    }
+    return via.acquire(request)
   }
 }
