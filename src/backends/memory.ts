@@ -219,7 +219,8 @@ export class MemoryBackend implements Backend {
           candidate,
           token: g.token,
           tickets: state.tickets,
-          remainingMs: g.expiresAt - now,
+          // Whole ms (a lease is), rounded up: the next store must not end it before its holder.
+          remainingMs: Math.ceil(g.expiresAt - now),
           metadata: g.metadata,
         })
       }

@@ -251,6 +251,34 @@ describe('local: hub takeover', () => {
     }
   }, 30_000)
 
+  it('a hub that stops cleanly while another process holds hands the grant over: the next hub starts, the holder keeps its term, a waiter is refused until its release', async () => {
+    const dir = newDir()
+    // The hub in this process: closing its only handle stops it cleanly (a hand-over).
+    const hubHandle = localBackend({ name: 'clean', dir })
+    await hubHandle.holders('faults/clean')
+    const a = await peer('clean', dir)
+    const b = await peer('clean', dir)
+    const [ea, eb] = [
+      election(a.backend, 'faults/clean', 'a'),
+      election(b.backend, 'faults/clean', 'b'),
+    ]
+    const { overlaps } = track([ea, eb])
+    const held = await ea.campaign()
+    const waiting = eb.campaign()
+    waiting.catch(() => {})
+    await hubHandle.close()
+    // One of them hosts the next hub, which answers (the grant's lease left is not a whole
+    // number of ms: the hand-over must still load).
+    await until(async () => (await hubs([a, b])).length === 1, 2 * L, 'a next hub')
+    expect(await a.backend.holders('faults/clean')).toMatchObject([{ candidate: 'a' }])
+    await sleep(L)
+    expect(held.active).toBe(true)
+    await ea.resign()
+    const next = await waiting
+    expect(next.token).toBeGreaterThan(held.token)
+    expect(overlaps).toEqual([])
+  }, 30_000)
+
   it('the pidfile lock (other systems) takes over from a killed hub too', async () => {
     const dir = newDir()
     const start = async () => {

@@ -186,22 +186,46 @@ export class HubHost {
         return undefined
       }
       server.unref()
-      const host = new HubHost(settings, lock, state, server, clean ? 0 : old.maxLeaseMs)
-      if (clean) {
-        const elapsed = Math.max(0, Date.now() - clean.at)
-        for (const grant of clean.grants) {
-          const remainingMs = grant.remainingMs - elapsed
-          if (remainingMs > 0) host.#store.adopt({ ...grant, remainingMs })
+      try {
+        const host = new HubHost(settings, lock, state, server, clean ? 0 : old.maxLeaseMs)
+        if (clean && !host.#adoptHandOver(clean)) {
+          // A hand-over this hub cannot load whole: its grants may run unknown here, so
+          // grant nothing new for the longest lease, as after a crash.
+          host.#graceUntil = performance.now() + old.maxLeaseMs
         }
+        server.on('connection', (socket) => host.#serve(socket))
+        hosted.set(settings.address, host)
+        host.#watchPending()
+        return host
+      } catch (error) {
+        // Never leave a socket listening that nobody serves: the others would connect to it
+        // and wait for answers instead of taking over.
+        server.close()
+        if (settings.lock !== 'pipe') unlinkQuietly(settings.address)
+        throw error
       }
-      server.on('connection', (socket) => host.#serve(socket))
-      hosted.set(settings.address, host)
-      host.#watchPending()
-      return host
     } catch (error) {
       lock.release()
       throw error
     }
+  }
+
+  /** Installs a clean hand-over's grants; false when one of them could not be installed. */
+  #adoptHandOver(clean: NonNullable<HubState['clean']>): boolean {
+    const elapsed = Math.max(0, Date.now() - clean.at)
+    let whole = true
+    for (const grant of clean.grants) {
+      // Rounded up: a lease is whole ms, and the holder's term must not outlive it here.
+      const remainingMs = Math.ceil(grant.remainingMs - elapsed)
+      if (remainingMs <= 0) continue
+      try {
+        if (!this.#store.adopt({ ...grant, remainingMs })) whole = false
+      } catch (error) {
+        whole = false
+        this.settings.onError?.(error as Error)
+      }
+    }
+    return whole
   }
 
   /** performance.now() until which only adopted holders are served (after a crash). */
@@ -432,13 +456,7 @@ export class HubHost {
     }
     for (const socket of this.#sockets) socket.destroy()
     for (const close of [...this.#local]) close()
-    if (this.settings.lock !== 'pipe') {
-      try {
-        unlinkSync(this.settings.address)
-      } catch {
-        // Gone already.
-      }
-    }
+    if (this.settings.lock !== 'pipe') unlinkQuietly(this.settings.address)
     this.#lock.release()
     await this.#store.close()
   }
@@ -572,5 +590,14 @@ export class HubHost {
       this.#persist()
     }
     return via.acquire(request)
+  }
+}
+
+/** Removes our socket file; one already gone is fine. */
+function unlinkQuietly(path: string): void {
+  try {
+    unlinkSync(path)
+  } catch {
+    // Gone already.
   }
 }
