@@ -12,6 +12,7 @@
  * resource, message }` to the hub, `{ 'conclave-local': 1, type: 'agent', ns, message }` back.
  */
 import type { Backend, Holder } from '../../backend.js'
+import { AgentDisconnectedError } from '../../errors.js'
 import { envelope, isOurs } from '../../ipc/envelope.js'
 import { Handlers } from '../../agent/handlers.js'
 import { PrimaryRouter } from '../../agent/primary-router.js'
@@ -98,9 +99,14 @@ export class AgentRelay {
 
   /** The hub stops: every router stops (its workers reconnect to the next hub). */
   close(): void {
+    // What was in flight here is lost with the hub, as when its connection drops: the callers'
+    // retryable AgentDisconnectedError, not a bare error they cannot tell apart.
+    const lost = new AgentDisconnectedError(
+      'The local hub stopped (its process is shutting down) while the call was in flight; it may or may not have run.',
+    )
     for (const r of this.#routers.values()) {
       r.stop.abort()
-      r.router.close(new Error('the local hub stopped'))
+      r.router.close(lost)
     }
     this.#routers.clear()
   }
