@@ -19,7 +19,10 @@ const election = new Election(backend, 'pm2/leader', {
   leaseMs: Number(process.env.CONCLAVE_LEASE ?? 2000),
   metadata: { pmId: process.env.pm_id ?? null },
 })
-election.on('error', () => {})
+// `err <where>:<code> <at> <message>`: what went wrong, for a failing test's message.
+const logError = (where: string) => (e: Error & { code?: string }) =>
+  log(`err ${where}:${e.code ?? 'none'} ${at()} ${e.message}`)
+election.on('error', logError('election'))
 log(`started ${process.env.pm_id} ${process.env.exec_mode} ${at()}`)
 void election.run(async (term) => {
   log(`elected ${term.token} ${at()} ${process.env.pm_id}`)
@@ -34,7 +37,7 @@ const agent =
     ? new ProcessAgent({
         backend,
         leaseMs: Number(process.env.CONCLAVE_LEASE ?? 2000),
-        onError: () => {},
+        onError: logError('agent'),
       })
     : undefined
 if (agent) {
@@ -62,7 +65,7 @@ if (agent) {
   gathers.unref()
   if (process.env.CONCLAVE_AGENT_SLOW === '1') {
     // With CONCLAVE_AGENT_SLOW=1, every second a call that runs 40 s in the designated process
-    // (timeout 120 s): `slowdone <its pid> <at>` or `slowfailed <code> <at>`. One in flight when
+    // (timeout 120 s): `slowdone <its pid> <at>` or `slowfailed <code> <at> <message>`. One in flight when
     // the designated process or the hub goes must fail at once, never wait out its timeout.
     const slow = agent.runInPrimary(
       'slow',
@@ -72,7 +75,8 @@ if (agent) {
     const slows = setInterval(() => {
       slow().then(
         (pid) => log(`slowdone ${String(pid)} ${at()}`),
-        (error: { code?: string }) => log(`slowfailed ${error.code ?? 'none'} ${at()}`),
+        (error: Error & { code?: string }) =>
+          log(`slowfailed ${error.code ?? 'none'} ${at()} ${error.message}`),
       )
     }, 1_000)
     slows.unref()

@@ -19,6 +19,8 @@ interface Line {
   kind: string
   value: string
   at: number
+  /** The error's message, for a failed call or an error. */
+  message?: string
 }
 
 function lines(a: Pm2App): Line[] {
@@ -27,7 +29,7 @@ function lines(a: Pm2App): Line[] {
   for (const file of readdirSync(dir)) {
     const pid = Number(file.replace('.log', ''))
     for (const line of readFileSync(join(dir, file), 'utf8').split('\n')) {
-      const [kind, value, at] = line.split(' ')
+      const [kind, value, at, ...words] = line.split(' ')
       if (
         kind === 'called' ||
         kind === 'callfailed' ||
@@ -35,7 +37,10 @@ function lines(a: Pm2App): Line[] {
         kind === 'slowfailed' ||
         kind === 'slowdone'
       ) {
-        out.push({ pid, kind, value: value!, at: Number(at) })
+        out.push({ pid, kind, value: value!, at: Number(at), message: words.join(' ') })
+      } else if (kind === 'err' || kind === 'elected' || kind === 'revoked') {
+        // What the instance's election and agent went through (for a failure's message).
+        out.push({ pid, kind, value: value!, at: Number(at), message: words.join(' ') })
       } else if (kind === 'hub') {
         out.push({ pid, kind, value: '', at: Number(value) })
       }
@@ -67,7 +72,15 @@ async function oneDesignated(a: Pm2App, pids: number[], since: number, what: str
     },
     60_000,
     what,
-  )
+  ).catch((error: Error) => {
+    // Say what the instances went through since then (terms, errors, the last calls).
+    const after = lines(a).filter((l) => l.at > since)
+    const say = (l: Line) => `${l.pid} ${l.kind} ${l.value} +${(l.at - since).toFixed(0)}ms`
+    const events = after.filter((l) => ['err', 'elected', 'revoked', 'hub'].includes(l.kind))
+    throw new Error(
+      `${error.message} (instances ${pids.join(', ')}); since then: ${events.slice(0, 30).map(say).join('; ')}; last: ${after.slice(-12).map(say).join('; ')}`,
+    )
+  })
   return designated
 }
 
@@ -164,7 +177,7 @@ describe.each(['cluster', 'fork'] as const)(
         ).catch((error: Error) => {
           const seen = lines(a).filter((l) => l.kind.startsWith('slow') && l.at > since)
           throw new Error(
-            `${error.message}; since ${since.toFixed(0)}: ${[...new Set(seen.map((l) => `${l.pid} ${l.kind} ${l.value}`))].join('; ')}`,
+            `${error.message}; since ${since.toFixed(0)}: ${[...new Set(seen.map((l) => `${l.pid} ${l.kind} ${l.value}${l.message ? ` (${l.message})` : ''}`))].join('; ')}`,
           )
         })
       await slowInFlight()
