@@ -72,6 +72,25 @@ async function hubs(ps: LocalPeer[]): Promise<LocalPeer[]> {
   return ps.filter((_, i) => flags[i])
 }
 
+/** test/local/raw-client.ts holding `resource` as 'raw' (see there); its output lines. */
+function rawClient(socket: string, resource: string, leaseMs: number, again = false) {
+  const raw = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      fileURLToPath(new URL('./raw-client.ts', import.meta.url)),
+      socket,
+      resource,
+      'raw',
+      String(leaseMs),
+      ...(again ? ['again'] : []),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  )
+  return { raw, lines: createInterface({ input: raw.stdout })[Symbol.asyncIterator]() }
+}
+
 describe('local: hub takeover', () => {
   it('kill -9 of the hub while others hold and wait: one new hub at once, the holder keeps its term (unless load stalls it past its deadline), never two holders, tokens grow', async () => {
     const dir = newDir()
@@ -437,21 +456,8 @@ describe('local: holder crash', () => {
     const res = 'faults/socket-reset'
     const lease = 3_000
     const startedAt = performance.now()
-    const raw = spawn(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        fileURLToPath(new URL('./raw-client.ts', import.meta.url)),
-        join(dir, 'reset.sock'),
-        res,
-        'raw',
-        String(lease),
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    )
+    const { raw, lines } = rawClient(join(dir, 'reset.sock'), res, lease)
     try {
-      const lines = createInterface({ input: raw.stdout })[Symbol.asyncIterator]()
       const answer = JSON.parse((await lines.next()).value as string) as { acquired: boolean }
       expect(answer.acquired).toBe(true)
       expect((await lines.next()).value).toBe('dropped')
@@ -467,6 +473,42 @@ describe('local: holder crash', () => {
       raw.kill('SIGKILL')
     }
   }, 30_000)
+})
+
+describe('local: a handle whose connection closed holding a grant', () => {
+  it('is still named to the next hub after a later, empty connection of it closed: after kill -9 of the hub, a waiter is not granted while that grant may run', async () => {
+    const dir = newDir()
+    const hub = await peer('twice', dir)
+    const b = await peer('twice', dir)
+    const res = 'faults/closed-twice'
+    // Long enough that starting raw (under tsx) and the takeover take a fraction of it.
+    const lease = 8_000
+    const startedAt = performance.now()
+    // raw holds, cuts its socket (the hub keeps the grant: raw lives), then connects again
+    // under the same handle and cuts that one too, having re-registered nothing.
+    const { raw, lines } = rawClient(join(dir, 'twice.sock'), res, lease, true)
+    try {
+      const answer = JSON.parse((await lines.next()).value as string) as { acquired: boolean }
+      expect(answer.acquired).toBe(true)
+      expect((await lines.next()).value).toBe('dropped')
+      expect((await lines.next()).value).toBe('dropped again')
+      await hub.kill()
+      const eb = new Election(b.backend, res, { leaseMs: lease, id: 'b' })
+      eb.on('error', () => {})
+      elections.push(eb)
+      const killedAt = performance.now()
+      await eb.campaign()
+      // raw may act on its grant until its lease ends: the next hub must not end its wait early.
+      const wonAt = performance.now()
+      console.log(
+        `[local] closed twice: raw answered, cut twice, hub killed ${(killedAt - startedAt).toFixed(0)} ms after raw started; b won ${(wonAt - startedAt).toFixed(0)} ms after (lease ${lease} ms)`,
+      )
+      expect(wonAt).toBeGreaterThanOrEqual(startedAt + lease)
+      expect(raw.exitCode).toBe(null) // alive all along
+    } finally {
+      raw.kill('SIGKILL')
+    }
+  }, 40_000)
 })
 
 describe('local: namespaces', () => {
