@@ -316,6 +316,36 @@ describe('local: hub takeover', () => {
   }, 30_000)
 })
 
+/**
+ * A hub that dies between accepting connections and answering them, as the kernel lets a killed
+ * hub's listening socket do for a moment: it takes the socket path at `address` and, at the
+ * first request to re-register a grant (`adopt`), cuts every connection it has and frees the path.
+ */
+async function dyingHub(address: string) {
+  rmSync(address)
+  let cut = 0
+  const sockets = new Set<Socket>()
+  const server = createServer((socket) => {
+    sockets.add(socket)
+    socket.on('data', (chunk) => {
+      if (!String(chunk).includes('"adopt"') || cut > 0) return
+      cut++
+      for (const s of sockets) s.destroy()
+      server.close()
+      rmSync(address, { force: true })
+    })
+    socket.on('error', () => {})
+  })
+  await new Promise<void>((resolve) => server.listen(address, resolve))
+  return {
+    /** How many times it died (at most once). */
+    get cut() {
+      return cut
+    },
+    close: () => void server.close(),
+  }
+}
+
 describe('local: hub takeover, a hub that dies under a reconnect', () => {
   it('a hub that accepts the reconnect and dies before answering the re-registration: the holder keeps its grant and re-registers at the next hub', async () => {
     const dir = newDir()
@@ -326,28 +356,13 @@ describe('local: hub takeover, a hub that dies under a reconnect', () => {
     await a.holders('faults/dying')
     const ea = election(a, 'faults/dying', 'a')
     const held = await ea.campaign()
-    // A hub process that dies between accepting a connection and answering it, as the kernel
-    // lets a killed hub's listening socket do for a moment: it takes the socket path, and cuts
-    // the first connection that asks to re-register a grant.
+    // A hub process that dies between accepting a connection and answering it (dyingHub).
     process.kill(hub.pid, 'SIGSTOP')
-    const address = a.settings.address
-    rmSync(address)
-    let cut = 0
-    const dying = createServer((socket) => {
-      socket.on('data', (chunk) => {
-        if (!String(chunk).includes('"adopt"')) return
-        cut++
-        socket.destroy()
-        dying.close()
-        rmSync(address, { force: true })
-      })
-      socket.on('error', () => {})
-    })
-    await new Promise<void>((resolve) => dying.listen(address, resolve))
+    const dying = await dyingHub(a.settings.address)
     try {
       await hub.kill()
       await until(() => Promise.resolve(a.isHub), 2 * L, 'a to become the hub')
-      expect(cut).toBe(1)
+      expect(dying.cut).toBe(1)
       // Through renewals on the new hub (this process): the grant was re-registered there.
       await sleep(L)
       expect(held.active).toBe(true)
@@ -370,29 +385,14 @@ describe('local: hub takeover, a hub that dies under a reconnect', () => {
     const held = await ea.campaign()
     const waiting = eb.campaign()
     await sleep(200)
-    // As above, but the dying listener cuts every connection it has at the first adopt (b's
-    // too: b holds nothing, so it re-registers no grant, only its watch, which goes unanswered).
+    // As above; the dying listener cuts b's connection too (b holds nothing, so it re-registers
+    // no grant, only its watch, which goes unanswered).
     process.kill(hub.pid, 'SIGSTOP')
-    const address = a.settings.address
-    rmSync(address)
-    let cut = 0
-    const sockets = new Set<Socket>()
-    const dying = createServer((socket) => {
-      sockets.add(socket)
-      socket.on('data', (chunk) => {
-        if (!String(chunk).includes('"adopt"') || cut > 0) return
-        cut++
-        for (const s of sockets) s.destroy()
-        dying.close()
-        rmSync(address, { force: true })
-      })
-      socket.on('error', () => {})
-    })
-    await new Promise<void>((resolve) => dying.listen(address, resolve))
+    const dying = await dyingHub(a.settings.address)
     try {
       await hub.kill()
       await until(async () => a.isHub || (await b.isHub()), 2 * L, 'a new hub')
-      expect(cut).toBe(1)
+      expect(dying.cut).toBe(1)
       // Through renewals on the new hub: a still holds its grant there, b still waits. (Before,
       // a dropped the grant it could not re-register, told the next hub it held nothing, and
       // that hub ended its wait early: b was granted while a's term ran on to its next renewal.)
