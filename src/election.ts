@@ -456,7 +456,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
             handed = undefined
             if (this.#clock.now() < deadline) {
               place?.leave() // the grant took the place
-              return (won = this.#startTerm(token, deadline))
+              return (won = this.#startTerm(token, deadline, true))
             }
             // Too late to count from that ask: ask again (it finds the grant and extends it).
           }
@@ -604,7 +604,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     }
   }
 
-  #startTerm(token: number, deadline: number): Term {
+  /** `handedOn`: a grant a release made for this candidate's place (its deadline is older). */
+  #startTerm(token: number, deadline: number, handedOn = false): Term {
     const { leaseMs, renewMs, retryMs, marginMs, metadata } = this.options
     const state = new TermState(this, this.#clock, {
       resource: this.resource,
@@ -649,7 +650,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         void this.end(state, 'lost')
       },
     }
-    const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
+    // A grant handed on from a place in line may have far less of its lease left than a fresh
+    // one: its first renewal leaves with as much to spare as a fresh term's would, not at the
+    // batch's next tick, which may come after its deadline.
+    const dueBy = handedOn ? deadline - (leaseMs - marginMs - renewMs) : undefined
+    const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member, dueBy)
     state.cleanups.push(leave)
     void this.#watchGrant(state)
     if (tracing('elected'))

@@ -29,6 +29,10 @@ export interface RenewalMember {
 class RenewalGroup {
   readonly members = new Set<RenewalMember>()
   #timer: ClockTimer | undefined = undefined
+  /** When the scheduled tick fires (clock time), while one is scheduled. */
+  #timerAt = 0
+  /** A member joined during a tick wants the next one by then (clock time). */
+  #dueBy: number | undefined
   #running = false
   #attempt = 0
 
@@ -40,9 +44,26 @@ class RenewalGroup {
     readonly onEmpty: () => void,
   ) {}
 
-  add(member: RenewalMember): void {
+  /**
+   * Adds a member; `dueBy` (clock time): its first renewal must leave by then (a grant handed
+   * on with less of its lease left than a fresh one), so the next tick comes no later.
+   */
+  add(member: RenewalMember, dueBy?: number): void {
     this.members.add(member)
-    if (this.#timer === undefined && !this.#running) this.#schedule(this.renewMs)
+    if (this.#running) {
+      if (dueBy !== undefined) this.#dueBy = Math.min(this.#dueBy ?? dueBy, dueBy)
+      return
+    }
+    if (this.#timer === undefined) this.#schedule(this.#until(dueBy, this.renewMs))
+    else if (dueBy !== undefined && dueBy < this.#timerAt) {
+      this.clock.clearTimeout(this.#timer)
+      this.#schedule(this.#until(dueBy, this.renewMs))
+    }
+  }
+
+  /** The delay to the next tick: `ms`, or sooner when something is due by `dueBy`. */
+  #until(dueBy: number | undefined, ms: number): number {
+    return dueBy === undefined ? ms : Math.max(0, Math.min(ms, dueBy - this.clock.now()))
   }
 
   remove(member: RenewalMember): void {
@@ -55,6 +76,7 @@ class RenewalGroup {
   }
 
   #schedule(ms: number): void {
+    this.#timerAt = this.clock.now() + ms
     this.#timer = this.clock.setTimeout(() => void this.#tick(), ms)
   }
 
@@ -85,20 +107,27 @@ class RenewalGroup {
   }
 
   #settle(next: number): void {
+    const dueBy = this.#dueBy
+    this.#dueBy = undefined
     if (this.members.size === 0) this.onEmpty()
-    else if (this.#timer === undefined) this.#schedule(next)
+    else if (this.#timer === undefined) this.#schedule(this.#until(dueBy, next))
   }
 }
 
 /** Groups per backend, clock and cadence. */
 const groups = new WeakMap<Backend, Map<Clock, Map<string, RenewalGroup>>>()
 
+/**
+ * Adds `member` to the batch of its backend, clock and cadence; `dueBy` (clock time): its first
+ * renewal must leave by then. Returns the function that takes it out.
+ */
 export function joinRenewals(
   backend: Backend,
   clock: Clock,
   renewMs: number,
   retryMs: number,
   member: RenewalMember,
+  dueBy?: number,
 ): () => void {
   let byClock = groups.get(backend)
   if (!byClock) groups.set(backend, (byClock = new Map<Clock, Map<string, RenewalGroup>>()))
@@ -114,6 +143,6 @@ export function joinRenewals(
     byCadence.set(key, group)
   }
   const joined = group
-  joined.add(member)
+  joined.add(member, dueBy)
   return () => joined.remove(member)
 }

@@ -139,6 +139,49 @@ describe('the memory store hands a released ticket to the next in line', () => {
     expect(await store.holders(RES)).toEqual([])
   })
 
+  it('a handed grant whose deadline comes before the next renewal tick is renewed at once: its term runs on, nobody else is elected', async () => {
+    const clock = new ManualClock()
+    const store = new MemoryBackend({ clock })
+    const make = (id: string) => {
+      const e = new Election(store.handle(), RES, { ...OPTIONS, id, clock })
+      e.on('error', () => {})
+      return e
+    }
+    const [holder, w, x] = [make('h'), make('w'), make('x')]
+    const elected: string[] = []
+    const revoked: string[] = []
+    let handedLeft = Infinity
+    w.once('elected', (t: Term) => (handedLeft = t.deadline - clock.now()))
+    for (const e of [w, x]) {
+      e.on('elected', (t: Term) => elected.push(t.candidate))
+      e.on('revoked', (t: Term, reason: string) => revoked.push(`${t.candidate} ${reason}`))
+    }
+    const first = await holder.campaign()
+    const wInLine = new Promise((resolve) => w.once('waiting', resolve))
+    const wTerm = w.campaign()
+    await settle()
+    await wInLine
+    await clock.advance(10)
+    const xInLine = new Promise((resolve) => x.once('waiting', resolve))
+    void x.campaign().catch(() => {})
+    await settle()
+    await xInLine
+    // The release comes 905 ms after w's ask: the handed grant's deadline (950) is before the
+    // renewal batch's next tick (every 300 ms since the holder's term began: 1200).
+    await clock.advance(895)
+    await first.resign()
+    await clock.advance(1)
+    const term = await wTerm
+    // Handed on with 45 ms of its lease left (the deadline counts from w's ask).
+    expect(handedLeft).toBeLessThan(OPTIONS.renewMs)
+    await clock.advance(OPTIONS.renewMs)
+    expect(term.active).toBe(true)
+    expect(revoked).toEqual([])
+    expect(elected).toEqual(['w'])
+    await Promise.all([holder.close(), w.close(), x.close()])
+    expect(clock.pending).toBe(0)
+  })
+
   // The race: a release hands the ticket to a campaign whose abort lands a few microtasks before
   // or after it. Whatever the order, that grant goes back (withdrawn, or resigned) and the next in
   // line holds within a short while, never two terms at once, never a term on a dropped grant.
