@@ -9,9 +9,11 @@ import { localBackend, type LocalBackendOptions } from '../src/backends/local/in
 
 const options = JSON.parse(process.argv[2] ?? '{}') as LocalBackendOptions
 const backend = localBackend(options)
-const driver = new Hub(backend, { namespace: 'conclave-driver' }).connect((message) => {
-  if (process.connected) process.send!(message)
-})
+const driver = new Hub(backend, { namespace: 'conclave-driver', relayGrants: true }).connect(
+  (message) => {
+    if (process.connected) process.send!(message)
+  },
+)
 process.on('message', (message: unknown) => {
   driver.receive(message)
   if ((message as { 'peer-query'?: string })['peer-query'] === 'isHub') {

@@ -137,6 +137,33 @@ describe('a release through the hub hands the ticket on', () => {
     }
   })
 
+  it('a hub without sessions names no grant to anyone, and the waiter still wins by asking', async () => {
+    // Served straight over the store: every connection shares the store's own handle, so the
+    // hub cannot tell whose place a grant filled. None is told it holds one it did not ask for.
+    const store = new MemoryBackend()
+    const hub = new Hub(store)
+    const [a, b, c] = [peer(hub), peer(hub), peer(hub)]
+    const seenC: (WatchChange | undefined)[] = []
+    await c.remote.watch(RES, (change) => seenC.push(change))
+    const holder = new Election(a.remote, RES, { leaseMs: long, id: 'a' })
+    const waiter = new Election(b.remote, RES, { leaseMs: long, id: 'w' })
+    try {
+      const first = await holder.campaign()
+      const inLine = new Promise((resolve) => waiter.once('waiting', resolve))
+      const waiting = waiter.campaign()
+      await inLine
+      const asked = b.counts.acquire
+      await first.resign()
+      const term = await waiting
+      expect(term.candidate).toBe('w')
+      expect(b.counts.acquire).toBeGreaterThan(asked) // it asked for it
+      expect(seenC.filter((change) => change?.granted)).toEqual([])
+    } finally {
+      await Promise.all([holder.close(), waiter.close()])
+      await Promise.all([a.remote.close(), b.remote.close(), c.remote.close()])
+    }
+  })
+
   it('checks an event’s granted: a list of candidates and tokens', () => {
     expect(
       parseEvent({

@@ -5,9 +5,11 @@ import { clusterBackend } from '../../src/backends/cluster/index.js'
 import { Hub } from '../../src/backends/cluster/hub.js'
 
 const backend = clusterBackend({ timeoutMs: 3_000 })
-const driver = new Hub(backend, { namespace: 'conclave-driver' }).connect((message) => {
-  if (process.connected) process.send!(message)
-})
+const driver = new Hub(backend, { namespace: 'conclave-driver', relayGrants: true }).connect(
+  (message) => {
+    if (process.connected) process.send!(message)
+  },
+)
 
 process.on('message', (message: unknown) => {
   driver.receive(message)

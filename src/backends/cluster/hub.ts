@@ -58,6 +58,14 @@ export interface HubOptions {
    * (`WatchChange.granted`). The hub ends it when the connection closes. Without it: no handoff.
    */
   session?: () => HubSession
+  /**
+   * Without a session: pass the grants a watch change names (`WatchChange.granted`) through as
+   * they came. Only for a hub serving one peer's own backend (a driver relaying one process's
+   * handle, whose changes name that process's grants only). Otherwise they are left out: the
+   * hub cannot tell whose place a grant filled, so no connection is told it holds one it did
+   * not ask for; the waiter is woken and asks again.
+   */
+  relayGrants?: boolean
 }
 
 /** One connection's view of the store (see `HubOptions.session`). */
@@ -86,6 +94,7 @@ export class Hub {
   readonly #releaseOnClose: boolean
   readonly #adopt: ((grant: GrantRecord) => boolean) | undefined
   readonly #session: (() => HubSession) | undefined
+  readonly #relayGrants: boolean
 
   constructor(backend: Backend, options: HubOptions = {}) {
     this.backend = backend
@@ -94,6 +103,7 @@ export class Hub {
     this.#adopt = options.adopt
     this.#releaseOnClose = options.releaseOnClose ?? true
     this.#session = options.session
+    this.#relayGrants = options.relayGrants ?? false
   }
 
   /**
@@ -121,6 +131,7 @@ export class Hub {
     const adopt = this.#adopt
     const self = Symbol('connection')
     const session = this.#session?.()
+    const relayGrants = this.#relayGrants
     const acquire = (request: AcquireRequest): Promise<AcquireResult> =>
       session ? session.acquire(request) : backend.acquire(request)
     const watches = new Map<string, Promise<Unwatch | undefined>>()
@@ -286,11 +297,12 @@ export class Hub {
           const watchVia = session ?? backend
           const pending = watchVia.watch(resource, (change) => {
             // With a session the grants named are this connection's: recorded, then sent.
-            // Without one (a hub relaying another backend) they pass through as they came:
-            // only the process whose campaign stands in that place takes one.
-            if (change?.granted && session) {
-              const granted = took(resource, change.granted)
-              change = granted.length ? { ...change, granted } : withoutGranted(change)
+            // Without one they are left out (HubOptions.relayGrants), unless relayed as is.
+            if (change?.granted) {
+              if (session) {
+                const granted = took(resource, change.granted)
+                change = granted.length ? { ...change, granted } : withoutGranted(change)
+              } else if (!relayGrants) change = withoutGranted(change)
             }
             if (closed) return
             try {
