@@ -100,7 +100,8 @@ const isCandidate = (c: unknown): c is string =>
 
 /**
  * Checks an event's fields (`type` is 'event'): a watch id, `wake` absent or an array of
- * candidate ids, `granted` absent or an array of { candidate, token }. Throws a ProtocolError naming the field, its value and the rule.
+ * candidate ids, `granted` absent or an array of { candidate, token }. Throws a ProtocolError
+ * naming the field, its value and the rule.
  */
 export function parseEvent(message: Record<string, unknown>): EventMessage {
   if (!isId(message.watch)) {
