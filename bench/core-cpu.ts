@@ -1,7 +1,8 @@
 /**
  * `npx tsx bench/core-cpu.ts [memory] [redis] [mass] [--n N] [--mass N] [--no-peers] [--dist]
- * [--profile DIR] [--json]`: the election core's own CPU (issue 18). Not a suite of bench/run.ts:
- * it measures this process only, so the core's cost is not hidden behind a server's or a child's.
+ * [--root DIR] [--profile DIR] [--json]`: the election core's own CPU (issue 18). Not a suite of
+ * bench/run.ts: it measures this process only, so the core's cost is not hidden behind a
+ * server's or a child's.
  *
  * - memory: N sequential campaign() + resign() cycles of one Election on the memory backend.
  * - redis: the same over a private redis-server (testkit), next to redis-semaphore's Mutex
@@ -22,7 +23,12 @@ import { startRedis } from '../testkit/index.js'
 const args = process.argv.slice(2)
 // --dist measures the built package (npm run build first), as users run it: tsx's transform
 // adds work of its own to every function made (esbuild's keepNames), which src would pay here.
-const root = args.includes('--dist') ? '../dist' : '../src'
+// --root DIR (relative to bench/) compares another build, e.g. a copy of dist made before a change.
+const root = args.includes('--root')
+  ? args[args.indexOf('--root') + 1]!
+  : args.includes('--dist')
+    ? '../dist'
+    : '../src'
 type Core = typeof import('../src/index.js')
 const { Election } = (await import(`${root}/election.js`)) as Pick<Core, 'Election'>
 const { memoryBackend } = (await import(`${root}/backends/memory.js`)) as {
