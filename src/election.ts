@@ -499,15 +499,18 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           woken = false
           const sentAt = this.#clock.now()
           asking = true
-          const result = await this.backend
-            .acquire({
+          let result: AcquireResult
+          try {
+            result = await this.backend.acquire({
               resource: this.resource,
               candidate: this.id,
               tickets,
               leaseMs,
               metadata,
             })
-            .finally(() => (asking = false))
+          } finally {
+            asking = false
+          }
           attempt = 0
           handed = undefined
           if (result.acquired) {
@@ -655,13 +658,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       else state.timer = this.#clock.setTimeout(onTimer, left)
     }
     state.timer = this.#clock.setTimeout(onTimer, deadline - this.#clock.now())
-    const member: RenewalMember = {
+    const member = new TermRenewal(state, {
       request: { resource: this.resource, candidate: this.id, token, leaseMs },
-      // Reads the clock: a term past its deadline (a stalled loop) ends now, before a renewal
-      // could be sent for it.
-      get ended() {
-        return !state.isActive()
-      },
       renewed: (sentAt) => {
         if (state.endReason) return
         state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
@@ -679,7 +677,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         this.#report(error)
         void this.end(state, 'lost')
       },
-    }
+    })
     const leave = joinRenewals(this.backend, this.#clock, renewMs, retryMs, member)
     state.cleanups.push(leave)
     void this.#watchGrant(state)
@@ -842,6 +840,34 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         'ConclaveWarning',
       )
     }
+  }
+}
+
+/**
+ * A term's member of the renewal batch. A class, not an object literal: a literal with a getter
+ * is built slowly at every term.
+ */
+class TermRenewal implements RenewalMember {
+  readonly request: RenewalMember['request']
+  readonly renewed: RenewalMember['renewed']
+  readonly lost: RenewalMember['lost']
+  readonly failed: RenewalMember['failed']
+  readonly #state: TermState
+
+  constructor(state: TermState, how: Omit<RenewalMember, 'ended'>) {
+    this.#state = state
+    this.request = how.request
+    this.renewed = how.renewed
+    this.lost = how.lost
+    this.failed = how.failed
+  }
+
+  /**
+   * Reads the clock: a term past its deadline (a stalled loop) ends now, before a renewal could
+   * be sent for it.
+   */
+  get ended(): boolean {
+    return !this.#state.isActive()
   }
 }
 
