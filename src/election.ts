@@ -106,8 +106,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   /** close() began aborting: what is made or asked for from now on starts aborted. */
   #aborted = false
   #closeReason: ElectionClosedError | undefined
-  /** The campaigns in progress: close() stops each. */
-  readonly #stops = new Set<Stop>()
+  /** The campaign in progress (one at most: a second is busy), which close() stops. */
+  #stop: Stop | undefined
   #closing: Promise<void> | undefined
   #current: TermState | undefined
   #loop: { promise: Promise<Term | undefined>; signal: Stop } | undefined
@@ -189,9 +189,11 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     options.signal?.throwIfAborted()
     if (this.#current?.isActive()) return this.#current.term
     if (this.#current) await this.#current.endPromise
-    if (this.#loop && !this.#loop.signal.aborted) throw new BusyError(this.resource, 'campaigning')
-    // An aborted campaign may still be withdrawing: let it finish so two never overlap.
-    await this.#loop?.promise.catch(() => {})
+    if (this.#loop) {
+      if (!this.#loop.signal.aborted) throw new BusyError(this.resource, 'campaigning')
+      // An aborted campaign may still be withdrawing: let it finish so two never overlap.
+      await this.#loop.promise.catch(() => {})
+    }
     if (this.#closing) throw new ElectionClosedError(this.resource)
     if (this.#loop) throw new BusyError(this.resource, 'campaigning')
     // The caller's signal or close(), whichever comes first (anySignal's rule, without making
@@ -201,13 +203,13 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     const onUser = () => signal.abort(user!.reason)
     if (user?.aborted) onUser()
     else user?.addEventListener('abort', onUser)
-    this.#stops.add(signal)
+    this.#stop = signal
     const promise = this.#acquireLoop(signal, once)
     const loop = { promise, signal }
     this.#loop = loop
     const done = () => {
       user?.removeEventListener('abort', onUser)
-      this.#stops.delete(signal)
+      if (this.#stop === signal) this.#stop = undefined
       if (this.#loop === loop) this.#loop = undefined
     }
     void promise.then(done, done)
@@ -338,7 +340,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       // The reason is made only for someone to be told (run, observe, a campaign in progress).
       this.#aborted = true
       if (this.#closeController) this.#closeController.abort(this.#closedError())
-      for (const stop of [...this.#stops]) stop.abort(this.#closedError())
+      this.#stop?.abort(this.#closedError())
       await ending
       await this.#loop?.promise.catch(() => {})
       // Work that outlived its term (it expired or was lost) still gets its drain.
