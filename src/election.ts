@@ -19,8 +19,8 @@ import {
 } from './errors.js'
 import { backoff, type ElectionOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { joinRenewals, type RenewalMember } from './renewer.js'
-import { anySignal } from './signals.js'
-import { type Term, TermState } from './term.js'
+import { anySignal, onAbort, Stop } from './signals.js'
+import { stateOf, type Term, TermState } from './term.js'
 import { publish, tracing } from './trace.js'
 
 /**
@@ -98,11 +98,19 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   readonly id: string
   readonly options: Readonly<ResolvedOptions>
   readonly #clock: Clock
-  readonly #closeController = new AbortController()
+  /**
+   * The close signal of run() and observe(), made at their first use (an AbortSignal is costly
+   * to make); a campaign stops on close through #stops instead.
+   */
+  #closeController: AbortController | undefined
+  /** close() began aborting: what is made or asked for from now on starts aborted. */
+  #aborted = false
+  #closeReason: ElectionClosedError | undefined
+  /** The campaign in progress (one at most: a second is busy), which close() stops. */
+  #stop: Stop | undefined
   #closing: Promise<void> | undefined
   #current: TermState | undefined
-  readonly #states = new WeakMap<Term, TermState>()
-  #loop: { promise: Promise<Term | undefined>; signal: AbortSignal } | undefined
+  #loop: { promise: Promise<Term | undefined>; signal: Stop } | undefined
   #running = false
   /** The run() callback now running; it may outlive its term, and close() drains it too. */
   #work: Promise<void> | undefined
@@ -181,18 +189,27 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
     options.signal?.throwIfAborted()
     if (this.#current?.isActive()) return this.#current.term
     if (this.#current) await this.#current.endPromise
-    if (this.#loop && !this.#loop.signal.aborted) throw new BusyError(this.resource, 'campaigning')
-    // An aborted campaign may still be withdrawing: let it finish so two never overlap.
-    await this.#loop?.promise.catch(() => {})
+    if (this.#loop) {
+      if (!this.#loop.signal.aborted) throw new BusyError(this.resource, 'campaigning')
+      // An aborted campaign may still be withdrawing: let it finish so two never overlap.
+      await this.#loop.promise.catch(() => {})
+    }
     if (this.#closing) throw new ElectionClosedError(this.resource)
     if (this.#loop) throw new BusyError(this.resource, 'campaigning')
-    const combined = anySignal([options.signal, this.#closeController.signal])
-    const signal = combined.signal
+    // The caller's signal or close(), whichever comes first (anySignal's rule, without making
+    // an AbortSignal per campaign).
+    const signal = new Stop()
+    const user = options.signal
+    const onUser = () => signal.abort(user!.reason)
+    if (user?.aborted) onUser()
+    else user?.addEventListener('abort', onUser)
+    this.#stop = signal
     const promise = this.#acquireLoop(signal, once)
     const loop = { promise, signal }
     this.#loop = loop
     const done = () => {
-      combined.dispose()
+      user?.removeEventListener('abort', onUser)
+      if (this.#stop === signal) this.#stop = undefined
       if (this.#loop === loop) this.#loop = undefined
     }
     void promise.then(done, done)
@@ -211,7 +228,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       throw new OptionsError('fn', fn, 'run() takes a function called with each term.')
     if (this.#running) throw new BusyError(this.resource, 'running')
     this.#running = true
-    const combined = anySignal([options.signal, this.#closeController.signal])
+    const combined = anySignal([options.signal, this.#closeSignal()])
     const stop = combined.signal
     const onStop = () => {
       if (this.#current) void this.end(this.#current, 'resigned')
@@ -226,7 +243,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           if (stop.aborted || error instanceof ElectionClosedError) break
           throw error
         }
-        const state = this.#states.get(term)!
+        const state = stateOf(term)
         // The term may have ended between the win and this line (close(), resign(), an abort
         // a microtask after 'elected'): its work must never start then.
         if (state.isActive() && !stop.aborted) {
@@ -272,7 +289,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   async *observe(
     options: { signal?: AbortSignal } = {},
   ): AsyncGenerator<Holder[], void, undefined> {
-    const combined = anySignal([options.signal, this.#closeController.signal])
+    const combined = anySignal([options.signal, this.#closeSignal()])
     const stop = combined.signal
     let woken = false
     let wake: (() => void) | undefined
@@ -320,7 +337,10 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   close(): Promise<void> {
     this.#closing ??= (async () => {
       const ending = this.#current ? this.end(this.#current, 'closed') : undefined
-      this.#closeController.abort(new ElectionClosedError(this.resource))
+      // The reason is made only for someone to be told (run, observe, a campaign in progress).
+      this.#aborted = true
+      if (this.#closeController) this.#closeController.abort(this.#closedError())
+      this.#stop?.abort(this.#closedError())
       await ending
       await this.#loop?.promise.catch(() => {})
       // Work that outlived its term (it expired or was lost) still gets its drain.
@@ -328,6 +348,20 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       this.#offBackendClose()
     })()
     return this.#closing
+  }
+
+  /** The signal close() aborts (see #closeController); aborted already once close() began. */
+  #closeSignal(): AbortSignal {
+    if (!this.#closeController) {
+      this.#closeController = new AbortController()
+      if (this.#aborted) this.#closeController.abort(this.#closedError())
+    }
+    return this.#closeController.signal
+  }
+
+  /** The one reason of everything close() stops. */
+  #closedError(): ElectionClosedError {
+    return (this.#closeReason ??= new ElectionClosedError(this.resource))
   }
 
   /** `await using election = new Election(...)`: closes the election. */
@@ -401,7 +435,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   }
 
   /** Campaigns until a grant is won; with `once`, one ask only (undefined: not granted). */
-  async #acquireLoop(signal: AbortSignal, once = false): Promise<Term | undefined> {
+  async #acquireLoop(signal: Stop, once = false): Promise<Term | undefined> {
     const { leaseMs, marginMs, retryMs, renewMs, tickets, metadata } = this.options
     let woken = false
     let wake: (() => void) | undefined
@@ -467,15 +501,18 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
           woken = false
           const sentAt = this.#clock.now()
           asking = true
-          const result = await this.backend
-            .acquire({
+          let result: AcquireResult
+          try {
+            result = await this.backend.acquire({
               resource: this.resource,
               candidate: this.id,
               tickets,
               leaseMs,
               metadata,
             })
-            .finally(() => (asking = false))
+          } finally {
+            asking = false
+          }
           attempt = 0
           handed = undefined
           if (result.acquired) {
@@ -551,7 +588,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
    * waits: `renewed` keeps nothing but the place; `lost` (no place, or a ticket is free for it)
    * calls `askAgain`; an unknown outcome is reported and asks again after a backoff.
    */
-  #queuedMember(signal: AbortSignal, askAgain: () => void): QueuedPlace {
+  #queuedMember(signal: Stop, askAgain: () => void): QueuedPlace {
     const { leaseMs, renewMs, retryMs } = this.options
     let leave: (() => void) | undefined
     let retry: ReturnType<Clock['setTimeout']> | undefined
@@ -616,7 +653,6 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       deadline,
     })
     this.#current = state
-    this.#states.set(state.term, state)
     const onTimer = () => {
       state.timer = undefined
       if (state.endReason) return
@@ -625,13 +661,8 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
       else state.timer = this.#clock.setTimeout(onTimer, left)
     }
     state.timer = this.#clock.setTimeout(onTimer, deadline - this.#clock.now())
-    const member: RenewalMember = {
+    const member = new TermRenewal(state, {
       request: { resource: this.resource, candidate: this.id, token, leaseMs },
-      // Reads the clock: a term past its deadline (a stalled loop) ends now, before a renewal
-      // could be sent for it.
-      get ended() {
-        return !state.isActive()
-      },
       renewed: (sentAt) => {
         if (state.endReason) return
         state.deadline = Math.max(state.deadline, sentAt + leaseMs - marginMs)
@@ -649,7 +680,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
         this.#report(error)
         void this.end(state, 'lost')
       },
-    }
+    })
     // A grant handed on from a place in line may have far less of its lease left than a fresh
     // one: its first renewal leaves with as much to spare as a fresh term's would, not at the
     // batch's next tick, which may come after its deadline.
@@ -727,7 +758,7 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
   }
 
   /** Says why a campaign waits: the `waiting` event and the trace. */
-  #waiting(result: AcquireResult & { acquired: false }, signal: AbortSignal): void {
+  #waiting(result: AcquireResult & { acquired: false }, signal: Stop): void {
     // A campaign stopped while its ask was out is not waiting any more: say nothing.
     if (signal.aborted) return
     const { holders, retryInMs, ahead } = result
@@ -820,6 +851,34 @@ export class Election extends EventEmitter<ElectionEvents> implements AsyncDispo
 }
 
 /**
+ * A term's member of the renewal batch. A class, not an object literal: a literal with a getter
+ * is built slowly at every term.
+ */
+class TermRenewal implements RenewalMember {
+  readonly request: RenewalMember['request']
+  readonly renewed: RenewalMember['renewed']
+  readonly lost: RenewalMember['lost']
+  readonly failed: RenewalMember['failed']
+  readonly #state: TermState
+
+  constructor(state: TermState, how: Omit<RenewalMember, 'ended'>) {
+    this.#state = state
+    this.request = how.request
+    this.renewed = how.renewed
+    this.lost = how.lost
+    this.failed = how.failed
+  }
+
+  /**
+   * Reads the clock: a term past its deadline (a stalled loop) ends now, before a renewal could
+   * be sent for it.
+   */
+  get ended(): boolean {
+    return !this.#state.isActive()
+  }
+}
+
+/**
  * The reason of an ended term's signal. Made without stack frames: they would only show this
  * file's end() (never the caller's code), and capturing them is most of what ending costs.
  */
@@ -853,45 +912,52 @@ function releaseProcess(): void {
 function waitForWake(
   clock: Clock,
   ms: number,
-  signal: AbortSignal,
+  signal: Stop | AbortSignal,
   setWake: (fn: (() => void) | undefined) => void,
 ): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     if (signal.aborted) return reject(signal.reason as Error)
     const done = () => {
       if (timer !== undefined) clock.clearTimeout(timer)
-      signal.removeEventListener('abort', onAbort)
+      off()
       setWake(undefined)
       resolve()
     }
-    const onAbort = () => {
+    // Infinity: no timer at all (a waiter whose turn is not next waits to be woken).
+    const timer = Number.isFinite(ms) ? clock.setTimeout(done, ms) : undefined
+    const off = onAbort(signal, () => {
       if (timer !== undefined) clock.clearTimeout(timer)
       setWake(undefined)
       reject(signal.reason as Error)
-    }
-    // Infinity: no timer at all (a waiter whose turn is not next waits to be woken).
-    const timer = Number.isFinite(ms) ? clock.setTimeout(done, ms) : undefined
-    signal.addEventListener('abort', onAbort, { once: true })
+    })
     setWake(done)
   })
 }
 
 /** Rejects as soon as `signal` aborts, even while `promise` is still settling in the background. */
-function raceAbort<T>(
-  promise: Promise<T>,
-  signal: AbortSignal,
-  orphan: (value: T) => void,
-): Promise<T> {
+function raceAbort<T>(promise: Promise<T>, signal: Stop, orphan: (value: T) => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     let settled = false
-    const onAbort = () => {
+    const stopped = () => {
       settled = true
-      reject(signal.reason as Error)
+      // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors -- the stop's reason, as an AbortSignal's
+      reject(signal.reason)
     }
-    if (signal.aborted) onAbort()
-    else signal.addEventListener('abort', onAbort, { once: true })
-    promise
-      .finally(() => signal.removeEventListener('abort', onAbort))
-      .then((value) => (settled ? orphan(value) : resolve(value)), reject)
+    const off = signal.aborted ? (stopped(), noop) : signal.onAbort(stopped)
+    promise.then(
+      (value) => {
+        off()
+        if (settled) orphan(value)
+        else resolve(value)
+      },
+      (error: unknown) => {
+        off()
+        // Passed on as it came: the loop's own errors and the signal's reason.
+        // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
+        reject(error)
+      },
+    )
   })
 }
+
+function noop(): void {}

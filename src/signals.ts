@@ -32,3 +32,44 @@ export function anySignal(signals: readonly (AbortSignal | undefined)[]): Combin
 }
 
 function noop(): void {}
+
+/**
+ * @internal A campaign's stop: what an AbortSignal does for the core (aborted, reason,
+ * throwIfAborted, listeners fired once, in the order they were added) without being one. Node's
+ * AbortSignal costs an EventTarget to make and to listen on, which a campaign that wins at its
+ * first ask (most of them) would pay for nothing; this is a Set of functions.
+ */
+export class Stop {
+  aborted = false
+  reason: unknown = undefined
+  readonly #listeners = new Set<() => void>()
+
+  /** Aborts once: later calls keep the first reason. */
+  abort(reason: unknown): void {
+    if (this.aborted) return
+    this.aborted = true
+    this.reason = reason
+    const listeners = [...this.#listeners]
+    this.#listeners.clear()
+    for (const listener of listeners) listener()
+  }
+
+  /** Throws the reason once aborted, as AbortSignal.throwIfAborted does. */
+  throwIfAborted(): void {
+    if (this.aborted) throw this.reason
+  }
+
+  /** Calls `fn` once on abort (never if already aborted); returns its removal. */
+  onAbort(fn: () => void): () => void {
+    const entry = () => fn()
+    this.#listeners.add(entry)
+    return () => void this.#listeners.delete(entry)
+  }
+}
+
+/** Listens once for `signal`'s abort, a Stop or an AbortSignal; returns the removal. */
+export function onAbort(signal: Stop | AbortSignal, fn: () => void): () => void {
+  if (signal instanceof Stop) return signal.onAbort(fn)
+  signal.addEventListener('abort', fn, { once: true })
+  return () => signal.removeEventListener('abort', fn)
+}

@@ -81,6 +81,13 @@ export class TermState {
   }
 }
 
+let readState: (term: Term) => TermState
+
+/** @internal The election's view of one of its terms. */
+export function stateOf(term: Term): TermState {
+  return readState(term)
+}
+
 /**
  * One unbroken period of holding a grant. Its signal aborts (with a LeadershipLostError) the
  * moment the term ends, which is always before the backend can grant the resource to anyone
@@ -96,6 +103,11 @@ export class Term implements AsyncDisposable {
   /** Resolves with the reason once the term ended and its grant was released. */
   readonly ended: Promise<TermEndReason>
   readonly #state: TermState
+
+  static {
+    // The election finds a term's state through the term itself, not a WeakMap per election.
+    readState = (term) => term.#state
+  }
 
   /** @internal Terms are made by an Election. */
   constructor(

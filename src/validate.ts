@@ -140,8 +140,23 @@ export const MAX_METADATA_BYTES = 4096
 /** The most tickets a resource may have. */
 export const MAX_TICKETS = 10_000
 
+/**
+ * Names already found valid (a string cannot change): each backend call checks its resource and
+ * candidate again, and the same few names come back on every call. Bounded: past the limit the
+ * memo starts over.
+ */
+const validResources = new Set<string>()
+const validCandidates = new Set<string>()
+const VALID_NAMES_LIMIT = 10_000
+
+function remember(valid: Set<string>, name: string): void {
+  if (valid.size >= VALID_NAMES_LIMIT) valid.clear()
+  valid.add(name)
+}
+
 /** A resource name: 1 to 200 characters of letters, digits and `. _ - : @ =`, slash-separated segments. */
 export function validateResource(resource: unknown, field = 'resource'): string {
+  if (typeof resource === 'string' && validResources.has(resource)) return resource
   if (
     typeof resource !== 'string' ||
     resource.length === 0 ||
@@ -154,11 +169,13 @@ export function validateResource(resource: unknown, field = 'resource'): string 
       `A resource name is 1 to ${MAX_RESOURCE_LENGTH} characters of letters, digits and . _ - : @ =, in segments separated by single slashes (e.g. "reports/nightly").`,
     )
   }
+  remember(validResources, resource)
   return resource
 }
 
 /** A candidate id: 1 to 200 printable ASCII characters without spaces. */
 export function validateCandidate(candidate: unknown, field = 'candidate'): string {
+  if (typeof candidate === 'string' && validCandidates.has(candidate)) return candidate
   if (
     typeof candidate !== 'string' ||
     candidate.length === 0 ||
@@ -171,6 +188,7 @@ export function validateCandidate(candidate: unknown, field = 'candidate'): stri
       `A candidate id is 1 to ${MAX_CANDIDATE_LENGTH} printable ASCII characters without spaces.`,
     )
   }
+  remember(validCandidates, candidate)
   return candidate
 }
 

@@ -512,11 +512,17 @@ function fanOutChange(
   }
 }
 
+/** lib/line.lua's message when the line is empty. */
+const NOBODY_TO_WAKE = '{"wake":[]}'
+const NOBODY: readonly string[] = Object.freeze([])
+
 /**
  * The waiters a script's message names: `{"wake":[...]}` (lib/line.lua), or undefined for any
  * other message ('1': unknown, as older versions of the scripts publish).
  */
-export function parseWake(message: string): string[] | undefined {
+export function parseWake(message: string): readonly string[] | undefined {
+  // What most changes publish (nobody waits): no JSON.parse per message.
+  if (message === NOBODY_TO_WAKE) return NOBODY
   if (message.charCodeAt(0) !== 123 /* { */) return undefined
   try {
     const wake = (JSON.parse(message) as { wake?: unknown }).wake
