@@ -10,6 +10,7 @@ import { CHAOS_BACKENDS, chaosBackend } from '../../chaos/backends.js'
 import { check } from '../../chaos/checker.js'
 import { applicableFaults, runChaos } from '../../chaos/harness.js'
 import { writeReport } from '../../chaos/report.js'
+import { lanes } from '../helpers/lanes.js'
 
 const SEED = 20261121
 
@@ -50,26 +51,11 @@ const runs = [
  * stop closes the hub), so they go one after the other in the same lane. A test waits in its
  * lane before its run starts: its timeout covers the runs ahead of it.
  */
-const LANES = 2
-const lanes: Promise<void>[] = Array.from({ length: LANES }, () => Promise.resolve())
-const laneRuns: number[] = Array.from({ length: LANES }, () => 0)
-/** Lane 0 for a cluster-mode run, else the lane with the fewest runs so far (the last on a tie). */
-function laneOf(backend: string): number {
-  let lane = 0
-  if (chaosBackend(backend)?.mode !== 'cluster') {
-    for (let i = 0; i < LANES; i++) if (laneRuns[i]! <= laneRuns[lane]!) lane = i
-  }
-  laneRuns[lane]!++
-  return lane
-}
-function inLane<T>(lane: number, fn: () => Promise<T>): Promise<T> {
-  const result = lanes[lane]!.then(fn)
-  lanes[lane] = result.then(
-    () => {},
-    () => {},
-  )
-  return result
-}
+const runLanes = lanes(2)
+/** Lane 0 for a cluster-mode run (one hub per process), else the emptiest lane. */
+const laneOf = (backend: string) =>
+  runLanes.pick(chaosBackend(backend)?.mode === 'cluster' ? 0 : undefined)
+const inLane = runLanes.run
 
 describe.concurrent('chaos (short runs, fixed seed)', () => {
   for (const { backend, tickets, procs } of runs) {
