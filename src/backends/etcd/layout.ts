@@ -22,6 +22,11 @@ export interface Stored {
   metadata: Json
   /** A place in line, not (yet) a grant. */
   waiting?: boolean
+  /**
+   * A place whose backend watches the resource for its candidate: a release may grant it in
+   * its own transaction (its backend's watch tells the candidate). Only with `waiting`.
+   */
+  watched?: boolean
 }
 
 /** A value as read back: `foreign` when this backend did not write it. */
@@ -35,7 +40,9 @@ export function encodeValue(stored: Stored): Buffer {
   return Buffer.from(
     JSON.stringify(
       stored.waiting
-        ? { tickets, leaseMs, metadata, waiting: true }
+        ? stored.watched
+          ? { tickets, leaseMs, metadata, waiting: true, watched: true }
+          : { tickets, leaseMs, metadata, waiting: true }
         : { tickets, leaseMs, metadata },
     ),
   )
@@ -62,6 +69,7 @@ export function decodeValue(value: Buffer | undefined): Decoded {
         leaseMs: parsed.leaseMs as number,
         metadata: parsed.metadata ?? null,
         waiting: parsed.waiting === true,
+        watched: parsed.waiting === true && parsed.watched === true,
         foreign: false,
       }
     }
