@@ -102,7 +102,7 @@ it('hands the ticket on in the release: the next waiter holds with no ask, at th
     // The winner's key: its own create revision (the token), rewritten at the release's revision.
     const mine = keys.kvs.find((kv) => Number(kv.create_revision) === term.token)!
     expect(mine).toBeDefined()
-    expect(JSON.parse(mine.value.toString()).waiting).toBeUndefined()
+    expect((JSON.parse(mine.value.toString()) as { waiting?: boolean }).waiting).toBeUndefined()
     expect(Number(mine.mod_revision)).toBe(Number(keys.header.revision))
     expect(term.active).toBe(true)
     // It renews as any grant, and the line still goes in order.
