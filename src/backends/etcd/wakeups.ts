@@ -379,6 +379,15 @@ export class Watches {
         continue
       }
       if (eventRevision <= tracked.base) continue
+      // A copy nobody watches (kept a moment for the next ask) has nobody to tell: moved on
+      // alone, without ranking the line before and after (10,000 releases at once), and
+      // dropped once its line is empty (the next ask's transaction offers a fresh one), so the
+      // sweeper and the watch have nothing left to keep soon after the last release.
+      if (tracked.listeners.size === 0 && !touched.has(tracked)) {
+        this.#apply(tracked, event)
+        if (tracked.keys.length === 0) this.#tracked.delete(resource)
+        continue
+      }
       if (!touched.has(tracked)) touched.set(tracked, { ...lineOf(tracked.keys), withdrawn: false })
       const was = tracked.keys.find((k) => k.key === key)
       const grant = was !== undefined && touched.get(tracked)!.granted.has(key)
