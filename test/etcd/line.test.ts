@@ -73,7 +73,8 @@ it('wakes only the next waiter on a release: the handoff is the release and one 
   expect(won).toEqual([waiters[0]])
   await sleep(300) // room for a herd to show
   const delta = difference(await grpcReceived(server.endpoint), before)
-  // The release's delete and the winner's grant (a put): no other waiter asked again.
+  // The release's delete (granting the winner in the same transaction; else the winner's own
+  // put): no other waiter asked again.
   expect(delta.Txn ?? 0).toBeLessThanOrEqual(2)
   expect(delta.Range ?? 0).toBeLessThanOrEqual(2)
   // And the line still goes in order.

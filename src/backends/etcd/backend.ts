@@ -3,7 +3,8 @@
  * range, created only if absent and attached to a lease; the first `tickets` keys by create
  * revision hold the resource; the token is the key's create revision (cluster-wide, strictly
  * increasing); waiters are served first come, first served (a waiting key is marked, and becomes
- * a grant when its own candidate asks once it ranks within the tickets) and woken by one watch
+ * a grant when its own candidate asks once it ranks within the tickets, or in the transaction of
+ * the release that freed its ticket when its backend watches for it) and woken by one watch
  * per backend that names the waiters a change frees a ticket for. Unlike etcd3's `Election`:
  * - every answer goes by the whole ranking (never trusts one predecessor's delete: etcd3 #176);
  * - one lease per backend instance (per lease length in whole seconds) carries every key it

@@ -8,8 +8,9 @@
  *
  * Value: JSON `{ "tickets": N, "leaseMs": L, "metadata": M }` as written by the candidate's
  * latest acquire, with `"waiting": true` while the key waits in line: a key that ranks within
- * the tickets is granted only when its own candidate asks (and its acquire drops the flag), so
- * a release frees a ticket for the first waiter without granting it behind its back. `tickets` is stored so that holders() (which has no tickets argument) ranks the
+ * the tickets is granted when its own candidate asks (its acquire drops the flag), or, if it is
+ * also marked `"watched": true` (its backend watches the resource for the candidate, and names
+ * the grant to it), by the release that freed its ticket, in the release's own transaction. `tickets` is stored so that holders() (which has no tickets argument) ranks the
  * same way each candidate's own acquire did, and so that an acquire asking for other tickets
  * than the resource's live keys were made with is refused (see `rank`).
  */
