@@ -930,32 +930,24 @@ export class EtcdBackend implements Backend {
   async #deleteIfToken(key: string, token: number, handOn = false): Promise<void> {
     const resource = this.#layout.resourceOf(key)
     const next = handOn ? this.#handOn(resource, key, token) : undefined
-    const submit = (then?: { lease: string; txn: ITxnRequest }) =>
-      this.#batches.submit(
-        {
-          kind: 'release',
-          txn: {
-            compare: [
-              { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
-            ],
-            success: [
-              { request_delete_range: { key: keyBuffer(key) } },
-              ...(then ? [{ request_txn: then.txn }] : []),
-            ],
-            failure: [],
-          },
-        },
-        resource,
-        // etcd refuses a whole transaction whose put names a lease it no longer has: the
-        // hand-ons to one lease share their batches, and go again as plain deletes if refused.
-        then ? `lease ${then.lease}` : '',
-      )
-    if (!next) return void (await submit())
+    const txn = (then?: ITxnRequest): ITxnRequest => ({
+      compare: [{ key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token }],
+      success: [
+        { request_delete_range: { key: keyBuffer(key) } },
+        ...(then ? [{ request_txn: then }] : []),
+      ],
+      failure: [],
+    })
+    const plain = () => this.#batches.submit({ kind: 'release', txn: txn() }, resource, '')
+    if (!next) return void (await plain())
     try {
-      await submit(next)
+      // Alone and at once, not one turn later with the others: a waiter is on hold for it, and
+      // etcd refuses a whole transaction whose put names a lease it no longer has (then it goes
+      // again as a plain delete). Not an ask, so it needs no place in the resource's order.
+      await this.#call('release', (client, options) => client.kv.txn(txn(next.txn), options))
     } catch (error) {
       if (!isLeaseNotFound(error)) throw error
-      await submit()
+      await plain()
     }
   }
 
@@ -994,7 +986,8 @@ export class EtcdBackend implements Backend {
         k.kv.kv.lease !== '0' &&
         !before.some((b) => b.kv === k.kv && b.holder),
     )
-    // One lease per batch (see #deleteIfToken): the rest are woken and ask, as without this.
+    // Places of one lease only (etcd refuses a whole transaction whose put names a lease it
+    // no longer has; see #deleteIfToken): the rest are woken and ask, as without this.
     const lease = String(freed[0]?.kv.kv.lease ?? '')
     const granted = freed.filter((k) => String(k.kv.kv.lease) === lease)
     if (!granted.length) return
