@@ -3,6 +3,7 @@
 // waiter, idle waiters send nothing but their process's keepalive, and thousands of campaigns
 // started at once on one backend all win.
 import { randomBytes } from 'node:crypto'
+import { Etcd3 } from 'etcd3'
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest'
 import type { EtcdBackend } from '../../src/backends/etcd/index.js'
 import { Election } from '../../src/election.js'
@@ -72,13 +73,48 @@ it('wakes only the next waiter on a release: the handoff is the release and one 
   expect(won).toEqual([waiters[0]])
   await sleep(300) // room for a herd to show
   const delta = difference(await grpcReceived(server.endpoint), before)
-  // The release's delete and the winner's grant (a put): no other waiter asked again.
+  // The release's delete (granting the winner in the same transaction; else the winner's own
+  // put): no other waiter asked again.
   expect(delta.Txn ?? 0).toBeLessThanOrEqual(2)
   expect(delta.Range ?? 0).toBeLessThanOrEqual(2)
   // And the line still goes in order.
   await (await terms.get(waiters[0]!)!).resign()
   await until(() => won.length === 2, 10_000, 'the second waiter to win')
   expect(won).toEqual([waiters[0], waiters[1]])
+})
+
+it('hands the ticket on in the release: the next waiter holds with no ask, at the delete’s revision', async () => {
+  const lease = 5_000
+  const res = resource('hand-on')
+  const { first, waiters, won, terms } = await line(res, 3, lease)
+  await sleep(300) // past the waiters' second asks; the holder's copy shows them
+  const admin = new Etcd3({ hosts: server.endpoint })
+  try {
+    const before = await grpcReceived(server.endpoint)
+    await first.resign()
+    await until(() => won.length === 1, 10_000, 'the next waiter to win')
+    expect(won).toEqual([waiters[0]])
+    const delta = difference(await grpcReceived(server.endpoint), before)
+    // The release's one transaction granted the waiter; it sent no put, no read of its own.
+    expect(delta.Txn ?? 0).toBe(1)
+    expect(delta.Range ?? 0).toBe(0)
+    const term = await terms.get(waiters[0]!)!
+    const keys = await admin.getAll().prefix(`${prefix}${res}#`).sort('Create', 'Ascend').exec()
+    // The winner's key: its own create revision (the token), rewritten at the release's revision.
+    const mine = keys.kvs.find((kv) => Number(kv.create_revision) === term.token)!
+    expect(mine).toBeDefined()
+    expect((JSON.parse(mine.value.toString()) as { waiting?: boolean }).waiting).toBeUndefined()
+    expect(Number(mine.mod_revision)).toBe(Number(keys.header.revision))
+    expect(term.active).toBe(true)
+    // It renews as any grant, and the line still goes in order.
+    await sleep(lease / 2)
+    expect(term.active).toBe(true)
+    await term.resign()
+    await until(() => won.length === 2, 10_000, 'the second waiter to win')
+    expect(won).toEqual([waiters[0], waiters[1]])
+  } finally {
+    admin.close()
+  }
 })
 
 it('keeps idle waiters in line with their process’s keepalive alone: no asks, no reads', async () => {

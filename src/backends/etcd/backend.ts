@@ -3,7 +3,8 @@
  * range, created only if absent and attached to a lease; the first `tickets` keys by create
  * revision hold the resource; the token is the key's create revision (cluster-wide, strictly
  * increasing); waiters are served first come, first served (a waiting key is marked, and becomes
- * a grant when its own candidate asks once it ranks within the tickets) and woken by one watch
+ * a grant when its own candidate asks once it ranks within the tickets, or in the transaction of
+ * the release that freed its ticket when its backend watches for it) and woken by one watch
  * per backend that names the waiters a change frees a ticket for. Unlike etcd3's `Election`:
  * - every answer goes by the whole ranking (never trusts one predecessor's delete: etcd3 #176);
  * - one lease per backend instance (per lease length in whole seconds) carries every key it
@@ -130,6 +131,12 @@ interface Txn {
   readonly txn: ITxnRequest
 }
 
+/** A place's value as this acquire writes it (`waiting`), and with the other `watched` mark. */
+interface Places {
+  readonly waiting: Buffer
+  readonly other: Buffer
+}
+
 /** Where `remainingMs` comes from: etcd's lease TTL (whole seconds, rounded down) per lease. */
 type LeaseTtls = Map<string, number | undefined>
 
@@ -238,6 +245,7 @@ export class EtcdBackend implements Backend {
         return { kvs: range.kvs, revision: Number(range.header.revision) }
       },
       this.#label,
+      (key, token, lease) => this.#handed(key, token, lease),
     )
   }
 
@@ -359,7 +367,7 @@ export class EtcdBackend implements Backend {
         entry.doomed = true
       }
       if (request.token !== undefined) {
-        await this.#deleteIfToken(key, request.token)
+        await this.#deleteIfToken(key, request.token, true)
         if (entry && entry.token === request.token) this.#forget(entry)
         return
       }
@@ -370,7 +378,7 @@ export class EtcdBackend implements Backend {
       )
       const kv = response.kvs[0]
       if (kv && (this.#everLeased.has(kv.lease) || entry?.token === Number(kv.create_revision))) {
-        await this.#deleteIfToken(key, Number(kv.create_revision))
+        await this.#deleteIfToken(key, Number(kv.create_revision), true)
       }
       if (entry) this.#forget(entry)
     })
@@ -503,9 +511,14 @@ export class EtcdBackend implements Backend {
       leaseMs: request.leaseMs,
       metadata: request.metadata,
     }
-    // The value of a grant and of a place in line (see layout.ts: `waiting`).
+    // The value of a grant and of a place in line (see layout.ts: `waiting`). A place is marked
+    // `watched` while this backend watches the resource for its candidates: a release may then
+    // grant it (see #handOn), since the watch names that grant to the candidate.
     const value = encodeValue(stored)
-    const waiting = encodeValue({ ...stored, waiting: true })
+    const watched = this.#watches.listened(request.resource)
+    const waiting = encodeValue({ ...stored, waiting: true, watched })
+    const other = encodeValue({ ...stored, waiting: true, watched: !watched })
+    const places = { waiting, other }
     const stale = this.#entries.get(key)
     if (stale && (stale.doomed || issuedAt >= stale.expiresAt)) {
       // Its term is over (the core's deadline passed before this expiry did), though the key
@@ -514,7 +527,7 @@ export class EtcdBackend implements Backend {
       await this.#deleteIfToken(key, stale.token)
       this.#forget(stale)
     }
-    const answered = await this.#fromLine(request, key, value, waiting, issuedAt)
+    const answered = await this.#fromLine(request, key, value, places, issuedAt)
     if (answered) return answered
     // The revision of the range read this acquire goes by (0: none yet, so expect no key). A
     // key is created only if no key of the resource was created after it, and only if that read
@@ -682,15 +695,19 @@ export class EtcdBackend implements Backend {
     request: AcquireRequest,
     key: string,
     value: Buffer,
-    waiting: Buffer,
+    places: Places,
     issuedAt: number,
   ): Promise<AcquireResult | undefined> {
     const entry = this.#entries.get(key)
     if (!entry || entry.doomed || entry.lease.dead || entry.leaseMs !== request.leaseMs) return
     const lease = entry.lease
+    const { waiting } = places
     const copy = this.#watches.view(request.resource)
-    const seen = this.#mine(copy, key, entry, request, value, waiting)
+    const seen = this.#mine(copy, key, entry, request, value, places)
     const fromCopy = seen?.holder === true
+    // A place whose `watched` mark is out of date (its candidate began to watch since it was
+    // queued): marked in the same round trip as the read, compared on its create revision.
+    const mark = seen !== undefined && !fromCopy && !seen.kv.value.equals(waiting)
     let ttl: number
     let written = true
     let line: Line[] = []
@@ -704,6 +721,34 @@ export class EtcdBackend implements Backend {
           ]),
         )
         line = decoded(copy!.map((k) => (k.key === key ? { ...k.kv, value } : k.kv)))
+      } else if (mark) {
+        const range = this.#rangeRequest(request.resource)
+        const [alive, response] = await this.#call('acquire', (client, options) =>
+          Promise.all([
+            this.#keepalives.keepalive(client, lease.id, options.deadline),
+            client.kv.txn(
+              {
+                compare: [
+                  {
+                    key: keyBuffer(key),
+                    target: 'Create',
+                    result: 'Equal',
+                    create_revision: entry.token,
+                  },
+                ],
+                success: [
+                  { request_put: { key: keyBuffer(key), value: waiting, lease: lease.id } },
+                  { request_range: range },
+                ],
+                failure: [{ request_range: range }],
+              },
+              options,
+            ),
+          ]),
+        )
+        ttl = alive
+        written = response.succeeded
+        line = decoded(response.responses[response.succeeded ? 1 : 0]?.response_range?.kvs ?? [])
       } else {
         const [alive, range] = await this.#call('acquire', (client, options) =>
           Promise.all([
@@ -723,7 +768,7 @@ export class EtcdBackend implements Backend {
       return
     }
     if (!written || this.#entries.get(key) !== entry) return // the key changed meanwhile
-    const mine = this.#mine(line, key, entry, request, value, waiting)
+    const mine = this.#mine(line, key, entry, request, value, places)
     if (!mine) return
     if (!fromCopy) {
       const expected = mine.holder ? value : waiting
@@ -746,14 +791,15 @@ export class EtcdBackend implements Backend {
     entry: Entry,
     request: AcquireRequest,
     value: Buffer,
-    waiting: Buffer,
+    places: Places,
   ): RankedKey<IKeyValue> | undefined {
     if (!line) return
     const index = line.findIndex((k) => keyString(k.kv.key) === key)
     const mine = line[index]
     if (!mine) return
     if (Number(mine.kv.create_revision) !== entry.token || mine.kv.lease !== entry.lease.id) return
-    if (!mine.kv.value.equals(value) && !mine.kv.value.equals(waiting)) return
+    const v = mine.kv.value
+    if (!v.equals(value) && !v.equals(places.waiting) && !v.equals(places.other)) return
     const kvs = line.map((k) => k.kv)
     const others = recordedTickets(kvs, mine.kv)
     if (others !== undefined && others !== request.tickets) return
@@ -875,22 +921,112 @@ export class EtcdBackend implements Backend {
     return response.succeeded
   }
 
-  /** Deletes `key` if it still has create revision `token` (with the other deletes of this turn). */
-  async #deleteIfToken(key: string, token: number): Promise<void> {
-    await this.#batches.submit(
-      {
-        kind: 'release',
-        txn: {
-          compare: [
-            { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
-          ],
-          success: [{ request_delete_range: { key: keyBuffer(key) } }],
-          failure: [],
-        },
-      },
-      this.#layout.resourceOf(key),
-      '',
+  /**
+   * Deletes `key` if it still has create revision `token` (with the other deletes of this turn).
+   * With `handOn` (a release), the same transaction also grants the waiting keys the delete
+   * frees a ticket for, when the watch's copy of the line shows them (see #handOn): their
+   * backends' watches name those grants to their candidates, who hold them without asking.
+   */
+  async #deleteIfToken(key: string, token: number, handOn = false): Promise<void> {
+    const resource = this.#layout.resourceOf(key)
+    const next = handOn ? this.#handOn(resource, key, token) : undefined
+    const txn = (then?: ITxnRequest): ITxnRequest => ({
+      compare: [{ key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token }],
+      success: [
+        { request_delete_range: { key: keyBuffer(key) } },
+        ...(then ? [{ request_txn: then }] : []),
+      ],
+      failure: [],
+    })
+    const plain = () => this.#batches.submit({ kind: 'release', txn: txn() }, resource, '')
+    if (!next) return void (await plain())
+    try {
+      // Alone and at once, not one turn later with the others: a waiter is on hold for it, and
+      // etcd refuses a whole transaction whose put names a lease it no longer has (then it goes
+      // again as a plain delete). Not an ask, so it needs no place in the resource's order.
+      await this.#call('release', (client, options) => client.kv.txn(txn(next.txn), options))
+    } catch (error) {
+      if (!isLeaseNotFound(error)) throw error
+      await plain()
+    }
+  }
+
+  /**
+   * The transaction, nested in a release's, that grants the waiting keys deleting `key` frees a
+   * ticket for, by the watch's copy of the line; undefined when there is none (or no copy).
+   * It succeeds only if no key of the line was created or written since the newest change the
+   * copy shows (so the line is the copy's, less keys deleted since, which only ever move a
+   * key up) and each key still has its create revision: each is then within the tickets once
+   * `key` is gone, as its own candidate's ask would find. The put keeps the key's create
+   * revision (its token) and its lease, the one its backend keeps alive for the place, which
+   * lives at least the candidate's lease from when its refused ask was sent: what
+   * WatchChange.granted asks of a grant made behind a candidate's back. The delete comes
+   * first in the same transaction, so etcd orders the grant after it (one revision: nobody
+   * sees both keys holding).
+   */
+  #handOn(
+    resource: string,
+    key: string,
+    token: number,
+  ): { lease: string; txn: ITxnRequest } | undefined {
+    const copy = this.#watches.view(resource)
+    if (!copy) return
+    const at = copy.findIndex((k) => k.key === key)
+    if (at < 0 || Number(copy[at]!.kv.create_revision) !== token) return
+    const line = (keys: readonly LineKey[]) =>
+      rankDecoded(keys.map((k) => ({ kv: k, stored: k.stored }))).keys
+    const before = line(copy)
+    const after = line(copy.filter((_, i) => i !== at))
+    const freed = after.filter(
+      (k) =>
+        k.holder &&
+        !k.granted &&
+        !k.stored.foreign &&
+        k.stored.watched === true &&
+        k.kv.kv.lease !== '0' &&
+        !before.some((b) => b.kv === k.kv && b.holder),
     )
+    // Places of one lease only (etcd refuses a whole transaction whose put names a lease it
+    // no longer has; see #deleteIfToken): the rest are woken and ask, as without this.
+    const lease = String(freed[0]?.kv.kv.lease ?? '')
+    const granted = freed.filter((k) => String(k.kv.kv.lease) === lease)
+    if (!granted.length) return
+    const newest = Math.max(...copy.map((k) => Number(k.kv.mod_revision)))
+    const { key: start, range_end } = this.#layout.range(resource)
+    return {
+      lease,
+      txn: {
+        compare: [
+          { key: start, range_end, target: 'Mod', result: 'Less', mod_revision: newest + 1 },
+          ...granted.map((k) => ({
+            key: keyBuffer(k.kv.key),
+            target: 'Create' as const,
+            result: 'Equal' as const,
+            create_revision: Number(k.kv.kv.create_revision),
+          })),
+        ],
+        success: granted.map((k) => ({
+          request_put: {
+            key: keyBuffer(k.kv.key),
+            value: encodeValue({ ...k.kv.stored, waiting: false, watched: false }),
+            lease,
+          },
+        })),
+        failure: [],
+      },
+    }
+  }
+
+  /**
+   * The watch saw a waiting key become a grant under the same token: whether it is one of this
+   * backend's places (its key, token and lease), whose candidate may then hold it at once.
+   */
+  #handed(key: string, token: number, lease: string): boolean {
+    const entry = this.#entries.get(key)
+    if (!entry || entry.doomed || entry.token !== token || entry.lease.dead) return false
+    if (entry.lease.id !== lease) return false
+    entry.held = true
+    return true
   }
 
   /**

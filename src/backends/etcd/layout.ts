@@ -8,8 +8,9 @@
  *
  * Value: JSON `{ "tickets": N, "leaseMs": L, "metadata": M }` as written by the candidate's
  * latest acquire, with `"waiting": true` while the key waits in line: a key that ranks within
- * the tickets is granted only when its own candidate asks (and its acquire drops the flag), so
- * a release frees a ticket for the first waiter without granting it behind its back. `tickets` is stored so that holders() (which has no tickets argument) ranks the
+ * the tickets is granted when its own candidate asks (its acquire drops the flag), or, if it is
+ * also marked `"watched": true` (its backend watches the resource for the candidate, and names
+ * the grant to it), by the release that freed its ticket, in the release's own transaction. `tickets` is stored so that holders() (which has no tickets argument) ranks the
  * same way each candidate's own acquire did, and so that an acquire asking for other tickets
  * than the resource's live keys were made with is refused (see `rank`).
  */
@@ -22,6 +23,11 @@ export interface Stored {
   metadata: Json
   /** A place in line, not (yet) a grant. */
   waiting?: boolean
+  /**
+   * A place whose backend watches the resource for its candidate: a release may grant it in
+   * its own transaction (its backend's watch tells the candidate). Only with `waiting`.
+   */
+  watched?: boolean
 }
 
 /** A value as read back: `foreign` when this backend did not write it. */
@@ -35,7 +41,9 @@ export function encodeValue(stored: Stored): Buffer {
   return Buffer.from(
     JSON.stringify(
       stored.waiting
-        ? { tickets, leaseMs, metadata, waiting: true }
+        ? stored.watched
+          ? { tickets, leaseMs, metadata, waiting: true, watched: true }
+          : { tickets, leaseMs, metadata, waiting: true }
         : { tickets, leaseMs, metadata },
     ),
   )
@@ -62,6 +70,7 @@ export function decodeValue(value: Buffer | undefined): Decoded {
         leaseMs: parsed.leaseMs as number,
         metadata: parsed.metadata ?? null,
         waiting: parsed.waiting === true,
+        watched: parsed.waiting === true && parsed.watched === true,
         foreign: false,
       }
     }

@@ -11,6 +11,9 @@
  * - a new queued key, or a queued key's new metadata, changes no holder: nobody is told;
  * - `ended`: the grants whose keys went (their holders step down on it, before a waiter is
  *   granted: that takes the waiter another round trip);
+ * - `granted`: waiting keys of this backend's own places that another process's release granted
+ *   in its delete's transaction (see the backend's release), named to this backend only, and
+ *   woken (`wake`) along with the free places;
  * - a grant (a key created granted, or a waiting key's own acquire dropping its flag), a grant's
  *   key going, a queued key going, a holder's new metadata: watchers are told.
  * After a reconnect (etcd3 resumes the watch where it was, so the copy stays exact) and after
@@ -102,6 +105,8 @@ export class Watches {
    * @param prefix the backend's prefix (without the namespace)
    * @param read a consistent read of one resource's keys, oldest create revision first
    * @param label `etcd at <endpoints>`, for messages
+   * @param handed whether a waiting key that became a grant (full key, token, lease id) is one of
+   *   this backend's places, whose candidate may take the grant (WatchChange.granted)
    */
   constructor(
     client: Namespace,
@@ -110,6 +115,7 @@ export class Watches {
     readonly prefix: string,
     readonly read: (resource: string) => Promise<Snapshot>,
     readonly label: string,
+    readonly handed: (key: string, token: number, lease: string) => boolean = () => false,
   ) {
     this.#client = client
     this.#timeoutMs = timeoutMs
@@ -149,6 +155,11 @@ export class Watches {
     const tracked = this.#tracked.get(resource)
     if (!tracked || tracked.pending) return undefined
     return tracked.keys
+  }
+
+  /** Whether anyone watches `resource` here (its places are then marked `watched`). */
+  listened(resource: string): boolean {
+    return (this.#tracked.get(resource)?.listeners.size ?? 0) > 0
   }
 
   /**
@@ -368,6 +379,15 @@ export class Watches {
         continue
       }
       if (eventRevision <= tracked.base) continue
+      // A copy nobody watches (kept a moment for the next ask) has nobody to tell: moved on
+      // alone, without ranking the line before and after (10,000 releases at once), and
+      // dropped once its line is empty (the next ask's transaction offers a fresh one), so the
+      // sweeper and the watch have nothing left to keep soon after the last release.
+      if (tracked.listeners.size === 0 && !touched.has(tracked)) {
+        this.#apply(tracked, event)
+        if (tracked.keys.length === 0) this.#tracked.delete(resource)
+        continue
+      }
       if (!touched.has(tracked)) touched.set(tracked, { ...lineOf(tracked.keys), withdrawn: false })
       const was = tracked.keys.find((k) => k.key === key)
       const grant = was !== undefined && touched.get(tracked)!.granted.has(key)
@@ -411,6 +431,15 @@ export class Watches {
     for (const key of was.granted.keys()) if (!after.granted.has(key)) changed = true
     for (const key of after.free) if (!was.free.includes(key)) changed = true
     const candidate = (key: string) => key.slice(this.#base.length + tracked.resource.length + 1)
+    // A waiting key that is a grant now, under the same token (a release granted it in its own
+    // transaction, or its own candidate's ask did): named to the backend whose place it is.
+    const granted: { candidate: string; token: number }[] = []
+    for (const [key, token] of after.tokens) {
+      if (was.waiting.get(key) !== token) continue
+      const lease = tracked.keys.find((k) => k.key === key)?.kv.lease
+      if (lease !== undefined && this.handed(key, token, String(lease)))
+        granted.push({ candidate: candidate(key), token })
+    }
     // A grant whose key went, or came back as another key (another create revision): ended.
     // (A key still there under its token is not named, whatever its rank now.)
     const ended: EndedGrant[] = []
@@ -419,7 +448,10 @@ export class Watches {
       if (!still || Number(still.kv.create_revision) !== token)
         ended.push({ candidate: candidate(key), token })
     }
-    if (changed) this.#notify(tracked, { wake: after.free.map(candidate), ended })
+    if (changed) {
+      const wake = [...after.free.map(candidate), ...granted.map((g) => g.candidate)]
+      this.#notify(tracked, { wake, ended, ...(granted.length ? { granted } : {}) })
+    }
   }
 
   #notify(tracked: Tracked, change: WatchChange | undefined): void {
@@ -427,7 +459,11 @@ export class Watches {
       queueMicrotask(() => {
         try {
           listener(
-            change && { wake: [...change.wake!], ended: change.ended!.map((g) => ({ ...g })) },
+            change && {
+              wake: [...change.wake!],
+              ended: change.ended!.map((g) => ({ ...g })),
+              ...(change.granted ? { granted: change.granted.map((g) => ({ ...g })) } : {}),
+            },
           )
         } catch {
           // The others still hear of the change.
@@ -518,6 +554,8 @@ interface LineState {
   tokens: Map<string, number>
   /** Waiting keys within the tickets: a ticket is free for each. */
   free: string[]
+  /** The token of every waiting key, whatever its rank. */
+  waiting: Map<string, number>
 }
 
 /** A line before a revision's events. */
@@ -530,12 +568,15 @@ function lineOf(keys: readonly LineKey[]): LineState {
   const granted = new Map<string, Buffer>()
   const tokens = new Map<string, number>()
   const free: string[] = []
+  const waiting = new Map<string, number>()
   const ranked = rankDecoded(keys.map((k) => ({ kv: k, stored: k.stored })))
   for (const k of ranked.keys) {
+    if (!k.stored.foreign && k.stored.waiting)
+      waiting.set(k.kv.key, Number(k.kv.kv.create_revision))
     if (k.granted) {
       granted.set(k.kv.key, k.kv.kv.value)
       tokens.set(k.kv.key, Number(k.kv.kv.create_revision))
     } else if (k.holder) free.push(k.kv.key)
   }
-  return { granted, tokens, free }
+  return { granted, tokens, free, waiting }
 }
