@@ -642,7 +642,8 @@ export class EtcdBackend implements Backend {
         // Our own key on our other lease (this candidate changed its lease length), a waiting
         // key whose ticket is free, new metadata: a put keeps the create revision, hence the
         // place and the token; the compare makes sure it is still the same key.
-        if (!(await this.#rewrite(key, token, expected, lease))) continue
+        const readAt = holder ? undefined : Number(mine.mod_revision)
+        if (!(await this.#rewrite(key, token, expected, lease, readAt))) continue
       }
       mine.value = expected
       return this.#answer(request, key, decoded(kvs), lease, issuedAt)
@@ -735,6 +736,13 @@ export class EtcdBackend implements Backend {
                     result: 'Equal',
                     create_revision: entry.token,
                   },
+                  // Still the place the copy shows: not granted since by a release (#handOn).
+                  {
+                    key: keyBuffer(key),
+                    target: 'Mod',
+                    result: 'Equal',
+                    mod_revision: Number(seen.kv.mod_revision),
+                  },
                 ],
                 success: [
                   { request_put: { key: keyBuffer(key), value: waiting, lease: lease.id } },
@@ -773,7 +781,8 @@ export class EtcdBackend implements Backend {
     if (!fromCopy) {
       const expected = mine.holder ? value : waiting
       if (!mine.kv.value.equals(expected)) {
-        if (!(await this.#rewrite(key, entry.token, expected, lease))) return
+        const readAt = mine.holder ? undefined : Number(mine.kv.mod_revision)
+        if (!(await this.#rewrite(key, entry.token, expected, lease, readAt))) return
         mine.kv.value = expected
         line = decoded(line.map((k) => k.kv))
       }
@@ -893,9 +902,15 @@ export class EtcdBackend implements Backend {
   }
 
   /** Puts `value` on an existing key with this lease, if it still has create revision `token`. */
-  async #rewrite(key: string, token: number, value: Buffer, lease: Lease): Promise<boolean> {
+  async #rewrite(
+    key: string,
+    token: number,
+    value: Buffer,
+    lease: Lease,
+    readAt?: number,
+  ): Promise<boolean> {
     return this.#call('acquire', (client, options) =>
-      this.#put(client, options, key, token, value, lease),
+      this.#put(client, options, key, token, value, lease, readAt),
     )
   }
 
@@ -907,11 +922,24 @@ export class EtcdBackend implements Backend {
     token: number,
     value: Buffer,
     lease: Lease,
+    readAt?: number,
   ): Promise<boolean> {
     const response = await client.kv.txn(
       {
         compare: [
           { key: keyBuffer(key), target: 'Create', result: 'Equal', create_revision: token },
+          // A place rewritten as read at `readAt` only: another process's release may have
+          // granted it since (#handOn), and putting `waiting` back would undo that grant.
+          ...(readAt === undefined
+            ? []
+            : [
+                {
+                  key: keyBuffer(key),
+                  target: 'Mod' as const,
+                  result: 'Equal' as const,
+                  mod_revision: readAt,
+                },
+              ]),
         ],
         success: [{ request_put: { key: keyBuffer(key), value, lease: lease.id } }],
         failure: [],

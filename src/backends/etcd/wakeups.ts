@@ -380,12 +380,11 @@ export class Watches {
       }
       if (eventRevision <= tracked.base) continue
       // A copy nobody watches (kept a moment for the next ask) has nobody to tell: moved on
-      // alone, without ranking the line before and after (10,000 releases at once), and
-      // dropped once its line is empty (the next ask's transaction offers a fresh one), so the
-      // sweeper and the watch have nothing left to keep soon after the last release.
+      // alone, without ranking the line before and after (10,000 releases at once). Kept even
+      // when empty, for the sweeper to drop: dropped now, a read from before this event could
+      // be offered next and bring back keys this event deleted.
       if (tracked.listeners.size === 0 && !touched.has(tracked)) {
         this.#apply(tracked, event)
-        if (tracked.keys.length === 0) this.#tracked.delete(resource)
         continue
       }
       if (!touched.has(tracked)) touched.set(tracked, { ...lineOf(tracked.keys), withdrawn: false })
