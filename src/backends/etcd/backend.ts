@@ -295,10 +295,11 @@ export class EtcdBackend implements Backend {
     await Promise.all(
       [...byLease].map(async ([lease, { grants, queued }]) => {
         // Places in line are checked on the watch's copy of their line; a line it has no copy
-        // of is read (once per resource), in the same round trip.
-        const unseen = [...new Set(queued.map((q) => q.resource))].filter(
-          (resource) => !this.#watches.view(resource),
-        )
+        // of, or whose copy does not show the place yet (it may lag behind our own acquire), is
+        // read (once per resource), in the same round trip.
+        const unseen = [
+          ...new Set(queued.filter((q) => !this.#inCopy(q.entry)).map((q) => q.resource)),
+        ]
         // One keepalive (extends every key on the lease) and one read of the keys on it (for
         // grants), both from the same member, so they see the same lease.
         const [ttl, info, reads] = await this.#call(
@@ -351,6 +352,15 @@ export class EtcdBackend implements Backend {
       }),
     )
     return results
+  }
+
+  /** Whether the watch's copy of the entry's line shows its key under its token. */
+  #inCopy(entry: Entry): boolean {
+    const line = this.#watches.view(this.#layout.resourceOf(entry.key))
+    return (
+      line?.some((k) => k.key === entry.key && Number(k.kv.create_revision) === entry.token) ??
+      false
+    )
   }
 
   async release(request: ReleaseRequest): Promise<void> {
