@@ -303,6 +303,12 @@ export interface EveryContext {
   /** Aborts when the term ends: stop the run's side effects. */
   signal: AbortSignal
   term: Term
+  /**
+   * When every() started this run, on the election's clock (`performance.now()` by default),
+   * right after it found the term still within its deadline. A process paused (or stalled)
+   * between that check and the run's own first line reads its clock later than this.
+   */
+  startedAt: number
 }
 
 /** Options of `every()`. */
@@ -366,7 +372,7 @@ export async function every(
         if (!term.active) return
         const started = clock.now()
         try {
-          await fn({ token: term.token, signal: term.signal, term })
+          await fn({ token: term.token, signal: term.signal, term, startedAt: started })
         } catch (error) {
           // Giving up because the term ended is the expected way out, not a failure.
           if (!(term.signal.aborted && isAbortLike(error, term.signal)))

@@ -15,7 +15,9 @@ election.on('error', () => {}) // retried; the test judges by the runs
 election.on('revoked', (term, reason) => send({ revoked: term.token, reason, id, at: Date.now() }))
 process.on('disconnect', () => process.exit(0))
 send({ ready: id })
-await every(election, 50, async ({ token }) => {
-  send({ run: token, id, at: Date.now() })
+await every(election, 50, async ({ token, startedAt }) => {
+  // When every() started the run (right after its check of the term), on the wall clock: a
+  // pause caught between that check and this line must not move the run's start past it.
+  send({ run: token, id, at: Date.now() - (performance.now() - startedAt) })
   await new Promise((resolve) => setTimeout(resolve, 20))
 })

@@ -149,6 +149,30 @@ describe('every', () => {
     await election.close()
   })
 
+  it("says when it started each run (startedAt, on the election's clock), before the run's first line", async () => {
+    const election = new Election(memoryBackend(), 'jobs/started', { leaseMs: 600 })
+    const controller = new AbortController()
+    const seen: { startedAt: number; entered: number; deadline: number }[] = []
+    const job = every(
+      election,
+      20,
+      ({ startedAt, term }) => {
+        seen.push({ startedAt, entered: performance.now(), deadline: term.deadline })
+        if (seen.length === 3) controller.abort()
+      },
+      { signal: controller.signal },
+    )
+    await job
+    await election.close()
+    expect(seen).toHaveLength(3)
+    for (const run of seen) {
+      expect(run.startedAt).toBeLessThanOrEqual(run.entered)
+      // Started within the term: every() checked it right before.
+      expect(run.startedAt).toBeLessThan(run.deadline)
+    }
+    expect(seen[1]!.startedAt).toBeGreaterThan(seen[0]!.startedAt)
+  })
+
   it('refuses bad arguments', async () => {
     const election = new Election(memoryBackend(), 'jobs/bad')
     await expect(every(election, 0, () => {})).rejects.toThrow(OptionsError)
