@@ -3,43 +3,33 @@
 // switched to it. A standby that missed the latest grant (its replication frozen through the
 // proxy) must not grant anew for a lease after its promotion, or the new holder overlaps the old
 // one, who learns only at its next renewal. Invariants: never two holders, tokens grow.
-// Each case has a pair of its own. The case whose holder must keep its term through the
-// failover (a 3 s lease against the promotion's time) runs alone; the others, whose claims are
-// never two holders and the promotion grace, run two at a time.
 import { randomBytes } from 'node:crypto'
-import { describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, expect, it } from 'vitest'
 import { postgresBackend, type PostgresBackend } from '../../src/backends/postgres/index.js'
 import { Election } from '../../src/election.js'
 import { startPostgresStandby, type PostgresStandbyPair } from '../../testkit/index.js'
-import { lanes } from '../helpers/lanes.js'
 import { sleep, until } from '../helpers/wait.js'
 
 const lease = 3_000
-/** One case's pair and what it opened (closed when the case ends). */
-interface Case {
-  pair: PostgresStandbyPair
-  backends: PostgresBackend[]
-  elections: Election[]
-}
+let pair: PostgresStandbyPair
+const backends: PostgresBackend[] = []
+const elections: Election[] = []
 
-/** Runs `fn` on a fresh pair, then closes its candidates and stops the pair. */
-async function withPair(fn: (c: Case) => Promise<void>): Promise<void> {
-  const c: Case = { pair: await startPostgresStandby(), backends: [], elections: [] }
-  try {
-    await fn(c)
-  } finally {
-    await Promise.all(c.elections.map((e) => e.close()))
-    await Promise.all(c.backends.map((b) => b.close()))
-    await c.pair.stop()
-  }
-}
+beforeEach(async () => {
+  pair = await startPostgresStandby()
+})
+afterEach(async () => {
+  await Promise.all(elections.splice(0).map((e) => e.close()))
+  await Promise.all(backends.splice(0).map((b) => b.close()))
+  await pair?.stop()
+})
 
 /**
  * A candidate through the VIP. `deaf`: its LISTEN connection goes straight to the old primary,
  * so after the failover it hears no NOTIFY (as a holder whose listener is still reconnecting):
  * it learns of a loss only from its renewals, which is all the core can count on.
  */
-function candidate({ pair, backends, elections }: Case, resource: string, deaf = false): Election {
+function candidate(resource: string, deaf = false): Election {
   const backend = postgresBackend({
     connectionString: pair.vipConnectionString,
     timeoutMs: 1_000,
@@ -57,11 +47,10 @@ function candidate({ pair, backends, elections }: Case, resource: string, deaf =
  * Holder a, waiter b; then the failover. With `missed`, replication is frozen before a's grant,
  * so the promoted standby has never seen it. Returns the overlap seen and the terms.
  */
-async function failover(c: Case, missed: boolean) {
-  const { pair } = c
+async function failover(missed: boolean) {
   const resource = `promotion/${randomBytes(4).toString('hex')}`
-  const a = candidate(c, resource, true)
-  const b = candidate(c, resource)
+  const a = candidate(resource, true)
+  const b = candidate(resource)
   const waitCodes = new Set<string>()
   b.on('waiting', (info) => waitCodes.add(info.code))
   // Both backends migrate (the schema reaches the standby) before anything else.
@@ -98,188 +87,153 @@ async function failover(c: Case, missed: boolean) {
   return { overlapMs, old: ta, tb, kept, waitCodes }
 }
 
-it(
-  'keeps the holder whose grant the promoted standby had; never two holders; tokens grow',
-  () =>
-    withPair(async (c) => {
-      const { overlapMs, old, tb, kept } = await failover(c, false)
-      expect(overlapMs).toBe(0)
-      expect(kept).toBe(true)
-      expect(tb.token).toBeGreaterThan(old.token)
-    }),
-  60_000,
-)
+it('never two holders when the promoted standby missed the latest grant; tokens grow', async () => {
+  const { overlapMs, old, tb, waitCodes } = await failover(true)
+  expect(overlapMs).toBe(0)
+  // b was told why it waited while a ticket was free.
+  expect([...waitCodes]).toContain('promotion-grace')
+  expect(tb.token).toBeGreaterThan(old.token)
+}, 60_000)
 
-// Lanes: the mixed-lease case (the longest) beside the other two one after the other.
-const pairLanes = lanes(2)
-describe.concurrent('two at a time', () => {
-  it(
-    'never two holders when the promoted standby missed the latest grant; tokens grow',
-    ({ expect }) =>
-      pairLanes.run(1, () =>
-        withPair(async (c) => {
-          const { overlapMs, old, tb, waitCodes } = await failover(c, true)
-          expect(overlapMs).toBe(0)
-          // b was told why it waited while a ticket was free.
-          expect([...waitCodes]).toContain('promotion-grace')
-          expect(tb.token).toBeGreaterThan(old.token)
-        }),
-      ),
-    // The case ahead in its lane, then its own.
-    120_000,
-  )
+it('keeps the holder whose grant the promoted standby had; never two holders; tokens grow', async () => {
+  const { overlapMs, old, tb, kept } = await failover(false)
+  expect(overlapMs).toBe(0)
+  expect(kept).toBe(true)
+  expect(tb.token).toBeGreaterThan(old.token)
+}, 60_000)
 
-  // Mixed leases: holder A's long grant, which the promoted standby missed, must be waited out
-  // by B even though B asks with a short lease: the grace lasts maxLeaseMs (migration 6), not
-  // the asking lease (migration 3's grace granted B one short lease after the promotion).
-  it(
-    'a short-lease candidate waits out the long lease of a grant the promoted standby missed',
-    ({ expect }) =>
-      pairLanes.run(0, () =>
-        withPair(async ({ pair, backends }) => {
-          const LONG_MS = 10_000
-          const SHORT_MS = 1_000
-          const resource = `mixed/${randomBytes(4).toString('hex')}`
-          const make = () => {
-            const backend = postgresBackend({
-              connectionString: pair.vipConnectionString,
-              timeoutMs: 1_000,
-              maxLeaseMs: LONG_MS,
-            })
-            backends.push(backend)
-            return backend
-          }
-          const a = make()
-          const b = make()
-          // Both migrate (the schema reaches the standby) before replication is frozen.
-          await a.holders(resource)
-          await b.holders(resource)
-          await pair.caughtUp()
-          pair.replication.cut({ mode: 'blackhole' })
-          const sentAt = performance.now()
-          const granted = await a.acquire({
-            resource,
-            candidate: 'A',
-            tickets: 1,
-            leaseMs: LONG_MS,
-            metadata: null,
-          })
-          expect(granted.acquired).toBe(true)
-          const tokenA = granted.acquired ? granted.token : 0
-          await pair.primary.kill()
-          await pair.promote()
-          pair.vip.switchTo(pair.standby.port)
+// Mixed leases: holder A's long grant, which the promoted standby missed, must be waited out
+// by B even though B asks with a short lease: the grace lasts maxLeaseMs (migration 6), not
+// the asking lease (migration 3's grace granted B one short lease after the promotion).
+it('a short-lease candidate waits out the long lease of a grant the promoted standby missed', async () => {
+  const LONG_MS = 10_000
+  const SHORT_MS = 1_000
+  const resource = `mixed/${randomBytes(4).toString('hex')}`
+  const make = () => {
+    const backend = postgresBackend({
+      connectionString: pair.vipConnectionString,
+      timeoutMs: 1_000,
+      maxLeaseMs: LONG_MS,
+    })
+    backends.push(backend)
+    return backend
+  }
+  const a = make()
+  const b = make()
+  // Both migrate (the schema reaches the standby) before replication is frozen.
+  await a.holders(resource)
+  await b.holders(resource)
+  await pair.caughtUp()
+  pair.replication.cut({ mode: 'blackhole' })
+  const sentAt = performance.now()
+  const granted = await a.acquire({
+    resource,
+    candidate: 'A',
+    tickets: 1,
+    leaseMs: LONG_MS,
+    metadata: null,
+  })
+  expect(granted.acquired).toBe(true)
+  const tokenA = granted.acquired ? granted.token : 0
+  await pair.primary.kill()
+  await pair.promote()
+  pair.vip.switchTo(pair.standby.port)
 
-          const codes = new Set<string>()
-          let firstRefused: boolean | undefined
-          let grantedAt = 0
-          for (;;) {
-            let answer
-            try {
-              answer = await b.acquire({
-                resource,
-                candidate: 'B',
-                tickets: 1,
-                leaseMs: SHORT_MS,
-                metadata: null,
-              })
-            } catch {
-              await sleep(100) // connections to the dead primary fail first
-              continue
-            }
-            firstRefused ??= !answer.acquired
-            if (!answer.acquired) {
-              if (answer.wait) codes.add(answer.wait.code)
-              await sleep(Math.min(answer.retryInMs, 250))
-              continue
-            }
-            grantedAt = performance.now()
-            expect(answer.token).toBeGreaterThan(tokenA)
-            break
-          }
-          expect(firstRefused, 'B granted at its first ask, while A may still hold').toBe(true)
-          expect([...codes]).toContain('promotion-grace')
-          expect(grantedAt - sentAt, 'B granted while A may still hold').toBeGreaterThanOrEqual(
-            LONG_MS,
-          )
-        }),
-      ),
-    // The case ahead in its lane, then its own.
-    120_000,
-  )
+  const codes = new Set<string>()
+  let firstRefused: boolean | undefined
+  let grantedAt = 0
+  for (;;) {
+    let answer
+    try {
+      answer = await b.acquire({
+        resource,
+        candidate: 'B',
+        tickets: 1,
+        leaseMs: SHORT_MS,
+        metadata: null,
+      })
+    } catch {
+      await sleep(100) // connections to the dead primary fail first
+      continue
+    }
+    firstRefused ??= !answer.acquired
+    if (!answer.acquired) {
+      if (answer.wait) codes.add(answer.wait.code)
+      await sleep(Math.min(answer.retryInMs, 250))
+      continue
+    }
+    grantedAt = performance.now()
+    expect(answer.token).toBeGreaterThan(tokenA)
+    break
+  }
+  expect(firstRefused, 'B granted at its first ask, while A may still hold').toBe(true)
+  expect([...codes]).toContain('promotion-grace')
+  expect(grantedAt - sentAt, 'B granted while A may still hold').toBeGreaterThanOrEqual(LONG_MS)
+}, 60_000)
 
-  // A released, B granted, both lost with the primary (the standby's replication frozen after
-  // A's grant): the promoted standby still has A's grant, unexpired. A asking again must not get
-  // it extended within the promotion grace: B may still believe in its term.
-  it(
-    'does not extend a grant the promoted standby kept after its holder released it',
-    ({ expect }) =>
-      pairLanes.run(1, () =>
-        withPair(async ({ pair, backends }) => {
-          const LEASE_MS = 10_000
-          const resource = `reask/${randomBytes(4).toString('hex')}`
-          const make = () => {
-            const backend = postgresBackend({
-              connectionString: pair.vipConnectionString,
-              timeoutMs: 1_000,
-              maxLeaseMs: LEASE_MS,
-            })
-            backends.push(backend)
-            return backend
-          }
-          const a = make()
-          const b = make()
-          await a.holders(resource)
-          await b.holders(resource)
-          const granted = await a.acquire({
-            resource,
-            candidate: 'A',
-            tickets: 1,
-            leaseMs: LEASE_MS,
-            metadata: null,
-          })
-          expect(granted.acquired).toBe(true)
-          const tokenA = granted.acquired ? granted.token : 0
-          await pair.caughtUp() // the standby has A's grant
-          pair.replication.cut({ mode: 'blackhole' })
-          await a.release({ resource, candidate: 'A', token: tokenA })
-          const gotB = await b.acquire({
-            resource,
-            candidate: 'B',
-            tickets: 1,
-            leaseMs: LEASE_MS,
-            metadata: null,
-          })
-          expect(gotB.acquired, 'B granted after A released').toBe(true)
-          await pair.primary.kill()
-          await pair.promote()
-          pair.vip.switchTo(pair.standby.port)
+// A released, B granted, both lost with the primary (the standby's replication frozen after
+// A's grant): the promoted standby still has A's grant, unexpired. A asking again must not get
+// it extended within the promotion grace: B may still believe in its term.
+it('does not extend a grant the promoted standby kept after its holder released it', async () => {
+  const LEASE_MS = 10_000
+  const resource = `reask/${randomBytes(4).toString('hex')}`
+  const make = () => {
+    const backend = postgresBackend({
+      connectionString: pair.vipConnectionString,
+      timeoutMs: 1_000,
+      maxLeaseMs: LEASE_MS,
+    })
+    backends.push(backend)
+    return backend
+  }
+  const a = make()
+  const b = make()
+  await a.holders(resource)
+  await b.holders(resource)
+  const granted = await a.acquire({
+    resource,
+    candidate: 'A',
+    tickets: 1,
+    leaseMs: LEASE_MS,
+    metadata: null,
+  })
+  expect(granted.acquired).toBe(true)
+  const tokenA = granted.acquired ? granted.token : 0
+  await pair.caughtUp() // the standby has A's grant
+  pair.replication.cut({ mode: 'blackhole' })
+  await a.release({ resource, candidate: 'A', token: tokenA })
+  const gotB = await b.acquire({
+    resource,
+    candidate: 'B',
+    tickets: 1,
+    leaseMs: LEASE_MS,
+    metadata: null,
+  })
+  expect(gotB.acquired, 'B granted after A released').toBe(true)
+  await pair.primary.kill()
+  await pair.promote()
+  pair.vip.switchTo(pair.standby.port)
 
-          let again
-          for (;;) {
-            try {
-              again = await a.acquire({
-                resource,
-                candidate: 'A',
-                tickets: 1,
-                leaseMs: LEASE_MS,
-                metadata: null,
-              })
-              break
-            } catch {
-              await sleep(100) // connections to the dead primary fail first
-            }
-          }
-          expect(again.acquired, 'A granted again while B may still hold').toBe(false)
-          if (!again.acquired) {
-            expect(again.wait?.code).toBe('promotion-grace')
-            expect(again.retryInMs).toBeGreaterThan(0)
-            // The grant is untouched: still A's, with its old token.
-            expect(again.holders.map((h) => [h.candidate, h.token])).toEqual([['A', tokenA]])
-          }
-        }),
-      ),
-    // The case ahead in its lane, then its own.
-    120_000,
-  )
-})
+  let again
+  for (;;) {
+    try {
+      again = await a.acquire({
+        resource,
+        candidate: 'A',
+        tickets: 1,
+        leaseMs: LEASE_MS,
+        metadata: null,
+      })
+      break
+    } catch {
+      await sleep(100) // connections to the dead primary fail first
+    }
+  }
+  expect(again.acquired, 'A granted again while B may still hold').toBe(false)
+  if (!again.acquired) {
+    expect(again.wait?.code).toBe('promotion-grace')
+    expect(again.retryInMs).toBeGreaterThan(0)
+    // The grant is untouched: still A's, with its old token.
+    expect(again.holders.map((h) => [h.candidate, h.token])).toEqual([['A', tokenA]])
+  }
+}, 60_000)
